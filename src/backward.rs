@@ -1,0 +1,254 @@
+//! The reverse loop: every gradient rule of the crate, in one `match`.
+//!
+//! Nodes are visited from the output back to the first. Each node's gradient is taken (and so
+//! dropped) as soon as its rule has passed it on to the node's inputs. Rules *accumulate* into
+//! their inputs' gradient buffers, so a node used twice receives the sum of both gradients.
+//! Elementwise ops take their local derivative from [`ops`](crate::ops), where it sits beside
+//! the op's value.
+
+use crate::graph::{Along, Graph, Node, Op, Reduce};
+use crate::kernels::{self, MatRef};
+use crate::ops::Broadcast;
+use crate::{Element, ParamId, Tensor, Var};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Gradients returned by [`Var::backward`]: by parameter id, and by leaf handle.
+#[derive(Clone, Debug, Default)]
+pub struct Gradients<F: Element = f32> {
+    params: Vec<Option<Tensor<F>>>,
+    leaves: HashMap<usize, Tensor<F>>,
+}
+
+impl<F: Element> Gradients<F> {
+    /// The gradient of parameter `id`, or `None` when the output does not depend on it.
+    pub fn param(&self, id: ParamId) -> Option<&Tensor<F>> {
+        self.params.get(id.index()).and_then(Option::as_ref)
+    }
+
+    /// The gradient of a leaf made with [`Graph::leaf`], or `None` when the output does not
+    /// depend on it.
+    pub fn wrt(&self, leaf: Var<'_, F>) -> Option<&Tensor<F>> {
+        self.leaves.get(&leaf.id())
+    }
+
+    /// Every parameter gradient present, in id order.
+    pub fn params(&self) -> impl Iterator<Item = (ParamId, &Tensor<F>)> {
+        self.params
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| g.as_ref().map(|g| (ParamId(i), g)))
+    }
+
+    /// Checks that every gradient is finite.
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`](crate::Error::NonFinite) naming the first gradient that is not.
+    pub fn ensure_finite(&self) -> Result<(), crate::Error> {
+        for (id, g) in self.params() {
+            g.ensure_finite(&format!("gradient of parameter #{}", id.index()))?;
+        }
+        for (id, g) in &self.leaves {
+            g.ensure_finite(&format!("gradient of leaf #{id}"))?;
+        }
+        Ok(())
+    }
+
+    fn accumulate_param(&mut self, id: ParamId, g: Tensor<F>) {
+        if self.params.len() <= id.index() {
+            self.params.resize_with(id.index() + 1, || None);
+        }
+        match &mut self.params[id.index()] {
+            Some(sum) => sum
+                .data_mut()
+                .iter_mut()
+                .zip(g.data())
+                .for_each(|(s, &v)| *s += v),
+            slot => *slot = Some(g),
+        }
+    }
+}
+
+/// The gradient buffers of the nodes still to visit.
+struct Pending<'a, F: Element> {
+    nodes: &'a [Rc<Node<F>>],
+    grads: Vec<Option<Tensor<F>>>,
+}
+
+impl<F: Element> Pending<'_, F> {
+    /// The gradient buffer of node `id` (zeros when first asked for), or `None` when that node
+    /// needs no gradient.
+    fn slot(&mut self, id: usize) -> Option<&mut [F]> {
+        let node = &self.nodes[id];
+        if !node.requires_grad {
+            return None;
+        }
+        let grad = self.grads[id].get_or_insert_with(|| Tensor::zeros(node.value.shape()));
+        Some(grad.data_mut())
+    }
+}
+
+/// Runs backward from node `output`, seeded with `seed` (the gradient of the output).
+pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) -> Gradients<F> {
+    let nodes = graph.nodes();
+    let mut pending = Pending {
+        nodes: &nodes[..=output],
+        grads: (0..=output).map(|_| None).collect(),
+    };
+    pending.grads[output] = Some(seed);
+    let mut result = Gradients::default();
+    for id in (0..=output).rev() {
+        let Some(grad) = pending.grads[id].take() else {
+            continue;
+        };
+        let node = Rc::clone(&nodes[id]);
+        match node.op {
+            Op::Leaf => {
+                result.leaves.insert(id, grad);
+                continue;
+            }
+            Op::Param(pid) => {
+                result.accumulate_param(pid, grad);
+                continue;
+            }
+            _ => {}
+        }
+        let g = grad.data();
+        let y = node.value.data();
+        let value = |i: usize| &*nodes[i].value;
+        match &node.op {
+            Op::Constant | Op::Leaf | Op::Param(_) => {}
+            &Op::MatMul {
+                a,
+                b,
+                trans_a,
+                trans_b,
+            } => {
+                // C = op(A)·op(B):  ∂A = G·op(B)ᵀ (stored transposed when A is read transposed),
+                //                    ∂B = op(A)ᵀ·G (likewise).
+                let (av, bv) = (value(a), value(b));
+                let (ar, ac) = av.matrix_dims().expect("rank 2");
+                let (br, bc) = bv.matrix_dims().expect("rank 2");
+                let (m, n) = node.value.matrix_dims().expect("rank 2");
+                let gm = MatRef::new(g, m, n, false);
+                let gt = MatRef::new(g, m, n, true);
+                if let Some(da) = pending.slot(a) {
+                    if trans_a {
+                        // Aᵀ stored: ∂A = op(B)·Gᵀ
+                        let bm = MatRef::new(bv.data(), br, bc, trans_b);
+                        kernels::gemm(F::ONE, bm, gt, F::ONE, da);
+                    } else {
+                        let bt = MatRef::new(bv.data(), br, bc, !trans_b);
+                        kernels::gemm(F::ONE, gm, bt, F::ONE, da);
+                    }
+                }
+                if let Some(db) = pending.slot(b) {
+                    if trans_b {
+                        // Bᵀ stored: ∂B = Gᵀ·op(A)
+                        let am = MatRef::new(av.data(), ar, ac, trans_a);
+                        kernels::gemm(F::ONE, gt, am, F::ONE, db);
+                    } else {
+                        let at = MatRef::new(av.data(), ar, ac, !trans_a);
+                        kernels::gemm(F::ONE, at, gm, F::ONE, db);
+                    }
+                }
+            }
+            &Op::Unary { op, x } => {
+                // ∂x = g ⊙ f′(x)
+                let xv = value(x);
+                if let Some(dx) = pending.slot(x) {
+                    kernels::map_grad(g, xv.data(), y, dx, |x, y| op.derivative(x, y));
+                }
+            }
+            &Op::Binary { op, a, b, bcast } => {
+                // ∂a = g ⊙ ∂f/∂a;  ∂b = g ⊙ ∂f/∂b, summed over the dimension b was repeated along
+                let (av, bv) = (value(a), value(b));
+                let cols = av.shape().last().copied().unwrap_or(1);
+                let (ad, bd) = (av.data(), bv.data());
+                if let Some(da) = pending.slot(a) {
+                    kernels::binary_grad(g, ad, bd, y, bcast, cols, da, |a, b, y| {
+                        op.partial_a(a, b, y)
+                    });
+                }
+                let partial_b = |a: F, b: F, y: F| op.partial_b(a, b, y);
+                match (bcast, pending.slot(b)) {
+                    (_, None) => {}
+                    (Broadcast::Same, Some(db)) => {
+                        kernels::binary_grad(g, ad, bd, y, bcast, cols, db, partial_b)
+                    }
+                    (Broadcast::Row | Broadcast::Col, Some(db)) => {
+                        let mut full = vec![F::ZERO; ad.len()];
+                        kernels::binary_grad(g, ad, bd, y, bcast, cols, &mut full, partial_b);
+                        if bcast == Broadcast::Row {
+                            kernels::sum_cols_acc(&full, cols, db);
+                        } else {
+                            kernels::sum_rows_acc(&full, cols, db);
+                        }
+                    }
+                }
+            }
+            &Op::Sum { x, over, scale } => {
+                // ∂x = scale · g, repeated over what was summed
+                let cols = value(x).shape().last().copied().unwrap_or(1);
+                if let Some(dx) = pending.slot(x) {
+                    match over {
+                        Reduce::All => dx.iter_mut().for_each(|d| *d += scale * g[0]),
+                        Reduce::Dim1 => {
+                            kernels::add_broadcast_acc(g, Broadcast::Col, cols, scale, dx)
+                        }
+                        Reduce::Dim0 => {
+                            kernels::add_broadcast_acc(g, Broadcast::Row, cols, scale, dx)
+                        }
+                    }
+                }
+            }
+            Op::Normalize {
+                x,
+                along,
+                eps,
+                norms,
+            } => {
+                // ∂x = (g − y⟨g, y⟩) / ‖x‖ per row (or column); g / eps where the norm was floored
+                let cols = node.value.shape()[1];
+                if let Some(dx) = pending.slot(*x) {
+                    match along {
+                        Along::Rows => kernels::normalize_rows_grad(g, y, norms, cols, *eps, dx),
+                        Along::Cols => kernels::normalize_cols_grad(g, y, norms, cols, *eps, dx),
+                    }
+                }
+            }
+            &Op::LogSoftmax { x } => {
+                // ∂x = g − softmax(x)·Σ g, per row
+                let cols = node.value.shape()[1];
+                if let Some(dx) = pending.slot(x) {
+                    kernels::log_softmax_rows_grad(g, y, cols, dx);
+                }
+            }
+            Op::Pick { x, labels } => {
+                // ∂x[r, labels[r]] = g[r]; zero elsewhere
+                let cols = value(*x).shape()[1];
+                if let Some(dx) = pending.slot(*x) {
+                    for (r, &label) in labels.iter().enumerate() {
+                        dx[r * cols + label] += g[r];
+                    }
+                }
+            }
+            &Op::Reshape { x } => {
+                // same elements, same order
+                if let Some(dx) = pending.slot(x) {
+                    dx.iter_mut().zip(g).for_each(|(d, &g)| *d += g);
+                }
+            }
+            &Op::Transpose { x } => {
+                // ∂x = gᵀ
+                let (rows, cols) = node.value.matrix_dims().expect("rank 2");
+                if let Some(dx) = pending.slot(x) {
+                    let mut gt = vec![F::ZERO; g.len()];
+                    kernels::transpose(g, rows, cols, &mut gt);
+                    dx.iter_mut().zip(&gt).for_each(|(d, &g)| *d += g);
+                }
+            }
+        }
+    }
+    result
+}

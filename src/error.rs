@@ -1,0 +1,83 @@
+//! The crate's error type, for everything that comes from outside: data, files, settings.
+//!
+//! Mistakes in composing ops (shapes that do not fit) are programmer errors and panic at the
+//! caller's line instead; see each op's `# Panics` section.
+
+use std::fmt;
+
+/// What went wrong with input that came from outside the program.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    /// A buffer's length does not match the shape it was given.
+    DataLength {
+        /// The shape asked for.
+        shape: Vec<usize>,
+        /// Elements the shape needs.
+        expected: usize,
+        /// Elements supplied.
+        found: usize,
+    },
+    /// A NaN or infinity where a finite value is required.
+    NonFinite {
+        /// What was being checked ("loss", "input x", ...).
+        what: String,
+        /// Flat index of the first offending element.
+        index: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// A class label not in `0..classes`.
+    LabelOutOfRange {
+        /// Position of the label in the batch.
+        index: usize,
+        /// The label found.
+        label: usize,
+        /// Number of classes.
+        classes: usize,
+    },
+    /// A batch with no samples where at least one is needed.
+    EmptyBatch,
+    /// A setting (hyperparameter, flag) outside the range its formula allows.
+    InvalidSetting {
+        /// The setting's name.
+        name: &'static str,
+        /// The value given.
+        value: f64,
+        /// What it must satisfy.
+        requirement: &'static str,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::DataLength {
+                shape,
+                expected,
+                found,
+            } => write!(
+                f,
+                "data length mismatch: shape {shape:?} needs {expected} elements, found {found}"
+            ),
+            Error::NonFinite { what, index, value } => {
+                write!(f, "non-finite value in {what}: element {index} is {value}")
+            }
+            Error::LabelOutOfRange {
+                index,
+                label,
+                classes,
+            } => write!(
+                f,
+                "label out of range: sample {index} has label {label}, expected 0..{classes}"
+            ),
+            Error::EmptyBatch => write!(f, "empty batch: at least one sample is needed"),
+            Error::InvalidSetting {
+                name,
+                value,
+                requirement,
+            } => write!(f, "invalid {name} = {value}: must be {requirement}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,152 @@
+//! Matrix multiply through matrixmultiply's strided GEMM: transposes cost nothing, and
+//! `beta = 1` accumulates straight into a gradient buffer.
+//!
+//! Two threads: the output is cut into blocks of whole rows (or columns, when it is wide and
+//! short), one single-threaded GEMM per rayon task. Cuts fall on multiples of [`SPLIT_ALIGN`],
+//! so every output tile is computed by the same microkernel call as without cutting, and results
+//! are bitwise identical whatever the thread count. With the `matmul-threading` feature,
+//! matrixmultiply's own threading is used instead; the two are never nested.
+
+use crate::Element;
+
+/// A row-major matrix, read either as stored or as its transpose (no copy either way).
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a, F> {
+    /// The stored elements, `rows×cols` row-major.
+    pub data: &'a [F],
+    /// Rows as stored.
+    pub rows: usize,
+    /// Columns as stored.
+    pub cols: usize,
+    /// Read as the transpose of what is stored.
+    pub transposed: bool,
+}
+
+impl<'a, F> MatRef<'a, F> {
+    /// The stored matrix, read as is or transposed.
+    pub fn new(data: &'a [F], rows: usize, cols: usize, transposed: bool) -> Self {
+        debug_assert_eq!(data.len(), rows * cols);
+        MatRef {
+            data,
+            rows,
+            cols,
+            transposed,
+        }
+    }
+
+    /// `(rows, cols)` as read.
+    pub fn dims(&self) -> (usize, usize) {
+        if self.transposed {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
+    }
+
+    /// `(row stride, column stride)` as read.
+    fn strides(&self) -> (isize, isize) {
+        if self.transposed {
+            (1, self.cols as isize)
+        } else {
+            (self.cols as isize, 1)
+        }
+    }
+}
+
+/// Output rows or columns per cut are a multiple of this (a multiple of every microkernel's
+/// tile side in matrixmultiply 0.3).
+const SPLIT_ALIGN: usize = 64;
+
+/// Below this many multiply-adds a product runs on one thread.
+const PARALLEL_MIN_FLOPS: usize = 1 << 20;
+
+/// A raw output pointer that rayon tasks may share; each task writes a disjoint block.
+#[derive(Clone, Copy)]
+struct OutPtr<F>(*mut F);
+// SAFETY: the blocks written through the pointer never overlap (see `gemm`).
+unsafe impl<F> Send for OutPtr<F> {}
+unsafe impl<F> Sync for OutPtr<F> {}
+
+/// `C ← alpha·op(A)·op(B) + beta·C`, with `C` the contiguous row-major `m×n` output.
+///
+/// With `beta = 0`, `C` is only written, never read (NaN in it does not propagate).
+///
+/// # Panics
+/// When the inner dimensions or the output length do not match (a bug in the caller: the
+/// graph checks shapes before calling).
+pub fn gemm<F: Element>(alpha: F, a: MatRef<F>, b: MatRef<F>, beta: F, c: &mut [F]) {
+    let (m, k) = a.dims();
+    let (k2, n) = b.dims();
+    assert!(k == k2 && c.len() == m * n, "gemm: inconsistent dimensions");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let parallel = !cfg!(feature = "matmul-threading")
+        && threads > 1
+        && m * n * k >= PARALLEL_MIN_FLOPS
+        && m.max(n) >= 2 * SPLIT_ALIGN;
+    let out = OutPtr(c.as_mut_ptr());
+    if !parallel {
+        // SAFETY: dimensions checked above; `c` is exclusively borrowed.
+        unsafe { gemm_block(alpha, a, b, beta, out, (0, m), (0, n), n) };
+        return;
+    }
+    let split_rows = m >= n;
+    let extent = if split_rows { m } else { n };
+    let per_task = extent.div_ceil(threads).div_ceil(SPLIT_ALIGN) * SPLIT_ALIGN;
+    let blocks: Vec<(usize, usize)> = (0..extent)
+        .step_by(per_task)
+        .map(|s| (s, (s + per_task).min(extent)))
+        .collect();
+    rayon::scope(|scope| {
+        for &block in &blocks {
+            let (rows, cols) = if split_rows {
+                (block, (0, n))
+            } else {
+                ((0, m), block)
+            };
+            // SAFETY: blocks are disjoint ranges of rows (or columns) of `c`.
+            scope.spawn(move |_| unsafe { gemm_block(alpha, a, b, beta, out, rows, cols, n) });
+        }
+    });
+}
+
+/// One single-threaded GEMM on output rows `rows.0..rows.1` and columns `cols.0..cols.1`.
+///
+/// # Safety
+/// The block must lie inside `C` (row length `ldc`) and no other thread may touch it.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_block<F: Element>(
+    alpha: F,
+    a: MatRef<F>,
+    b: MatRef<F>,
+    beta: F,
+    c: OutPtr<F>,
+    rows: (usize, usize),
+    cols: (usize, usize),
+    ldc: usize,
+) {
+    let (_, k) = a.dims();
+    let (rsa, csa) = a.strides();
+    let (rsb, csb) = b.strides();
+    // SAFETY: offsets stay inside the matrices by the caller's contract.
+    unsafe {
+        F::gemm(
+            rows.1 - rows.0,
+            k,
+            cols.1 - cols.0,
+            alpha,
+            a.data.as_ptr().offset(rows.0 as isize * rsa),
+            rsa,
+            csa,
+            b.data.as_ptr().offset(cols.0 as isize * csb),
+            rsb,
+            csb,
+            beta,
+            c.0.add(rows.0 * ldc + cols.0),
+            ldc as isize,
+            1,
+        );
+    }
+}

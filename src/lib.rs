@@ -1,0 +1,53 @@
+//! # margrad
+//!
+//! A reverse-mode automatic differentiation engine for training embedding models with
+//! margin-based softmax losses (AM-Softmax / CosFace and its family), written from scratch.
+//!
+//! - [`Tensor`]: contiguous row-major data with a shape; `f32` for training, `f64` for
+//!   gradient checks ([`Element`]).
+//! - [`Graph`] and [`Var`]: a tape built fresh for each step; ops are methods on `Var`
+//!   (matmul, elementwise, reductions, fused L2 normalisation and log-softmax, ...).
+//! - [`Params`]: named parameters that enter a graph without being copied; backward returns
+//!   their [`Gradients`] by [`ParamId`].
+//! - [`gradcheck`](mod@gradcheck): check any function's gradients against finite differences.
+//!
+//! A linear classifier's gradient, the whole loop:
+//!
+//! ```
+//! use margrad::{Graph, Labels, Params, Tensor};
+//! use rand::SeedableRng;
+//!
+//! let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(0);
+//! let mut params = Params::<f32>::new();
+//! let w = params.add("weight", Tensor::randn(&[4, 3], 0.0, 0.1, &mut rng));
+//! let b = params.add("bias", Tensor::zeros(&[3]));
+//!
+//! let x = Tensor::randn(&[8, 4], 0.0, 1.0, &mut rng);
+//! let labels = Labels::new(vec![0, 1, 2, 0, 1, 2, 0, 1], 3).unwrap();
+//!
+//! let g = Graph::new();
+//! let logits = g.constant(x).matmul(g.param(&params, w)) + g.param(&params, b);
+//! let loss = -logits.log_softmax().pick(&labels).mean(); // cross-entropy
+//! let grads = loss.backward();
+//! assert_eq!(grads.param(w).unwrap().shape(), &[4, 3]);
+//! ```
+
+pub mod backward;
+mod element;
+mod error;
+pub mod gradcheck;
+mod graph;
+pub mod kernels;
+mod labels;
+pub mod ops;
+mod params;
+mod tensor;
+
+pub use backward::Gradients;
+pub use element::Element;
+pub use error::Error;
+pub use gradcheck::{GradcheckError, GradcheckOptions, GradcheckReport, gradcheck, gradcheck_with};
+pub use graph::{Graph, ValueRef, Var};
+pub use labels::Labels;
+pub use params::{ParamId, Params};
+pub use tensor::{Tensor, numel};

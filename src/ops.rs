@@ -1,0 +1,202 @@
+//! The elementwise ops, each with its value and its local derivative side by side.
+//!
+//! The chain rule that uses these derivatives, and the gradient rules of every structural op
+//! (matmul, reductions, normalisation, softmax), are in [`backward`](crate::backward).
+
+use crate::Element;
+
+/// A one-input elementwise op `y = f(x)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp<F> {
+    /// `−x`
+    Neg,
+    /// `eˣ`
+    Exp,
+    /// `ln x`
+    Log,
+    /// `√x`
+    Sqrt,
+    /// `xᵖ`
+    Powf(F),
+    /// `|x|`
+    Abs,
+    /// `max(x, 0)`
+    Relu,
+    /// `x` for `x > 0`, `slope·x` otherwise
+    LeakyRelu(F),
+    /// `tanh x`
+    Tanh,
+    /// `1 / (1 + e⁻ˣ)`
+    Sigmoid,
+    /// `x + c`
+    AddScalar(F),
+    /// `c·x`
+    MulScalar(F),
+}
+
+impl<F: Element> UnaryOp<F> {
+    /// The op's name, as panics and gradcheck reports show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Powf(_) => "powf",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Relu => "relu",
+            UnaryOp::LeakyRelu(_) => "leaky_relu",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::AddScalar(_) => "add_scalar",
+            UnaryOp::MulScalar(_) => "mul_scalar",
+        }
+    }
+
+    /// `f(x)`.
+    #[inline]
+    pub fn value(self, x: F) -> F {
+        match self {
+            UnaryOp::Neg => -x,
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Powf(p) => x.powf(p),
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Relu => x.max(F::ZERO),
+            UnaryOp::LeakyRelu(slope) => {
+                if x > F::ZERO {
+                    x
+                } else {
+                    slope * x
+                }
+            }
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Sigmoid => F::ONE / (F::ONE + (-x).exp()),
+            UnaryOp::AddScalar(c) => x + c,
+            UnaryOp::MulScalar(c) => c * x,
+        }
+    }
+
+    /// `f′(x)`, given `y = f(x)` so that exp, sqrt, tanh and sigmoid reuse their value.
+    /// At the kinks the convention is PyTorch's: relu′(0) = 0, abs′(0) = 0, leaky′(0) = slope.
+    #[inline]
+    pub fn derivative(self, x: F, y: F) -> F {
+        match self {
+            UnaryOp::Neg => -F::ONE,
+            UnaryOp::Exp => y,
+            UnaryOp::Log => F::ONE / x,
+            UnaryOp::Sqrt => F::from_f64(0.5) / y,
+            UnaryOp::Powf(p) => p * x.powf(p - F::ONE),
+            UnaryOp::Abs => {
+                if x > F::ZERO {
+                    F::ONE
+                } else if x < F::ZERO {
+                    -F::ONE
+                } else {
+                    F::ZERO
+                }
+            }
+            UnaryOp::Relu => {
+                if x > F::ZERO {
+                    F::ONE
+                } else {
+                    F::ZERO
+                }
+            }
+            UnaryOp::LeakyRelu(slope) => {
+                if x > F::ZERO {
+                    F::ONE
+                } else {
+                    slope
+                }
+            }
+            UnaryOp::Tanh => F::ONE - y * y,
+            UnaryOp::Sigmoid => y * (F::ONE - y),
+            UnaryOp::AddScalar(_) => F::ONE,
+            UnaryOp::MulScalar(c) => c,
+        }
+    }
+}
+
+/// A two-input elementwise op `y = f(a, b)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    /// `a + b`
+    Add,
+    /// `a − b`
+    Sub,
+    /// `a · b`
+    Mul,
+    /// `a / b`
+    Div,
+}
+
+impl BinaryOp {
+    /// The op's name, as panics show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+        }
+    }
+
+    /// `f(a, b)`.
+    #[inline]
+    pub fn value<F: Element>(self, a: F, b: F) -> F {
+        match self {
+            BinaryOp::Add => a + b,
+            BinaryOp::Sub => a - b,
+            BinaryOp::Mul => a * b,
+            BinaryOp::Div => a / b,
+        }
+    }
+
+    /// `∂f/∂a`, given `y = f(a, b)`.
+    #[inline]
+    pub fn partial_a<F: Element>(self, _a: F, b: F, _y: F) -> F {
+        match self {
+            BinaryOp::Add | BinaryOp::Sub => F::ONE,
+            BinaryOp::Mul => b,
+            BinaryOp::Div => F::ONE / b,
+        }
+    }
+
+    /// `∂f/∂b`, given `y = f(a, b)`.
+    #[inline]
+    pub fn partial_b<F: Element>(self, a: F, b: F, y: F) -> F {
+        match self {
+            BinaryOp::Add => F::ONE,
+            BinaryOp::Sub => -F::ONE,
+            BinaryOp::Mul => a,
+            BinaryOp::Div => -y / b,
+        }
+    }
+}
+
+/// How the right operand of a binary op is laid over the left one, an `R×C` matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broadcast {
+    /// Same shape: element by element.
+    Same,
+    /// A row vector (`[C]` or `[1, C]`) repeated down the rows, as a bias is.
+    Row,
+    /// A column vector (`[R, 1]`) repeated across the columns, as a per-row scale is.
+    Col,
+}
+
+impl Broadcast {
+    /// How `rhs` lays over `lhs`, or `None` when the shapes do not fit any of the three ways.
+    pub fn between(lhs: &[usize], rhs: &[usize]) -> Option<Broadcast> {
+        if lhs == rhs {
+            return Some(Broadcast::Same);
+        }
+        match *lhs {
+            [_, c] if rhs == [c] || rhs == [1, c] => Some(Broadcast::Row),
+            [r, _] if rhs == [r, 1] => Some(Broadcast::Col),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Parameters: named tensors that live outside any graph and enter one without being copied.
+
+use crate::{Element, Tensor};
+use std::sync::Arc;
+
+/// The index of a parameter in its [`Params`] store. Gradients and optimiser state are keyed by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParamId(pub(crate) usize);
+
+impl ParamId {
+    /// The position of the parameter in its store (0, 1, 2, ... in order of `add`).
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// A store of named parameter tensors.
+///
+/// A graph takes a parameter by reference count ([`Graph::param`](crate::Graph::param)), so the
+/// data is never copied; after the graph is dropped, [`Params::get_mut`] updates it in place.
+#[derive(Clone, Debug, Default)]
+pub struct Params<F: Element = f32> {
+    names: Vec<String>,
+    values: Vec<Arc<Tensor<F>>>,
+}
+
+impl<F: Element> Params<F> {
+    /// An empty store.
+    pub fn new() -> Self {
+        Params {
+            names: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+
+    /// Adds a parameter under a unique name ("embed.0.weight") and returns its id.
+    ///
+    /// # Panics
+    /// When the name is already taken.
+    #[track_caller]
+    pub fn add(&mut self, name: impl Into<String>, value: Tensor<F>) -> ParamId {
+        let name = name.into();
+        assert!(
+            self.find(&name).is_none(),
+            "Params::add: a parameter named {name:?} already exists"
+        );
+        self.names.push(name);
+        self.values.push(Arc::new(value));
+        ParamId(self.values.len() - 1)
+    }
+
+    /// The parameter's value.
+    pub fn get(&self, id: ParamId) -> &Tensor<F> {
+        &self.values[id.0]
+    }
+
+    /// The parameter's value, for an in-place update. Copies the data only if a graph that
+    /// took this parameter is still alive (the graph keeps seeing the old value).
+    pub fn get_mut(&mut self, id: ParamId) -> &mut Tensor<F> {
+        Arc::make_mut(&mut self.values[id.0])
+    }
+
+    /// A shared handle on the value, as a graph holds it.
+    pub(crate) fn shared(&self, id: ParamId) -> Arc<Tensor<F>> {
+        Arc::clone(&self.values[id.0])
+    }
+
+    /// The parameter's name.
+    pub fn name(&self, id: ParamId) -> &str {
+        &self.names[id.0]
+    }
+
+    /// The id of the parameter called `name`.
+    pub fn find(&self, name: &str) -> Option<ParamId> {
+        self.names.iter().position(|n| n == name).map(ParamId)
+    }
+
+    /// Every id, in order of addition.
+    pub fn ids(&self) -> impl Iterator<Item = ParamId> + use<F> {
+        (0..self.values.len()).map(ParamId)
+    }
+
+    /// The number of parameter tensors.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The total number of scalar parameters.
+    pub fn count(&self) -> usize {
+        self.values.iter().map(|t| t.numel()).sum()
+    }
+}
