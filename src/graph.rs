@@ -343,12 +343,13 @@ impl<'g, F: Element> Var<'g, F> {
     #[track_caller]
     fn matrix_dims(self, op: &str) -> (usize, usize) {
         let value = self.value();
-        value.matrix_dims().unwrap_or_else(|| {
+        let Some(dims) = value.matrix_dims() else {
             panic!(
                 "{op}: expected a rank-2 tensor, found shape {:?}",
                 value.shape()
             )
-        })
+        };
+        dims
     }
 
     // ---- matrix products ----
@@ -424,7 +425,7 @@ impl<'g, F: Element> Var<'g, F> {
     fn binary(self, rhs: Var<'g, F>, op: BinaryOp) -> Var<'g, F> {
         self.same_graph(rhs, op.name());
         let (a, b) = (self.value(), rhs.value());
-        let bcast = Broadcast::between(a.shape(), b.shape()).unwrap_or_else(|| {
+        let Some(bcast) = Broadcast::between(a.shape(), b.shape()) else {
             panic!(
                 "shape mismatch in {}: lhs {:?}, rhs {:?} (rhs must have lhs's shape, be a row \
                  [C] or [1, C], or a column [R, 1])",
@@ -432,7 +433,7 @@ impl<'g, F: Element> Var<'g, F> {
                 a.shape(),
                 b.shape()
             )
-        });
+        };
         let cols = a.shape().last().copied().unwrap_or(1);
         let mut out = Tensor::zeros(a.shape());
         kernels::binary(a.data(), b.data(), bcast, cols, out.data_mut(), |x, y| {

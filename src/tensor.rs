@@ -92,8 +92,10 @@ impl<F: Element> Tensor<F> {
         high: f64,
         rng: &mut R,
     ) -> Self {
-        let dist = Uniform::new(low, high)
-            .unwrap_or_else(|e| panic!("rand_uniform: invalid range [{low}, {high}): {e}"));
+        let dist = match Uniform::new(low, high) {
+            Ok(dist) => dist,
+            Err(e) => panic!("rand_uniform: invalid range [{low}, {high}): {e}"),
+        };
         Self::from_fn(shape, |_| F::from_f64(dist.sample(rng)))
     }
 

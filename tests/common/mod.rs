@@ -1,0 +1,53 @@
+//! Helpers shared by the integration tests: seeded inputs and gradchecks over edge shapes.
+#![allow(dead_code)]
+
+use margrad::{GradcheckOptions, Graph, Tensor, Var, gradcheck_with};
+use rand::SeedableRng;
+use rand::rngs::Xoshiro256PlusPlus;
+
+pub type Rng = Xoshiro256PlusPlus;
+
+pub fn rng(seed: u64) -> Rng {
+    Rng::seed_from_u64(seed)
+}
+
+/// `[rows, cols]` shapes every op is checked at: a single element, one row, one column,
+/// non-square, and a larger case checked in fast (random-direction) mode.
+pub const SHAPES: [[usize; 2]; 5] = [[1, 1], [1, 7], [6, 1], [5, 3], [64, 300]];
+
+/// Standard normal values pushed at least 0.05 away from zero, so that kinks (relu, abs) and
+/// poles (division) are not met by accident.
+pub fn away_from_zero(shape: &[usize], rng: &mut Rng) -> Tensor<f64> {
+    let mut t = Tensor::randn(shape, 0.0, 1.0, rng);
+    for v in t.data_mut() {
+        *v += 0.05f64.copysign(*v);
+    }
+    t
+}
+
+/// Values in [0.5, 2.5): inside the domain of log, sqrt and powf.
+pub fn positive(shape: &[usize], rng: &mut Rng) -> Tensor<f64> {
+    Tensor::rand_uniform(shape, 0.5, 2.5, rng)
+}
+
+/// Gradchecks `f` at every shape of [`SHAPES`]; `make` builds the inputs for a `[rows, cols]`.
+/// Panics with the gradcheck's message, naming the shape.
+pub fn check_shapes<Make, Func>(make: Make, f: Func)
+where
+    Make: Fn([usize; 2], &mut Rng) -> Vec<Tensor<f64>>,
+    Func: for<'g> Fn(&'g Graph<f64>, &[Var<'g, f64>]) -> Var<'g, f64>,
+{
+    for (i, shape) in SHAPES.iter().enumerate() {
+        let mut rng = rng(1000 + i as u64);
+        let inputs = make(*shape, &mut rng);
+        let large = shape[0] * shape[1] > 1000;
+        let options = GradcheckOptions {
+            directions: large.then_some(24),
+            seed: i as u64,
+            ..GradcheckOptions::default()
+        };
+        if let Err(e) = gradcheck_with(&inputs, &options, &f) {
+            panic!("at shape {shape:?}: {e}");
+        }
+    }
+}
