@@ -37,6 +37,22 @@ pub enum Error {
     },
     /// A batch with no samples where at least one is needed.
     EmptyBatch,
+    /// A data file that does not follow its format.
+    Format {
+        /// Which file or data set.
+        source: String,
+        /// Where in it (a line, a byte offset, a field).
+        location: String,
+        /// What was expected and what was found.
+        message: String,
+    },
+    /// A file that could not be read.
+    Io {
+        /// The path or data set.
+        source: String,
+        /// The operating system's message.
+        message: String,
+    },
     /// A setting (hyperparameter, flag) outside the range its formula allows.
     InvalidSetting {
         /// The setting's name.
@@ -71,6 +87,12 @@ impl fmt::Display for Error {
                 "label out of range: sample {index} has label {label}, expected 0..{classes}"
             ),
             Error::EmptyBatch => write!(f, "empty batch: at least one sample is needed"),
+            Error::Format {
+                source,
+                location,
+                message,
+            } => write!(f, "malformed {source} at {location}: {message}"),
+            Error::Io { source, message } => write!(f, "cannot read {source}: {message}"),
             Error::InvalidSetting {
                 name,
                 value,

@@ -33,6 +33,7 @@
 //! ```
 
 pub mod backward;
+pub mod data;
 mod element;
 mod error;
 pub mod gradcheck;
@@ -51,3 +52,8 @@ pub use graph::{Graph, ValueRef, Var};
 pub use labels::Labels;
 pub use params::{ParamId, Params};
 pub use tensor::{Tensor, numel};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
