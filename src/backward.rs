@@ -8,6 +8,7 @@
 
 use crate::graph::{Along, Graph, Node, Op, Reduce};
 use crate::kernels::{self, MatRef};
+use crate::loss::Reduction;
 use crate::ops::Broadcast;
 use crate::{Element, ParamId, Tensor, Var};
 use std::collections::HashMap;
@@ -79,12 +80,19 @@ impl<F: Element> Pending<'_, F> {
     /// The gradient buffer of node `id` (zeros when first asked for), or `None` when that node
     /// needs no gradient.
     fn slot(&mut self, id: usize) -> Option<&mut [F]> {
+        self.slot_fresh(id).map(|(grad, _)| grad)
+    }
+
+    /// As [`Pending::slot`], and whether the buffer is fresh (all zeros, nothing accumulated
+    /// yet), so that a kernel may overwrite it instead of adding to it.
+    fn slot_fresh(&mut self, id: usize) -> Option<(&mut [F], bool)> {
         let node = &self.nodes[id];
         if !node.requires_grad {
             return None;
         }
+        let fresh = self.grads[id].is_none();
         let grad = self.grads[id].get_or_insert_with(|| Tensor::zeros(node.value.shape()));
-        Some(grad.data_mut())
+        Some((grad.data_mut(), fresh))
     }
 }
 
@@ -231,6 +239,37 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
                     for (r, &label) in labels.iter().enumerate() {
                         dx[r * cols + label] += g[r];
                     }
+                }
+            }
+            Op::MarginXent {
+                cos,
+                labels,
+                map,
+                lse,
+                row_weight,
+                reduction,
+            } => {
+                // ∂L_r/∂c_j = s·p_j (j ≠ y), (p_y − 1)·dz_y/dc at the target; each row scaled by
+                // the output gradient and the row's weight (the kernel's doc has the details)
+                let cv = value(*cos);
+                let cols = cv.shape()[1];
+                let coef: Vec<F> = match reduction {
+                    Reduction::None => g.iter().zip(row_weight).map(|(&g, &w)| g * w).collect(),
+                    Reduction::Mean | Reduction::Sum => {
+                        row_weight.iter().map(|&w| g[0] * w).collect()
+                    }
+                };
+                if let Some((dcos, fresh)) = pending.slot_fresh(*cos) {
+                    kernels::margin_xent_grad(
+                        cv.data(),
+                        cols,
+                        labels,
+                        map,
+                        lse,
+                        &coef,
+                        dcos,
+                        fresh,
+                    );
                 }
             }
             &Op::Reshape { x } => {

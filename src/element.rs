@@ -61,6 +61,8 @@ pub trait Element:
     fn abs(self) -> Self;
     /// Hyperbolic tangent.
     fn tanh(self) -> Self;
+    /// Sine.
+    fn sin(self) -> Self;
     /// Cosine.
     fn cos(self) -> Self;
     /// Arc cosine.
@@ -134,6 +136,10 @@ macro_rules! impl_element {
             #[inline]
             fn tanh(self) -> Self {
                 $t::tanh(self)
+            }
+            #[inline]
+            fn sin(self) -> Self {
+                $t::sin(self)
             }
             #[inline]
             fn cos(self) -> Self {

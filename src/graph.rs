@@ -7,6 +7,7 @@
 
 use crate::backward::{self, Gradients};
 use crate::kernels::{self, MatRef};
+use crate::loss::{LogitMap, Reduction};
 use crate::ops::{BinaryOp, Broadcast, UnaryOp};
 use crate::{Element, Labels, ParamId, Params, Tensor};
 use std::cell::{Cell, RefCell};
@@ -60,6 +61,16 @@ pub(crate) enum Op<F: Element> {
     Pick {
         x: usize,
         labels: Vec<usize>,
+    },
+    /// The fused margin softmax cross-entropy over cosines `cos`; keeps each row's
+    /// log-sum-exp and weight (already divided by B for the mean).
+    MarginXent {
+        cos: usize,
+        labels: Vec<usize>,
+        map: LogitMap<F>,
+        lse: Vec<F>,
+        row_weight: Vec<F>,
+        reduction: Reduction,
     },
     Reshape {
         x: usize,
@@ -503,6 +514,16 @@ impl<'g, F: Element> Var<'g, F> {
         self.unary(UnaryOp::Sigmoid)
     }
 
+    /// `cos x`.
+    pub fn cos(self) -> Var<'g, F> {
+        self.unary(UnaryOp::Cos)
+    }
+
+    /// `arccos x` (NaN outside `[−1, 1]`; the derivative `−1/√(1 − x²)` is infinite at ±1).
+    pub fn acos(self) -> Var<'g, F> {
+        self.unary(UnaryOp::Acos)
+    }
+
     // ---- reductions ----
 
     fn sum_impl(self, over: Reduce, scale_by_count: bool, op: &str) -> Var<'g, F>
@@ -654,6 +675,34 @@ impl<'g, F: Element> Var<'g, F> {
         let out = Tensor::from_vec(data, &[rows, 1]).expect("one value per row");
         self.graph
             .push(out, Op::Pick { x: self.id, labels }, &[self])
+    }
+
+    /// The fused margin cross-entropy; the caller ([`crate::loss`]) has checked the batch.
+    pub(crate) fn margin_xent(
+        self,
+        labels: &[usize],
+        map: LogitMap<F>,
+        row_weight: Vec<F>,
+        reduction: Reduction,
+    ) -> Var<'g, F> {
+        let x = self.value();
+        let (rows, cols) = x.matrix_dims().expect("checked by the caller");
+        let (mut lse, mut losses) = (vec![F::ZERO; rows], vec![F::ZERO; rows]);
+        kernels::margin_xent(x.data(), cols, labels, &map, &mut lse, &mut losses);
+        let weighted = losses.iter().zip(&row_weight).map(|(&l, &w)| l * w);
+        let out = match reduction {
+            Reduction::Mean | Reduction::Sum => Tensor::scalar(weighted.sum()),
+            Reduction::None => Tensor::from_vec(weighted.collect(), &[rows]).expect("B values"),
+        };
+        let op = Op::MarginXent {
+            cos: self.id,
+            labels: labels.to_vec(),
+            map,
+            lse,
+            row_weight,
+            reduction,
+        };
+        self.graph.push(out, op, &[self])
     }
 
     // ---- shape ----

@@ -40,6 +40,8 @@ pub mod gradcheck;
 mod graph;
 pub mod kernels;
 mod labels;
+pub mod loss;
+pub mod nn;
 pub mod ops;
 mod params;
 mod tensor;

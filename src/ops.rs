@@ -28,6 +28,10 @@ pub enum UnaryOp<F> {
     Tanh,
     /// `1 / (1 + e⁻ˣ)`
     Sigmoid,
+    /// `cos x`
+    Cos,
+    /// `arccos x`, for `x` in `[−1, 1]`
+    Acos,
     /// `x + c`
     AddScalar(F),
     /// `c·x`
@@ -48,6 +52,8 @@ impl<F: Element> UnaryOp<F> {
             UnaryOp::LeakyRelu(_) => "leaky_relu",
             UnaryOp::Tanh => "tanh",
             UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Cos => "cos",
+            UnaryOp::Acos => "acos",
             UnaryOp::AddScalar(_) => "add_scalar",
             UnaryOp::MulScalar(_) => "mul_scalar",
         }
@@ -73,6 +79,8 @@ impl<F: Element> UnaryOp<F> {
             }
             UnaryOp::Tanh => x.tanh(),
             UnaryOp::Sigmoid => F::ONE / (F::ONE + (-x).exp()),
+            UnaryOp::Cos => x.cos(),
+            UnaryOp::Acos => x.acos(),
             UnaryOp::AddScalar(c) => x + c,
             UnaryOp::MulScalar(c) => c * x,
         }
@@ -113,6 +121,8 @@ impl<F: Element> UnaryOp<F> {
             }
             UnaryOp::Tanh => F::ONE - y * y,
             UnaryOp::Sigmoid => y * (F::ONE - y),
+            UnaryOp::Cos => -x.sin(),
+            UnaryOp::Acos => -F::ONE / (F::ONE - x * x).sqrt(),
             UnaryOp::AddScalar(_) => F::ONE,
             UnaryOp::MulScalar(c) => c,
         }

@@ -193,6 +193,24 @@ impl<F: Element> Tensor<F> {
         }
     }
 
+    /// The column of each row's largest element (the first, on ties).
+    ///
+    /// # Panics
+    /// When the tensor is not rank 2 or has no columns.
+    #[track_caller]
+    pub fn argmax_rows(&self) -> Vec<usize> {
+        let Some((_, cols)) = self.matrix_dims().filter(|&(_, c)| c > 0) else {
+            panic!(
+                "argmax_rows: expected [R, C] with C > 0, found shape {:?}",
+                self.shape
+            )
+        };
+        self.data
+            .chunks(cols)
+            .map(|row| (1..cols).fold(0, |best, j| if row[j] > row[best] { j } else { best }))
+            .collect()
+    }
+
     /// Checks that every element is finite.
     ///
     /// # Errors

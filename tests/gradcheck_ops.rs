@@ -127,6 +127,13 @@ fn tanh_sigmoid() {
     check_shapes(one(away_from_zero), |_, v| v[0].sigmoid());
 }
 
+#[test]
+fn cos_and_acos() {
+    check_shapes(one(away_from_zero), |_, v| v[0].cos());
+    let inside = |s: &[usize], rng: &mut common::Rng| Tensor::rand_uniform(s, -0.95, 0.95, rng);
+    check_shapes(one(inside), |_, v| v[0].acos());
+}
+
 // ---- reductions ----
 
 #[test]

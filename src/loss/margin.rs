@@ -1,0 +1,340 @@
+//! The margin-softmax family as one configuration: how each loss turns cosines into logits.
+//!
+//! For a sample with label `y` and cosines `c_j` to the class centres, every loss here is
+//! softmax cross-entropy over the logits
+//!
+//! ```text
+//! z_y = s · (ψ(c_y) − m3) / M                      the target
+//! z_j = s · (c_j + m_nt)                 (j ≠ y)   every other class
+//! ψ(c) = cos(m1·θ + m2),  θ = arccos c             (ψ(c) = c when m1 = 1, m2 = 0)
+//! ```
+//!
+//! | loss | s | m1 | m2 | m3 | M | m_nt |
+//! |---|---|---|---|---|---|---|
+//! | softmax on raw logits | 1 | 1 | 0 | 0 | 1 | 0 |
+//! | NormFace | s | 1 | 0 | 0 | 1 | 0 |
+//! | AM-Softmax (CosFace) | s | 1 | 0 | m | 1 | 0 |
+//! | Enhanced AM-Softmax | s | 1 | 0 | m | e^m | m |
+//! | ArcFace | s | 1 | m | 0 | 1 | 0 |
+//! | combined margin | s | m1 | m2 | m3 | 1 | 0 |
+//!
+//! The angular part (m1 ≠ 1 or m2 ≠ 0) clamps `c` to `[−1 + 1e-7, 1 − 1e-7]` before `arccos`,
+//! so that `dψ/dc = m1·sin(m1θ + m2)/sin θ` stays finite, and can fall back where
+//! `cos(m1θ + m2)` stops decreasing in θ ([`ArcFallback`]). Derivations: `docs/derivations.md`.
+
+use crate::{Element, Error};
+use serde::{Deserialize, Serialize};
+
+/// What the angular margin does past the angle where `cos(m1·θ + m2)` stops decreasing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ArcFallback {
+    /// Nothing: the target logit is `cos(m1·θ + m2)` at every angle (not monotonic in θ).
+    None,
+    /// InsightFace's default: past `θ_t = (π − m2)/m1` (where `c < th = cos θ_t`) the target
+    /// uses `c − mm`, `mm = sin(π − m2)·m2`.
+    Threshold,
+    /// "Easy margin": the margin applies only where `c > 0`; elsewhere the target uses `c`.
+    EasyMargin,
+}
+
+/// The four settings of the Enhanced AM-Softmax ablation (see [`MarginLoss::enhanced_ablation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnhancedAblation {
+    /// Neither change: plain AM-Softmax.
+    AmOnly,
+    /// Only the additional non-target margin `m_nt = m`.
+    AdditionalMarginOnly,
+    /// Only the exponential scaling `M = e^m` of the target logit.
+    ExponentialScalingOnly,
+    /// Both changes: the Enhanced AM-Softmax.
+    Both,
+}
+
+/// A margin-softmax loss: the settings of the formula in the [module docs](self).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MarginLoss {
+    /// A short name for reports ("am", "enhanced", "arcface", ...).
+    pub name: String,
+    /// `s`, the logit scale.
+    pub scale: f64,
+    /// `m1`, the multiplicative angular margin (1 = off).
+    pub angular_multiplier: f64,
+    /// `m2`, the additive angular margin (ArcFace's m; 0 = off).
+    pub angular_margin: f64,
+    /// `m3`, the additive cosine margin (CosFace's m; 0 = off).
+    pub cosine_margin: f64,
+    /// `M`, the divisor of the target logit (Enhanced AM-Softmax's e^m; 1 = off).
+    pub target_divisor: f64,
+    /// `m_nt`, the margin added to every non-target cosine (Enhanced's m2; 0 = off).
+    pub nontarget_margin: f64,
+    /// What the angular margin does where it stops being monotonic.
+    pub fallback: ArcFallback,
+}
+
+impl MarginLoss {
+    fn plain(name: &str, scale: f64) -> Self {
+        MarginLoss {
+            name: name.to_string(),
+            scale,
+            angular_multiplier: 1.0,
+            angular_margin: 0.0,
+            cosine_margin: 0.0,
+            target_divisor: 1.0,
+            nontarget_margin: 0.0,
+            fallback: ArcFallback::None,
+        }
+    }
+
+    /// Softmax cross-entropy on the input taken as raw logits (scale 1, no margin).
+    pub fn softmax() -> Self {
+        Self::plain("softmax", 1.0)
+    }
+
+    /// NormFace: `z = s·cos` for every class.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] unless `s` is positive and finite.
+    pub fn normface(s: f64) -> Result<Self, Error> {
+        Self::plain("normface", s).validated()
+    }
+
+    /// AM-Softmax (CosFace): `z_y = s(cos − m)`, `z_j = s·cos`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for `s ≤ 0` or `m < 0` (or either not finite).
+    pub fn am(s: f64, m: f64) -> Result<Self, Error> {
+        MarginLoss {
+            cosine_margin: m,
+            ..Self::plain("am", s)
+        }
+        .validated()
+    }
+
+    /// Enhanced AM-Softmax with its defaults: `z_y = s(cos − m)/e^m`, `z_j = s(cos + m)`.
+    ///
+    /// # Errors
+    /// As [`MarginLoss::enhanced_with`].
+    pub fn enhanced(s: f64, m: f64) -> Result<Self, Error> {
+        Self::enhanced_with(s, m, m, m.exp())
+    }
+
+    /// Enhanced AM-Softmax with each change set on its own: `z_y = s(cos − m)/big_m`,
+    /// `z_j = s(cos + m2)`. `m2 = 0` turns off the additional margin, `big_m = 1` the
+    /// exponential scaling.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for `s ≤ 0`, `m < 0`, `m2 < 0` or `big_m ≤ 0`.
+    pub fn enhanced_with(s: f64, m: f64, m2: f64, big_m: f64) -> Result<Self, Error> {
+        MarginLoss {
+            cosine_margin: m,
+            target_divisor: big_m,
+            nontarget_margin: m2,
+            ..Self::plain("enhanced", s)
+        }
+        .validated()
+    }
+
+    /// One of the four settings of the Enhanced ablation at margin `m`; named
+    /// "am", "enhanced-margin-only", "enhanced-scaling-only" and "enhanced".
+    ///
+    /// # Errors
+    /// As [`MarginLoss::enhanced_with`].
+    pub fn enhanced_ablation(s: f64, m: f64, which: EnhancedAblation) -> Result<Self, Error> {
+        let (m2, big_m, name) = match which {
+            EnhancedAblation::AmOnly => (0.0, 1.0, "am"),
+            EnhancedAblation::AdditionalMarginOnly => (m, 1.0, "enhanced-margin-only"),
+            EnhancedAblation::ExponentialScalingOnly => (0.0, m.exp(), "enhanced-scaling-only"),
+            EnhancedAblation::Both => (m, m.exp(), "enhanced"),
+        };
+        let mut loss = Self::enhanced_with(s, m, m2, big_m)?;
+        loss.name = name.to_string();
+        Ok(loss)
+    }
+
+    /// ArcFace: `z_y = s·cos(θ + m)`, `z_j = s·cos`, with the given fallback.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for `s ≤ 0` or `m` outside `[0, π)`.
+    pub fn arcface(s: f64, m: f64, fallback: ArcFallback) -> Result<Self, Error> {
+        MarginLoss {
+            angular_margin: m,
+            fallback,
+            ..Self::plain("arcface", s)
+        }
+        .validated()
+    }
+
+    /// The combined margin: `z_y = s(cos(m1·θ + m2) − m3)`, `z_j = s·cos`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for `s ≤ 0`, `m1 < 1`, `m2` outside `[0, π)` or `m3 < 0`.
+    pub fn combined(
+        s: f64,
+        m1: f64,
+        m2: f64,
+        m3: f64,
+        fallback: ArcFallback,
+    ) -> Result<Self, Error> {
+        MarginLoss {
+            angular_multiplier: m1,
+            angular_margin: m2,
+            cosine_margin: m3,
+            fallback,
+            ..Self::plain("combined", s)
+        }
+        .validated()
+    }
+
+    /// Whether the target logit goes through `arccos` (m1 ≠ 1 or m2 ≠ 0).
+    pub fn is_angular(&self) -> bool {
+        self.angular_multiplier != 1.0 || self.angular_margin != 0.0
+    }
+
+    /// Checks every setting against the range its formula allows.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), Error> {
+        let check = |name, value: f64, ok: bool, requirement| {
+            if ok && value.is_finite() {
+                Ok(())
+            } else {
+                Err(Error::InvalidSetting {
+                    name,
+                    value,
+                    requirement,
+                })
+            }
+        };
+        check("scale", self.scale, self.scale > 0.0, "positive and finite")?;
+        check(
+            "angular multiplier m1",
+            self.angular_multiplier,
+            self.angular_multiplier >= 1.0,
+            "at least 1",
+        )?;
+        check(
+            "angular margin m2",
+            self.angular_margin,
+            (0.0..std::f64::consts::PI).contains(&self.angular_margin),
+            "in [0, π)",
+        )?;
+        check(
+            "cosine margin m",
+            self.cosine_margin,
+            self.cosine_margin >= 0.0,
+            "non-negative",
+        )?;
+        check(
+            "target divisor M",
+            self.target_divisor,
+            self.target_divisor > 0.0,
+            "positive",
+        )?;
+        check(
+            "non-target margin m2",
+            self.nontarget_margin,
+            self.nontarget_margin >= 0.0,
+            "non-negative",
+        )
+    }
+
+    fn validated(self) -> Result<Self, Error> {
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Where the angular fallback applies and what it does there: `Some((th, mm))` means the
+    /// target uses `c − mm` wherever the clamped cosine `c ≤ th`.
+    pub(crate) fn fallback_rule(&self) -> Option<(f64, f64)> {
+        let pi = std::f64::consts::PI;
+        let (m1, m2) = (self.angular_multiplier, self.angular_margin);
+        match self.fallback {
+            ArcFallback::None => None,
+            ArcFallback::Threshold => Some((((pi - m2) / m1).cos(), (pi - m2).sin() * m2)),
+            ArcFallback::EasyMargin => Some((0.0, 0.0)),
+        }
+    }
+
+    /// The per-element maps of the fused kernel, in element type `F`.
+    pub(crate) fn logit_map<F: Element>(&self) -> LogitMap<F> {
+        let f = F::from_f64;
+        LogitMap {
+            scale: f(self.scale),
+            target_scale: f(self.scale / self.target_divisor),
+            cosine_margin: f(self.cosine_margin),
+            nontarget_shift: f(self.scale * self.nontarget_margin),
+            angular: self.is_angular().then(|| Angular {
+                m1: f(self.angular_multiplier),
+                m2: f(self.angular_margin),
+                fallback: self.fallback_rule().map(|(th, mm)| (f(th), f(mm))),
+            }),
+        }
+    }
+}
+
+/// How far inside ±1 cosines are clamped before `arccos`.
+pub(crate) const CLAMP: f64 = 1e-7;
+
+/// The angular part of a target logit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Angular<F> {
+    pub m1: F,
+    pub m2: F,
+    /// `(th, mm)`: the target is `c − mm` where `c ≤ th` (see [`MarginLoss::fallback_rule`]).
+    pub fallback: Option<(F, F)>,
+}
+
+/// A [`MarginLoss`] in element type `F`, ready for the kernels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct LogitMap<F> {
+    /// `s`: the slope of every non-target logit.
+    pub scale: F,
+    /// `s / M`.
+    pub target_scale: F,
+    /// `m3`.
+    pub cosine_margin: F,
+    /// `s · m_nt`.
+    pub nontarget_shift: F,
+    pub angular: Option<Angular<F>>,
+}
+
+impl<F: Element> LogitMap<F> {
+    /// `z_j = s·c + s·m_nt` for a non-target class.
+    #[inline]
+    pub fn nontarget(&self, c: F) -> F {
+        self.scale * c + self.nontarget_shift
+    }
+
+    /// `(z_y, dz_y/dc)` for the target class at cosine `c`.
+    #[inline]
+    pub fn target(&self, c: F) -> (F, F) {
+        let (psi, slope) = match self.angular {
+            None => (c, F::ONE),
+            Some(a) => a.psi(c),
+        };
+        (
+            self.target_scale * (psi - self.cosine_margin),
+            self.target_scale * slope,
+        )
+    }
+}
+
+impl<F: Element> Angular<F> {
+    /// `(ψ(c), dψ/dc)`, with `c` clamped inside ±1 (slope 0 where the clamp is active).
+    #[inline]
+    pub fn psi(&self, c: F) -> (F, F) {
+        let limit = F::ONE - F::from_f64(CLAMP);
+        let clamped = c.max(-limit).min(limit);
+        let inside = if clamped == c { F::ONE } else { F::ZERO };
+        if let Some((threshold, shift)) = self.fallback {
+            if clamped <= threshold {
+                return (clamped - shift, inside);
+            }
+        }
+        let theta = clamped.acos();
+        let angle = self.m1 * theta + self.m2;
+        let sin_theta = (F::ONE - clamped * clamped).sqrt();
+        (angle.cos(), inside * self.m1 * angle.sin() / sin_theta)
+    }
+}

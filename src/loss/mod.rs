@@ -1,0 +1,135 @@
+//! Losses: softmax cross-entropy and the margin-softmax family (NormFace, AM-Softmax / CosFace,
+//! Enhanced AM-Softmax, ArcFace, combined margins), as one fused op with a closed-form backward.
+//!
+//! [`margin_cross_entropy`] takes a `[B, C]` matrix of cosines (or, for [`MarginLoss::softmax`],
+//! raw logits) and the labels. Every loss is also built from primitive ops in [`composed`], so
+//! that the tests can hold the fused op against it and both against finite differences.
+
+pub mod composed;
+mod margin;
+
+pub use margin::{ArcFallback, EnhancedAblation, MarginLoss};
+pub(crate) use margin::{CLAMP, LogitMap};
+
+use crate::{Element, Error, Labels, Var};
+use serde::{Deserialize, Serialize};
+
+/// How per-sample losses `w_i·L_i` are combined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Reduction {
+    /// `(1/B) Σ_i w_i·L_i`, a scalar (the default).
+    #[default]
+    Mean,
+    /// `Σ_i w_i·L_i`, a scalar.
+    Sum,
+    /// The vector `[w_i·L_i]`, shape `[B]`.
+    None,
+}
+
+/// The mean margin cross-entropy of a batch: see [`margin_cross_entropy_with`].
+///
+/// # Errors
+/// As [`margin_cross_entropy_with`].
+#[track_caller]
+pub fn margin_cross_entropy<'g, F: Element>(
+    cos: Var<'g, F>,
+    labels: &Labels,
+    loss: &MarginLoss,
+) -> Result<Var<'g, F>, Error> {
+    margin_cross_entropy_with(cos, labels, loss, Reduction::Mean, None)
+}
+
+/// Plain softmax cross-entropy on raw logits, `−(1/B) Σ_i log softmax(z_i)_{y_i}`.
+///
+/// # Errors
+/// As [`margin_cross_entropy_with`].
+#[track_caller]
+pub fn softmax_cross_entropy<'g, F: Element>(
+    logits: Var<'g, F>,
+    labels: &Labels,
+) -> Result<Var<'g, F>, Error> {
+    margin_cross_entropy(logits, labels, &MarginLoss::softmax())
+}
+
+/// The margin cross-entropy `L_i = −log softmax(z_i)_{y_i}` over the logits that `loss` builds
+/// from the cosines `cos` (`[B, C]`), weighted by `weights` (default 1) and reduced.
+///
+/// # Errors
+/// - [`Error::InvalidSetting`] when a setting of `loss` is out of its range, or a weight is
+///   negative or not finite;
+/// - [`Error::EmptyBatch`] when `B = 0`;
+/// - [`Error::DataLength`] when there are not `B` labels (or weights);
+/// - [`Error::LabelOutOfRange`] when a label is not below `C`.
+///
+/// # Panics
+/// When `cos` is not a rank-2 tensor (a mistake in composing ops).
+#[track_caller]
+pub fn margin_cross_entropy_with<'g, F: Element>(
+    cos: Var<'g, F>,
+    labels: &Labels,
+    loss: &MarginLoss,
+    reduction: Reduction,
+    weights: Option<&[f64]>,
+) -> Result<Var<'g, F>, Error> {
+    let shape = cos.shape();
+    let [batch, classes] = shape[..] else {
+        panic!("margin_cross_entropy: expected [B, C] cosines, found shape {shape:?}")
+    };
+    let row_weight = check_batch(batch, classes, labels, loss, weights)?;
+    let row_weight = row_weight
+        .into_iter()
+        .map(|w| {
+            let w = if reduction == Reduction::Mean {
+                w / batch as f64
+            } else {
+                w
+            };
+            F::from_f64(w)
+        })
+        .collect();
+    Ok(cos.margin_xent(labels.values(), loss.logit_map(), row_weight, reduction))
+}
+
+/// Checks a batch against the loss; returns each row's weight.
+pub(crate) fn check_batch(
+    batch: usize,
+    classes: usize,
+    labels: &Labels,
+    loss: &MarginLoss,
+    weights: Option<&[f64]>,
+) -> Result<Vec<f64>, Error> {
+    loss.validate()?;
+    if batch == 0 {
+        return Err(Error::EmptyBatch);
+    }
+    if labels.len() != batch {
+        return Err(Error::DataLength {
+            shape: vec![batch],
+            expected: batch,
+            found: labels.len(),
+        });
+    }
+    if let Some(index) = labels.values().iter().position(|&l| l >= classes) {
+        return Err(Error::LabelOutOfRange {
+            index,
+            label: labels.values()[index],
+            classes,
+        });
+    }
+    match weights {
+        None => Ok(vec![1.0; batch]),
+        Some(w) if w.len() != batch => Err(Error::DataLength {
+            shape: vec![batch],
+            expected: batch,
+            found: w.len(),
+        }),
+        Some(w) => match w.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+            Some(&bad) => Err(Error::InvalidSetting {
+                name: "sample weight",
+                value: bad,
+                requirement: "non-negative and finite",
+            }),
+            None => Ok(w.to_vec()),
+        },
+    }
+}
