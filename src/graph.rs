@@ -188,6 +188,15 @@ impl<F: Element> Graph<F> {
         self.len() == 0
     }
 
+    /// The number of elements each node holds, in tape order: what the graph keeps alive.
+    pub fn node_sizes(&self) -> Vec<usize> {
+        self.nodes
+            .borrow()
+            .iter()
+            .map(|n| n.value.numel())
+            .collect()
+    }
+
     /// A value that receives no gradient (input data).
     pub fn constant(&self, value: Tensor<F>) -> Var<'_, F> {
         self.push_node(Value::Owned(value), Op::Constant, false)

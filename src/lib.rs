@@ -9,7 +9,11 @@
 //!   (matmul, elementwise, reductions, fused L2 normalisation and log-softmax, ...).
 //! - [`Params`]: named parameters that enter a graph without being copied; backward returns
 //!   their [`Gradients`] by [`ParamId`].
+//! - [`loss`]: the margin-softmax family (softmax, NormFace, AM-Softmax, Enhanced AM-Softmax,
+//!   ArcFace, combined margins) as one fused op with a closed-form backward.
+//! - [`nn::CosineHead`]: class centres normalised inside; loss, cosine logits, embeddings.
 //! - [`gradcheck`](mod@gradcheck): check any function's gradients against finite differences.
+//! - [`data`]: the UCI digits shipped inside the crate.
 //!
 //! A linear classifier's gradient, the whole loop:
 //!

@@ -453,3 +453,51 @@ fn cosines_of_the_wrong_rank_are_a_programmer_error() {
         &MarginLoss::softmax(),
     );
 }
+
+// ---- what the Enhanced loss's two changes do (docs/derivations.md, section 6) ----
+
+#[test]
+fn enhanced_decision_boundary_is_m_cos_j_plus_m_one_plus_m() {
+    // on cos_y = M·cos_j + m(1 + M) the target and the other logit are equal: p = 1/2
+    let (s, m) = (30.0f64, 0.35f64);
+    let big_m = m.exp();
+    let labels = Labels::new(vec![0], 2).unwrap();
+    for c_j in [-0.5, 0.0, 0.1] {
+        let c_y = big_m * c_j + m * (1.0 + big_m);
+        let cos = Tensor::from_vec(vec![c_y, c_j], &[1, 2]).unwrap();
+        let g = Graph::<f64>::new();
+        let loss = margin_cross_entropy(
+            g.constant(cos),
+            &labels,
+            &MarginLoss::enhanced(s, m).unwrap(),
+        );
+        assert!(
+            (loss.unwrap().item() - 2f64.ln()).abs() < 1e-12,
+            "c_j = {c_j}"
+        );
+    }
+    // a sample can sit on the boundary only while cos_y ≤ 1, i.e. cos_j ≤ 0.108
+    let limit = (1.0 - m * (1.0 + big_m)) / big_m;
+    assert!((limit - 0.108).abs() < 5e-4, "{limit}");
+}
+
+#[test]
+fn enhanced_target_slope_is_s_over_m_and_others_s() {
+    // ∂L/∂c_y = (p_y − 1)·s/M and ∂L/∂c_j = p_j·s, with p the softmax of the logits
+    let (s, m) = (30.0f64, 0.35f64);
+    let big_m = m.exp();
+    let c = [0.5, 0.1, -0.2];
+    let z = [s * (c[0] - m) / big_m, s * (c[1] + m), s * (c[2] + m)];
+    let total: f64 = z.iter().map(|v| v.exp()).sum();
+    let p: Vec<f64> = z.iter().map(|v| v.exp() / total).collect();
+    let g = Graph::<f64>::new();
+    let x = g.leaf(Tensor::from_vec(c.to_vec(), &[1, 3]).unwrap());
+    let labels = Labels::new(vec![0], 3).unwrap();
+    let grads = margin_cross_entropy(x, &labels, &MarginLoss::enhanced(s, m).unwrap())
+        .unwrap()
+        .backward();
+    let d = grads.wrt(x).unwrap().data().to_vec();
+    assert!((d[0] - (p[0] - 1.0) * s / big_m).abs() < 1e-12);
+    assert!((d[1] - p[1] * s).abs() < 1e-12);
+    assert!((d[2] - p[2] * s).abs() < 1e-12);
+}
