@@ -55,6 +55,18 @@ impl<F: Element> Gradients<F> {
         Ok(())
     }
 
+    /// Multiplies every gradient by `factor` (gradient clipping).
+    pub fn scale(&mut self, factor: F) {
+        let all = self
+            .params
+            .iter_mut()
+            .flatten()
+            .chain(self.leaves.values_mut());
+        for g in all {
+            g.data_mut().iter_mut().for_each(|v| *v *= factor);
+        }
+    }
+
     fn accumulate_param(&mut self, id: ParamId, g: Tensor<F>) {
         if self.params.len() <= id.index() {
             self.params.resize_with(id.index() + 1, || None);

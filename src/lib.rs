@@ -47,6 +47,7 @@ mod labels;
 pub mod loss;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 mod params;
 mod tensor;
 
@@ -58,6 +59,16 @@ pub use graph::{Graph, ValueRef, Var};
 pub use labels::Labels;
 pub use params::{ParamId, Params};
 pub use tensor::{Tensor, numel};
+
+/// The crate's seeded random generator (xoshiro256++): fast, the same stream on every
+/// platform and version, and serialisable, so a checkpoint can resume a run exactly.
+pub type SeededRng = rand::rngs::Xoshiro256PlusPlus;
+
+/// A [`SeededRng`] from a 64-bit seed.
+pub fn seeded_rng(seed: u64) -> SeededRng {
+    use rand::SeedableRng;
+    SeededRng::seed_from_u64(seed)
+}
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

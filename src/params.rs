@@ -4,7 +4,9 @@ use crate::{Element, Tensor};
 use std::sync::Arc;
 
 /// The index of a parameter in its [`Params`] store. Gradients and optimiser state are keyed by it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ParamId(pub(crate) usize);
 
 impl ParamId {
@@ -18,10 +20,15 @@ impl ParamId {
 ///
 /// A graph takes a parameter by reference count ([`Graph::param`](crate::Graph::param)), so the
 /// data is never copied; after the graph is dropped, [`Params::get_mut`] updates it in place.
+///
+/// Besides trainable parameters it holds *buffers* ([`Params::add_buffer`]): named tensors
+/// that are saved and restored with the model but never trained (BatchNorm's running
+/// statistics), as in a PyTorch `state_dict`.
 #[derive(Clone, Debug, Default)]
 pub struct Params<F: Element = f32> {
     names: Vec<String>,
     values: Vec<Arc<Tensor<F>>>,
+    trainable: Vec<bool>,
 }
 
 impl<F: Element> Params<F> {
@@ -30,6 +37,7 @@ impl<F: Element> Params<F> {
         Params {
             names: Vec::new(),
             values: Vec::new(),
+            trainable: Vec::new(),
         }
     }
 
@@ -39,14 +47,49 @@ impl<F: Element> Params<F> {
     /// When the name is already taken.
     #[track_caller]
     pub fn add(&mut self, name: impl Into<String>, value: Tensor<F>) -> ParamId {
-        let name = name.into();
+        self.insert(name.into(), value, true)
+    }
+
+    /// Adds a buffer: saved and restored like a parameter, never trained.
+    ///
+    /// # Panics
+    /// When the name is already taken.
+    #[track_caller]
+    pub fn add_buffer(&mut self, name: impl Into<String>, value: Tensor<F>) -> ParamId {
+        self.insert(name.into(), value, false)
+    }
+
+    #[track_caller]
+    fn insert(&mut self, name: String, value: Tensor<F>, trainable: bool) -> ParamId {
         assert!(
             self.find(&name).is_none(),
             "Params::add: a parameter named {name:?} already exists"
         );
         self.names.push(name);
         self.values.push(Arc::new(value));
+        self.trainable.push(trainable);
         ParamId(self.values.len() - 1)
+    }
+
+    /// Whether `id` is trained (a parameter) rather than only saved (a buffer).
+    pub fn is_trainable(&self, id: ParamId) -> bool {
+        self.trainable[id.0]
+    }
+
+    /// Replaces the value of `id`; buffer updates go through here.
+    ///
+    /// # Panics
+    /// When the new value's shape differs from the old one's.
+    #[track_caller]
+    pub fn set(&mut self, id: ParamId, value: Tensor<F>) {
+        let old = self.get(id).shape();
+        assert!(
+            old == value.shape(),
+            "shape mismatch in Params::set of {:?}: has {old:?}, given {:?}",
+            self.names[id.0],
+            value.shape()
+        );
+        self.values[id.0] = Arc::new(value);
     }
 
     /// The parameter's value.
@@ -90,8 +133,11 @@ impl<F: Element> Params<F> {
         self.values.is_empty()
     }
 
-    /// The total number of scalar parameters.
+    /// The total number of trainable scalars (buffers not counted).
     pub fn count(&self) -> usize {
-        self.values.iter().map(|t| t.numel()).sum()
+        self.ids()
+            .filter(|&id| self.is_trainable(id))
+            .map(|id| self.get(id).numel())
+            .sum()
     }
 }

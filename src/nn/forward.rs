@@ -1,0 +1,105 @@
+//! The context a forward pass runs in: its graph, the parameters, and the training mode.
+
+use crate::{Element, Graph, ParamId, Params, SeededRng, Tensor, Var};
+
+/// Where a module's forward pass reads its parameters, whether it is training (dropout on,
+/// batch statistics) or evaluating, and where it leaves buffer updates (BatchNorm's running
+/// statistics), applied with [`Params::apply`] once the graph is gone.
+pub struct Forward<'g, 'p, F: Element> {
+    graph: &'g Graph<F>,
+    params: &'p Params<F>,
+    rng: Option<&'p mut SeededRng>,
+    updates: Vec<(ParamId, Tensor<F>)>,
+}
+
+/// Buffer values computed by a training forward pass, to store with [`Params::apply`].
+#[derive(Debug, Default)]
+#[must_use = "buffer updates do nothing until applied with Params::apply"]
+pub struct BufferUpdates<F: Element>(Vec<(ParamId, Tensor<F>)>);
+
+impl<'g, 'p, F: Element> Forward<'g, 'p, F> {
+    /// A training pass: dropout draws its masks from `rng`, BatchNorm uses batch statistics.
+    pub fn train(graph: &'g Graph<F>, params: &'p Params<F>, rng: &'p mut SeededRng) -> Self {
+        Forward {
+            graph,
+            params,
+            rng: Some(rng),
+            updates: Vec::new(),
+        }
+    }
+
+    /// An evaluation pass: no dropout, BatchNorm uses its running statistics.
+    pub fn eval(graph: &'g Graph<F>, params: &'p Params<F>) -> Self {
+        Forward {
+            graph,
+            params,
+            rng: None,
+            updates: Vec::new(),
+        }
+    }
+
+    /// The graph the pass records on.
+    pub fn graph(&self) -> &'g Graph<F> {
+        self.graph
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &'p Params<F> {
+        self.params
+    }
+
+    /// Parameter `id`, entered into the graph.
+    pub fn param(&self, id: ParamId) -> Var<'g, F> {
+        self.graph.param(self.params, id)
+    }
+
+    /// A buffer's current value, as a constant (no gradient).
+    pub fn buffer(&self, id: ParamId) -> Var<'g, F> {
+        self.graph.constant(self.params.get(id).clone())
+    }
+
+    /// Whether this is a training pass.
+    pub fn is_training(&self) -> bool {
+        self.rng.is_some()
+    }
+
+    /// The generator of a training pass (`None` when evaluating).
+    pub fn rng(&mut self) -> Option<&mut SeededRng> {
+        self.rng.as_deref_mut()
+    }
+
+    /// Records a new value for buffer `id`.
+    pub fn update_buffer(&mut self, id: ParamId, value: Tensor<F>) {
+        self.updates.push((id, value));
+    }
+
+    /// The buffer updates of this pass.
+    pub fn into_updates(self) -> BufferUpdates<F> {
+        BufferUpdates(self.updates)
+    }
+}
+
+impl<F: Element> BufferUpdates<F> {
+    /// The number of buffer values recorded.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the pass recorded none (an evaluation pass, or a model without BatchNorm).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<F: Element> Params<F> {
+    /// Stores the buffer values a training pass computed.
+    ///
+    /// # Panics
+    /// When a value's shape differs from its buffer's.
+    #[track_caller]
+    pub fn apply(&mut self, updates: BufferUpdates<F>) {
+        for (id, value) in updates.0 {
+            self.set(id, value);
+        }
+    }
+}

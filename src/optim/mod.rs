@@ -1,0 +1,390 @@
+//! Optimisers, learning-rate schedules and gradient clipping.
+//!
+//! [`Optimizer`] updates parameters in place from [`Gradients`]; it keeps its state (momentum
+//! buffers, Adam's moments, step counts) per [`ParamId`], serialisable so that a checkpoint can
+//! resume a run exactly. Parameters fall into groups, each with its own learning rate and
+//! weight decay; a [`LrSchedule`] scales every group's rate.
+
+mod schedule;
+
+pub use schedule::{LrSchedule, Schedule};
+
+use crate::{Element, Error, Gradients, ParamId, Params, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// The update rule, with PyTorch's equations (see each variant).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Method {
+    /// `d = g + λp; b ← μb + d (b = d at the first step); d ← d + μb (Nesterov) or b;
+    /// p ← p − η·d`.
+    Sgd {
+        /// μ, in `[0, 1)`.
+        momentum: f64,
+        /// Nesterov's look-ahead (needs μ > 0).
+        nesterov: bool,
+    },
+    /// Adam with L2 decay in the gradient: `g ← g + λp; m ← β1 m + (1 − β1) g;
+    /// v ← β2 v + (1 − β2) g²; p ← p − η m̂ / (√v̂ + ε)`, `m̂ = m/(1 − β1ᵗ)`,
+    /// `v̂ = v/(1 − β2ᵗ)`.
+    Adam {
+        /// β1.
+        beta1: f64,
+        /// β2.
+        beta2: f64,
+        /// ε.
+        eps: f64,
+    },
+    /// AdamW: Adam with decoupled decay, `p ← p (1 − ηλ)` before the Adam step.
+    AdamW {
+        /// β1.
+        beta1: f64,
+        /// β2.
+        beta2: f64,
+        /// ε.
+        eps: f64,
+    },
+}
+
+impl Method {
+    /// Adam with β = (0.9, 0.999), ε = 1e-8.
+    pub fn adam() -> Self {
+        Method::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+
+    /// AdamW with β = (0.9, 0.999), ε = 1e-8.
+    pub fn adamw() -> Self {
+        Method::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let check = |name, value: f64, ok: bool, requirement| {
+            if ok && value.is_finite() {
+                Ok(())
+            } else {
+                Err(Error::InvalidSetting {
+                    name,
+                    value,
+                    requirement,
+                })
+            }
+        };
+        match *self {
+            Method::Sgd { momentum, nesterov } => {
+                check(
+                    "momentum",
+                    momentum,
+                    (0.0..1.0).contains(&momentum),
+                    "in [0, 1)",
+                )?;
+                check(
+                    "momentum",
+                    momentum,
+                    !nesterov || momentum > 0.0,
+                    "positive for Nesterov",
+                )
+            }
+            Method::Adam { beta1, beta2, eps } | Method::AdamW { beta1, beta2, eps } => {
+                check("beta1", beta1, (0.0..1.0).contains(&beta1), "in [0, 1)")?;
+                check("beta2", beta2, (0.0..1.0).contains(&beta2), "in [0, 1)")?;
+                check("eps", eps, eps > 0.0, "positive")
+            }
+        }
+    }
+}
+
+/// A set of parameters sharing a learning rate and a weight decay.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    /// The parameters.
+    pub params: Vec<ParamId>,
+    /// η before the schedule's factor.
+    pub lr: f64,
+    /// λ.
+    pub weight_decay: f64,
+}
+
+/// What an optimiser remembers about one parameter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "F: Element")]
+pub struct Slot<F: Element> {
+    /// Updates applied so far (t).
+    pub steps: u64,
+    /// The momentum buffer, or Adam's first moment.
+    pub first: Tensor<F>,
+    /// Adam's second moment (empty for SGD).
+    pub second: Tensor<F>,
+}
+
+/// An optimiser's whole state, as a checkpoint stores it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "F: Element")]
+pub struct OptimizerState<F: Element> {
+    /// The rule.
+    pub method: Method,
+    /// The groups.
+    pub groups: Vec<Group>,
+    /// The schedule's current factor.
+    pub lr_factor: f64,
+    /// Per parameter id, in order.
+    pub slots: Vec<Option<Slot<F>>>,
+}
+
+/// Updates parameters from their gradients.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Optimizer<F: Element = f32> {
+    state: OptimizerState<F>,
+}
+
+fn check_rate(name: &'static str, value: f64, ok: bool) -> Result<(), Error> {
+    if ok && value.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::InvalidSetting {
+            name,
+            value,
+            requirement: if name == "learning rate" {
+                "positive and finite"
+            } else {
+                "non-negative and finite"
+            },
+        })
+    }
+}
+
+impl<F: Element> Optimizer<F> {
+    /// One group holding every trainable parameter of `params`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for a learning rate ≤ 0, a negative weight decay, or a method
+    /// setting out of range.
+    pub fn new(
+        method: Method,
+        params: &Params<F>,
+        lr: f64,
+        weight_decay: f64,
+    ) -> Result<Self, Error> {
+        method.validate()?;
+        check_rate("learning rate", lr, lr > 0.0)?;
+        check_rate("weight decay", weight_decay, weight_decay >= 0.0)?;
+        let ids = params.ids().filter(|&id| params.is_trainable(id)).collect();
+        Ok(Optimizer {
+            state: OptimizerState {
+                method,
+                groups: vec![Group {
+                    params: ids,
+                    lr,
+                    weight_decay,
+                }],
+                lr_factor: 1.0,
+                slots: Vec::new(),
+            },
+        })
+    }
+
+    /// Moves `ids` into a new group of their own (a different rate or decay for the head, say).
+    ///
+    /// # Errors
+    /// As [`Optimizer::new`] for the rate and decay.
+    pub fn with_group(
+        mut self,
+        ids: &[ParamId],
+        lr: f64,
+        weight_decay: f64,
+    ) -> Result<Self, Error> {
+        check_rate("learning rate", lr, lr > 0.0)?;
+        check_rate("weight decay", weight_decay, weight_decay >= 0.0)?;
+        for group in &mut self.state.groups {
+            group.params.retain(|id| !ids.contains(id));
+        }
+        self.state.groups.push(Group {
+            params: ids.to_vec(),
+            lr,
+            weight_decay,
+        });
+        Ok(self)
+    }
+
+    /// The groups.
+    pub fn groups(&self) -> &[Group] {
+        &self.state.groups
+    }
+
+    /// Scales every group's learning rate by `factor` from now on (what a schedule sets).
+    pub fn set_lr_factor(&mut self, factor: f64) {
+        self.state.lr_factor = factor;
+    }
+
+    /// The learning rate group `index` uses now.
+    pub fn lr(&self, index: usize) -> f64 {
+        self.state.groups[index].lr * self.state.lr_factor
+    }
+
+    /// The whole state, to save.
+    pub fn state(&self) -> &OptimizerState<F> {
+        &self.state
+    }
+
+    /// An optimiser that continues from a saved state, checked against the parameters it
+    /// will update.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] when a setting is out of range; [`Error::Format`] when a group
+    /// names a parameter that `params` does not train, or a slot's shape differs from its
+    /// parameter's.
+    pub fn from_state(state: OptimizerState<F>, params: &Params<F>) -> Result<Self, Error> {
+        state.method.validate()?;
+        let bad = |message: String| Error::Format {
+            source: "optimizer state".to_string(),
+            location: "parameters".to_string(),
+            message,
+        };
+        for group in &state.groups {
+            check_rate("learning rate", group.lr, group.lr > 0.0)?;
+            check_rate(
+                "weight decay",
+                group.weight_decay,
+                group.weight_decay >= 0.0,
+            )?;
+            if let Some(id) = group
+                .params
+                .iter()
+                .find(|id| id.index() >= params.len() || !params.is_trainable(**id))
+            {
+                return Err(bad(format!(
+                    "group names parameter #{}, but the model has {} tensors and that one is \
+                     not trainable or absent",
+                    id.index(),
+                    params.len()
+                )));
+            }
+        }
+        if state.slots.len() > params.len() {
+            return Err(bad(format!(
+                "{} slots for {} parameters",
+                state.slots.len(),
+                params.len()
+            )));
+        }
+        for (i, slot) in state.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            let expected = params.get(ParamId(i)).shape();
+            let second_ok = slot.second.numel() == 0 || slot.second.shape() == expected;
+            if slot.first.shape() != expected || !second_ok {
+                return Err(bad(format!(
+                    "slot of {:?} has shape {:?}, the parameter {expected:?}",
+                    params.name(ParamId(i)),
+                    slot.first.shape()
+                )));
+            }
+        }
+        Ok(Optimizer { state })
+    }
+
+    /// Applies one update to every parameter that has a gradient.
+    ///
+    /// # Panics
+    /// When a gradient's shape differs from its parameter's.
+    #[track_caller]
+    pub fn step(&mut self, params: &mut Params<F>, grads: &Gradients<F>) {
+        let OptimizerState {
+            method,
+            groups,
+            lr_factor,
+            slots,
+        } = &mut self.state;
+        for group in groups.iter() {
+            let lr = F::from_f64(group.lr * *lr_factor);
+            let decay = F::from_f64(group.weight_decay);
+            for &id in &group.params {
+                let Some(grad) = grads.param(id) else {
+                    continue;
+                };
+                let p = params.get_mut(id);
+                assert!(
+                    p.shape() == grad.shape(),
+                    "shape mismatch in Optimizer::step: parameter {:?}, gradient {:?}",
+                    p.shape(),
+                    grad.shape()
+                );
+                if slots.len() <= id.index() {
+                    slots.resize_with(id.index() + 1, || None);
+                }
+                let slot = slots[id.index()].get_or_insert_with(|| Slot {
+                    steps: 0,
+                    first: Tensor::zeros(p.shape()),
+                    second: match method {
+                        Method::Sgd { .. } => Tensor::zeros(&[0]),
+                        _ => Tensor::zeros(p.shape()),
+                    },
+                });
+                slot.steps += 1;
+                update(*method, lr, decay, p.data_mut(), grad.data(), slot);
+            }
+        }
+    }
+}
+
+/// One parameter's update (the equations of [`Method`]).
+fn update<F: Element>(method: Method, lr: F, decay: F, p: &mut [F], g: &[F], slot: &mut Slot<F>) {
+    let f = F::from_f64;
+    match method {
+        Method::Sgd { momentum, nesterov } => {
+            let mu = f(momentum);
+            let first_step = slot.steps == 1;
+            let buf = slot.first.data_mut();
+            for i in 0..p.len() {
+                let d = g[i] + decay * p[i];
+                let step = if momentum == 0.0 {
+                    d
+                } else {
+                    buf[i] = if first_step { d } else { mu * buf[i] + d };
+                    if nesterov { d + mu * buf[i] } else { buf[i] }
+                };
+                p[i] -= lr * step;
+            }
+        }
+        Method::Adam { beta1, beta2, eps } | Method::AdamW { beta1, beta2, eps } => {
+            let decoupled = matches!(method, Method::AdamW { .. });
+            let t = slot.steps as i32;
+            let (b1, b2) = (f(beta1), f(beta2));
+            let step_size = lr / f(1.0 - beta1.powi(t));
+            let bc2_sqrt = f((1.0 - beta2.powi(t)).sqrt());
+            let (m, v) = (slot.first.data_mut(), slot.second.data_mut());
+            for i in 0..p.len() {
+                let grad = if decoupled {
+                    p[i] -= lr * decay * p[i];
+                    g[i]
+                } else {
+                    g[i] + decay * p[i]
+                };
+                m[i] = b1 * m[i] + (F::ONE - b1) * grad;
+                v[i] = b2 * v[i] + (F::ONE - b2) * grad * grad;
+                p[i] -= step_size * m[i] / (v[i].sqrt() / bc2_sqrt + f(eps));
+            }
+        }
+    }
+}
+
+/// Scales all parameter gradients together so that their global L2 norm is at most
+/// `max_norm` (as `torch.nn.utils.clip_grad_norm_`, with its 1e-6 guard); returns the norm
+/// before clipping.
+pub fn clip_grad_norm<F: Element>(grads: &mut Gradients<F>, max_norm: f64) -> f64 {
+    let norm = grads
+        .params()
+        .map(|(_, g)| g.data().iter().map(|v| v.to_f64().powi(2)).sum::<f64>())
+        .sum::<f64>()
+        .sqrt();
+    if norm > max_norm {
+        let scale = F::from_f64(max_norm / (norm + 1e-6));
+        grads.scale(scale);
+    }
+    norm
+}

@@ -1,0 +1,277 @@
+//! Optimisers: first steps against values computed by hand, convergence on a quadratic,
+//! parameter groups, schedules, clipping, and a checked saved state.
+
+use margrad::optim::{LrSchedule, Method, Optimizer, Schedule, clip_grad_norm};
+use margrad::{Error, Gradients, Graph, ParamId, Params, Tensor};
+
+/// A one-parameter store [p] and the gradients of Σ g·p for a chosen g (so ∂/∂p = g).
+fn setup(p: f64) -> (Params<f64>, ParamId) {
+    let mut params = Params::new();
+    let id = params.add("p", Tensor::from_vec(vec![p], &[1]).unwrap());
+    (params, id)
+}
+
+fn grads_of(params: &Params<f64>, id: ParamId, g: f64) -> Gradients<f64> {
+    let graph = Graph::new();
+    let coef = graph.constant(Tensor::from_vec(vec![g], &[1]).unwrap());
+    (graph.param(params, id) * coef).sum().backward()
+}
+
+fn run(method: Method, lr: f64, decay: f64, p0: f64, gs: &[f64]) -> Vec<f64> {
+    let (mut params, id) = setup(p0);
+    let mut opt = Optimizer::new(method, &params, lr, decay).unwrap();
+    gs.iter()
+        .map(|&g| {
+            let grads = grads_of(&params, id, g);
+            opt.step(&mut params, &grads);
+            params.get(id).data()[0]
+        })
+        .collect()
+}
+
+fn close(a: &[f64], b: &[f64]) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() < 1e-12, "{a:?} vs {b:?}");
+    }
+}
+
+#[test]
+fn sgd_by_hand() {
+    let plain = Method::Sgd {
+        momentum: 0.0,
+        nesterov: false,
+    };
+    close(&run(plain, 0.1, 0.0, 1.0, &[0.5, 0.5]), &[0.95, 0.90]);
+    // weight decay: d = g + λp = 0.5 + 0.01·1
+    close(&run(plain, 0.1, 0.01, 1.0, &[0.5]), &[1.0 - 0.1 * 0.51]);
+    // momentum: b1 = g1 = 0.5, p1 = 0.95; b2 = 0.9·0.5 + 0.2 = 0.65, p2 = 0.95 − 0.065
+    let momentum = Method::Sgd {
+        momentum: 0.9,
+        nesterov: false,
+    };
+    close(&run(momentum, 0.1, 0.0, 1.0, &[0.5, 0.2]), &[0.95, 0.885]);
+    // Nesterov: step 1 d = g + μ·b = 0.5 + 0.45; step 2 b = 0.65, d = 0.2 + 0.585
+    let nesterov = Method::Sgd {
+        momentum: 0.9,
+        nesterov: true,
+    };
+    close(
+        &run(nesterov, 0.1, 0.0, 1.0, &[0.5, 0.2]),
+        &[0.905, 0.905 - 0.0785],
+    );
+}
+
+#[test]
+fn adam_and_adamw_by_hand() {
+    let (lr, eps) = (0.1, 1e-8);
+    // step 1: m = 0.1 g, v = 0.001 g², m̂ = g, v̂ = g²: p ← p − lr·g/(|g| + ε)
+    let s1 = 1.0 - lr * 0.5 / (0.5 + eps);
+    // step 2 with g = 0.2: m = 0.09·0.5... computed literally below
+    let (m1, v1): (f64, f64) = (0.1 * 0.5, 0.001 * 0.25);
+    let (m2, v2) = (0.9 * m1 + 0.1 * 0.2, 0.999 * v1 + 0.001 * 0.04);
+    let (bc1, bc2) = (1.0 - 0.9f64.powi(2), 1.0 - 0.999f64.powi(2));
+    let s2 = s1 - lr / bc1 * m2 / (v2.sqrt() / bc2.sqrt() + eps);
+    close(&run(Method::adam(), lr, 0.0, 1.0, &[0.5, 0.2]), &[s1, s2]);
+
+    // Adam's decay enters the gradient; AdamW's shrinks the weight first
+    let decay = 0.1;
+    let g = 0.5 + decay * 1.0;
+    close(
+        &run(Method::adam(), lr, decay, 1.0, &[0.5]),
+        &[1.0 - lr * g / (g + eps)],
+    );
+    let shrunk = 1.0 - lr * decay;
+    close(
+        &run(Method::adamw(), lr, decay, 1.0, &[0.5]),
+        &[shrunk - lr * 0.5 / (0.5 + eps)],
+    );
+}
+
+#[test]
+fn every_method_converges_on_a_quadratic() {
+    // f(p) = Σ a_i (p_i − c_i)², minimum at c
+    let (a, c) = (vec![1.0, 4.0, 0.5], vec![3.0, -2.0, 0.5]);
+    let methods = [
+        (
+            Method::Sgd {
+                momentum: 0.0,
+                nesterov: false,
+            },
+            0.1,
+        ),
+        (
+            Method::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            },
+            0.02,
+        ),
+        (
+            Method::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            },
+            0.02,
+        ),
+        (Method::adam(), 0.05),
+        (Method::adamw(), 0.05),
+    ];
+    for (method, lr) in methods {
+        let mut params = Params::<f64>::new();
+        let id = params.add("p", Tensor::zeros(&[3]));
+        let mut opt = Optimizer::new(method, &params, lr, 0.0).unwrap();
+        for _ in 0..2000 {
+            let grads = {
+                let g = Graph::new();
+                let d =
+                    g.param(&params, id) - g.constant(Tensor::from_vec(c.clone(), &[3]).unwrap());
+                (d * d * g.constant(Tensor::from_vec(a.clone(), &[3]).unwrap()))
+                    .sum()
+                    .backward()
+            };
+            opt.step(&mut params, &grads);
+        }
+        let p = params.get(id).data();
+        for (x, target) in p.iter().zip(&c) {
+            assert!((x - target).abs() < 1e-3, "{method:?}: {p:?}");
+        }
+    }
+}
+
+#[test]
+fn groups_have_their_own_rate_and_decay() {
+    let mut params = Params::<f64>::new();
+    let body = params.add("body", Tensor::ones(&[1]));
+    let head = params.add("head", Tensor::ones(&[1]));
+    let buffer = params.add_buffer("stat", Tensor::ones(&[1]));
+    let plain = Method::Sgd {
+        momentum: 0.0,
+        nesterov: false,
+    };
+    let mut opt = Optimizer::new(plain, &params, 0.1, 0.0)
+        .unwrap()
+        .with_group(&[head], 1.0, 0.5)
+        .unwrap();
+    assert_eq!(opt.groups().len(), 2);
+    assert!(!opt.groups().iter().any(|g| g.params.contains(&buffer)));
+    let grads = {
+        let g = Graph::new();
+        (g.param(&params, body) + g.param(&params, head))
+            .sum()
+            .backward()
+    };
+    opt.step(&mut params, &grads);
+    assert!((params.get(body).data()[0] - 0.9).abs() < 1e-12);
+    // head: d = 1 + 0.5·1, lr 1
+    assert!((params.get(head).data()[0] - (1.0 - 1.5)).abs() < 1e-12);
+    opt.set_lr_factor(0.5);
+    assert_eq!((opt.lr(0), opt.lr(1)), (0.05, 0.5));
+}
+
+#[test]
+fn schedules() {
+    let multistep = LrSchedule {
+        schedule: Schedule::MultiStep {
+            milestones: vec![3, 6],
+            gamma: 0.1,
+        },
+        warmup: 0,
+    };
+    let f: Vec<f64> = (0..8).map(|t| multistep.factor(t)).collect();
+    let expected = [1.0, 1.0, 1.0, 0.1, 0.1, 0.1, 0.01, 0.01];
+    assert!(
+        f.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-15),
+        "{f:?}"
+    );
+
+    let cosine = LrSchedule {
+        schedule: Schedule::Cosine {
+            total: 10,
+            min_factor: 0.1,
+        },
+        warmup: 0,
+    };
+    assert_eq!(cosine.factor(0), 1.0);
+    assert!((cosine.factor(5) - 0.55).abs() < 1e-12);
+    assert!((cosine.factor(10) - 0.1).abs() < 1e-12);
+    assert!((cosine.factor(50) - 0.1).abs() < 1e-12);
+
+    let warm = LrSchedule {
+        schedule: Schedule::Constant,
+        warmup: 4,
+    };
+    let f: Vec<f64> = (0..6).map(|t| warm.factor(t)).collect();
+    assert_eq!(f, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]);
+}
+
+#[test]
+fn clipping_scales_the_global_norm() {
+    let mut params = Params::<f64>::new();
+    let a = params.add("a", Tensor::zeros(&[2]));
+    let b = params.add("b", Tensor::zeros(&[1]));
+    let mut grads = {
+        let g = Graph::new();
+        let ca = g.constant(Tensor::from_vec(vec![3.0, 0.0], &[2]).unwrap());
+        let cb = g.constant(Tensor::from_vec(vec![4.0], &[1]).unwrap());
+        ((g.param(&params, a) * ca).sum() + (g.param(&params, b) * cb).sum()).backward()
+    };
+    assert_eq!(clip_grad_norm(&mut grads, 10.0), 5.0); // under the limit: untouched
+    assert_eq!(grads.param(a).unwrap().data(), &[3.0, 0.0]);
+    assert_eq!(clip_grad_norm(&mut grads, 1.0), 5.0);
+    let scale = 1.0 / (5.0 + 1e-6);
+    assert!((grads.param(a).unwrap().data()[0] - 3.0 * scale).abs() < 1e-15);
+    assert!((grads.param(b).unwrap().data()[0] - 4.0 * scale).abs() < 1e-15);
+}
+
+#[test]
+fn settings_out_of_range_are_errors() {
+    let (params, _) = setup(1.0);
+    let err = |m: Method, lr: f64, wd: f64| match Optimizer::new(m, &params, lr, wd) {
+        Err(Error::InvalidSetting { name, .. }) => name,
+        other => panic!("expected an error, got {other:?}"),
+    };
+    let sgd = |momentum, nesterov| Method::Sgd { momentum, nesterov };
+    assert_eq!(err(sgd(0.0, false), 0.0, 0.0), "learning rate");
+    assert_eq!(err(sgd(0.0, false), 0.1, -1.0), "weight decay");
+    assert_eq!(err(sgd(1.0, false), 0.1, 0.0), "momentum");
+    assert_eq!(err(sgd(0.0, true), 0.1, 0.0), "momentum");
+    assert_eq!(
+        err(
+            Method::Adam {
+                beta1: 0.9,
+                beta2: 1.0,
+                eps: 1e-8
+            },
+            0.1,
+            0.0
+        ),
+        "beta2"
+    );
+}
+
+#[test]
+fn saved_state_resumes_and_is_checked_against_the_parameters() {
+    let (mut params, id) = setup(1.0);
+    let mut opt = Optimizer::new(Method::adam(), &params, 0.1, 0.0).unwrap();
+    let grads = grads_of(&params, id, 0.5);
+    opt.step(&mut params, &grads);
+    // resume from the saved state: the same second step as without the interruption
+    let mut resumed = Optimizer::from_state(opt.state().clone(), &params).unwrap();
+    let mut p2 = params.clone();
+    let grads = grads_of(&params, id, 0.2);
+    opt.step(&mut params, &grads);
+    resumed.step(&mut p2, &grads);
+    assert_eq!(params.get(id), p2.get(id));
+    // a state for other parameters is refused
+    let mut other = Params::<f64>::new();
+    other.add("q", Tensor::zeros(&[3]));
+    let err = Optimizer::from_state(opt.state().clone(), &other).unwrap_err();
+    assert!(
+        err.to_string().contains("has shape [1], the parameter [3]"),
+        "{err}"
+    );
+    let empty = Params::<f64>::new();
+    let err = Optimizer::from_state(opt.state().clone(), &empty).unwrap_err();
+    assert!(err.to_string().contains("names parameter #0"), "{err}");
+}
