@@ -42,6 +42,7 @@ mod element;
 mod error;
 pub mod gradcheck;
 mod graph;
+pub mod io;
 pub mod kernels;
 mod labels;
 pub mod loss;

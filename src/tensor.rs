@@ -9,11 +9,44 @@ use serde::{Deserialize, Serialize};
 ///
 /// Matrix ops (matmul, normalisation, softmax, per-dimension reductions) take rank-2 tensors;
 /// elementwise ops take any shape.
+///
+/// Deserialising checks that the data's length is the product of the shape, so a tensor read
+/// from a file is as sound as one built in memory.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(bound = "F: Element")]
+#[serde(bound = "F: Element", try_from = "RawTensor<F>")]
 pub struct Tensor<F: Element = f32> {
     shape: Vec<usize>,
     data: Vec<F>,
+}
+
+/// A tensor as read from a file, before its shape is checked against its data.
+#[derive(Deserialize)]
+#[serde(bound = "F: Element")]
+struct RawTensor<F: Element> {
+    shape: Vec<usize>,
+    data: Vec<F>,
+}
+
+impl<F: Element> TryFrom<RawTensor<F>> for Tensor<F> {
+    type Error = Error;
+    fn try_from(raw: RawTensor<F>) -> Result<Self, Error> {
+        let expected = raw
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .unwrap_or(usize::MAX);
+        if expected != raw.data.len() {
+            return Err(Error::DataLength {
+                shape: raw.shape,
+                expected,
+                found: raw.data.len(),
+            });
+        }
+        Ok(Tensor {
+            shape: raw.shape,
+            data: raw.data,
+        })
+    }
 }
 
 /// Number of elements a shape holds (1 for the scalar shape `[]`).

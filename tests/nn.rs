@@ -57,7 +57,7 @@ fn linear_gradients_pass_gradcheck() {
 #[test]
 fn batchnorm_training_pass_passes_gradcheck() {
     let mut params = Params::<f64>::new();
-    let bn = BatchNorm1d::new(&mut params, "bn", 4);
+    let bn = BatchNorm1d::new(&mut params, "bn", 4, &mut seeded_rng(0));
     params.set(
         bn.weight,
         Tensor::from_vec(vec![1.5, -0.5, 2.0, 1.0], &[4]).unwrap(),
@@ -81,7 +81,7 @@ fn batchnorm_training_pass_passes_gradcheck() {
 fn batchnorm_parameter_gradients_are_the_sums_they_should_be() {
     // ∂L/∂β = Σ_b g, ∂L/∂γ = Σ_b g ⊙ x̂
     let mut params = Params::<f64>::new();
-    let bn = BatchNorm1d::new(&mut params, "bn", 3);
+    let bn = BatchNorm1d::new(&mut params, "bn", 3, &mut seeded_rng(0));
     let x = Tensor::randn(&[6, 3], 0.0, 1.0, &mut seeded_rng(3));
     let seed = Tensor::randn(&[6, 3], 0.0, 1.0, &mut seeded_rng(4));
     let g = Graph::new();
@@ -107,7 +107,7 @@ fn batchnorm_parameter_gradients_are_the_sums_they_should_be() {
 #[test]
 fn batchnorm_running_statistics_and_eval_mode() {
     let mut params = Params::<f64>::new();
-    let bn = BatchNorm1d::new(&mut params, "bn", 2);
+    let bn = BatchNorm1d::new(&mut params, "bn", 2, &mut seeded_rng(0));
     let x = Tensor::from_vec(vec![1.0, 10.0, 3.0, 20.0, 5.0, 30.0], &[3, 2]).unwrap();
     let updates = {
         let g = Graph::new();

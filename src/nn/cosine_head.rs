@@ -1,9 +1,8 @@
 //! The cosine classifier: class centres `W` normalised inside, a margin loss on top.
 
-use super::NORM_EPS;
+use super::{Fill, NORM_EPS, ParamSource};
 use crate::loss::{MarginLoss, Reduction, margin_cross_entropy_with};
 use crate::{Element, Error, Graph, Labels, ParamId, Params, Tensor, Var};
-use rand::Rng;
 
 /// A cosine-classifier head: owns the class centres `W` (`[D, C]`, one centre per column) and
 /// a [`MarginLoss`]. Features and centres are both L2-normalised inside, so
@@ -21,17 +20,19 @@ pub struct CosineHead {
 }
 
 impl CosineHead {
-    /// Adds the centres `name` (`[dim, classes]`, Xavier-normal initialised) to `params`.
-    pub fn new<F: Element, R: Rng + ?Sized>(
+    /// Adds the centres `name` (`[dim, classes]`, Xavier-normal when fresh) to `params`,
+    /// drawn from `source` (a [`SeededRng`](crate::SeededRng) for a fresh head).
+    pub fn new<F: Element, S: ParamSource<F> + ?Sized>(
         params: &mut Params<F>,
         name: &str,
         dim: usize,
         classes: usize,
         loss: MarginLoss,
-        rng: &mut R,
+        source: &mut S,
     ) -> Self {
         let std = (2.0 / (dim + classes) as f64).sqrt();
-        let weight = params.add(name, Tensor::randn(&[dim, classes], 0.0, std, rng));
+        let centres = source.tensor(name, &[dim, classes], Fill::Normal { std });
+        let weight = params.add(name, centres);
         CosineHead {
             weight,
             loss,

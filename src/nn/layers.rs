@@ -1,7 +1,7 @@
 //! The layers: Linear, BatchNorm1d, Dropout, and the activations between them.
 
-use super::Forward;
-use crate::{Element, ParamId, Params, SeededRng, Tensor, Var};
+use super::{Fill, Forward, ParamSource};
+use crate::{Element, ParamId, Params, Tensor, Var};
 use rand_distr::{Bernoulli, Distribution};
 use serde::{Deserialize, Serialize};
 
@@ -25,24 +25,32 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Adds `{prefix}.weight` (and `{prefix}.bias`) to `params`.
-    pub fn new<F: Element>(
+    /// Adds `{prefix}.weight` (and `{prefix}.bias`) to `params`, drawn from `source`.
+    pub fn new<F: Element, S: ParamSource<F> + ?Sized>(
         params: &mut Params<F>,
         prefix: &str,
         inputs: usize,
         outputs: usize,
         bias: bool,
         init: Init,
-        rng: &mut SeededRng,
+        source: &mut S,
     ) -> Self {
         let variance = match init {
             Init::KaimingNormal => 2.0 / inputs as f64,
             Init::XavierNormal => 2.0 / (inputs + outputs) as f64,
         };
-        let w = Tensor::randn(&[outputs, inputs], 0.0, variance.sqrt(), rng);
+        let weight = format!("{prefix}.weight");
+        let fill = Fill::Normal {
+            std: variance.sqrt(),
+        };
+        let w = source.tensor(&weight, &[outputs, inputs], fill);
         Linear {
-            weight: params.add(format!("{prefix}.weight"), w),
-            bias: bias.then(|| params.add(format!("{prefix}.bias"), Tensor::zeros(&[outputs]))),
+            weight: params.add(weight, w),
+            bias: bias.then(|| {
+                let name = format!("{prefix}.bias");
+                let b = source.tensor(&name, &[outputs], Fill::Zeros);
+                params.add(name, b)
+            }),
         }
     }
 
@@ -81,15 +89,28 @@ pub struct BatchNorm1d {
 }
 
 impl BatchNorm1d {
-    /// Adds `{prefix}.weight`, `.bias`, `.running_mean`, `.running_var` to `params`.
-    pub fn new<F: Element>(params: &mut Params<F>, prefix: &str, features: usize) -> Self {
+    /// Adds `{prefix}.weight`, `.bias`, `.running_mean`, `.running_var` to `params`, drawn
+    /// from `source` (γ = 1, β = 0, mean 0, variance 1 when fresh).
+    pub fn new<F: Element, S: ParamSource<F> + ?Sized>(
+        params: &mut Params<F>,
+        prefix: &str,
+        features: usize,
+        source: &mut S,
+    ) -> Self {
+        let mut make = |suffix: &str, fill: Fill, trainable: bool| {
+            let name = format!("{prefix}.{suffix}");
+            let t = source.tensor(&name, &[features], fill);
+            if trainable {
+                params.add(name, t)
+            } else {
+                params.add_buffer(name, t)
+            }
+        };
         BatchNorm1d {
-            weight: params.add(format!("{prefix}.weight"), Tensor::ones(&[features])),
-            bias: params.add(format!("{prefix}.bias"), Tensor::zeros(&[features])),
-            running_mean: params
-                .add_buffer(format!("{prefix}.running_mean"), Tensor::zeros(&[features])),
-            running_var: params
-                .add_buffer(format!("{prefix}.running_var"), Tensor::ones(&[features])),
+            weight: make("weight", Fill::Ones, true),
+            bias: make("bias", Fill::Zeros, true),
+            running_mean: make("running_mean", Fill::Zeros, false),
+            running_var: make("running_var", Fill::Ones, false),
             eps: 1e-5,
             momentum: 0.1,
         }

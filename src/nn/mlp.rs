@@ -1,7 +1,7 @@
 //! A multilayer perceptron built from a configuration, as `nn.Sequential` would hold it.
 
-use super::{Activation, BatchNorm1d, Dropout, Forward, Init, Linear};
-use crate::{Element, Error, Params, SeededRng, Var};
+use super::{Activation, BatchNorm1d, Dropout, Forward, Init, Linear, ParamSource};
+use crate::{Element, Error, Params, Var};
 use serde::{Deserialize, Serialize};
 
 /// The shape of an MLP: `sizes = [in, hidden…, out]`; between layers (not after the last) an
@@ -78,15 +78,15 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// Adds the layers' parameters to `params` under `prefix`.
+    /// Adds the layers' parameters to `params` under `prefix`, drawn from `source`.
     ///
     /// # Errors
     /// As [`MlpConfig::validate`].
-    pub fn new<F: Element>(
+    pub fn new<F: Element, S: ParamSource<F> + ?Sized>(
         config: MlpConfig,
         params: &mut Params<F>,
         prefix: &str,
-        rng: &mut SeededRng,
+        source: &mut S,
     ) -> Result<Self, Error> {
         config.validate()?;
         let mut layers = Vec::new();
@@ -101,7 +101,7 @@ impl Mlp {
                 outputs,
                 config.bias,
                 config.init,
-                rng,
+                source,
             );
             layers.push(Layer::Linear(linear));
             if i == last {
@@ -109,7 +109,9 @@ impl Mlp {
             }
             if config.batch_norm {
                 let name = format!("{prefix}.{}", layers.len());
-                layers.push(Layer::BatchNorm(BatchNorm1d::new(params, &name, outputs)));
+                layers.push(Layer::BatchNorm(BatchNorm1d::new(
+                    params, &name, outputs, source,
+                )));
             }
             layers.push(Layer::Activation(config.activation));
             if config.dropout > 0.0 {

@@ -1,8 +1,8 @@
 //! A model: an embedder and a classification head, rebuilt from its configuration.
 
-use super::{CosineHead, Forward, Init, Linear, Mlp, MlpConfig};
+use super::{CosineHead, Forward, Init, Linear, Mlp, MlpConfig, ParamSource};
 use crate::loss::{MarginLoss, softmax_cross_entropy};
-use crate::{Element, Error, Graph, Labels, Params, SeededRng, Tensor, Var};
+use crate::{Element, Error, Graph, Labels, Params, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 /// The head on top of the embedding.
@@ -59,16 +59,17 @@ pub struct Model {
 }
 
 impl Model {
-    /// Builds the model, adding its parameters (in a fixed order) to `params`.
+    /// Builds the model, adding its parameters (in a fixed order) to `params`, drawn from
+    /// `source` (a [`SeededRng`](crate::SeededRng) for a fresh model).
     ///
     /// # Errors
     /// [`Error::InvalidSetting`] for an invalid embedder, zero classes, or an invalid loss.
-    pub fn new<F: Element>(
+    pub fn new<F: Element, S: ParamSource<F> + ?Sized>(
         config: ModelConfig,
         params: &mut Params<F>,
-        rng: &mut SeededRng,
+        source: &mut S,
     ) -> Result<Self, Error> {
-        let embedder = Mlp::new(config.embedder.clone(), params, "embed", rng)?;
+        let embedder = Mlp::new(config.embedder.clone(), params, "embed", source)?;
         let dim = embedder.output_dim();
         if config.head.classes() == 0 {
             return Err(Error::InvalidSetting {
@@ -80,7 +81,8 @@ impl Model {
         let head = match &config.head {
             HeadConfig::Cosine { classes, loss } => {
                 loss.validate()?;
-                let head = CosineHead::new(params, "head.weight", dim, *classes, loss.clone(), rng);
+                let head =
+                    CosineHead::new(params, "head.weight", dim, *classes, loss.clone(), source);
                 Head::Cosine(head)
             }
             HeadConfig::Linear { classes } => Head::Linear(Linear::new(
@@ -90,7 +92,7 @@ impl Model {
                 *classes,
                 true,
                 Init::XavierNormal,
-                rng,
+                source,
             )),
         };
         Ok(Model {

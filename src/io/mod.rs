@@ -1,0 +1,573 @@
+//! Checkpoints: a model's configuration, every named tensor, and optionally the training
+//! state, in one file that is checked before it is trusted; and the safetensors export.
+//!
+//! # The checkpoint format (version 1)
+//!
+//! | bytes | content |
+//! |---|---|
+//! | 0..8 | magic `MARGRAD\0` |
+//! | 8..12 | format version, u32 little-endian (1) |
+//! | 12..16 | element type, ASCII, zero-padded (`f32`, `f64`) |
+//! | 16..32 | version of the crate that wrote it, ASCII, zero-padded |
+//! | 32..40 | body length in bytes, u64 little-endian |
+//! | 40..44 | CRC-32 (IEEE) of the body, u32 little-endian |
+//! | 44..48 | reserved, zero |
+//! | 48.. | body: the model configuration, the named tensors, the training state (bincode 2) |
+//!
+//! The header is read by hand and checked field by field (magic, version, element type, body
+//! length against the file's, checksum) before the body is decoded. The model is then rebuilt
+//! from its configuration by the same constructors that made it, each taking its tensor from the
+//! file by name and shape, so a file can neither leave a parameter out nor smuggle one in.
+//! Writes go to a temporary file that is flushed, synced and renamed over the target: a crash
+//! mid-save leaves the previous checkpoint intact.
+
+mod codec;
+mod safetensors;
+
+pub(crate) use codec::read_str;
+pub use safetensors::{safetensors_bytes, save_safetensors};
+
+use crate::nn::CosineHead;
+use crate::nn::{Fill, Forward, Head, HeadConfig, Linear, Model, ModelConfig, ParamSource};
+use crate::optim::{Optimizer, OptimizerState};
+use crate::{Element, Error, Graph, Params, SeededRng, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The first eight bytes of every checkpoint.
+pub const MAGIC: [u8; 8] = *b"MARGRAD\0";
+/// The format version this crate writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes before the body.
+pub const HEADER_LEN: usize = 48;
+
+/// What is needed to continue training exactly where it stopped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "F: Element")]
+pub struct TrainingState<F: Element> {
+    /// The optimiser's state (moments, step counts, groups, schedule factor).
+    pub optimizer: OptimizerState<F>,
+    /// Epochs completed.
+    pub epoch: u64,
+    /// The generator as it stood (shuffling, dropout).
+    pub rng: SeededRng,
+}
+
+/// A loaded checkpoint: the rebuilt model, its parameters, and the training state if saved.
+#[derive(Debug)]
+pub struct Checkpoint<F: Element> {
+    /// The model, rebuilt from its stored configuration.
+    pub model: Model,
+    /// Every parameter and buffer, by name.
+    pub params: Params<F>,
+    /// The training state, if the checkpoint has one (checked against `params`).
+    pub training: Option<TrainingState<F>>,
+}
+
+/// Why a checkpoint could not be read or written. Each says what was expected and found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CheckpointError {
+    /// The file system refused.
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The system's message.
+        message: String,
+    },
+    /// The file ends before its header or its declared body does.
+    Truncated {
+        /// "header" or "body".
+        part: &'static str,
+        /// Bytes the part needs.
+        expected: u64,
+        /// Bytes there are.
+        found: u64,
+    },
+    /// More bytes follow the declared body.
+    TrailingBytes {
+        /// The declared body length.
+        expected: u64,
+        /// The bytes after the header.
+        found: u64,
+    },
+    /// Not a margrad checkpoint.
+    BadMagic {
+        /// The first eight bytes.
+        found: [u8; 8],
+    },
+    /// Written in a format version this crate cannot read.
+    UnsupportedVersion {
+        /// The file's version.
+        found: u32,
+        /// The newest this crate reads.
+        supported: u32,
+    },
+    /// Written with another element type.
+    ElementType {
+        /// The type asked for.
+        expected: &'static str,
+        /// The file's.
+        found: String,
+    },
+    /// The body's checksum does not match: the file is corrupt.
+    Checksum {
+        /// The header's checksum.
+        expected: u32,
+        /// The body's.
+        found: u32,
+    },
+    /// The body does not decode.
+    Body(String),
+    /// The configuration needs a tensor the file does not hold.
+    MissingTensor(String),
+    /// The file holds a tensor the configuration does not use (or holds it twice).
+    UnexpectedTensor(String),
+    /// A tensor's shape is not the one the configuration gives it.
+    TensorShape {
+        /// The tensor's name.
+        name: String,
+        /// From the configuration.
+        expected: Vec<usize>,
+        /// In the file.
+        found: Vec<usize>,
+    },
+    /// The stored configuration or training state is invalid.
+    Invalid(Error),
+}
+
+impl fmt::Display for CheckpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use CheckpointError::*;
+        match self {
+            Io { path, message } => write!(f, "checkpoint {}: {message}", path.display()),
+            Truncated {
+                part,
+                expected,
+                found,
+            } => write!(
+                f,
+                "truncated checkpoint: the {part} needs {expected} bytes, the file has {found}"
+            ),
+            TrailingBytes { expected, found } => write!(
+                f,
+                "checkpoint has {found} bytes after its header, but its body is {expected}"
+            ),
+            BadMagic { found } => write!(
+                f,
+                "not a margrad checkpoint: expected magic {:?}, found {:?}",
+                String::from_utf8_lossy(&MAGIC),
+                String::from_utf8_lossy(found)
+            ),
+            UnsupportedVersion { found, supported } => write!(
+                f,
+                "checkpoint format version {found} is newer than this crate reads (up to \
+                 {supported}): upgrade margrad"
+            ),
+            ElementType { expected, found } => {
+                write!(f, "checkpoint holds {found} tensors, expected {expected}")
+            }
+            Checksum { expected, found } => write!(
+                f,
+                "corrupt checkpoint: body checksum {found:#010x}, header says {expected:#010x}"
+            ),
+            Body(message) => write!(f, "checkpoint body does not decode: {message}"),
+            MissingTensor(name) => write!(
+                f,
+                "checkpoint lacks tensor {name:?}, which its configuration needs"
+            ),
+            UnexpectedTensor(name) => write!(
+                f,
+                "checkpoint holds tensor {name:?}, which its configuration does not use (or \
+                 holds it twice)"
+            ),
+            TensorShape {
+                name,
+                expected,
+                found,
+            } => write!(
+                f,
+                "checkpoint tensor {name:?} has shape {found:?}, its configuration says \
+                 {expected:?}"
+            ),
+            Invalid(e) => write!(f, "checkpoint holds an invalid configuration: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CheckpointError {}
+
+/// A tensor with its name, as the body stores it.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "F: Element")]
+struct NamedTensor<F: Element> {
+    #[serde(deserialize_with = "read_str")]
+    name: String,
+    tensor: Tensor<F>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "F: Element")]
+struct Body<F: Element> {
+    config: ModelConfig,
+    tensors: Vec<NamedTensor<F>>,
+    training: Option<TrainingState<F>>,
+}
+
+/// A checkpoint's bytes: header and body.
+pub fn encode<F: Element>(
+    model: &Model,
+    params: &Params<F>,
+    training: Option<&TrainingState<F>>,
+) -> Vec<u8> {
+    let body = Body {
+        config: model.config().clone(),
+        tensors: params
+            .ids()
+            .map(|id| NamedTensor {
+                name: params.name(id).to_string(),
+                tensor: params.get(id).clone(),
+            })
+            .collect(),
+        training: training.cloned(),
+    };
+    let body = codec::encode(&body);
+    let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
+    bytes.extend_from_slice(&MAGIC);
+    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&padded::<4>(F::NAME));
+    bytes.extend_from_slice(&padded::<16>(env!("CARGO_PKG_VERSION")));
+    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&[0; 4]);
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+fn padded<const N: usize>(text: &str) -> [u8; N] {
+    let mut out = [0; N];
+    let n = text.len().min(N);
+    out[..n].copy_from_slice(&text.as_bytes()[..n]);
+    out
+}
+
+fn field<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    bytes[at..at + N]
+        .try_into()
+        .expect("inside the checked header")
+}
+
+/// Checks the header and returns the body.
+fn checked_body<F: Element>(bytes: &[u8]) -> Result<&[u8], CheckpointError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(CheckpointError::Truncated {
+            part: "header",
+            expected: HEADER_LEN as u64,
+            found: bytes.len() as u64,
+        });
+    }
+    let magic = field::<8>(bytes, 0);
+    if magic != MAGIC {
+        return Err(CheckpointError::BadMagic { found: magic });
+    }
+    let version = u32::from_le_bytes(field(bytes, 8));
+    if version == 0 || version > FORMAT_VERSION {
+        return Err(CheckpointError::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let element = field::<4>(bytes, 12);
+    if element != padded::<4>(F::NAME) {
+        let end = element.iter().position(|&b| b == 0).unwrap_or(4);
+        return Err(CheckpointError::ElementType {
+            expected: F::NAME,
+            found: String::from_utf8_lossy(&element[..end]).into_owned(),
+        });
+    }
+    let declared = u64::from_le_bytes(field(bytes, 32));
+    let present = (bytes.len() - HEADER_LEN) as u64;
+    if present < declared {
+        return Err(CheckpointError::Truncated {
+            part: "body",
+            expected: declared,
+            found: present,
+        });
+    }
+    if present > declared {
+        return Err(CheckpointError::TrailingBytes {
+            expected: declared,
+            found: present,
+        });
+    }
+    let body = &bytes[HEADER_LEN..];
+    let (expected, found) = (u32::from_le_bytes(field(bytes, 40)), crc32fast::hash(body));
+    if expected != found {
+        return Err(CheckpointError::Checksum { expected, found });
+    }
+    Ok(body)
+}
+
+/// Tensors read from a file, handed to the model's constructors by name.
+struct Stored<F: Element> {
+    tensors: HashMap<String, Tensor<F>>,
+    error: Option<CheckpointError>,
+}
+
+impl<F: Element> ParamSource<F> for Stored<F> {
+    fn tensor(&mut self, name: &str, shape: &[usize], _fill: Fill) -> Tensor<F> {
+        match self.tensors.remove(name) {
+            Some(t) if t.shape() == shape => t,
+            found => {
+                let error = match &found {
+                    Some(t) => CheckpointError::TensorShape {
+                        name: name.to_string(),
+                        expected: shape.to_vec(),
+                        found: t.shape().to_vec(),
+                    },
+                    None => CheckpointError::MissingTensor(name.to_string()),
+                };
+                self.error.get_or_insert(error);
+                // a stand-in, never sized by the configuration; the load fails anyway
+                found.unwrap_or_else(|| Tensor::zeros(&[0]))
+            }
+        }
+    }
+}
+
+/// Reads a checkpoint from its bytes.
+///
+/// # Errors
+/// A [`CheckpointError`] for anything that is not a whole, consistent checkpoint of
+/// element type `F`.
+pub fn decode<F: Element>(bytes: &[u8]) -> Result<Checkpoint<F>, CheckpointError> {
+    let body: Body<F> = codec::decode(checked_body::<F>(bytes)?).map_err(CheckpointError::Body)?;
+    let mut stored = Stored {
+        tensors: HashMap::with_capacity(body.tensors.len()),
+        error: None,
+    };
+    for NamedTensor { name, tensor } in body.tensors {
+        if stored.tensors.contains_key(&name) {
+            return Err(CheckpointError::UnexpectedTensor(name));
+        }
+        stored.tensors.insert(name, tensor);
+    }
+    let mut params = Params::new();
+    let model =
+        Model::new(body.config, &mut params, &mut stored).map_err(CheckpointError::Invalid)?;
+    if let Some(error) = stored.error {
+        return Err(error);
+    }
+    if let Some(name) = stored.tensors.into_keys().min() {
+        return Err(CheckpointError::UnexpectedTensor(name));
+    }
+    if let Some(training) = &body.training {
+        Optimizer::from_state(training.optimizer.clone(), &params)
+            .map_err(CheckpointError::Invalid)?;
+    }
+    Ok(Checkpoint {
+        model,
+        params,
+        training: body.training,
+    })
+}
+
+/// Saves a checkpoint atomically (temporary file, flush, sync, rename).
+///
+/// # Errors
+/// [`CheckpointError::Io`] when the file cannot be written; the previous file, if any, is
+/// left as it was.
+pub fn save<F: Element>(
+    path: &Path,
+    model: &Model,
+    params: &Params<F>,
+    training: Option<&TrainingState<F>>,
+) -> Result<(), CheckpointError> {
+    let bytes = encode(model, params, training);
+    write_atomically(path, |file| file.write_all(&bytes))
+}
+
+/// Loads a checkpoint.
+///
+/// # Errors
+/// [`CheckpointError::Io`] when the file cannot be read, and every error of [`decode`].
+pub fn load<F: Element>(path: &Path) -> Result<Checkpoint<F>, CheckpointError> {
+    let bytes = fs::read(path).map_err(|e| io_error(path, e))?;
+    decode(&bytes)
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> CheckpointError {
+    CheckpointError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Writes `path` through a temporary file in the same directory that is synced and then
+/// renamed over it, so readers see the old file or the new one, never a part.
+pub(crate) fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<(), CheckpointError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        write(&mut file)?;
+        file.flush()?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // make the rename itself durable; not every platform can open a directory
+            if let Ok(dir) = File::open(dir) {
+                let _ = dir.sync_all();
+            }
+        }
+        Ok(())
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_error(path, e)
+    })
+}
+
+/// The head of a trained model, on its own: class centres (or a linear classifier) and the
+/// loss configuration. Predicts classes from embeddings and scores pairs of embeddings.
+#[derive(Clone, Debug)]
+pub struct TrainedHead<F: Element> {
+    config: HeadConfig,
+    head: Head,
+    params: Params<F>,
+}
+
+impl<F: Element> TrainedHead<F> {
+    /// The head's configuration (classes and, for a cosine head, the margin loss).
+    pub fn config(&self) -> &HeadConfig {
+        &self.config
+    }
+
+    /// The class centres `[D, C]` of a cosine head.
+    pub fn centres(&self) -> Option<&Tensor<F>> {
+        match &self.head {
+            Head::Cosine(h) => Some(self.params.get(h.weight())),
+            Head::Linear(_) => None,
+        }
+    }
+
+    /// Class scores without margin for `embeddings` (`[B, D]`): cosines to the centres, or the
+    /// linear classifier's logits.
+    ///
+    /// # Panics
+    /// When `embeddings` is not `[B, D]`.
+    #[track_caller]
+    pub fn scores(&self, embeddings: &Tensor<F>) -> Tensor<F> {
+        let g = Graph::inference();
+        let x = g.constant(embeddings.clone());
+        match &self.head {
+            Head::Cosine(h) => h.cosines(&g, &self.params, x).to_tensor(),
+            Head::Linear(l) => l.forward(&Forward::eval(&g, &self.params), x).to_tensor(),
+        }
+    }
+
+    /// The predicted class of each embedding.
+    ///
+    /// # Panics
+    /// When `embeddings` is not `[B, D]`.
+    #[track_caller]
+    pub fn predict(&self, embeddings: &Tensor<F>) -> Vec<usize> {
+        self.scores(embeddings).argmax_rows()
+    }
+}
+
+/// The cosine similarity of each pair of rows `(a_i, b_i)`: the verification score.
+///
+/// # Panics
+/// When `a` and `b` are not rank-2 tensors of the same shape.
+#[track_caller]
+pub fn score_pairs<F: Element>(a: &Tensor<F>, b: &Tensor<F>) -> Vec<F> {
+    assert!(
+        a.shape() == b.shape() && a.rank() == 2,
+        "shape mismatch in score_pairs: a {:?}, b {:?}",
+        a.shape(),
+        b.shape()
+    );
+    let g = Graph::inference();
+    let eps = F::from_f64(crate::nn::NORM_EPS);
+    let (na, nb) = (
+        g.constant(a.clone()).normalize_rows(eps),
+        g.constant(b.clone()).normalize_rows(eps),
+    );
+    (na * nb).sum_dim(1).to_tensor().into_vec()
+}
+
+/// Loads only the head of a checkpoint: its centres (or linear classifier) and loss.
+///
+/// # Errors
+/// As [`load`].
+pub fn load_head<F: Element>(path: &Path) -> Result<TrainedHead<F>, CheckpointError> {
+    let checkpoint = load::<F>(path)?;
+    let config = checkpoint.model.config().head.clone();
+    let full = &checkpoint.params;
+    let mut params = Params::new();
+    let mut copy = |id| params.add(full.name(id), full.get(id).clone());
+    let head = match checkpoint.model.head() {
+        Head::Cosine(h) => {
+            let weight = copy(h.weight());
+            Head::Cosine(CosineHead::from_param(
+                &params,
+                weight,
+                h.margin_loss().clone(),
+            ))
+        }
+        Head::Linear(l) => {
+            let weight = copy(l.weight);
+            let bias = l.bias.map(copy);
+            Head::Linear(Linear { weight, bias })
+        }
+    };
+    Ok(TrainedHead {
+        config,
+        head,
+        params,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::MlpConfig;
+
+    #[test]
+    fn a_failed_save_leaves_the_previous_checkpoint_intact() {
+        let dir = std::env::temp_dir().join(format!("margrad-atomic-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.bin");
+        let mut params = Params::<f32>::new();
+        let config = ModelConfig {
+            embedder: MlpConfig::new(&[3, 4]),
+            head: HeadConfig::Linear { classes: 2 },
+        };
+        let model = Model::new(config, &mut params, &mut crate::seeded_rng(0)).unwrap();
+        save(&path, &model, &params, None).unwrap();
+        let before = fs::read(&path).unwrap();
+        // a crash half-way through the next save: half the bytes written, then an error
+        let bytes = encode(&model, &params, None);
+        let err = write_atomically(&path, |file| {
+            file.write_all(&bytes[..bytes.len() / 2])?;
+            Err(std::io::Error::other("simulated crash"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("simulated crash"));
+        assert_eq!(fs::read(&path).unwrap(), before);
+        load::<f32>(&path).unwrap();
+        let leftovers = fs::read_dir(&dir).unwrap().count();
+        assert_eq!(leftovers, 1, "the temporary file is removed");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,417 @@
+//! Checkpoints: bit-exact round trips, an exact resume, a clear error for every kind of damage,
+//! a seeded mutation fuzzer over the loader, head-only loading, and the safetensors export.
+
+use margrad::io::{
+    self, Checkpoint, CheckpointError, HEADER_LEN, TrainingState, load_head, safetensors_bytes,
+    score_pairs,
+};
+use margrad::loss::MarginLoss;
+use margrad::nn::{Forward, HeadConfig, MlpConfig, Model, ModelConfig};
+use margrad::optim::{Method, Optimizer};
+use margrad::{Element, Graph, Labels, Params, SeededRng, Tensor, seeded_rng};
+use rand::RngExt;
+use rand::seq::SliceRandom;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("margrad-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn config(head: HeadConfig) -> ModelConfig {
+    ModelConfig {
+        embedder: MlpConfig {
+            batch_norm: true,
+            dropout: 0.1,
+            ..MlpConfig::new(&[6, 12, 4])
+        },
+        head,
+    }
+}
+
+fn cosine() -> HeadConfig {
+    HeadConfig::Cosine {
+        classes: 3,
+        loss: MarginLoss::enhanced(10.0, 0.2).unwrap(),
+    }
+}
+
+fn built<F: Element>(head: HeadConfig) -> (Model, Params<F>) {
+    let mut params = Params::new();
+    let model = Model::new(config(head), &mut params, &mut seeded_rng(0)).unwrap();
+    (model, params)
+}
+
+fn same_bits<F: Element>(a: &Params<F>, b: &Params<F>) -> bool {
+    a.len() == b.len()
+        && a.ids().zip(b.ids()).all(|(i, j)| {
+            a.name(i) == b.name(j)
+                && a.is_trainable(i) == b.is_trainable(j)
+                && a.get(i).shape() == b.get(j).shape()
+                && a.get(i)
+                    .data()
+                    .iter()
+                    .zip(b.get(j).data())
+                    .all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits())
+        })
+}
+
+// ---- round trips ----
+
+#[test]
+fn round_trip_is_bit_exact_for_both_heads_and_element_types() {
+    fn check<F: Element>(head: HeadConfig) {
+        let (model, params) = built::<F>(head);
+        let path = temp(&format!("round-{}-{}.bin", F::NAME, params.len()));
+        io::save(&path, &model, &params, None).unwrap();
+        let loaded: Checkpoint<F> = io::load(&path).unwrap();
+        assert_eq!(loaded.model, model);
+        assert!(same_bits(&loaded.params, &params));
+        assert!(loaded.training.is_none());
+        let x = Tensor::<F>::randn(&[5, 6], 0.0, 1.0, &mut seeded_rng(3));
+        assert_eq!(
+            loaded.model.predict(&loaded.params, &x),
+            model.predict(&params, &x)
+        );
+    }
+    check::<f32>(cosine());
+    check::<f64>(cosine());
+    check::<f32>(HeadConfig::Linear { classes: 3 });
+}
+
+/// One epoch of Adam on a fixed toy set, shuffled by `rng` (which dropout also draws from).
+fn epoch(model: &Model, params: &mut Params<f32>, opt: &mut Optimizer<f32>, rng: &mut SeededRng) {
+    let x = Tensor::<f32>::randn(&[40, 6], 0.0, 1.0, &mut seeded_rng(9));
+    let y: Vec<usize> = (0..40).map(|i| i % 3).collect();
+    let mut order: Vec<usize> = (0..40).collect();
+    order.shuffle(rng);
+    for batch in order.chunks(8) {
+        let xb = Tensor::from_fn(&[batch.len(), 6], |k| x.data()[batch[k / 6] * 6 + k % 6]);
+        let labels = Labels::new(batch.iter().map(|&i| y[i]).collect(), 3).unwrap();
+        let (grads, updates) = {
+            let g = Graph::new();
+            let mut cx = Forward::train(&g, params, rng);
+            let loss = model.loss(&mut cx, g.constant(xb), &labels).unwrap();
+            (loss.backward(), cx.into_updates())
+        };
+        params.apply(updates);
+        opt.step(params, &grads);
+    }
+}
+
+#[test]
+fn resuming_from_a_checkpoint_continues_exactly() {
+    let new_run = || {
+        let (model, params) = built::<f32>(cosine());
+        let opt = Optimizer::new(Method::adam(), &params, 0.01, 1e-4).unwrap();
+        (model, params, opt, seeded_rng(1))
+    };
+    // two epochs straight
+    let (model, mut straight, mut opt, mut rng) = new_run();
+    epoch(&model, &mut straight, &mut opt, &mut rng);
+    epoch(&model, &mut straight, &mut opt, &mut rng);
+
+    // one epoch, save, load, one more
+    let (model, mut params, mut opt, mut rng) = new_run();
+    epoch(&model, &mut params, &mut opt, &mut rng);
+    let path = temp("resume.bin");
+    let state = TrainingState {
+        optimizer: opt.state().clone(),
+        epoch: 1,
+        rng: rng.clone(),
+    };
+    io::save(&path, &model, &params, Some(&state)).unwrap();
+    drop((params, opt, rng));
+    let Checkpoint {
+        model,
+        mut params,
+        training,
+    } = io::load::<f32>(&path).unwrap();
+    let training = training.unwrap();
+    assert_eq!(training.epoch, 1);
+    let mut opt = Optimizer::from_state(training.optimizer, &params).unwrap();
+    let mut rng = training.rng;
+    epoch(&model, &mut params, &mut opt, &mut rng);
+
+    assert!(
+        same_bits(&params, &straight),
+        "resumed weights differ from the straight run"
+    );
+}
+
+// ---- damage: each gives its own error ----
+
+fn valid_bytes() -> Vec<u8> {
+    let (model, params) = built::<f32>(cosine());
+    io::encode(&model, &params, None)
+}
+
+/// Recomputes the body checksum, so that damage reaches the body decoder.
+fn reseal(bytes: &mut [u8]) {
+    let crc = crc32fast::hash(&bytes[HEADER_LEN..]);
+    bytes[40..44].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn decode_err(bytes: &[u8]) -> CheckpointError {
+    io::decode::<f32>(bytes).unwrap_err()
+}
+
+#[test]
+fn truncated_files() {
+    let bytes = valid_bytes();
+    let body = (bytes.len() - HEADER_LEN) as u64;
+    assert_eq!(
+        decode_err(&bytes[..20]),
+        CheckpointError::Truncated {
+            part: "header",
+            expected: 48,
+            found: 20
+        }
+    );
+    let cut = decode_err(&bytes[..bytes.len() - 10]);
+    assert_eq!(
+        cut,
+        CheckpointError::Truncated {
+            part: "body",
+            expected: body,
+            found: body - 10
+        }
+    );
+    assert_eq!(
+        cut.to_string(),
+        format!(
+            "truncated checkpoint: the body needs {body} bytes, the file has {}",
+            body - 10
+        )
+    );
+}
+
+#[test]
+fn a_header_that_declares_more_data_than_the_file_holds() {
+    let mut bytes = valid_bytes();
+    bytes[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(matches!(
+        decode_err(&bytes),
+        CheckpointError::Truncated {
+            part: "body",
+            expected: u64::MAX,
+            ..
+        }
+    ));
+    let mut extra = valid_bytes();
+    extra.extend_from_slice(b"junk");
+    assert!(matches!(
+        decode_err(&extra),
+        CheckpointError::TrailingBytes { .. }
+    ));
+}
+
+#[test]
+fn flipped_bits_fail_the_checksum() {
+    let mut bytes = valid_bytes();
+    let at = HEADER_LEN + (bytes.len() - HEADER_LEN) / 2;
+    bytes[at] ^= 0x10;
+    let err = decode_err(&bytes);
+    assert!(matches!(err, CheckpointError::Checksum { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("corrupt checkpoint: body checksum")
+    );
+}
+
+#[test]
+fn wrong_magic_future_version_wrong_element_type() {
+    let mut bytes = valid_bytes();
+    bytes[..8].copy_from_slice(b"PK\x03\x04abcd");
+    assert_eq!(
+        decode_err(&bytes).to_string(),
+        "not a margrad checkpoint: expected magic \"MARGRAD\\0\", found \"PK\\u{3}\\u{4}abcd\""
+    );
+    let mut bytes = valid_bytes();
+    bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
+    assert_eq!(
+        decode_err(&bytes),
+        CheckpointError::UnsupportedVersion {
+            found: 7,
+            supported: 1
+        }
+    );
+    let err = io::decode::<f64>(&valid_bytes()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "checkpoint holds f32 tensors, expected f64"
+    );
+}
+
+#[test]
+fn tensors_that_do_not_fit_the_configuration() {
+    // parameters of a 12-wide hidden layer under a configuration that says 10
+    let (_, params) = built::<f32>(cosine());
+    let mut narrower = config(cosine());
+    narrower.embedder.sizes = vec![6, 10, 4];
+    let other = Model::new(narrower, &mut Params::<f32>::new(), &mut seeded_rng(0)).unwrap();
+    let err = decode_err(&io::encode(&other, &params, None));
+    assert_eq!(
+        err.to_string(),
+        "checkpoint tensor \"embed.0.weight\" has shape [12, 6], its configuration says [10, 6]"
+    );
+    // a tensor missing, and one too many
+    let (model, params) = built::<f32>(cosine());
+    let mut fewer = Params::<f32>::new();
+    for id in params.ids().filter(|&id| params.name(id) != "head.weight") {
+        fewer.add(params.name(id), params.get(id).clone());
+    }
+    assert_eq!(
+        decode_err(&io::encode(&model, &fewer, None)),
+        CheckpointError::MissingTensor("head.weight".into())
+    );
+    let mut more = params.clone();
+    more.add("stray", Tensor::zeros(&[2]));
+    assert_eq!(
+        decode_err(&io::encode(&model, &more, None)),
+        CheckpointError::UnexpectedTensor("stray".into())
+    );
+}
+
+#[test]
+fn an_invalid_stored_configuration_is_an_error() {
+    // a file written by a buggy or hostile tool: the loss scale (10.0) patched to −1.0, with
+    // a valid checksum, so that only the configuration check can catch it
+    let mut bytes = valid_bytes();
+    let ten = 10.0f64.to_le_bytes();
+    let at = bytes
+        .windows(8)
+        .position(|w| w == ten)
+        .expect("the scale is stored as an f64");
+    bytes[at..at + 8].copy_from_slice(&(-1.0f64).to_le_bytes());
+    reseal(&mut bytes);
+    let err = decode_err(&bytes);
+    assert_eq!(
+        err.to_string(),
+        "checkpoint holds an invalid configuration: invalid scale = -1: must be positive and \
+         finite"
+    );
+}
+
+#[test]
+fn a_missing_file_is_an_io_error() {
+    let err = io::load::<f32>(&temp("does-not-exist.bin")).unwrap_err();
+    assert!(matches!(err, CheckpointError::Io { .. }), "{err}");
+}
+
+// ---- fuzzing the loader ----
+
+#[test]
+fn the_loader_survives_thousands_of_seeded_mutations() {
+    let original = {
+        let (model, params) = built::<f32>(cosine());
+        let opt = Optimizer::new(Method::adam(), &params, 0.01, 0.0).unwrap();
+        let state = TrainingState {
+            optimizer: opt.state().clone(),
+            epoch: 3,
+            rng: seeded_rng(5),
+        };
+        io::encode(&model, &params, Some(&state))
+    };
+    let mut rng = seeded_rng(2024);
+    let (mut accepted, mut rejected) = (0, 0);
+    for round in 0..4000 {
+        let mut bytes = original.clone();
+        let edits = rng.random_range(1..4);
+        for _ in 0..edits {
+            let at = rng.random_range(0..bytes.len());
+            match rng.random_range(0..5) {
+                0 => bytes[at] ^= 1 << rng.random_range(0..8),
+                1 => bytes[at] = rng.random(),
+                2 => bytes.truncate(at.max(1)),
+                3 => {
+                    // a huge length where a length may stand
+                    let end = (at + 8).min(bytes.len());
+                    bytes[at..end].fill(0xff);
+                }
+                _ => {
+                    let chunk = bytes[at..(at + 16).min(bytes.len())].to_vec();
+                    bytes.splice(at..at, chunk);
+                }
+            }
+        }
+        // half the rounds carry a valid checksum, so the damage reaches the body decoder
+        if round % 2 == 0 && bytes.len() >= HEADER_LEN {
+            let body_len = (bytes.len() - HEADER_LEN) as u64;
+            bytes[32..40].copy_from_slice(&body_len.to_le_bytes());
+            reseal(&mut bytes);
+        }
+        match std::panic::catch_unwind(|| io::decode::<f32>(&bytes)) {
+            Ok(Ok(_)) => accepted += 1,
+            Ok(Err(_)) => rejected += 1,
+            Err(_) => panic!("the loader panicked on mutation round {round}"),
+        }
+    }
+    assert!(rejected > 3000, "{rejected} rejected, {accepted} accepted");
+}
+
+// ---- the head alone ----
+
+#[test]
+fn the_head_alone_predicts_and_scores_pairs() {
+    for head in [cosine(), HeadConfig::Linear { classes: 3 }] {
+        let (model, params) = built::<f32>(head.clone());
+        let path = temp(&format!(
+            "head-{}.bin",
+            matches!(head, HeadConfig::Linear { .. })
+        ));
+        io::save(&path, &model, &params, None).unwrap();
+        let trained = load_head::<f32>(&path).unwrap();
+        assert_eq!(trained.config(), &head);
+        let x = Tensor::<f32>::randn(&[7, 6], 0.0, 1.0, &mut seeded_rng(4));
+        let g = Graph::inference();
+        let mut cx = Forward::eval(&g, &params);
+        let embeddings = model.embed(&mut cx, g.constant(x.clone())).to_tensor();
+        assert_eq!(trained.predict(&embeddings), model.predict(&params, &x));
+        assert_eq!(
+            trained.centres().is_some(),
+            matches!(head, HeadConfig::Cosine { .. })
+        );
+    }
+    let a = Tensor::from_vec(vec![1.0f32, 0.0, 3.0, 4.0], &[2, 2]).unwrap();
+    let b = Tensor::from_vec(vec![0.0f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+    let scores = score_pairs(&a, &b);
+    assert!(
+        scores[0].abs() < 1e-7 && (scores[1] - 1.0).abs() < 1e-6,
+        "{scores:?}"
+    );
+}
+
+// ---- safetensors ----
+
+#[test]
+fn safetensors_export_has_names_shapes_offsets_and_raw_data() {
+    let (_, params) = built::<f32>(cosine());
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    let bytes = safetensors_bytes(&params, &meta);
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!(header_len % 8, 0);
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let data = &bytes[8 + header_len..];
+    assert_eq!(header["__metadata__"]["format"], "pt");
+    let mut covered = 0;
+    for id in params.ids() {
+        let entry = &header[params.name(id)];
+        assert_eq!(entry["dtype"], "F32");
+        let shape: Vec<usize> = serde_json::from_value(entry["shape"].clone()).unwrap();
+        assert_eq!(shape, params.get(id).shape());
+        let offsets: Vec<usize> = serde_json::from_value(entry["data_offsets"].clone()).unwrap();
+        assert_eq!(offsets[0], covered, "tensors are back to back");
+        let values: Vec<f32> = data[offsets[0]..offsets[1]]
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(values, params.get(id).data());
+        covered = offsets[1];
+    }
+    assert_eq!(covered, data.len());
+    assert_eq!(header.as_object().unwrap().len(), params.len() + 1);
+}
