@@ -46,6 +46,7 @@ pub mod io;
 pub mod kernels;
 mod labels;
 pub mod loss;
+pub mod metrics;
 pub mod nn;
 pub mod ops;
 pub mod optim;

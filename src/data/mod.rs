@@ -1,8 +1,13 @@
-//! Data sets: the UCI 8x8 digits shipped inside the crate, and the type every loader returns.
+//! Data sets: the UCI 8x8 digits shipped inside the crate, MNIST's IDX files, a synthetic
+//! open-set generator, and the type every loader returns, with seeded batching and splits.
 
 mod digits;
+mod idx;
+mod synthetic;
 
 pub use digits::{digits, parse_digits_csv};
+pub use idx::{IdxArray, MnistSplit, load_mnist, parse_idx};
+pub use synthetic::{SyntheticConfig, synthetic};
 
 use crate::{Error, Labels, Tensor};
 use rand::Rng;
@@ -71,6 +76,56 @@ impl Dataset {
             Tensor::from_vec(data, &[indices.len(), d]).expect("rows of width d"),
             Labels::new(labels, self.classes).expect("labels were checked on construction"),
         )
+    }
+
+    /// The samples of classes `keep` (relabelled `0..keep.len()` in that order).
+    pub fn select_classes(&self, keep: &[usize]) -> Dataset {
+        let mut relabel = vec![None; self.classes];
+        for (new, &old) in keep.iter().enumerate() {
+            relabel[old] = Some(new);
+        }
+        let indices: Vec<usize> = (0..self.len())
+            .filter(|&i| relabel[self.labels[i]].is_some())
+            .collect();
+        let (features, _) = self.batch(&indices);
+        Dataset {
+            features,
+            labels: indices
+                .iter()
+                .map(|&i| relabel[self.labels[i]].expect("kept"))
+                .collect(),
+            classes: keep.len(),
+        }
+    }
+
+    /// An open-set split by class: `(known, unseen)`, the last `holdout` classes unseen. Both
+    /// are relabelled from 0 (unseen class `C − holdout + j` becomes `j`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] unless `0 < holdout < classes`.
+    pub fn split_classes(&self, holdout: usize) -> Result<(Dataset, Dataset), Error> {
+        if holdout == 0 || holdout >= self.classes {
+            return Err(Error::InvalidSetting {
+                name: "holdout classes",
+                value: holdout as f64,
+                requirement: "between 1 and the number of classes minus 1",
+            });
+        }
+        let known: Vec<usize> = (0..self.classes - holdout).collect();
+        let unseen: Vec<usize> = (self.classes - holdout..self.classes).collect();
+        Ok((self.select_classes(&known), self.select_classes(&unseen)))
+    }
+
+    /// Batches of at most `size` samples in a seeded random order, covering every sample once.
+    pub fn shuffled_batches<R: Rng + ?Sized>(
+        &self,
+        size: usize,
+        rng: &mut R,
+    ) -> impl Iterator<Item = (Tensor<f32>, Labels)> + '_ {
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.shuffle(rng);
+        let batches: Vec<Vec<usize>> = order.chunks(size.max(1)).map(<[usize]>::to_vec).collect();
+        batches.into_iter().map(move |idx| self.batch(&idx))
     }
 
     /// A seeded random split: `(train, test)` with `test_fraction` of the samples in test.

@@ -1,0 +1,368 @@
+//! How margin-loss models are judged: closed-set accuracy, open-set verification on pairs,
+//! and the geometry of the embedding.
+//!
+//! Verification follows the face-recognition protocol: pairs of samples, half of one class and
+//! half of two, scored by the cosine similarity of their normalised embeddings; 10-fold
+//! accuracy with the threshold chosen on the other nine folds (reported as mean ± population
+//! standard deviation over folds, as LFW tables do); ROC AUC; EER; TAR at a given FAR.
+
+use crate::{Element, Tensor};
+use rand::{Rng, RngExt};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+/// The fraction of predictions equal to their label.
+///
+/// # Panics
+/// When the slices differ in length.
+#[track_caller]
+pub fn top1_accuracy(predictions: &[usize], labels: &[usize]) -> f64 {
+    assert_eq!(
+        predictions.len(),
+        labels.len(),
+        "top1_accuracy: one prediction per label"
+    );
+    let correct = predictions
+        .iter()
+        .zip(labels)
+        .filter(|(p, l)| p == l)
+        .count();
+    correct as f64 / labels.len().max(1) as f64
+}
+
+/// Two samples, by index, and whether they share a class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Pair {
+    /// First sample.
+    pub a: usize,
+    /// Second sample.
+    pub b: usize,
+    /// Same class.
+    pub same: bool,
+}
+
+/// Up to `count` distinct pairs, half of one class and half of two, drawn with `rng`.
+/// Fewer when the data cannot supply them (a class needs two samples for a same pair).
+pub fn make_pairs<R: Rng + ?Sized>(labels: &[usize], count: usize, rng: &mut R) -> Vec<Pair> {
+    let classes = labels.iter().max().map_or(0, |&m| m + 1);
+    let mut members = vec![Vec::new(); classes];
+    for (i, &l) in labels.iter().enumerate() {
+        members[l].push(i);
+    }
+    let multi: Vec<&Vec<usize>> = members.iter().filter(|m| m.len() >= 2).collect();
+    let populated: Vec<&Vec<usize>> = members.iter().filter(|m| !m.is_empty()).collect();
+    let mut seen = HashSet::new();
+    let mut pairs = Vec::with_capacity(count);
+    let want_same = count / 2;
+    let mut draw = |same: bool, want: usize, pairs: &mut Vec<Pair>| {
+        let (mut got, mut attempts) = (0, 0);
+        while got < want && attempts < 20 * want + 100 {
+            attempts += 1;
+            let (a, b) = if same {
+                if multi.is_empty() {
+                    break;
+                }
+                let m = multi[rng.random_range(0..multi.len())];
+                let (i, j) = (rng.random_range(0..m.len()), rng.random_range(0..m.len()));
+                if i == j {
+                    continue;
+                }
+                (m[i], m[j])
+            } else {
+                if populated.len() < 2 {
+                    break;
+                }
+                let (x, y) = (
+                    rng.random_range(0..populated.len()),
+                    rng.random_range(0..populated.len()),
+                );
+                if x == y {
+                    continue;
+                }
+                let (mx, my) = (populated[x], populated[y]);
+                (
+                    mx[rng.random_range(0..mx.len())],
+                    my[rng.random_range(0..my.len())],
+                )
+            };
+            let key = (a.min(b), a.max(b));
+            if seen.insert(key) {
+                pairs.push(Pair { a, b, same });
+                got += 1;
+            }
+        }
+    };
+    draw(true, want_same, &mut pairs);
+    draw(false, count - want_same, &mut pairs);
+    pairs
+}
+
+/// The cosine similarity of each pair's embeddings (rows of `embeddings`).
+pub fn pair_scores<F: Element>(embeddings: &Tensor<F>, pairs: &[Pair]) -> Vec<f64> {
+    let (_, d) = embeddings.matrix_dims().expect("embeddings are [N, D]");
+    let row = |i: usize| &embeddings.data()[i * d..(i + 1) * d];
+    let norm = |r: &[F]| {
+        r.iter()
+            .map(|v| v.to_f64().powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12)
+    };
+    pairs
+        .iter()
+        .map(|p| {
+            let (a, b) = (row(p.a), row(p.b));
+            let dot: f64 = a.iter().zip(b).map(|(x, y)| x.to_f64() * y.to_f64()).sum();
+            dot / (norm(a) * norm(b))
+        })
+        .collect()
+}
+
+/// A ROC curve: false-accept and true-accept rates, from the strictest threshold to the
+/// loosest, starting at (0, 0) and ending at (1, 1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Roc {
+    /// False-accept rate (FAR, false positive rate) at each point.
+    pub far: Vec<f64>,
+    /// True-accept rate (TAR, true positive rate) at each point.
+    pub tar: Vec<f64>,
+}
+
+impl Roc {
+    /// The curve of `scores` (higher = more alike) against `same`; tied scores form one point.
+    ///
+    /// # Panics
+    /// When the slices differ in length.
+    #[track_caller]
+    pub fn new(scores: &[f64], same: &[bool]) -> Roc {
+        assert_eq!(scores.len(), same.len(), "Roc: one label per score");
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]));
+        let positives = same.iter().filter(|&&s| s).count().max(1) as f64;
+        let negatives = same.iter().filter(|&&s| !s).count().max(1) as f64;
+        let (mut far, mut tar) = (vec![0.0], vec![0.0]);
+        let (mut tp, mut fp) = (0.0, 0.0);
+        for (k, &i) in order.iter().enumerate() {
+            if same[i] {
+                tp += 1.0;
+            } else {
+                fp += 1.0;
+            }
+            let tie_next = order.get(k + 1).is_some_and(|&j| scores[j] == scores[i]);
+            if !tie_next {
+                far.push(fp / negatives);
+                tar.push(tp / positives);
+            }
+        }
+        Roc { far, tar }
+    }
+
+    /// The area under the curve (trapezoids).
+    pub fn auc(&self) -> f64 {
+        self.far
+            .windows(2)
+            .zip(self.tar.windows(2))
+            .map(|(f, t)| (f[1] - f[0]) * (t[0] + t[1]) / 2.0)
+            .sum()
+    }
+
+    /// The equal error rate: where the false-accept rate equals the false-reject rate
+    /// (1 − TAR), interpolated linearly between points.
+    pub fn eer(&self) -> f64 {
+        for k in 1..self.far.len() {
+            let gap = |i: usize| self.far[i] - (1.0 - self.tar[i]);
+            let (g0, g1) = (gap(k - 1), gap(k));
+            if g0 <= 0.0 && g1 >= 0.0 {
+                let t = if g1 == g0 { 0.0 } else { -g0 / (g1 - g0) };
+                return self.far[k - 1] + t * (self.far[k] - self.far[k - 1]);
+            }
+        }
+        1.0
+    }
+
+    /// The highest true-accept rate at a false-accept rate of at most `far`.
+    pub fn tar_at_far(&self, far: f64) -> f64 {
+        self.far
+            .iter()
+            .zip(&self.tar)
+            .filter(|(f, _)| **f <= far)
+            .map(|(_, t)| *t)
+            .fold(0.0, f64::max)
+    }
+}
+
+/// The verification figures of a set of scored pairs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Mean accuracy over the folds, each at the threshold best on the other folds.
+    pub accuracy_mean: f64,
+    /// Population standard deviation of the fold accuracies.
+    pub accuracy_std: f64,
+    /// ROC area under the curve.
+    pub auc: f64,
+    /// Equal error rate.
+    pub eer: f64,
+    /// TAR at FAR = 1e-3 (meaningful only with well over 1,000 negative pairs: see `pairs`).
+    #[serde(rename = "tar_at_far_1e-3")]
+    pub tar_at_far_1e3: f64,
+    /// TAR at FAR = 1e-2.
+    #[serde(rename = "tar_at_far_1e-2")]
+    pub tar_at_far_1e2: f64,
+    /// The number of pairs.
+    pub pairs: usize,
+    /// How many of them are same-class pairs.
+    pub positive_pairs: usize,
+}
+
+/// The threshold with the best accuracy on `(score, same)` items: midway between the two scores
+/// where it changes, predicting "same" at or above it.
+fn best_threshold(items: &mut [(f64, bool)]) -> f64 {
+    items.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total_same = items.iter().filter(|i| i.1).count();
+    let (mut best, mut threshold) = (total_same, f64::NEG_INFINITY);
+    let (mut same_below, mut diff_below) = (0, 0);
+    for k in 0..items.len() {
+        if items[k].1 {
+            same_below += 1;
+        } else {
+            diff_below += 1;
+        }
+        if items.get(k + 1).is_some_and(|next| next.0 == items[k].0) {
+            continue;
+        }
+        let correct = total_same - same_below + diff_below;
+        if correct > best {
+            best = correct;
+            threshold = items
+                .get(k + 1)
+                .map_or(f64::INFINITY, |n| (items[k].0 + n.0) / 2.0);
+        }
+    }
+    threshold
+}
+
+/// Verification figures of `scores` (one per pair) against `same`, with `folds`-fold accuracy
+/// over contiguous blocks of pairs.
+///
+/// # Panics
+/// When the slices differ in length or `folds` is 0.
+#[track_caller]
+pub fn verification(scores: &[f64], same: &[bool], folds: usize) -> Verification {
+    assert_eq!(
+        scores.len(),
+        same.len(),
+        "verification: one label per score"
+    );
+    assert!(folds > 0, "verification: at least one fold");
+    let n = scores.len();
+    let fold_of = |i: usize| i * folds / n.max(1);
+    let accuracies: Vec<f64> = (0..folds)
+        .filter_map(|f| {
+            let (mut train, mut test) = (Vec::new(), Vec::new());
+            for i in 0..n {
+                let item = (scores[i], same[i]);
+                if fold_of(i) == f {
+                    test.push(item)
+                } else {
+                    train.push(item)
+                }
+            }
+            if test.is_empty() {
+                return None;
+            }
+            let threshold = if train.is_empty() {
+                0.5
+            } else {
+                best_threshold(&mut train)
+            };
+            let correct = test
+                .iter()
+                .filter(|(s, same)| (*s >= threshold) == *same)
+                .count();
+            Some(correct as f64 / test.len() as f64)
+        })
+        .collect();
+    let k = accuracies.len().max(1) as f64;
+    let mean = accuracies.iter().sum::<f64>() / k;
+    let std = (accuracies.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / k).sqrt();
+    let roc = Roc::new(scores, same);
+    Verification {
+        accuracy_mean: mean,
+        accuracy_std: std,
+        auc: roc.auc(),
+        eer: roc.eer(),
+        tar_at_far_1e3: roc.tar_at_far(1e-3),
+        tar_at_far_1e2: roc.tar_at_far(1e-2),
+        pairs: n,
+        positive_pairs: same.iter().filter(|&&s| s).count(),
+    }
+}
+
+/// What a margin loss claims to improve, measured on normalised embeddings, in degrees.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Geometry {
+    /// Mean angle between each sample and its class centre (compactness).
+    pub intra_angle_deg: f64,
+    /// Smallest angle between two class centres (separation).
+    pub inter_min_angle_deg: f64,
+    /// Mean angle between class centres.
+    pub inter_mean_angle_deg: f64,
+}
+
+/// The geometry of `embeddings` (`[N, D]`, normalised here) under `labels`: class centres are
+/// the normalised means of each class's normalised embeddings. Classes without samples are
+/// left out.
+pub fn geometry<F: Element>(embeddings: &Tensor<F>, labels: &[usize]) -> Geometry {
+    let (n, d) = embeddings.matrix_dims().expect("embeddings are [N, D]");
+    let unit = |v: &[f64]| {
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+        v.iter().map(|x| x / norm).collect::<Vec<f64>>()
+    };
+    let rows: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            unit(
+                &embeddings.data()[i * d..(i + 1) * d]
+                    .iter()
+                    .map(|v| v.to_f64())
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let classes = labels.iter().max().map_or(0, |&m| m + 1);
+    let mut sums = vec![vec![0.0; d]; classes];
+    let mut counts = vec![0usize; classes];
+    for (row, &l) in rows.iter().zip(labels) {
+        sums[l].iter_mut().zip(row).for_each(|(s, v)| *s += v);
+        counts[l] += 1;
+    }
+    let centres: Vec<Option<Vec<f64>>> = sums
+        .iter()
+        .zip(&counts)
+        .map(|(s, &c)| (c > 0).then(|| unit(s)))
+        .collect();
+    let angle = |a: &[f64], b: &[f64]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        dot.clamp(-1.0, 1.0).acos().to_degrees()
+    };
+    let intra = rows
+        .iter()
+        .zip(labels)
+        .map(|(r, &l)| angle(r, centres[l].as_ref().expect("has samples")))
+        .sum::<f64>()
+        / n.max(1) as f64;
+    let present: Vec<&Vec<f64>> = centres.iter().flatten().collect();
+    let (mut min, mut sum, mut count) = (f64::INFINITY, 0.0, 0usize);
+    for i in 0..present.len() {
+        for j in i + 1..present.len() {
+            let a = angle(present[i], present[j]);
+            min = min.min(a);
+            sum += a;
+            count += 1;
+        }
+    }
+    Geometry {
+        intra_angle_deg: intra,
+        inter_min_angle_deg: if count > 0 { min } else { 0.0 },
+        inter_mean_angle_deg: if count > 0 { sum / count as f64 } else { 0.0 },
+    }
+}
