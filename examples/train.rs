@@ -1,108 +1,217 @@
-//! Trains a small MLP classifier on the UCI digits shipped inside the crate, with plain SGD.
+//! Trains an embedding model with a margin loss, evaluates it the way face-verification models
+//! are judged, saves it, and draws what it learned. `--help` lists the flags.
 //!
-//! `cargo run --release --example train`
-//!
-//! The engine end to end: parameters, a graph per step, backward, an in-place update, and an
-//! inference graph for evaluation. The full trainer (margin losses, verification metrics,
-//! checkpoints, plots) will replace this example.
+//! `cargo run --release --example train` trains on the UCI digits shipped in the crate.
 
-use margrad::data::{Dataset, digits};
-use margrad::{Graph, ParamId, Params, Tensor, Var};
-use rand::SeedableRng;
-use rand::rngs::Xoshiro256PlusPlus;
-use rand::seq::SliceRandom;
-use std::time::Instant;
+mod cli;
 
-struct Mlp {
-    layers: Vec<(ParamId, ParamId)>,
-}
+use cli::{Args, DATA_HELP, DataFlags, Usage};
+use margrad::loss::ArcFallback;
+use margrad::train::{Event, LossKind, MethodName, TrainConfig, train};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-impl Mlp {
-    fn new(sizes: &[usize], params: &mut Params, rng: &mut Xoshiro256PlusPlus) -> Self {
-        let layers = sizes
-            .windows(2)
-            .enumerate()
-            .map(|(i, pair)| {
-                let std = (2.0 / pair[0] as f64).sqrt(); // Kaiming, for ReLU
-                let w = params.add(format!("{i}.weight"), Tensor::randn(pair, 0.0, std, rng));
-                let b = params.add(format!("{i}.bias"), Tensor::zeros(&[pair[1]]));
-                (w, b)
-            })
-            .collect();
-        Mlp { layers }
-    }
+const HELP: &str = "\
+Train an embedding model with a margin-based softmax loss.
 
-    fn forward<'g>(&self, g: &'g Graph, params: &Params, x: Var<'g>) -> Var<'g> {
-        let last = self.layers.len() - 1;
-        self.layers.iter().enumerate().fold(x, |h, (i, &(w, b))| {
-            let z = h.matmul(g.param(params, w)) + g.param(params, b);
-            if i < last { z.relu() } else { z }
-        })
-    }
-}
+USAGE
+  cargo run --release --example train -- [FLAGS]
 
-fn accuracy(model: &Mlp, params: &Params, data: &Dataset) -> f64 {
-    let g = Graph::inference();
-    let logits = model.forward(&g, params, g.constant(data.features.clone()));
-    let logits = logits.value();
-    let predictions = logits.data().chunks(data.classes).map(|row| {
-        (0..row.len())
-            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-            .expect("at least one class")
-    });
-    let correct = predictions
-        .zip(&data.labels)
-        .filter(|(p, l)| p == *l)
-        .count();
-    correct as f64 / data.len() as f64
-}
+LOSS
+  --loss NAME        softmax | normface | am | enhanced | enhanced-margin-only |
+                     enhanced-scaling-only | arcface | combined   (default am)
+  --scale S          logit scale s (default 30)
+  --margin M         margin m: cosine margin (am, enhanced), angular margin (arcface) (default 0.35)
+  --m2 X             enhanced: non-target margin (default m); combined: angular margin (default 0.3)
+  --big-m X          enhanced: target divisor M (default e^m)
+  --m1 X, --m3 X     combined: multiplicative angular margin (default 1), cosine margin (default 0.2)
+  --fallback F       arcface/combined past the monotonic range: none | threshold | easy (default threshold)
 
-fn main() {
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
-    let (train, test) = digits().split(0.2, &mut rng);
-    let mut params = Params::new();
-    let model = Mlp::new(
-        &[train.dim(), 128, 64, train.classes],
-        &mut params,
-        &mut rng,
-    );
-    let (epochs, batch, lr) = (20, 32, 0.05f32);
-    println!(
-        "digits: {} train / {} test samples; MLP {}-128-64-{} ({} parameters); SGD lr {lr}",
-        train.len(),
-        test.len(),
-        train.dim(),
-        train.classes,
-        params.count()
-    );
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let start = Instant::now();
-    for epoch in 1..=epochs {
-        order.shuffle(&mut rng);
-        let mut total = 0.0;
-        for indices in order.chunks(batch) {
-            let (x, labels) = train.batch(indices);
-            let grads = {
-                let g = Graph::new();
-                let logits = model.forward(&g, &params, g.constant(x));
-                let loss = -logits.log_softmax().pick(&labels).mean();
-                total += loss.item() as f64 * indices.len() as f64;
-                loss.backward()
-            };
-            for (id, grad) in grads.params() {
-                let p = params.get_mut(id);
-                p.data_mut()
-                    .iter_mut()
-                    .zip(grad.data())
-                    .for_each(|(p, g)| *p -= lr * g);
-            }
+MODEL AND TRAINING
+  --hidden LIST      hidden layer widths, comma-separated (default 512)
+  --embed-dim N      embedding dimension (default 128; 2 or 3 also draws the sphere)
+  --batch-norm       BatchNorm1d after each hidden layer
+  --dropout P        dropout after each hidden layer (default 0)
+  --epochs N         (default 20)
+  --batch N          (default 128)
+  --optimizer NAME   sgd | adam | adamw (default adam)
+  --lr X             learning rate, annealed by a cosine to 1% (default 0.001)
+  --momentum X       SGD momentum, Nesterov when > 0 (default 0.9)
+  --weight-decay X   (default 0)
+  --seed N           seeds initialisation, shuffling and dropout (default 0)
+  --threads N        worker threads (default: all cores)
+  --out DIR          where the outputs go (default runs/latest)
+
+";
+
+fn parse() -> Result<(TrainConfig, PathBuf), Usage> {
+    let mut args = Args::from_env();
+    let mut config = TrainConfig::default();
+    let mut data = DataFlags::default();
+    let mut out = PathBuf::from("runs/latest");
+    let (mut m2, mut m1, mut m3) = (None, None, None);
+    while let Some(flag) = args.next_flag()? {
+        if data.take(&flag, &mut args)? {
+            continue;
         }
-        println!(
-            "epoch {epoch:>2}  loss {:.4}  train acc {:.2}%  test acc {:.2}%",
-            total / train.len() as f64,
-            100.0 * accuracy(&model, &params, &train),
-            100.0 * accuracy(&model, &params, &test)
-        );
+        let loss = &mut config.loss;
+        match flag.as_str() {
+            "help" | "h" => {
+                println!("{HELP}{DATA_HELP}");
+                std::process::exit(0);
+            }
+            "loss" => {
+                let name: String = args.value(&flag)?;
+                loss.kind = LossKind::from_name(&name).ok_or_else(|| {
+                    let names: Vec<_> = LossKind::ALL.iter().map(|k| k.name()).collect();
+                    Usage(format!(
+                        "--loss: unknown loss {name:?} ({})",
+                        names.join(", ")
+                    ))
+                })?;
+            }
+            "scale" => loss.scale = args.value(&flag)?,
+            "margin" => loss.margin = args.value(&flag)?,
+            "m2" => m2 = Some(args.value(&flag)?),
+            "big-m" => loss.target_divisor = Some(args.value(&flag)?),
+            "m1" => m1 = Some(args.value(&flag)?),
+            "m3" => m3 = Some(args.value(&flag)?),
+            "fallback" => {
+                let name: String = args.value(&flag)?;
+                loss.fallback = match name.as_str() {
+                    "none" => ArcFallback::None,
+                    "threshold" => ArcFallback::Threshold,
+                    "easy" => ArcFallback::EasyMargin,
+                    _ => {
+                        return Err(Usage(format!(
+                            "--fallback: unknown {name:?} (none, threshold, easy)"
+                        )));
+                    }
+                };
+            }
+            "hidden" => config.hidden = args.list(&flag)?,
+            "embed-dim" => config.embed_dim = args.value(&flag)?,
+            "batch-norm" => config.batch_norm = true,
+            "dropout" => config.dropout = args.value(&flag)?,
+            "epochs" => config.epochs = args.value(&flag)?,
+            "batch" => config.batch = args.value(&flag)?,
+            "optimizer" => {
+                let name: String = args.value(&flag)?;
+                config.optimizer = match name.as_str() {
+                    "sgd" => MethodName::Sgd,
+                    "adam" => MethodName::Adam,
+                    "adamw" => MethodName::AdamW,
+                    _ => {
+                        return Err(Usage(format!(
+                            "--optimizer: unknown {name:?} (sgd, adam, adamw)"
+                        )));
+                    }
+                };
+            }
+            "lr" => config.lr = args.value(&flag)?,
+            "momentum" => config.momentum = args.value(&flag)?,
+            "weight-decay" => config.weight_decay = args.value(&flag)?,
+            "seed" => config.seed = args.value(&flag)?,
+            "threads" => config.threads = Some(args.value(&flag)?),
+            "out" => out = args.value::<String>(&flag)?.into(),
+            other => return Err(Usage(format!("unknown flag --{other}"))),
+        }
     }
-    println!("{epochs} epochs in {:.2} s", start.elapsed().as_secs_f64());
+    let loss = &mut config.loss;
+    if loss.kind == LossKind::Combined {
+        loss.combined = (m1.unwrap_or(1.0), m2.unwrap_or(0.3), m3.unwrap_or(0.2));
+    } else {
+        loss.nontarget_margin = m2;
+    }
+    config.data = data.settings()?;
+    Ok((config, out))
+}
+
+fn main() -> ExitCode {
+    let (config, out) = match parse() {
+        Ok(parsed) => parsed,
+        Err(Usage(message)) => {
+            eprintln!("error: {message}\n(run with --help for the flags)");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(threads) = config.threads {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build_global();
+        if let Err(e) = pool {
+            eprintln!("error: cannot start {threads} threads: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let terminal = std::io::stderr().is_terminal();
+    println!(
+        "training {} (s = {}, m = {}) for {} epochs; outputs in {}",
+        config.loss.kind.name(),
+        config.loss.scale,
+        config.loss.margin,
+        config.epochs,
+        out.display()
+    );
+    let epochs = config.epochs;
+    let mut on_event = |event: Event| match event {
+        Event::Step {
+            epoch,
+            step,
+            steps,
+            loss,
+        } if terminal && (step % 10 == 0 || step == steps) => {
+            eprint!("\r  epoch {epoch}/{epochs}  step {step}/{steps}  loss {loss:.4}   ");
+            let _ = std::io::stderr().flush();
+        }
+        Event::Step { .. } => {}
+        Event::Epoch(r) => {
+            if terminal {
+                eprint!("\r{:60}\r", "");
+            }
+            println!(
+                "epoch {:>3}/{epochs}  loss {:.4}  train {:.2}%  test {:.2}%  {:.0} samples/s  ({:.2} s)",
+                r.epoch,
+                r.loss,
+                100.0 * r.train_accuracy,
+                100.0 * r.test_accuracy,
+                r.samples_per_sec,
+                r.seconds
+            );
+        }
+    };
+    match train(&config, &out, &mut on_event) {
+        Ok(metrics) => {
+            let f = &metrics.final_metrics;
+            let v = &f.verification;
+            let g = &f.geometry;
+            println!("test accuracy       {:.2}%", 100.0 * f.test_accuracy);
+            println!("verification        {}", f.verification_set);
+            println!(
+                "  10-fold accuracy  {:.2}% ± {:.2}%   AUC {:.4}   EER {:.4}",
+                100.0 * v.accuracy_mean,
+                100.0 * v.accuracy_std,
+                v.auc,
+                v.eer
+            );
+            println!(
+                "  TAR@FAR=1e-3      {:.4}   TAR@FAR=1e-2 {:.4}   ({} pairs, {} same-class)",
+                v.tar_at_far_1e3, v.tar_at_far_1e2, v.pairs, v.positive_pairs
+            );
+            println!(
+                "geometry            intra {:.1}°   inter min {:.1}°   inter mean {:.1}°",
+                g.intra_angle_deg, g.inter_min_angle_deg, g.inter_mean_angle_deg
+            );
+            println!(
+                "wrote model.bin, model.safetensors, metrics.json and figures to {}",
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -51,7 +51,9 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 mod params;
+pub mod plot;
 mod tensor;
+pub mod train;
 
 pub use backward::Gradients;
 pub use element::Element;

@@ -143,7 +143,7 @@ impl fmt::Display for CheckpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use CheckpointError::*;
         match self {
-            Io { path, message } => write!(f, "checkpoint {}: {message}", path.display()),
+            Io { path, message } => write!(f, "{}: {message}", path.display()),
             Truncated {
                 part,
                 expected,
@@ -404,6 +404,14 @@ fn io_error(path: &Path, e: std::io::Error) -> CheckpointError {
         path: path.to_path_buf(),
         message: e.to_string(),
     }
+}
+
+/// Writes a text file atomically, as checkpoints are written.
+///
+/// # Errors
+/// [`CheckpointError::Io`] when the file cannot be written.
+pub fn write_text(path: &Path, text: &str) -> Result<(), CheckpointError> {
+    write_atomically(path, |file| file.write_all(text.as_bytes()))
 }
 
 /// Writes `path` through a temporary file in the same directory that is synced and then

@@ -136,10 +136,31 @@ impl Model {
         x: Var<'g, F>,
         labels: &Labels,
     ) -> Result<Var<'g, F>, Error> {
+        Ok(self.loss_and_logits(cx, x, labels)?.0)
+    }
+
+    /// The training loss of a batch, and its class scores without margin (from which the
+    /// training accuracy comes at no extra cost).
+    ///
+    /// # Errors
+    /// As [`margin_cross_entropy_with`](crate::loss::margin_cross_entropy_with).
+    pub fn loss_and_logits<'g, F: Element>(
+        &self,
+        cx: &mut Forward<'g, '_, F>,
+        x: Var<'g, F>,
+        labels: &Labels,
+    ) -> Result<(Var<'g, F>, Var<'g, F>), Error> {
         let e = self.embed(cx, x);
         match &self.head {
-            Head::Cosine(head) => head.loss(cx.graph(), cx.params(), e, labels),
-            Head::Linear(linear) => softmax_cross_entropy(linear.forward(cx, e), labels),
+            Head::Cosine(head) => {
+                let cos = head.cosines(cx.graph(), cx.params(), e);
+                let loss = crate::loss::margin_cross_entropy(cos, labels, head.margin_loss())?;
+                Ok((loss, cos))
+            }
+            Head::Linear(linear) => {
+                let logits = linear.forward(cx, e);
+                Ok((softmax_cross_entropy(logits, labels)?, logits))
+            }
         }
     }
 

@@ -1,0 +1,109 @@
+//! Loads a trained checkpoint, embeds a data set and prints the figures the trainer reported for
+//! the same data (the same function computes them, so they are identical). `--help` lists the
+//! flags.
+//!
+//! `cargo run --release --example verify -- --model runs/latest/model.bin`
+
+mod cli;
+
+use cli::{Args, DATA_HELP, DataFlags, Usage};
+use margrad::io;
+use margrad::train::{evaluate, prepare_data};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const HELP: &str = "\
+Evaluate a trained checkpoint: closed-set accuracy, verification, embedding geometry.
+
+USAGE
+  cargo run --release --example verify -- --model PATH [FLAGS]
+
+  --model PATH       the checkpoint (model.bin) written by the train example
+  --json             print metrics.json's `final` object instead of text
+  (pass the same data flags the model was trained with)
+
+";
+
+fn parse() -> Result<(PathBuf, bool, margrad::train::DataSettings), Usage> {
+    let mut args = Args::from_env();
+    let (mut model, mut json, mut data) = (None, false, DataFlags::default());
+    while let Some(flag) = args.next_flag()? {
+        if data.take(&flag, &mut args)? {
+            continue;
+        }
+        match flag.as_str() {
+            "help" | "h" => {
+                println!("{HELP}{DATA_HELP}");
+                std::process::exit(0);
+            }
+            "model" => model = Some(PathBuf::from(args.value::<String>(&flag)?)),
+            "json" => json = true,
+            other => return Err(Usage(format!("unknown flag --{other}"))),
+        }
+    }
+    let model = model.ok_or_else(|| Usage("--model PATH is required".into()))?;
+    Ok((model, json, data.settings()?))
+}
+
+fn main() -> ExitCode {
+    let (path, json, settings) = match parse() {
+        Ok(parsed) => parsed,
+        Err(Usage(message)) => {
+            eprintln!("error: {message}\n(run with --help for the flags)");
+            return ExitCode::from(2);
+        }
+    };
+    let checkpoint = match io::load::<f32>(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let data = match prepare_data(&settings) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let expected = checkpoint.model.config().embedder.sizes[0];
+    if data.test.dim() != expected || data.train.classes != checkpoint.model.config().head.classes()
+    {
+        eprintln!(
+            "error: the model takes {expected} features and {} classes, the data has {} features \
+             and {} classes: pass the data flags it was trained with",
+            checkpoint.model.config().head.classes(),
+            data.test.dim(),
+            data.train.classes
+        );
+        return ExitCode::FAILURE;
+    }
+    let f = evaluate(&checkpoint.model, &checkpoint.params, &data, &settings).metrics;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&f).expect("metrics serialise")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let (v, g) = (&f.verification, &f.geometry);
+    println!("test accuracy       {:.2}%", 100.0 * f.test_accuracy);
+    println!("verification        {}", f.verification_set);
+    println!(
+        "  10-fold accuracy  {:.2}% ± {:.2}%   AUC {:.4}   EER {:.4}",
+        100.0 * v.accuracy_mean,
+        100.0 * v.accuracy_std,
+        v.auc,
+        v.eer
+    );
+    println!(
+        "  TAR@FAR=1e-3      {:.4}   TAR@FAR=1e-2 {:.4}   ({} pairs, {} same-class)",
+        v.tar_at_far_1e3, v.tar_at_far_1e2, v.pairs, v.positive_pairs
+    );
+    println!(
+        "geometry            intra {:.1}°   inter min {:.1}°   inter mean {:.1}°",
+        g.intra_angle_deg, g.inter_min_angle_deg, g.inter_mean_angle_deg
+    );
+    ExitCode::SUCCESS
+}

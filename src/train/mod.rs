@@ -1,0 +1,510 @@
+//! The trainer: data, model, optimiser and evaluation wired together, as the `train` and
+//! `verify` examples run them.
+//!
+//! [`train`] writes into its output folder the checkpoint (`model.bin`, with the training state,
+//! saved after every epoch so that a failure keeps the last good one), its safetensors export,
+//! `metrics.json`, and SVG figures. [`evaluate`] computes the final figures; `verify` calls the
+//! same function on a reloaded checkpoint, so the two report identical numbers.
+
+mod settings;
+
+pub use settings::{DataSettings, DataSource, LossKind, LossSettings, MethodName, TrainConfig};
+
+use crate::data::{Dataset, MnistSplit, digits, load_mnist, synthetic};
+use crate::io::{self, CheckpointError, TrainingState};
+use crate::metrics::{
+    Geometry, Roc, Verification, geometry, make_pairs, pair_scores, top1_accuracy, verification,
+};
+use crate::nn::{Forward, MlpConfig, Model, ModelConfig};
+use crate::optim::{LrSchedule, Method, Optimizer, Schedule};
+use crate::plot::{Series, embedding_figure, line_chart};
+use crate::{Error, Graph, Params, seeded_rng};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The data a run trains and is judged on.
+#[derive(Clone, Debug)]
+pub struct PreparedData {
+    /// Training samples of the trained classes.
+    pub train: Dataset,
+    /// Test samples of the trained classes (closed-set accuracy).
+    pub test: Dataset,
+    /// The samples whose pairs are verified: unseen classes (open set) or `test` (closed set).
+    pub verify: Dataset,
+    /// What `verify` is, in words (metrics.json says it).
+    pub verification_set: String,
+}
+
+/// Loads or generates the data and splits it as `settings` says.
+///
+/// # Errors
+/// What the loader returns for missing or malformed files; [`Error::InvalidSetting`] for a
+/// holdout that leaves no class to train on or none to verify.
+pub fn prepare_data(settings: &DataSettings) -> Result<PreparedData, Error> {
+    let (train, test) = match &settings.source {
+        DataSource::Digits => digits().split(0.2, &mut seeded_rng(settings.seed)),
+        DataSource::Mnist { dir } => (
+            load_mnist(dir, MnistSplit::Train)?,
+            load_mnist(dir, MnistSplit::Test)?,
+        ),
+        DataSource::Synthetic(config) => synthetic(&crate::data::SyntheticConfig {
+            seed: settings.seed,
+            ..config.clone()
+        })?,
+    };
+    if settings.holdout_classes == 0 {
+        return Ok(PreparedData {
+            verify: test.clone(),
+            verification_set: "test split of the trained classes (closed set)".to_string(),
+            train,
+            test,
+        });
+    }
+    let classes = train.classes;
+    let (train, _) = train.split_classes(settings.holdout_classes)?;
+    let (test, unseen) = test.split_classes(settings.holdout_classes)?;
+    Ok(PreparedData {
+        train,
+        test,
+        verify: unseen,
+        verification_set: format!(
+            "unseen classes {}..={} (open set, never trained on)",
+            classes - settings.holdout_classes,
+            classes - 1
+        ),
+    })
+}
+
+/// The final figures of a model (metrics.json's `final` object).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinalMetrics {
+    /// Closed-set top-1 accuracy on the test split of the trained classes.
+    pub test_accuracy: f64,
+    /// Verification on pairs of `verification_set`.
+    pub verification: Verification,
+    /// Geometry of the embeddings of `verification_set`.
+    pub geometry: Geometry,
+    /// Which samples were verified.
+    pub verification_set: String,
+}
+
+/// [`FinalMetrics`] and the ROC curve behind them.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    /// The figures.
+    pub metrics: FinalMetrics,
+    /// The ROC curve of the verification pairs.
+    pub roc: Roc,
+}
+
+/// Judges a model: test accuracy, verification on seeded pairs (`pairs` of them, seeded by the
+/// data seed), and embedding geometry.
+pub fn evaluate(
+    model: &Model,
+    params: &Params<f32>,
+    data: &PreparedData,
+    settings: &DataSettings,
+) -> Evaluation {
+    let predictions = model.predict(params, &data.test.features);
+    let test_accuracy = top1_accuracy(&predictions, &data.test.labels);
+    let embeddings = model.embeddings(params, &data.verify.features);
+    let pairs = make_pairs(
+        &data.verify.labels,
+        settings.pairs,
+        &mut seeded_rng(settings.seed ^ 0x9e37_79b9),
+    );
+    let scores = pair_scores(&embeddings, &pairs);
+    let same: Vec<bool> = pairs.iter().map(|p| p.same).collect();
+    Evaluation {
+        metrics: FinalMetrics {
+            test_accuracy,
+            verification: verification(&scores, &same, 10),
+            geometry: geometry(&embeddings, &data.verify.labels),
+            verification_set: data.verification_set.clone(),
+        },
+        roc: Roc::new(&scores, &same),
+    }
+}
+
+/// One epoch's line of the history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's samples.
+    pub loss: f64,
+    /// Accuracy of the training batches as they were trained (scores without margin).
+    pub train_accuracy: f64,
+    /// Closed-set accuracy on the test split after the epoch.
+    pub test_accuracy: f64,
+    /// Training samples per second (evaluation not counted).
+    pub samples_per_sec: f64,
+    /// Seconds of training in the epoch.
+    pub seconds: f64,
+}
+
+/// What [`train`] reports while it runs.
+#[derive(Clone, Debug)]
+pub enum Event<'a> {
+    /// A training step finished.
+    Step {
+        /// 1-based epoch.
+        epoch: usize,
+        /// 1-based step within the epoch.
+        step: usize,
+        /// Steps in the epoch.
+        steps: usize,
+        /// The step's loss.
+        loss: f64,
+    },
+    /// An epoch finished (and its checkpoint is saved).
+    Epoch(&'a EpochRecord),
+}
+
+/// The data's sizes, for metrics.json.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataSummary {
+    /// Training samples.
+    pub train_samples: usize,
+    /// Test samples (trained classes).
+    pub test_samples: usize,
+    /// Samples verified.
+    pub verification_samples: usize,
+    /// Trained classes.
+    pub classes: usize,
+    /// Input features per sample.
+    pub input_dim: usize,
+}
+
+/// Everything metrics.json holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// The crate version that trained.
+    pub margrad_version: String,
+    /// "complete": only a finished run writes the file.
+    pub status: String,
+    /// The run's whole configuration.
+    pub config: TrainConfig,
+    /// The model built from it.
+    pub model: ModelConfig,
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// The data's sizes.
+    pub data: DataSummary,
+    /// One record per epoch.
+    pub history: Vec<EpochRecord>,
+    /// The final figures.
+    #[serde(rename = "final")]
+    pub final_metrics: FinalMetrics,
+}
+
+/// Why a run stopped early.
+#[derive(Debug)]
+pub enum TrainError {
+    /// A setting or the data was refused.
+    Input(Error),
+    /// The loss or a gradient became NaN or infinite.
+    Diverged {
+        /// 1-based epoch.
+        epoch: usize,
+        /// 1-based step within it.
+        step: usize,
+        /// "loss" or which gradient.
+        what: String,
+        /// The offending value.
+        value: f64,
+        /// The last good checkpoint, if an epoch finished before.
+        last_good: Option<PathBuf>,
+    },
+    /// A file could not be written.
+    Output(CheckpointError),
+}
+
+impl fmt::Display for TrainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrainError::Input(e) => write!(f, "{e}"),
+            TrainError::Diverged {
+                epoch,
+                step,
+                what,
+                value,
+                last_good,
+            } => {
+                write!(
+                    f,
+                    "training diverged at epoch {epoch}, step {step}: {what} is {value}"
+                )?;
+                match last_good {
+                    Some(path) => write!(f, "; the last good checkpoint is {}", path.display()),
+                    None => write!(f, "; no epoch finished, so no checkpoint was written"),
+                }
+            }
+            TrainError::Output(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for TrainError {}
+
+impl From<Error> for TrainError {
+    fn from(e: Error) -> Self {
+        TrainError::Input(e)
+    }
+}
+
+impl From<CheckpointError> for TrainError {
+    fn from(e: CheckpointError) -> Self {
+        TrainError::Output(e)
+    }
+}
+
+/// The model a configuration describes, for data of `input_dim` features and `classes` classes.
+///
+/// # Errors
+/// [`Error::InvalidSetting`] for a loss setting out of range.
+pub fn model_config(
+    config: &TrainConfig,
+    input_dim: usize,
+    classes: usize,
+) -> Result<ModelConfig, Error> {
+    let mut sizes = vec![input_dim];
+    sizes.extend(&config.hidden);
+    sizes.push(config.embed_dim);
+    Ok(ModelConfig {
+        embedder: MlpConfig {
+            batch_norm: config.batch_norm,
+            dropout: config.dropout,
+            ..MlpConfig::new(&sizes)
+        },
+        head: config.loss.head_config(classes)?,
+    })
+}
+
+fn output(path: &Path, text: &str) -> Result<(), TrainError> {
+    io::write_text(path, text).map_err(TrainError::Output)
+}
+
+/// Trains as `config` says, writing the outputs into `out` and reporting progress to
+/// `on_event`; returns the final metrics.
+///
+/// # Errors
+/// [`TrainError::Input`] for refused settings or data, [`TrainError::Diverged`] for a NaN or
+/// infinity (the last good checkpoint stays in `out`; no metrics.json is written),
+/// [`TrainError::Output`] when a file cannot be written.
+pub fn train(
+    config: &TrainConfig,
+    out: &Path,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Metrics, TrainError> {
+    config.validate()?;
+    let data = prepare_data(&config.data)?;
+    std::fs::create_dir_all(out).map_err(|e| {
+        TrainError::Output(CheckpointError::Io {
+            path: out.to_path_buf(),
+            message: e.to_string(),
+        })
+    })?;
+    let model_config = model_config(config, data.train.dim(), data.train.classes)?;
+    let mut rng = seeded_rng(config.seed);
+    let mut params = Params::<f32>::new();
+    let model = Model::new(model_config.clone(), &mut params, &mut rng)?;
+    let method = match config.optimizer {
+        MethodName::Sgd => Method::Sgd {
+            momentum: config.momentum,
+            nesterov: config.momentum > 0.0,
+        },
+        MethodName::Adam => Method::adam(),
+        MethodName::AdamW => Method::adamw(),
+    };
+    let mut optimizer = Optimizer::new(method, &params, config.lr, config.weight_decay)?;
+    let schedule = LrSchedule {
+        schedule: Schedule::Cosine {
+            total: config.epochs,
+            min_factor: 0.01,
+        },
+        warmup: 0,
+    };
+    let checkpoint = out.join("model.bin");
+    let mut last_good = None;
+    let mut history = Vec::new();
+    let steps = data.train.len().div_ceil(config.batch);
+    for epoch in 1..=config.epochs {
+        optimizer.set_lr_factor(schedule.factor(epoch - 1));
+        let start = Instant::now();
+        let (mut loss_sum, mut correct) = (0.0, 0usize);
+        let order = data.train.shuffled_batches(config.batch, &mut rng);
+        for (index, (x, labels)) in order.enumerate() {
+            let step = index + 1;
+            let diverged =
+                |what: String, value: f64, last_good: &Option<PathBuf>| TrainError::Diverged {
+                    epoch,
+                    step,
+                    what,
+                    value,
+                    last_good: last_good.clone(),
+                };
+            let (grads, updates, loss) = {
+                let g = Graph::new();
+                let mut cx = Forward::train(&g, &params, &mut rng);
+                let (loss, logits) = model.loss_and_logits(&mut cx, g.constant(x), &labels)?;
+                let value = loss.item() as f64;
+                if !value.is_finite() {
+                    return Err(diverged("the loss".into(), value, &last_good));
+                }
+                let predicted = logits.value().argmax_rows();
+                correct += predicted
+                    .iter()
+                    .zip(labels.values())
+                    .filter(|(p, l)| p == l)
+                    .count();
+                (loss.backward(), cx.into_updates(), value)
+            };
+            if let Err(Error::NonFinite { what, value, .. }) = grads.ensure_finite() {
+                return Err(diverged(what, value, &last_good));
+            }
+            params.apply(updates);
+            optimizer.step(&mut params, &grads);
+            loss_sum += loss * labels.len() as f64;
+            on_event(Event::Step {
+                epoch,
+                step,
+                steps,
+                loss,
+            });
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let predictions = model.predict(&params, &data.test.features);
+        let record = EpochRecord {
+            epoch,
+            loss: loss_sum / data.train.len() as f64,
+            train_accuracy: correct as f64 / data.train.len() as f64,
+            test_accuracy: top1_accuracy(&predictions, &data.test.labels),
+            samples_per_sec: data.train.len() as f64 / seconds,
+            seconds,
+        };
+        let state = TrainingState {
+            optimizer: optimizer.state().clone(),
+            epoch: epoch as u64,
+            rng: rng.clone(),
+        };
+        io::save(&checkpoint, &model, &params, Some(&state))?;
+        last_good = Some(checkpoint.clone());
+        on_event(Event::Epoch(&record));
+        history.push(record);
+    }
+    let evaluation = evaluate(&model, &params, &data, &config.data);
+    let metrics = Metrics {
+        margrad_version: env!("CARGO_PKG_VERSION").to_string(),
+        status: "complete".to_string(),
+        config: config.clone(),
+        model: model_config,
+        parameters: params.count(),
+        data: DataSummary {
+            train_samples: data.train.len(),
+            test_samples: data.test.len(),
+            verification_samples: data.verify.len(),
+            classes: data.train.classes,
+            input_dim: data.train.dim(),
+        },
+        history,
+        final_metrics: evaluation.metrics.clone(),
+    };
+    write_outputs(out, &model, &params, &data, &metrics, &evaluation)?;
+    Ok(metrics)
+}
+
+fn write_outputs(
+    out: &Path,
+    model: &Model,
+    params: &Params<f32>,
+    data: &PreparedData,
+    metrics: &Metrics,
+    evaluation: &Evaluation,
+) -> Result<(), TrainError> {
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    meta.insert(
+        "producer".to_string(),
+        format!("margrad {}", env!("CARGO_PKG_VERSION")),
+    );
+    let model_json = serde_json::to_string(model.config()).expect("configurations serialise");
+    meta.insert("margrad.model".to_string(), model_json);
+    io::save_safetensors(&out.join("model.safetensors"), params, &meta)?;
+    let history = &metrics.history;
+    let curve =
+        |f: fn(&EpochRecord) -> f64| history.iter().map(|r| (r.epoch as f64, f(r))).collect();
+    let loss = line_chart(
+        "training loss",
+        "epoch",
+        "mean loss",
+        &[Series {
+            name: "loss",
+            points: curve(|r| r.loss),
+        }],
+        false,
+    );
+    output(&out.join("loss.svg"), &loss)?;
+    let accuracy = line_chart(
+        "accuracy",
+        "epoch",
+        "top-1 accuracy",
+        &[
+            Series {
+                name: "train (batches)",
+                points: curve(|r| r.train_accuracy),
+            },
+            Series {
+                name: "test",
+                points: curve(|r| r.test_accuracy),
+            },
+        ],
+        false,
+    );
+    output(&out.join("accuracy.svg"), &accuracy)?;
+    let v = &metrics.final_metrics.verification;
+    let roc_points = evaluation
+        .roc
+        .far
+        .iter()
+        .copied()
+        .zip(evaluation.roc.tar.iter().copied())
+        .collect();
+    let roc = line_chart(
+        &format!("ROC, {} pairs: AUC {:.4}, EER {:.4}", v.pairs, v.auc, v.eer),
+        "false accept rate (log)",
+        "true accept rate",
+        &[Series {
+            name: &metrics.final_metrics.verification_set,
+            points: roc_points,
+        }],
+        true,
+    );
+    output(&out.join("roc.svg"), &roc)?;
+    let dim = metrics.model.embedder.sizes.last().copied().unwrap_or(0);
+    if dim == 2 || dim == 3 {
+        let shown = data.test.len().min(3000);
+        let idx: Vec<usize> = (0..shown).collect();
+        let (x, labels) = data.test.batch(&idx);
+        let e = model.embeddings(params, &x);
+        let points: Vec<Vec<f64>> = e
+            .data()
+            .chunks(dim)
+            .map(|r| r.iter().map(|&v| v as f64).collect())
+            .collect();
+        let figure = embedding_figure(
+            &format!(
+                "normalised {dim}-D embeddings, test split ({})",
+                metrics.config.loss.kind.name()
+            ),
+            &points,
+            labels.values(),
+        );
+        output(&out.join("embedding.svg"), &figure)?;
+    }
+    let json = serde_json::to_string_pretty(metrics).expect("metrics serialise");
+    output(&out.join("metrics.json"), &json)?;
+    Ok(())
+}

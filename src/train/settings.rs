@@ -1,0 +1,259 @@
+//! The settings of a training run, as `examples/train.rs` takes them from its flags.
+
+use crate::Error;
+use crate::data::SyntheticConfig;
+use crate::loss::{ArcFallback, EnhancedAblation, MarginLoss};
+use crate::nn::HeadConfig;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Where the data comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DataSource {
+    /// The UCI digits shipped in the crate (a seeded 80/20 split).
+    Digits,
+    /// MNIST's IDX files in a folder.
+    Mnist {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// The synthetic open-set generator (its seed is the data seed).
+    Synthetic(SyntheticConfig),
+}
+
+/// What the data is and how it is split; `verify` takes the same settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataSettings {
+    /// The source.
+    pub source: DataSource,
+    /// The last this many classes are never trained on and are verified instead (0: verify
+    /// pairs of the test split of the trained classes).
+    pub holdout_classes: usize,
+    /// Verification pairs to draw (fewer if the data cannot supply them).
+    pub pairs: usize,
+    /// Seeds the digits split, the synthetic data and the pairs.
+    pub seed: u64,
+}
+
+/// The loss families a run can train with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LossKind {
+    /// Softmax cross-entropy on a linear head.
+    Softmax,
+    /// NormFace.
+    NormFace,
+    /// AM-Softmax (CosFace).
+    Am,
+    /// Enhanced AM-Softmax, both changes.
+    Enhanced,
+    /// Enhanced ablation: only the additional non-target margin.
+    EnhancedMarginOnly,
+    /// Enhanced ablation: only the exponential scaling of the target.
+    EnhancedScalingOnly,
+    /// ArcFace.
+    ArcFace,
+    /// The combined margin (m1, m2, m3).
+    Combined,
+}
+
+impl LossKind {
+    /// Every kind, in the order the results table uses.
+    pub const ALL: [LossKind; 8] = [
+        LossKind::Softmax,
+        LossKind::NormFace,
+        LossKind::Am,
+        LossKind::Enhanced,
+        LossKind::EnhancedMarginOnly,
+        LossKind::EnhancedScalingOnly,
+        LossKind::ArcFace,
+        LossKind::Combined,
+    ];
+
+    /// The flag value (`--loss am`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LossKind::Softmax => "softmax",
+            LossKind::NormFace => "normface",
+            LossKind::Am => "am",
+            LossKind::Enhanced => "enhanced",
+            LossKind::EnhancedMarginOnly => "enhanced-margin-only",
+            LossKind::EnhancedScalingOnly => "enhanced-scaling-only",
+            LossKind::ArcFace => "arcface",
+            LossKind::Combined => "combined",
+        }
+    }
+
+    /// The kind a flag value names.
+    pub fn from_name(name: &str) -> Option<LossKind> {
+        LossKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// The loss and its parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LossSettings {
+    /// The family.
+    pub kind: LossKind,
+    /// s.
+    pub scale: f64,
+    /// m: the cosine margin (AM, Enhanced) or the angular margin (ArcFace).
+    pub margin: f64,
+    /// Enhanced's non-target margin m2 (default: m).
+    pub nontarget_margin: Option<f64>,
+    /// Enhanced's target divisor M (default: e^m).
+    pub target_divisor: Option<f64>,
+    /// The combined margin's (m1, m2, m3).
+    pub combined: (f64, f64, f64),
+    /// ArcFace's (and the combined margin's) fallback.
+    pub fallback: ArcFallback,
+}
+
+impl LossSettings {
+    /// The head these settings describe, for `classes` classes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for a parameter out of its range.
+    pub fn head_config(&self, classes: usize) -> Result<HeadConfig, Error> {
+        let (s, m) = (self.scale, self.margin);
+        let ablation = |which| MarginLoss::enhanced_ablation(s, m, which);
+        let loss = match self.kind {
+            LossKind::Softmax => return Ok(HeadConfig::Linear { classes }),
+            LossKind::NormFace => MarginLoss::normface(s)?,
+            LossKind::Am => MarginLoss::am(s, m)?,
+            LossKind::Enhanced => MarginLoss::enhanced_with(
+                s,
+                m,
+                self.nontarget_margin.unwrap_or(m),
+                self.target_divisor.unwrap_or(m.exp()),
+            )?,
+            LossKind::EnhancedMarginOnly => ablation(EnhancedAblation::AdditionalMarginOnly)?,
+            LossKind::EnhancedScalingOnly => ablation(EnhancedAblation::ExponentialScalingOnly)?,
+            LossKind::ArcFace => MarginLoss::arcface(s, m, self.fallback)?,
+            LossKind::Combined => {
+                let (m1, m2, m3) = self.combined;
+                MarginLoss::combined(s, m1, m2, m3, self.fallback)?
+            }
+        };
+        Ok(HeadConfig::Cosine { classes, loss })
+    }
+}
+
+/// The optimiser families a run can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MethodName {
+    /// SGD, with Nesterov momentum when momentum > 0.
+    Sgd,
+    /// Adam.
+    Adam,
+    /// AdamW.
+    AdamW,
+}
+
+/// A whole run's settings (metrics.json records them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The data.
+    pub data: DataSettings,
+    /// The loss.
+    pub loss: LossSettings,
+    /// Hidden layer widths of the embedder.
+    pub hidden: Vec<usize>,
+    /// The embedding dimension.
+    pub embed_dim: usize,
+    /// BatchNorm1d after each hidden layer.
+    pub batch_norm: bool,
+    /// Dropout after each hidden layer.
+    pub dropout: f64,
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// The optimiser.
+    pub optimizer: MethodName,
+    /// The learning rate (annealed by a cosine schedule over the epochs to 1% of it).
+    pub lr: f64,
+    /// SGD's momentum.
+    pub momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Seeds initialisation, shuffling and dropout.
+    pub seed: u64,
+    /// Threads (recorded; the caller sets up the pool). `None`: all cores.
+    pub threads: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    /// The embedded digits, AM-Softmax (s = 30, m = 0.35), an MLP 64-512-128, Adam.
+    fn default() -> Self {
+        TrainConfig {
+            data: DataSettings {
+                source: DataSource::Digits,
+                holdout_classes: 0,
+                pairs: 6000,
+                seed: 0,
+            },
+            loss: LossSettings {
+                kind: LossKind::Am,
+                scale: 30.0,
+                margin: 0.35,
+                nontarget_margin: None,
+                target_divisor: None,
+                combined: (1.0, 0.3, 0.2),
+                fallback: ArcFallback::Threshold,
+            },
+            hidden: vec![512],
+            embed_dim: 128,
+            batch_norm: false,
+            dropout: 0.0,
+            epochs: 20,
+            batch: 128,
+            optimizer: MethodName::Adam,
+            lr: 1e-3,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            seed: 0,
+            threads: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the settings that no constructor checks later.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), Error> {
+        let check = |name, value: f64, ok: bool, requirement| {
+            if ok && value.is_finite() {
+                Ok(())
+            } else {
+                Err(Error::InvalidSetting {
+                    name,
+                    value,
+                    requirement,
+                })
+            }
+        };
+        check("epochs", self.epochs as f64, self.epochs > 0, "at least 1")?;
+        check("batch", self.batch as f64, self.batch > 0, "at least 1")?;
+        check(
+            "embedding dimension",
+            self.embed_dim as f64,
+            self.embed_dim > 0,
+            "at least 1",
+        )?;
+        check("learning rate", self.lr, self.lr > 0.0, "positive")?;
+        check(
+            "pairs",
+            self.data.pairs as f64,
+            self.data.pairs >= 20,
+            "at least 20",
+        )?;
+        check(
+            "threads",
+            self.threads.unwrap_or(1) as f64,
+            self.threads != Some(0),
+            "at least 1",
+        )
+    }
+}

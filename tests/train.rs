@@ -1,0 +1,375 @@
+//! The trainer end to end on small data, the command-line programs' handling of bad input, and
+//! the data paths they rely on (IDX files, synthetic data, open-set splits).
+
+use margrad::data::{MnistSplit, SyntheticConfig, load_mnist, parse_idx, synthetic};
+use margrad::io;
+use margrad::train::{
+    DataSettings, DataSource, LossKind, MethodName, TrainConfig, TrainError, evaluate,
+    prepare_data, train,
+};
+use margrad::{Error, Tensor};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("margrad-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn small(kind: LossKind) -> TrainConfig {
+    let mut config = TrainConfig {
+        hidden: vec![64],
+        embed_dim: 16,
+        epochs: 8,
+        lr: 5e-3,
+        ..TrainConfig::default()
+    };
+    config.loss.kind = kind;
+    config
+}
+
+#[test]
+fn a_run_writes_every_output_and_verify_reproduces_its_figures() {
+    let out = temp("run");
+    let mut epochs_seen = 0;
+    let metrics = train(&small(LossKind::Enhanced), &out, &mut |e| {
+        if let margrad::train::Event::Epoch(_) = e {
+            epochs_seen += 1;
+        }
+    })
+    .unwrap();
+    assert_eq!(epochs_seen, 8);
+    for file in [
+        "model.bin",
+        "model.safetensors",
+        "metrics.json",
+        "loss.svg",
+        "accuracy.svg",
+        "roc.svg",
+    ] {
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+    assert!(
+        metrics.final_metrics.test_accuracy > 0.9,
+        "{}",
+        metrics.final_metrics.test_accuracy
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(json["status"], "complete");
+    assert_eq!(json["history"].as_array().unwrap().len(), 8);
+    let f = &json["final"];
+    for key in [
+        "accuracy_mean",
+        "accuracy_std",
+        "auc",
+        "eer",
+        "tar_at_far_1e-3",
+        "tar_at_far_1e-2",
+        "pairs",
+    ] {
+        assert!(
+            f["verification"][key].is_number(),
+            "final.verification.{key}"
+        );
+    }
+    for key in [
+        "intra_angle_deg",
+        "inter_min_angle_deg",
+        "inter_mean_angle_deg",
+    ] {
+        assert!(f["geometry"][key].is_number(), "final.geometry.{key}");
+    }
+    assert!(f["test_accuracy"].is_number());
+    // what verify does: reload, re-prepare the data, evaluate: the same figures
+    let checkpoint = io::load::<f32>(&out.join("model.bin")).unwrap();
+    let settings = &small(LossKind::Enhanced).data;
+    let data = prepare_data(settings).unwrap();
+    let again = evaluate(&checkpoint.model, &checkpoint.params, &data, settings).metrics;
+    assert_eq!(again, metrics.final_metrics);
+    assert!(
+        std::fs::read_to_string(out.join("roc.svg"))
+            .unwrap()
+            .starts_with("<svg")
+    );
+}
+
+#[test]
+fn every_loss_trains_on_the_digits() {
+    for kind in LossKind::ALL {
+        let out = temp(kind.name());
+        let metrics = train(&small(kind), &out, &mut |_| {}).unwrap();
+        let first = metrics.history.first().unwrap().loss;
+        assert!(
+            metrics.history.iter().all(|r| r.loss.is_finite()),
+            "{}",
+            kind.name()
+        );
+        assert!(
+            metrics.final_metrics.test_accuracy > 0.8,
+            "{}: {:?}",
+            kind.name(),
+            metrics.final_metrics
+        );
+        assert!(first.is_finite());
+    }
+}
+
+#[test]
+fn holdout_verifies_on_unseen_classes_and_draws_the_sphere() {
+    let mut config = small(LossKind::Am);
+    config.embed_dim = 3;
+    config.data.holdout_classes = 4;
+    let out = temp("holdout");
+    let metrics = train(&config, &out, &mut |_| {}).unwrap();
+    assert_eq!(metrics.data.classes, 6);
+    assert!(
+        metrics
+            .final_metrics
+            .verification_set
+            .contains("unseen classes 6..=9")
+    );
+    assert!(out.join("embedding.svg").exists());
+}
+
+#[test]
+fn divergence_stops_the_run_names_the_step_and_writes_no_metrics() {
+    let mut config = small(LossKind::Softmax);
+    config.optimizer = MethodName::Sgd;
+    config.momentum = 0.0;
+    config.lr = 1e30;
+    let out = temp("nan");
+    let err = train(&config, &out, &mut |_| {}).unwrap_err();
+    let TrainError::Diverged { epoch, step, .. } = &err else {
+        panic!("expected divergence, got {err}");
+    };
+    assert!(
+        err.to_string()
+            .starts_with(&format!("training diverged at epoch {epoch}, step {step}")),
+        "{err}"
+    );
+    assert!(
+        !out.join("metrics.json").exists(),
+        "no partial metrics passed off as complete"
+    );
+}
+
+#[test]
+fn bad_settings_are_errors_before_training() {
+    let mut config = small(LossKind::Am);
+    config.loss.margin = -0.5;
+    assert!(matches!(
+        train(&config, &temp("bad"), &mut |_| {}),
+        Err(TrainError::Input(Error::InvalidSetting { .. }))
+    ));
+    let mut config = small(LossKind::Am);
+    config.data.holdout_classes = 10;
+    assert!(matches!(
+        train(&config, &temp("bad2"), &mut |_| {}),
+        Err(TrainError::Input(Error::InvalidSetting {
+            name: "holdout classes",
+            ..
+        }))
+    ));
+    let mut config = small(LossKind::Am);
+    config.data.source = DataSource::Mnist {
+        dir: temp("no-such-dir"),
+    };
+    let err = train(&config, &temp("bad3"), &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("train-images-idx3-ubyte"), "{err}");
+}
+
+// ---- the command-line programs ----
+
+fn example(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test> → target/<profile>/examples/<name>
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
+fn run(name: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(example(name))
+        .args(args)
+        .output()
+        .expect("the example is built");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_command_line_refuses_bad_input_clearly() {
+    let cases: [(&[&str], i32, &str); 7] = [
+        (&["--bogus"], 2, "unknown flag --bogus"),
+        (
+            &["--epochs", "ten"],
+            2,
+            "--epochs: cannot read \"ten\" as a whole number",
+        ),
+        (
+            &["--loss", "triplet"],
+            2,
+            "--loss: unknown loss \"triplet\"",
+        ),
+        (
+            &["--data", "mnist"],
+            2,
+            "--data mnist needs --data-dir PATH",
+        ),
+        (
+            &["--data", "mnist", "--data-dir", "/nonexistent"],
+            1,
+            "/nonexistent/train-images-idx3-ubyte",
+        ),
+        (
+            &["--margin", "-1", "--epochs", "1"],
+            1,
+            "invalid cosine margin m = -1: must be non-negative",
+        ),
+        (&["--epochs"], 2, "--epochs needs a value"),
+    ];
+    for (args, code, message) in cases {
+        let (status, _, stderr) = run("train", args);
+        assert_eq!(status, code, "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+    let (status, stdout, _) = run("train", &["--help"]);
+    assert_eq!(status, 0);
+    assert!(stdout.contains("--holdout-classes N") && stdout.contains("--loss NAME"));
+    let (status, _, stderr) = run("verify", &[]);
+    assert_eq!(
+        (status, stderr.contains("--model PATH is required")),
+        (2, true)
+    );
+    let (status, _, stderr) = run("verify", &["--model", "/nonexistent/model.bin"]);
+    assert_eq!(status, 1, "{stderr}");
+}
+
+// ---- data ----
+
+fn idx(magic: [u8; 4], dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut out = magic.to_vec();
+    dims.iter()
+        .for_each(|d| out.extend_from_slice(&d.to_be_bytes()));
+    out.extend_from_slice(data);
+    out
+}
+
+#[test]
+fn idx_files_are_validated() {
+    let ok = idx([0, 0, 8, 2], &[2, 3], &[1, 2, 3, 4, 5, 6]);
+    let a = parse_idx(&ok, "t").unwrap();
+    assert_eq!((a.dims, a.data), (vec![2, 3], vec![1, 2, 3, 4, 5, 6]));
+    let message = |bytes: &[u8]| parse_idx(bytes, "t").unwrap_err().to_string();
+    assert_eq!(
+        message(&idx([0, 0, 9, 1], &[1], &[0])),
+        "malformed t at magic: expected element type 0x08 (unsigned byte), found 0x09"
+    );
+    assert!(message(&idx([1, 0, 8, 1], &[1], &[0])).contains("expected bytes 0-1 to be zero"));
+    assert_eq!(
+        message(&idx([0, 0, 8, 2], &[2, 3], &[1, 2, 3])),
+        "malformed t at data: dimensions [2, 3] need Some(6) bytes, found 3"
+    );
+    assert!(message(&[0, 0, 8, 3, 0, 0]).contains("3 dimensions need 16 header bytes"));
+    // a header whose dimensions overflow claims no allocation, only an error
+    assert!(
+        message(&idx([0, 0, 8, 3], &[u32::MAX, u32::MAX, u32::MAX], &[]))
+            .contains("need None bytes")
+    );
+}
+
+fn write_mnist(dir: &Path, images: usize, labels: &[u8]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let pixels = vec![7u8; images * 784];
+    std::fs::write(
+        dir.join("train-images-idx3-ubyte"),
+        idx([0, 0, 8, 3], &[images as u32, 28, 28], &pixels),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("train-labels-idx1-ubyte"),
+        idx([0, 0, 8, 1], &[labels.len() as u32], labels),
+    )
+    .unwrap();
+}
+
+#[test]
+fn mnist_files_must_agree() {
+    let dir = temp("mnist-ok");
+    write_mnist(&dir, 3, &[1, 2, 3]);
+    let d = load_mnist(&dir, MnistSplit::Train).unwrap();
+    assert_eq!(
+        (d.len(), d.dim(), d.labels.clone()),
+        (3, 784, vec![1, 2, 3])
+    );
+    let dir = temp("mnist-count");
+    write_mnist(&dir, 3, &[1, 2]);
+    let err = load_mnist(&dir, MnistSplit::Train).unwrap_err().to_string();
+    assert!(
+        err.contains("expected [3] labels to match 3 images, found [2]"),
+        "{err}"
+    );
+    let dir = temp("mnist-label");
+    write_mnist(&dir, 2, &[1, 12]);
+    assert!(matches!(
+        load_mnist(&dir, MnistSplit::Train),
+        Err(Error::LabelOutOfRange {
+            index: 1,
+            label: 12,
+            classes: 10
+        })
+    ));
+}
+
+#[test]
+fn synthetic_data_is_seeded_and_the_holdout_is_disjoint() {
+    let config = SyntheticConfig {
+        identities: 20,
+        train_per_identity: 5,
+        test_per_identity: 3,
+        ..Default::default()
+    };
+    let (train_a, test_a) = synthetic(&config).unwrap();
+    let (train_b, _) = synthetic(&config).unwrap();
+    assert_eq!(train_a, train_b);
+    assert_eq!((train_a.len(), test_a.len(), train_a.dim()), (100, 60, 128));
+    let settings = DataSettings {
+        source: DataSource::Synthetic(config),
+        holdout_classes: 8,
+        pairs: 100,
+        seed: 0,
+    };
+    let data = prepare_data(&settings).unwrap();
+    assert_eq!((data.train.classes, data.verify.classes), (12, 8));
+    assert_eq!(data.verify.len(), 8 * 3);
+    // the unseen identities' samples are not among the trained ones
+    let rows = |d: &margrad::data::Dataset| -> Vec<Vec<u32>> {
+        d.features
+            .data()
+            .chunks(d.dim())
+            .map(|r| r.iter().map(|v| v.to_bits()).collect())
+            .collect()
+    };
+    let trained = rows(&data.train);
+    assert!(rows(&data.verify).iter().all(|r| !trained.contains(r)));
+    let bad = SyntheticConfig {
+        identities: 0,
+        ..Default::default()
+    };
+    assert!(matches!(
+        synthetic(&bad),
+        Err(Error::InvalidSetting {
+            name: "identities",
+            ..
+        })
+    ));
+    let _ = Tensor::<f32>::zeros(&[1]);
+}
