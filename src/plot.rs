@@ -18,6 +18,16 @@ pub fn colour(i: usize) -> &'static str {
     PALETTE[i % PALETTE.len()]
 }
 
+/// A tick label: whole numbers as such, others to four significant digits.
+fn tick(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{}", v.round())
+    } else {
+        let digits = (3 - v.abs().log10().floor() as i32).clamp(0, 8) as usize;
+        format!("{v:.digits$}")
+    }
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -83,27 +93,36 @@ pub fn line_chart(
         svg,
         "<rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#444\"/>"
     );
-    for k in 0..=4 {
-        let f = k as f64 / 4.0;
-        let (xv, yv) = (x0 + f * (x1 - x0), y0 + f * (y1 - y0));
-        let x_text = if log_x {
-            format!("1e{xv:.1}")
-        } else {
-            format!("{xv:.3}")
-        };
+    // x ticks: whole decades on a log axis, five even steps otherwise; y: five even steps
+    let x_ticks: Vec<f64> = if log_x {
+        (x0.ceil() as i32..=x1.floor() as i32)
+            .map(f64::from)
+            .collect()
+    } else {
+        (0..=4).map(|k| x0 + k as f64 / 4.0 * (x1 - x0)).collect()
+    };
+    for xv in x_ticks {
+        let label = if log_x { format!("1e{xv}") } else { tick(xv) };
         let _ = writeln!(
             svg,
             "<line x1=\"{0}\" y1=\"{top}\" x2=\"{0}\" y2=\"{1}\" stroke=\"#ddd\"/>\
-             <text x=\"{0}\" y=\"{2}\" text-anchor=\"middle\">{x_text}</text>\n\
-             <line x1=\"{left}\" y1=\"{3}\" x2=\"{4}\" y2=\"{3}\" stroke=\"#ddd\"/>\
-             <text x=\"{5}\" y=\"{6}\" text-anchor=\"end\">{yv:.3}</text>",
+             <text x=\"{0}\" y=\"{2}\" text-anchor=\"middle\">{label}</text>",
             px(xv),
             top + ph,
-            top + ph + 16.0,
+            top + ph + 16.0
+        );
+    }
+    for k in 0..=4 {
+        let yv = y0 + k as f64 / 4.0 * (y1 - y0);
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{left}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"#ddd\"/>\
+             <text x=\"{2}\" y=\"{3}\" text-anchor=\"end\">{4}</text>",
             py(yv),
             left + pw,
             left - 6.0,
-            py(yv) + 4.0
+            py(yv) + 4.0,
+            tick(yv)
         );
     }
     let _ = writeln!(
