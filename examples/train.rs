@@ -32,7 +32,7 @@ MODEL AND TRAINING
   --hidden LIST      hidden layer widths, comma-separated (default 512)
   --embed-dim N      embedding dimension (default 128; 2 or 3 also draws the sphere)
   --batch-norm       BatchNorm1d after each hidden layer
-  --dropout P        dropout after each hidden layer (default 0)
+  --dropout P        dropout after each hidden layer (default 0.2)
   --epochs N         (default 20)
   --batch N          (default 128)
   --optimizer NAME   sgd | adam | adamw (default adam)

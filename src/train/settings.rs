@@ -183,7 +183,8 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
-    /// The embedded digits, AM-Softmax (s = 30, m = 0.35), an MLP 64-512-128, Adam.
+    /// The embedded digits, AM-Softmax (s = 30, m = 0.35), an MLP 64-512-128 with dropout 0.2
+    /// after the hidden layer, Adam.
     fn default() -> Self {
         TrainConfig {
             data: DataSettings {
@@ -204,7 +205,7 @@ impl Default for TrainConfig {
             hidden: vec![512],
             embed_dim: 128,
             batch_norm: false,
-            dropout: 0.0,
+            dropout: 0.2,
             epochs: 20,
             batch: 128,
             optimizer: MethodName::Adam,
