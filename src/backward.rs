@@ -10,7 +10,7 @@ use crate::graph::{Along, Graph, Node, Op, Reduce};
 use crate::kernels::{self, MatRef};
 use crate::loss::Reduction;
 use crate::ops::Broadcast;
-use crate::{Element, ParamId, Tensor, Var};
+use crate::{Element, ParamId, Tensor, Var, profile};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -133,6 +133,7 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
             }
             _ => {}
         }
+        let started = profile::enabled().then(std::time::Instant::now);
         let g = grad.data();
         let y = node.value.data();
         let value = |i: usize| &*nodes[i].value;
@@ -299,6 +300,13 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
                     dx.iter_mut().zip(&gt).for_each(|(d, &g)| *d += g);
                 }
             }
+        }
+        if let Some(started) = started {
+            profile::record(
+                node.op.category(),
+                profile::Phase::Backward,
+                started.elapsed(),
+            );
         }
     }
     result

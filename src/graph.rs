@@ -9,7 +9,7 @@ use crate::backward::{self, Gradients};
 use crate::kernels::{self, MatRef};
 use crate::loss::{LogitMap, Reduction};
 use crate::ops::{BinaryOp, Broadcast, UnaryOp};
-use crate::{Element, Labels, ParamId, Params, Tensor};
+use crate::{Element, Labels, ParamId, Params, Tensor, profile};
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::ops::Deref;
@@ -80,6 +80,22 @@ pub(crate) enum Op<F: Element> {
     },
 }
 
+impl<F: Element> Op<F> {
+    /// The kind of op, as the profile groups them.
+    pub(crate) fn category(&self) -> &'static str {
+        match self {
+            Op::Constant | Op::Leaf | Op::Param(_) => "inputs",
+            Op::MatMul { .. } => "matmul",
+            Op::Unary { .. } | Op::Binary { .. } => "elementwise",
+            Op::Sum { .. } => "reductions",
+            Op::Normalize { .. } => "normalisation",
+            Op::LogSoftmax { .. } | Op::Pick { .. } => "softmax",
+            Op::MarginXent { .. } => "margin loss",
+            Op::Reshape { .. } | Op::Transpose { .. } => "shape",
+        }
+    }
+}
+
 /// What a sum runs over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Reduce {
@@ -138,6 +154,8 @@ pub struct Graph<F: Element = f32> {
     nodes: RefCell<Vec<Rc<Node<F>>>>,
     recording: bool,
     backward_done: Cell<bool>,
+    /// When the last node was recorded, while profiling.
+    last_push: Cell<Option<std::time::Instant>>,
 }
 
 impl<F: Element> Default for Graph<F> {
@@ -162,6 +180,7 @@ impl<F: Element> Graph<F> {
             nodes: RefCell::new(Vec::new()),
             recording: true,
             backward_done: Cell::new(false),
+            last_push: Cell::new(profile::enabled().then(std::time::Instant::now)),
         }
     }
 
@@ -209,11 +228,22 @@ impl<F: Element> Graph<F> {
 
     /// Parameter `id` of `params`, shared with the store (no copy). Its gradient is returned by
     /// id ([`Gradients::param`]); taking the same parameter twice accumulates both gradients.
+    /// A buffer ([`Params::add_buffer`]) enters the same way but as a constant: no gradient.
     pub fn param(&self, params: &Params<F>, id: ParamId) -> Var<'_, F> {
-        self.push_node(Value::Shared(params.shared(id)), Op::Param(id), true)
+        let value = Value::Shared(params.shared(id));
+        if params.is_trainable(id) {
+            self.push_node(value, Op::Param(id), true)
+        } else {
+            self.push_node(value, Op::Constant, false)
+        }
     }
 
     fn push_node(&self, value: Value<F>, op: Op<F>, requires_grad: bool) -> Var<'_, F> {
+        if let Some(last) = self.last_push.get() {
+            let now = std::time::Instant::now();
+            profile::record(op.category(), profile::Phase::Forward, now - last);
+            self.last_push.set(Some(now));
+        }
         let (op, requires_grad) = if self.recording {
             (op, requires_grad)
         } else {

@@ -341,3 +341,16 @@ fn results_are_bitwise_identical_on_one_and_two_threads() {
     assert!(same_bits(&one.1, &two.1));
     assert!(same_bits(&one.2, &two.2));
 }
+
+#[test]
+fn buffers_enter_shared_and_receive_no_gradient() {
+    let mut params = Params::<f64>::new();
+    let w = params.add("w", Tensor::ones(&[2]));
+    let stat = params.add_buffer("stat", Tensor::full(&[2], 3.0));
+    let g = Graph::new();
+    let b = g.param(&params, stat);
+    assert_eq!(b.value().data().as_ptr(), params.get(stat).data().as_ptr());
+    let grads = (g.param(&params, w) * b).sum().backward();
+    assert_eq!(grads.param(w).unwrap().data(), &[3.0, 3.0]);
+    assert!(grads.param(stat).is_none());
+}

@@ -53,9 +53,9 @@ impl<'g, 'p, F: Element> Forward<'g, 'p, F> {
         self.graph.param(self.params, id)
     }
 
-    /// A buffer's current value, as a constant (no gradient).
+    /// A buffer's current value, as a constant (shared, not copied; no gradient).
     pub fn buffer(&self, id: ParamId) -> Var<'g, F> {
-        self.graph.constant(self.params.get(id).clone())
+        self.graph.param(self.params, id)
     }
 
     /// Whether this is a training pass.
