@@ -9,7 +9,7 @@
 use crate::graph::{Along, Graph, Node, Op, Reduce};
 use crate::kernels::{self, MatRef};
 use crate::loss::Reduction;
-use crate::ops::Broadcast;
+use crate::ops::{BinaryOp, Broadcast};
 use crate::{Element, ParamId, Tensor, Var, profile};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -178,7 +178,9 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
                 // ∂x = g ⊙ f′(x)
                 let xv = value(x);
                 if let Some(dx) = pending.slot(x) {
-                    kernels::map_grad(g, xv.data(), y, dx, |x, y| op.derivative(x, y));
+                    crate::ops::with_unary!(op, k => {
+                        kernels::map_grad(g, xv.data(), y, dx, |x, y| k.derivative(x, y))
+                    });
                 }
             }
             &Op::Binary { op, a, b, bcast } => {
@@ -187,25 +189,41 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
                 let cols = av.shape().last().copied().unwrap_or(1);
                 let (ad, bd) = (av.data(), bv.data());
                 if let Some(da) = pending.slot(a) {
-                    kernels::binary_grad(g, ad, bd, y, bcast, cols, da, |a, b, y| {
-                        op.partial_a(a, b, y)
+                    crate::ops::with_binary!(op, k => {
+                        kernels::binary_grad(g, ad, bd, y, bcast, cols, da, |a, b, y| {
+                            k.partial_a(a, b, y)
+                        })
                     });
                 }
-                let partial_b = |a: F, b: F, y: F| op.partial_b(a, b, y);
-                match (bcast, pending.slot(b)) {
-                    (_, None) => {}
-                    (Broadcast::Same, Some(db)) => {
-                        kernels::binary_grad(g, ad, bd, y, bcast, cols, db, partial_b)
-                    }
-                    (Broadcast::Row | Broadcast::Col, Some(db)) => {
-                        let mut full = vec![F::ZERO; ad.len()];
-                        kernels::binary_grad(g, ad, bd, y, bcast, cols, &mut full, partial_b);
-                        if bcast == Broadcast::Row {
-                            kernels::sum_cols_acc(&full, cols, db);
-                        } else {
-                            kernels::sum_rows_acc(&full, cols, db);
+                if let Some(db) = pending.slot(b) {
+                    crate::ops::with_binary!(op, k => {
+                        let partial_b = |a: F, b: F, y: F| k.partial_b(a, b, y);
+                        match (bcast, op) {
+                            (Broadcast::Same, _) => {
+                                kernels::binary_grad(g, ad, bd, y, bcast, cols, db, partial_b)
+                            }
+                            // ∂f/∂b = ±1: sum g itself over the repeated dimension
+                            (_, BinaryOp::Add | BinaryOp::Sub) => {
+                                let sign = partial_b(F::ZERO, F::ONE, F::ZERO);
+                                let mut sums = vec![F::ZERO; db.len()];
+                                if bcast == Broadcast::Row {
+                                    kernels::sum_cols_acc(g, cols, &mut sums);
+                                } else {
+                                    kernels::sum_rows_acc(g, cols, &mut sums);
+                                }
+                                db.iter_mut().zip(&sums).for_each(|(d, &s)| *d += sign * s);
+                            }
+                            _ => {
+                                let mut full = vec![F::ZERO; ad.len()];
+                                kernels::binary_grad(g, ad, bd, y, bcast, cols, &mut full, partial_b);
+                                if bcast == Broadcast::Row {
+                                    kernels::sum_cols_acc(&full, cols, db);
+                                } else {
+                                    kernels::sum_rows_acc(&full, cols, db);
+                                }
+                            }
                         }
-                    }
+                    });
                 }
             }
             &Op::Sum { x, over, scale } => {

@@ -451,7 +451,7 @@ impl<'g, F: Element> Var<'g, F> {
             a.shape(),
             b.shape()
         );
-        let mut out = Tensor::zeros(&[m, n]);
+        let mut out = Tensor::for_overwrite(&[m, n]);
         kernels::gemm(F::ONE, am, bm, F::ZERO, out.data_mut());
         let op = Op::MatMul {
             a: self.id,
@@ -466,8 +466,8 @@ impl<'g, F: Element> Var<'g, F> {
 
     fn unary(self, op: UnaryOp<F>) -> Var<'g, F> {
         let x = self.value();
-        let mut out = Tensor::zeros(x.shape());
-        kernels::map(x.data(), out.data_mut(), |v| op.value(v));
+        let mut out = Tensor::for_overwrite(x.shape());
+        crate::ops::with_unary!(op, k => kernels::map(x.data(), out.data_mut(), |v| k.value(v)));
         self.graph.push(out, Op::Unary { op, x: self.id }, &[self])
     }
 
@@ -485,9 +485,9 @@ impl<'g, F: Element> Var<'g, F> {
             )
         };
         let cols = a.shape().last().copied().unwrap_or(1);
-        let mut out = Tensor::zeros(a.shape());
-        kernels::binary(a.data(), b.data(), bcast, cols, out.data_mut(), |x, y| {
-            op.value(x, y)
+        let mut out = Tensor::for_overwrite(a.shape());
+        crate::ops::with_binary!(op, k => {
+            kernels::binary(a.data(), b.data(), bcast, cols, out.data_mut(), |x, y| k.value(x, y))
         });
         let node = Op::Binary {
             op,
@@ -643,7 +643,7 @@ impl<'g, F: Element> Var<'g, F> {
         let (rows, cols) = self.matrix_dims(op);
         assert!(eps > F::ZERO, "{op}: eps must be positive, found {eps}");
         let x = self.value();
-        let mut out = Tensor::zeros(&[rows, cols]);
+        let mut out = Tensor::for_overwrite(&[rows, cols]);
         let mut norms = vec![F::ZERO; if along == Along::Rows { rows } else { cols }];
         match along {
             Along::Rows => kernels::normalize_rows(x.data(), cols, eps, out.data_mut(), &mut norms),
@@ -685,7 +685,7 @@ impl<'g, F: Element> Var<'g, F> {
     pub fn log_softmax(self) -> Var<'g, F> {
         let (rows, cols) = self.matrix_dims("log_softmax");
         let x = self.value();
-        let mut out = Tensor::zeros(&[rows, cols]);
+        let mut out = Tensor::for_overwrite(&[rows, cols]);
         kernels::log_softmax_rows(x.data(), cols, out.data_mut());
         self.graph.push(out, Op::LogSoftmax { x: self.id }, &[self])
     }

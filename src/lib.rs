@@ -52,6 +52,7 @@ pub mod ops;
 pub mod optim;
 mod params;
 pub mod plot;
+mod pool;
 pub mod profile;
 mod tensor;
 pub mod train;

@@ -60,7 +60,7 @@ impl<F: Element> UnaryOp<F> {
     }
 
     /// `f(x)`.
-    #[inline]
+    #[inline(always)]
     pub fn value(self, x: F) -> F {
         match self {
             UnaryOp::Neg => -x,
@@ -88,7 +88,7 @@ impl<F: Element> UnaryOp<F> {
 
     /// `f′(x)`, given `y = f(x)` so that exp, sqrt, tanh and sigmoid reuse their value.
     /// At the kinks the convention is PyTorch's: relu′(0) = 0, abs′(0) = 0, leaky′(0) = slope.
-    #[inline]
+    #[inline(always)]
     pub fn derivative(self, x: F, y: F) -> F {
         match self {
             UnaryOp::Neg => -F::ONE,
@@ -154,7 +154,7 @@ impl BinaryOp {
     }
 
     /// `f(a, b)`.
-    #[inline]
+    #[inline(always)]
     pub fn value<F: Element>(self, a: F, b: F) -> F {
         match self {
             BinaryOp::Add => a + b,
@@ -165,7 +165,7 @@ impl BinaryOp {
     }
 
     /// `∂f/∂a`, given `y = f(a, b)`.
-    #[inline]
+    #[inline(always)]
     pub fn partial_a<F: Element>(self, _a: F, b: F, _y: F) -> F {
         match self {
             BinaryOp::Add | BinaryOp::Sub => F::ONE,
@@ -175,7 +175,7 @@ impl BinaryOp {
     }
 
     /// `∂f/∂b`, given `y = f(a, b)`.
-    #[inline]
+    #[inline(always)]
     pub fn partial_b<F: Element>(self, a: F, b: F, y: F) -> F {
         match self {
             BinaryOp::Add => F::ONE,
@@ -210,3 +210,95 @@ impl Broadcast {
         }
     }
 }
+
+/// Runs `$body` with `$k` bound to the unary op `$op` as a constant of its variant, so that once
+/// inlined, `$k.value(x)` and `$k.derivative(x, y)` compile to that op's formula alone instead
+/// of a `match` per element: the kernels' loops then vectorise.
+macro_rules! with_unary {
+    ($op:expr, $k:ident => $body:expr) => {
+        match $op {
+            $crate::ops::UnaryOp::Neg => {
+                let $k = $crate::ops::UnaryOp::Neg;
+                $body
+            }
+            $crate::ops::UnaryOp::Exp => {
+                let $k = $crate::ops::UnaryOp::Exp;
+                $body
+            }
+            $crate::ops::UnaryOp::Log => {
+                let $k = $crate::ops::UnaryOp::Log;
+                $body
+            }
+            $crate::ops::UnaryOp::Sqrt => {
+                let $k = $crate::ops::UnaryOp::Sqrt;
+                $body
+            }
+            $crate::ops::UnaryOp::Powf(p) => {
+                let $k = $crate::ops::UnaryOp::Powf(p);
+                $body
+            }
+            $crate::ops::UnaryOp::Abs => {
+                let $k = $crate::ops::UnaryOp::Abs;
+                $body
+            }
+            $crate::ops::UnaryOp::Relu => {
+                let $k = $crate::ops::UnaryOp::Relu;
+                $body
+            }
+            $crate::ops::UnaryOp::LeakyRelu(a) => {
+                let $k = $crate::ops::UnaryOp::LeakyRelu(a);
+                $body
+            }
+            $crate::ops::UnaryOp::Tanh => {
+                let $k = $crate::ops::UnaryOp::Tanh;
+                $body
+            }
+            $crate::ops::UnaryOp::Sigmoid => {
+                let $k = $crate::ops::UnaryOp::Sigmoid;
+                $body
+            }
+            $crate::ops::UnaryOp::Cos => {
+                let $k = $crate::ops::UnaryOp::Cos;
+                $body
+            }
+            $crate::ops::UnaryOp::Acos => {
+                let $k = $crate::ops::UnaryOp::Acos;
+                $body
+            }
+            $crate::ops::UnaryOp::AddScalar(c) => {
+                let $k = $crate::ops::UnaryOp::AddScalar(c);
+                $body
+            }
+            $crate::ops::UnaryOp::MulScalar(c) => {
+                let $k = $crate::ops::UnaryOp::MulScalar(c);
+                $body
+            }
+        }
+    };
+}
+
+/// [`with_unary!`] for binary ops.
+macro_rules! with_binary {
+    ($op:expr, $k:ident => $body:expr) => {
+        match $op {
+            $crate::ops::BinaryOp::Add => {
+                let $k = $crate::ops::BinaryOp::Add;
+                $body
+            }
+            $crate::ops::BinaryOp::Sub => {
+                let $k = $crate::ops::BinaryOp::Sub;
+                $body
+            }
+            $crate::ops::BinaryOp::Mul => {
+                let $k = $crate::ops::BinaryOp::Mul;
+                $body
+            }
+            $crate::ops::BinaryOp::Div => {
+                let $k = $crate::ops::BinaryOp::Div;
+                $body
+            }
+        }
+    };
+}
+
+pub(crate) use {with_binary, with_unary};

@@ -54,12 +54,37 @@ pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
+impl<F: Element> Drop for Tensor<F> {
+    /// Large buffers go back to this thread's shelf for the next step (see `pool`).
+    fn drop(&mut self) {
+        crate::pool::give(std::mem::take(&mut self.data));
+    }
+}
+
 impl<F: Element> Tensor<F> {
     /// A tensor of `shape` filled with `value`.
     pub fn full(shape: &[usize], value: F) -> Self {
+        let len = numel(shape);
+        let data = match crate::pool::take(len) {
+            Some(mut buf) => {
+                buf.fill(value);
+                buf
+            }
+            None => vec![value; len],
+        };
         Tensor {
             shape: shape.to_vec(),
-            data: vec![value; numel(shape)],
+            data,
+        }
+    }
+
+    /// A tensor of `shape` whose elements are all about to be overwritten by a kernel: a
+    /// lent buffer as it is (its old values are never read), or fresh zeros.
+    pub(crate) fn for_overwrite(shape: &[usize]) -> Self {
+        let len = numel(shape);
+        Tensor {
+            shape: shape.to_vec(),
+            data: crate::pool::take(len).unwrap_or_else(|| vec![F::ZERO; len]),
         }
     }
 
@@ -158,8 +183,8 @@ impl<F: Element> Tensor<F> {
     }
 
     /// Gives up the buffer.
-    pub fn into_vec(self) -> Vec<F> {
-        self.data
+    pub fn into_vec(mut self) -> Vec<F> {
+        std::mem::take(&mut self.data)
     }
 
     /// `(rows, cols)` of a rank-2 tensor, `None` for any other rank.
@@ -213,7 +238,7 @@ impl<F: Element> Tensor<F> {
                 self.shape
             )
         };
-        let mut out = Tensor::zeros(&[cols, rows]);
+        let mut out = Tensor::for_overwrite(&[cols, rows]);
         crate::kernels::transpose(&self.data, rows, cols, &mut out.data);
         out
     }

@@ -25,10 +25,15 @@ fn rhs_row<F: Element>(b: &[F], bcast: Broadcast, r: usize, cols: usize) -> RhsR
 /// `out[i] = f(x[i])`.
 pub fn map<F: Element>(x: &[F], out: &mut [F], f: impl Fn(F) -> F + Sync + Send) {
     debug_assert_eq!(x.len(), out.len());
-    for_row_blocks(out, 1, |start, block| {
-        let x = &x[start..start + block.len()];
-        block.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x));
-    });
+    for_row_blocks(
+        out,
+        1,
+        #[inline(always)]
+        |start, block| {
+            let x = &x[start..start + block.len()];
+            block.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x));
+        },
+    );
 }
 
 /// `dx[i] += g[i] · df(x[i], y[i])`: the backward of [`map`], where `y = f(x)`.
@@ -39,12 +44,17 @@ pub fn map_grad<F: Element>(
     dx: &mut [F],
     df: impl Fn(F, F) -> F + Sync + Send,
 ) {
-    for_row_blocks(dx, 1, |start, block| {
-        for (i, d) in block.iter_mut().enumerate() {
-            let j = start + i;
-            *d += g[j] * df(x[j], y[j]);
-        }
-    });
+    for_row_blocks(
+        dx,
+        1,
+        #[inline(always)]
+        |start, block| {
+            for (i, d) in block.iter_mut().enumerate() {
+                let j = start + i;
+                *d += g[j] * df(x[j], y[j]);
+            }
+        },
+    );
 }
 
 /// `out = f(a, b)` elementwise, `a` and `out` being `rows×cols`, `b` broadcast per `bcast`.
@@ -56,24 +66,29 @@ pub fn binary<F: Element>(
     out: &mut [F],
     f: impl Fn(F, F) -> F + Sync + Send,
 ) {
-    for_row_blocks(out, cols, |r0, block| {
-        for (i, out_row) in block.chunks_mut(cols).enumerate() {
-            let r = r0 + i;
-            let a_row = &a[r * cols..(r + 1) * cols];
-            match rhs_row(b, bcast, r, cols) {
-                RhsRow::Slice(b_row) => {
-                    for ((o, &a), &b) in out_row.iter_mut().zip(a_row).zip(b_row) {
-                        *o = f(a, b);
+    for_row_blocks(
+        out,
+        cols,
+        #[inline(always)]
+        |r0, block| {
+            for (i, out_row) in block.chunks_mut(cols).enumerate() {
+                let r = r0 + i;
+                let a_row = &a[r * cols..(r + 1) * cols];
+                match rhs_row(b, bcast, r, cols) {
+                    RhsRow::Slice(b_row) => {
+                        for ((o, &a), &b) in out_row.iter_mut().zip(a_row).zip(b_row) {
+                            *o = f(a, b);
+                        }
                     }
-                }
-                RhsRow::Value(b) => {
-                    for (o, &a) in out_row.iter_mut().zip(a_row) {
-                        *o = f(a, b);
+                    RhsRow::Value(b) => {
+                        for (o, &a) in out_row.iter_mut().zip(a_row) {
+                            *o = f(a, b);
+                        }
                     }
                 }
             }
-        }
-    });
+        },
+    );
 }
 
 /// `d[i] += g[i] · partial(a[i], b̃[i], y[i])` over the full `rows×cols` shape, where `b̃` is
@@ -90,21 +105,26 @@ pub fn binary_grad<F: Element>(
     d: &mut [F],
     partial: impl Fn(F, F, F) -> F + Sync + Send,
 ) {
-    for_row_blocks(d, cols, |r0, block| {
-        for (i, d_row) in block.chunks_mut(cols).enumerate() {
-            let r = r0 + i;
-            let span = r * cols..(r + 1) * cols;
-            let (g_row, a_row, y_row) = (&g[span.clone()], &a[span.clone()], &y[span]);
-            let rhs = rhs_row(b, bcast, r, cols);
-            for c in 0..cols {
-                let b = match rhs {
-                    RhsRow::Slice(s) => s[c],
-                    RhsRow::Value(v) => v,
-                };
-                d_row[c] += g_row[c] * partial(a_row[c], b, y_row[c]);
+    for_row_blocks(
+        d,
+        cols,
+        #[inline(always)]
+        |r0, block| {
+            for (i, d_row) in block.chunks_mut(cols).enumerate() {
+                let r = r0 + i;
+                let span = r * cols..(r + 1) * cols;
+                let (g_row, a_row, y_row) = (&g[span.clone()], &a[span.clone()], &y[span]);
+                let rhs = rhs_row(b, bcast, r, cols);
+                for c in 0..cols {
+                    let b = match rhs {
+                        RhsRow::Slice(s) => s[c],
+                        RhsRow::Value(v) => v,
+                    };
+                    d_row[c] += g_row[c] * partial(a_row[c], b, y_row[c]);
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 /// `d[i] += scale · b̃[i]`: adds `b`, broadcast per `bcast`, to the `rows×cols` buffer `d`.
@@ -115,12 +135,17 @@ pub fn add_broadcast_acc<F: Element>(
     scale: F,
     d: &mut [F],
 ) {
-    for_row_blocks(d, cols, |r0, block| {
-        for (i, d_row) in block.chunks_mut(cols).enumerate() {
-            match rhs_row(b, bcast, r0 + i, cols) {
-                RhsRow::Slice(s) => d_row.iter_mut().zip(s).for_each(|(d, &v)| *d += scale * v),
-                RhsRow::Value(v) => d_row.iter_mut().for_each(|d| *d += scale * v),
+    for_row_blocks(
+        d,
+        cols,
+        #[inline(always)]
+        |r0, block| {
+            for (i, d_row) in block.chunks_mut(cols).enumerate() {
+                match rhs_row(b, bcast, r0 + i, cols) {
+                    RhsRow::Slice(s) => d_row.iter_mut().zip(s).for_each(|(d, &v)| *d += scale * v),
+                    RhsRow::Value(v) => d_row.iter_mut().for_each(|d| *d += scale * v),
+                }
             }
-        }
-    });
+        },
+    );
 }

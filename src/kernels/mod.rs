@@ -24,8 +24,87 @@ use rayon::prelude::*;
 /// Below this many elements a kernel runs on the calling thread: spawning costs more.
 pub const PARALLEL_THRESHOLD: usize = 1 << 15;
 
+/// Whether work over `len` elements is worth spreading over the pool: it is large enough, and
+/// the pool has a second thread (with one, handing work to it only adds a wake-up).
+#[inline]
+pub(crate) fn parallel(len: usize) -> bool {
+    len >= PARALLEL_THRESHOLD && rayon::current_num_threads() > 1
+}
+
 /// The fixed work unit (elements) of parallel kernels; fixed so results never depend on threads.
 pub const CHUNK: usize = 1 << 13;
+
+/// Runs `f` compiled for the widest vector instructions this CPU has (AVX-512, else AVX2 with
+/// FMA, else the baseline), chosen at run time: the crate needs no `target-cpu` flag to be
+/// fast. `f` is inlined into a `#[target_feature]` function, so the loops it holds are
+/// vectorised for those instructions; wrap the innermost work (inside any rayon closure).
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { simd_avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { simd_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn simd_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn simd_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// `Σ f(x)` with sixteen interleaved accumulators added in a fixed order, so that the compiler
+/// vectorises it and the result does not depend on threads.
+#[inline(always)]
+pub(crate) fn lane_sum<F: crate::Element>(xs: &[F], f: impl Fn(F) -> F) -> F {
+    const LANES: usize = 16;
+    let mut acc = [F::ZERO; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for k in 0..LANES {
+            acc[k] += f(chunk[k]);
+        }
+    }
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for k in 0..width {
+            acc[k] = acc[k] + acc[k + width];
+        }
+    }
+    tail.iter().fold(acc[0], |total, &x| total + f(x))
+}
+
+/// `max(x)` with sixteen interleaved lanes (NaN-ignoring, as `f32::max`); −∞ for no elements.
+#[inline(always)]
+pub(crate) fn lane_max<F: crate::Element>(xs: &[F]) -> F {
+    const LANES: usize = 16;
+    let mut acc = [F::from_f64(f64::NEG_INFINITY); LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for k in 0..LANES {
+            acc[k] = acc[k].max(chunk[k]);
+        }
+    }
+    let m = acc.iter().copied().fold(acc[0], F::max);
+    tail.iter().copied().fold(m, F::max)
+}
 
 /// Calls `f(first_row, rows_block)` over blocks of whole rows of `out` (row length `cols`),
 /// in parallel when `out` is large.
@@ -38,14 +117,20 @@ pub(crate) fn for_row_blocks<F: Send>(
         return;
     }
     let rows_per_block = (CHUNK / cols).max(1);
-    if out.len() < PARALLEL_THRESHOLD {
+    let run = |(i, block): (usize, &mut [F])| {
+        simd(
+            #[inline(always)]
+            || f(i * rows_per_block, block),
+        )
+    };
+    if !parallel(out.len()) {
         out.chunks_mut(rows_per_block * cols)
             .enumerate()
-            .for_each(|(i, block)| f(i * rows_per_block, block));
+            .for_each(run);
     } else {
         out.par_chunks_mut(rows_per_block * cols)
             .enumerate()
-            .for_each(|(i, block)| f(i * rows_per_block, block));
+            .for_each(run);
     }
 }
 

@@ -1,13 +1,13 @@
 //! Reductions in a fixed order: the same bits whatever the number of threads.
 
-use super::{CHUNK, PARALLEL_THRESHOLD};
+use super::{CHUNK, parallel};
 use crate::Element;
 use rayon::prelude::*;
 
 /// Σ x, summed in fixed chunks whose partial sums are then added in order.
 pub fn sum_all<F: Element>(x: &[F]) -> F {
     let chunk_sum = |c: &[F]| c.iter().copied().sum::<F>();
-    if x.len() < PARALLEL_THRESHOLD {
+    if !parallel(x.len()) {
         x.chunks(CHUNK).map(chunk_sum).sum()
     } else {
         let partials: Vec<F> = x.par_chunks(CHUNK).map(chunk_sum).collect();
@@ -22,7 +22,7 @@ pub fn sum_rows_acc<F: Element>(x: &[F], cols: usize, out: &mut [F]) {
     }
     let add_row =
         |(r, o): (usize, &mut F)| *o += x[r * cols..(r + 1) * cols].iter().copied().sum::<F>();
-    if x.len() < PARALLEL_THRESHOLD {
+    if !parallel(x.len()) {
         out.iter_mut().enumerate().for_each(add_row);
     } else {
         out.par_iter_mut().enumerate().for_each(add_row);
@@ -42,7 +42,7 @@ pub fn sum_cols_acc<F: Element>(x: &[F], cols: usize, out: &mut [F]) {
         }
     };
     const COL_BLOCK: usize = 256;
-    if x.len() < PARALLEL_THRESHOLD || cols < 2 * COL_BLOCK {
+    if !parallel(x.len()) || cols < 2 * COL_BLOCK {
         add_block(0, out);
     } else {
         out.par_chunks_mut(COL_BLOCK)

@@ -1,56 +1,72 @@
 //! Fused row- and column-wise kernels: log-softmax and L2 normalisation, with their backwards.
 
-use super::for_row_blocks;
+use super::{for_row_blocks, lane_max, lane_sum, simd};
 use crate::Element;
 
 /// `y[r] = x[r] − max(x[r]) − ln Σ_c exp(x[r, c] − max(x[r]))`: a stable log-softmax per row.
 pub fn log_softmax_rows<F: Element>(x: &[F], cols: usize, y: &mut [F]) {
-    for_row_blocks(y, cols, |r0, block| {
-        for (i, y_row) in block.chunks_mut(cols).enumerate() {
-            let x_row = &x[(r0 + i) * cols..(r0 + i + 1) * cols];
-            let max = x_row.iter().copied().fold(x_row[0], F::max);
-            let sum: F = x_row.iter().map(|&v| (v - max).exp()).sum();
-            let shift = max + sum.ln();
-            for (y, &v) in y_row.iter_mut().zip(x_row) {
-                *y = v - shift;
+    for_row_blocks(
+        y,
+        cols,
+        #[inline(always)]
+        |r0, block| {
+            for (i, y_row) in block.chunks_mut(cols).enumerate() {
+                let x_row = &x[(r0 + i) * cols..(r0 + i + 1) * cols];
+                let max = lane_max(x_row);
+                let sum = lane_sum(x_row, |v| (v - max).exp());
+                let shift = max + sum.ln();
+                for (y, &v) in y_row.iter_mut().zip(x_row) {
+                    *y = v - shift;
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 /// `dx[r] += g[r] − softmax(x[r]) · Σ_c g[r, c]`, with `softmax = exp(y)`.
 pub fn log_softmax_rows_grad<F: Element>(g: &[F], y: &[F], cols: usize, dx: &mut [F]) {
-    for_row_blocks(dx, cols, |r0, block| {
-        for (i, dx_row) in block.chunks_mut(cols).enumerate() {
-            let span = (r0 + i) * cols..(r0 + i + 1) * cols;
-            let (g_row, y_row) = (&g[span.clone()], &y[span]);
-            let g_sum: F = g_row.iter().copied().sum();
-            for c in 0..cols {
-                dx_row[c] += g_row[c] - y_row[c].exp() * g_sum;
+    for_row_blocks(
+        dx,
+        cols,
+        #[inline(always)]
+        |r0, block| {
+            for (i, dx_row) in block.chunks_mut(cols).enumerate() {
+                let span = (r0 + i) * cols..(r0 + i + 1) * cols;
+                let (g_row, y_row) = (&g[span.clone()], &y[span]);
+                let g_sum = lane_sum(g_row, |v| v);
+                for c in 0..cols {
+                    dx_row[c] += g_row[c] - y_row[c].exp() * g_sum;
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 /// `y[r] = x[r] / max(‖x[r]‖, eps)`; writes each row's raw norm `‖x[r]‖` into `norms`.
 pub fn normalize_rows<F: Element>(x: &[F], cols: usize, eps: F, y: &mut [F], norms: &mut [F]) {
-    for (r, n) in norms.iter_mut().enumerate() {
-        *n = x[r * cols..(r + 1) * cols]
-            .iter()
-            .map(|&v| v * v)
-            .sum::<F>()
-            .sqrt();
-    }
-    let norms = &*norms;
-    for_row_blocks(y, cols, |r0, block| {
-        for (i, y_row) in block.chunks_mut(cols).enumerate() {
-            let r = r0 + i;
-            let inv = F::ONE / norms[r].max(eps);
-            for (y, &v) in y_row.iter_mut().zip(&x[r * cols..(r + 1) * cols]) {
-                *y = v * inv;
+    simd(
+        #[inline(always)]
+        || {
+            for (r, n) in norms.iter_mut().enumerate() {
+                *n = lane_sum(&x[r * cols..(r + 1) * cols], |v| v * v).sqrt();
             }
-        }
-    });
+        },
+    );
+    let norms = &*norms;
+    for_row_blocks(
+        y,
+        cols,
+        #[inline(always)]
+        |r0, block| {
+            for (i, y_row) in block.chunks_mut(cols).enumerate() {
+                let r = r0 + i;
+                let inv = F::ONE / norms[r].max(eps);
+                for (y, &v) in y_row.iter_mut().zip(&x[r * cols..(r + 1) * cols]) {
+                    *y = v * inv;
+                }
+            }
+        },
+    );
 }
 
 /// The backward of [`normalize_rows`]: `dx[r] += (g[r] − y[r]⟨g[r], y[r]⟩) / ‖x[r]‖`, or
@@ -63,26 +79,34 @@ pub fn normalize_rows_grad<F: Element>(
     eps: F,
     dx: &mut [F],
 ) {
-    for_row_blocks(dx, cols, |r0, block| {
-        for (i, dx_row) in block.chunks_mut(cols).enumerate() {
-            let r = r0 + i;
-            let span = r * cols..(r + 1) * cols;
-            let (g_row, y_row) = (&g[span.clone()], &y[span]);
-            if norms[r] < eps {
-                let inv = F::ONE / eps;
-                dx_row
-                    .iter_mut()
-                    .zip(g_row)
-                    .for_each(|(d, &g)| *d += g * inv);
-                continue;
+    for_row_blocks(
+        dx,
+        cols,
+        #[inline(always)]
+        |r0, block| {
+            for (i, dx_row) in block.chunks_mut(cols).enumerate() {
+                let r = r0 + i;
+                let span = r * cols..(r + 1) * cols;
+                let (g_row, y_row) = (&g[span.clone()], &y[span]);
+                if norms[r] < eps {
+                    let inv = F::ONE / eps;
+                    dx_row
+                        .iter_mut()
+                        .zip(g_row)
+                        .for_each(|(d, &g)| *d += g * inv);
+                    continue;
+                }
+                let dot = g_row
+                    .iter()
+                    .zip(y_row)
+                    .fold(F::ZERO, |s, (&g, &y)| s + g * y);
+                let inv = F::ONE / norms[r];
+                for c in 0..cols {
+                    dx_row[c] += (g_row[c] - y_row[c] * dot) * inv;
+                }
             }
-            let dot: F = g_row.iter().zip(y_row).map(|(&g, &y)| g * y).sum();
-            let inv = F::ONE / norms[r];
-            for c in 0..cols {
-                dx_row[c] += (g_row[c] - y_row[c] * dot) * inv;
-            }
-        }
-    });
+        },
+    );
 }
 
 /// `y[:, c] = x[:, c] / max(‖x[:, c]‖, eps)` for the `rows×cols` matrix `x`; writes each
@@ -99,14 +123,19 @@ pub fn normalize_cols<F: Element>(x: &[F], cols: usize, eps: F, y: &mut [F], nor
             F::ONE / n.max(eps)
         })
         .collect();
-    for_row_blocks(y, cols, |r0, block| {
-        for (i, y_row) in block.chunks_mut(cols).enumerate() {
-            let x_row = &x[(r0 + i) * cols..(r0 + i + 1) * cols];
-            for c in 0..cols {
-                y_row[c] = x_row[c] * inv[c];
+    for_row_blocks(
+        y,
+        cols,
+        #[inline(always)]
+        |r0, block| {
+            for (i, y_row) in block.chunks_mut(cols).enumerate() {
+                let x_row = &x[(r0 + i) * cols..(r0 + i + 1) * cols];
+                for c in 0..cols {
+                    y_row[c] = x_row[c] * inv[c];
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 /// The backward of [`normalize_cols`], column by column as [`normalize_rows_grad`] is row by row.
@@ -126,18 +155,23 @@ pub fn normalize_cols_grad<F: Element>(
     }
     let floored: Vec<bool> = norms.iter().map(|&n| n < eps).collect();
     let inv: Vec<F> = norms.iter().map(|&n| F::ONE / n.max(eps)).collect();
-    for_row_blocks(dx, cols, |r0, block| {
-        for (i, dx_row) in block.chunks_mut(cols).enumerate() {
-            let span = (r0 + i) * cols..(r0 + i + 1) * cols;
-            let (g_row, y_row) = (&g[span.clone()], &y[span]);
-            for c in 0..cols {
-                let projected = if floored[c] {
-                    g_row[c]
-                } else {
-                    g_row[c] - y_row[c] * dots[c]
-                };
-                dx_row[c] += projected * inv[c];
+    for_row_blocks(
+        dx,
+        cols,
+        #[inline(always)]
+        |r0, block| {
+            for (i, dx_row) in block.chunks_mut(cols).enumerate() {
+                let span = (r0 + i) * cols..(r0 + i + 1) * cols;
+                let (g_row, y_row) = (&g[span.clone()], &y[span]);
+                for c in 0..cols {
+                    let projected = if floored[c] {
+                        g_row[c]
+                    } else {
+                        g_row[c] - y_row[c] * dots[c]
+                    };
+                    dx_row[c] += projected * inv[c];
+                }
             }
-        }
-    });
+        },
+    );
 }
