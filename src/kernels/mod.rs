@@ -84,7 +84,7 @@ pub(crate) fn lane_sum<F: crate::Element>(xs: &[F], f: impl Fn(F) -> F) -> F {
     while width > 1 {
         width /= 2;
         for k in 0..width {
-            acc[k] = acc[k] + acc[k + width];
+            acc[k] += acc[k + width];
         }
     }
     tail.iter().fold(acc[0], |total, &x| total + f(x))
