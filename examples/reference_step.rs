@@ -151,10 +151,16 @@ fn main() {
         })
     };
     let (b, c, threads) = (parse(b, "B"), parse(c, "C"), parse(threads, "THREADS"));
-    rayon::ThreadPoolBuilder::new()
+    // run everything on a worker of the pool, so that each op's parallel work joins the
+    // calling thread instead of waking the pool from outside it
+    let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
-        .build_global()
-        .expect("the global pool is built once");
+        .build()
+        .expect("a thread pool");
+    pool.install(|| run(dir, b, c, threads, profile_wanted));
+}
+
+fn run(dir: &str, b: usize, c: usize, threads: usize, profile_wanted: bool) {
     let mut step = Step::load(Path::new(dir), b, c).unwrap_or_else(|e| {
         eprintln!("error: {e}");
         std::process::exit(1)

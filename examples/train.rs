@@ -136,15 +136,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(threads) = config.threads {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .build_global();
-        if let Err(e) = pool {
-            eprintln!("error: cannot start {threads} threads: {e}");
+    // train on a worker of the pool, so that each op's parallel work joins the training thread
+    // instead of waking the pool from outside it (see docs/performance.md)
+    let pool = match rayon::ThreadPoolBuilder::new()
+        .num_threads(config.threads.unwrap_or(0))
+        .build()
+    {
+        Ok(pool) => pool,
+        Err(e) => {
+            eprintln!("error: cannot start the thread pool: {e}");
             return ExitCode::from(2);
         }
-    }
+    };
     let terminal = std::io::stderr().is_terminal();
     println!(
         "training {} (s = {}, m = {}) for {} epochs; outputs in {}",
@@ -181,7 +184,7 @@ fn main() -> ExitCode {
             );
         }
     };
-    match train(&config, &out, &mut on_event) {
+    match pool.install(|| train(&config, &out, &mut on_event)) {
         Ok(metrics) => {
             let f = &metrics.final_metrics;
             let v = &f.verification;
