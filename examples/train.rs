@@ -5,7 +5,7 @@
 
 mod cli;
 
-use cli::{Args, DATA_HELP, DataFlags, Usage};
+use cli::{Args, DATA_HELP, DataFlags, Usage, print_final};
 use margrad::loss::ArcFallback;
 use margrad::train::{Event, LossKind, MethodName, TrainConfig, train};
 use std::io::{IsTerminal, Write};
@@ -187,25 +187,7 @@ fn main() -> ExitCode {
     match pool.install(|| train(&config, &out, &mut on_event)) {
         Ok(metrics) => {
             let f = &metrics.final_metrics;
-            let v = &f.verification;
-            let g = &f.geometry;
-            println!("test accuracy       {:.2}%", 100.0 * f.test_accuracy);
-            println!("verification        {}", f.verification_set);
-            println!(
-                "  10-fold accuracy  {:.2}% ± {:.2}%   AUC {:.4}   EER {:.4}",
-                100.0 * v.accuracy_mean,
-                100.0 * v.accuracy_std,
-                v.auc,
-                v.eer
-            );
-            println!(
-                "  TAR@FAR=1e-3      {:.4}   TAR@FAR=1e-2 {:.4}   ({} pairs, {} same-class)",
-                v.tar_at_far_1e3, v.tar_at_far_1e2, v.pairs, v.positive_pairs
-            );
-            println!(
-                "geometry            intra {:.1}°   inter min {:.1}°   inter mean {:.1}°",
-                g.intra_angle_deg, g.inter_min_angle_deg, g.inter_mean_angle_deg
-            );
+            print_final(f);
             println!(
                 "wrote model.bin, model.safetensors, metrics.json and figures to {}",
                 out.display()

@@ -6,7 +6,7 @@
 
 mod cli;
 
-use cli::{Args, DATA_HELP, DataFlags, Usage};
+use cli::{Args, DATA_HELP, DataFlags, Usage, print_final};
 use margrad::io;
 use margrad::train::{evaluate, prepare_data};
 use std::path::PathBuf;
@@ -87,23 +87,6 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let (v, g) = (&f.verification, &f.geometry);
-    println!("test accuracy       {:.2}%", 100.0 * f.test_accuracy);
-    println!("verification        {}", f.verification_set);
-    println!(
-        "  10-fold accuracy  {:.2}% ± {:.2}%   AUC {:.4}   EER {:.4}",
-        100.0 * v.accuracy_mean,
-        100.0 * v.accuracy_std,
-        v.auc,
-        v.eer
-    );
-    println!(
-        "  TAR@FAR=1e-3      {:.4}   TAR@FAR=1e-2 {:.4}   ({} pairs, {} same-class)",
-        v.tar_at_far_1e3, v.tar_at_far_1e2, v.pairs, v.positive_pairs
-    );
-    println!(
-        "geometry            intra {:.1}°   inter min {:.1}°   inter mean {:.1}°",
-        g.intra_angle_deg, g.inter_min_angle_deg, g.inter_mean_angle_deg
-    );
+    print_final(&f);
     ExitCode::SUCCESS
 }

@@ -103,3 +103,24 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl Error {
+    /// `Ok` when `value` is finite and `ok` holds; otherwise [`Error::InvalidSetting`] naming
+    /// the setting and the `requirement` it fails. The one check every setting goes through.
+    pub(crate) fn check(
+        name: &'static str,
+        value: f64,
+        ok: bool,
+        requirement: &'static str,
+    ) -> Result<(), Error> {
+        if ok && value.is_finite() {
+            Ok(())
+        } else {
+            Err(Error::InvalidSetting {
+                name,
+                value,
+                requirement,
+            })
+        }
+    }
+}

@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each example uses its own subset
 
 use margrad::data::SyntheticConfig;
-use margrad::train::{DataSettings, DataSource};
+use margrad::train::{DataSettings, DataSource, FinalMetrics};
 use std::collections::VecDeque;
 use std::str::FromStr;
 
@@ -145,4 +145,26 @@ impl DataFlags {
             seed: self.seed,
         })
     }
+}
+
+/// Prints the final figures as both examples report them.
+pub fn print_final(f: &FinalMetrics) {
+    let (v, g) = (&f.verification, &f.geometry);
+    println!("test accuracy       {:.2}%", 100.0 * f.test_accuracy);
+    println!("verification        {}", f.verification_set);
+    println!(
+        "  10-fold accuracy  {:.2}% ± {:.2}%   AUC {:.4}   EER {:.4}",
+        100.0 * v.accuracy_mean,
+        100.0 * v.accuracy_std,
+        v.auc,
+        v.eer
+    );
+    println!(
+        "  TAR@FAR=1e-3      {:.4}   TAR@FAR=1e-2 {:.4}   ({} pairs, {} same-class)",
+        v.tar_at_far_1e3, v.tar_at_far_1e2, v.pairs, v.positive_pairs
+    );
+    println!(
+        "geometry            intra {:.1}°   inter min {:.1}°   inter mean {:.1}°",
+        g.intra_angle_deg, g.inter_min_angle_deg, g.inter_mean_angle_deg
+    );
 }

@@ -196,43 +196,32 @@ impl MarginLoss {
     /// # Errors
     /// [`Error::InvalidSetting`] naming the first setting out of range.
     pub fn validate(&self) -> Result<(), Error> {
-        let check = |name, value: f64, ok: bool, requirement| {
-            if ok && value.is_finite() {
-                Ok(())
-            } else {
-                Err(Error::InvalidSetting {
-                    name,
-                    value,
-                    requirement,
-                })
-            }
-        };
-        check("scale", self.scale, self.scale > 0.0, "positive and finite")?;
-        check(
+        Error::check("scale", self.scale, self.scale > 0.0, "positive and finite")?;
+        Error::check(
             "angular multiplier m1",
             self.angular_multiplier,
             self.angular_multiplier >= 1.0,
             "at least 1",
         )?;
-        check(
+        Error::check(
             "angular margin m2",
             self.angular_margin,
             (0.0..std::f64::consts::PI).contains(&self.angular_margin),
             "in [0, π)",
         )?;
-        check(
+        Error::check(
             "cosine margin m",
             self.cosine_margin,
             self.cosine_margin >= 0.0,
             "non-negative",
         )?;
-        check(
+        Error::check(
             "target divisor M",
             self.target_divisor,
             self.target_divisor > 0.0,
             "positive",
         )?;
-        check(
+        Error::check(
             "non-target margin m2",
             self.nontarget_margin,
             self.nontarget_margin >= 0.0,

@@ -65,26 +65,15 @@ impl Method {
     }
 
     fn validate(&self) -> Result<(), Error> {
-        let check = |name, value: f64, ok: bool, requirement| {
-            if ok && value.is_finite() {
-                Ok(())
-            } else {
-                Err(Error::InvalidSetting {
-                    name,
-                    value,
-                    requirement,
-                })
-            }
-        };
         match *self {
             Method::Sgd { momentum, nesterov } => {
-                check(
+                Error::check(
                     "momentum",
                     momentum,
                     (0.0..1.0).contains(&momentum),
                     "in [0, 1)",
                 )?;
-                check(
+                Error::check(
                     "momentum",
                     momentum,
                     !nesterov || momentum > 0.0,
@@ -92,9 +81,9 @@ impl Method {
                 )
             }
             Method::Adam { beta1, beta2, eps } | Method::AdamW { beta1, beta2, eps } => {
-                check("beta1", beta1, (0.0..1.0).contains(&beta1), "in [0, 1)")?;
-                check("beta2", beta2, (0.0..1.0).contains(&beta2), "in [0, 1)")?;
-                check("eps", eps, eps > 0.0, "positive")
+                Error::check("beta1", beta1, (0.0..1.0).contains(&beta1), "in [0, 1)")?;
+                Error::check("beta2", beta2, (0.0..1.0).contains(&beta2), "in [0, 1)")?;
+                Error::check("eps", eps, eps > 0.0, "positive")
             }
         }
     }
@@ -143,20 +132,14 @@ pub struct Optimizer<F: Element = f32> {
     state: OptimizerState<F>,
 }
 
-fn check_rate(name: &'static str, value: f64, ok: bool) -> Result<(), Error> {
-    if ok && value.is_finite() {
-        Ok(())
-    } else {
-        Err(Error::InvalidSetting {
-            name,
-            value,
-            requirement: if name == "learning rate" {
-                "positive and finite"
-            } else {
-                "non-negative and finite"
-            },
-        })
-    }
+fn check_rate(lr: f64, weight_decay: f64) -> Result<(), Error> {
+    Error::check("learning rate", lr, lr > 0.0, "positive and finite")?;
+    Error::check(
+        "weight decay",
+        weight_decay,
+        weight_decay >= 0.0,
+        "non-negative and finite",
+    )
 }
 
 impl<F: Element> Optimizer<F> {
@@ -172,8 +155,7 @@ impl<F: Element> Optimizer<F> {
         weight_decay: f64,
     ) -> Result<Self, Error> {
         method.validate()?;
-        check_rate("learning rate", lr, lr > 0.0)?;
-        check_rate("weight decay", weight_decay, weight_decay >= 0.0)?;
+        check_rate(lr, weight_decay)?;
         let ids = params.ids().filter(|&id| params.is_trainable(id)).collect();
         Ok(Optimizer {
             state: OptimizerState {
@@ -199,8 +181,7 @@ impl<F: Element> Optimizer<F> {
         lr: f64,
         weight_decay: f64,
     ) -> Result<Self, Error> {
-        check_rate("learning rate", lr, lr > 0.0)?;
-        check_rate("weight decay", weight_decay, weight_decay >= 0.0)?;
+        check_rate(lr, weight_decay)?;
         for group in &mut self.state.groups {
             group.params.retain(|id| !ids.contains(id));
         }
@@ -247,12 +228,7 @@ impl<F: Element> Optimizer<F> {
             message,
         };
         for group in &state.groups {
-            check_rate("learning rate", group.lr, group.lr > 0.0)?;
-            check_rate(
-                "weight decay",
-                group.weight_decay,
-                group.weight_decay >= 0.0,
-            )?;
+            check_rate(group.lr, group.weight_decay)?;
             if let Some(id) = group
                 .params
                 .iter()

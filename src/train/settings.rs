@@ -224,33 +224,22 @@ impl TrainConfig {
     /// # Errors
     /// [`Error::InvalidSetting`] naming the first setting out of range.
     pub fn validate(&self) -> Result<(), Error> {
-        let check = |name, value: f64, ok: bool, requirement| {
-            if ok && value.is_finite() {
-                Ok(())
-            } else {
-                Err(Error::InvalidSetting {
-                    name,
-                    value,
-                    requirement,
-                })
-            }
-        };
-        check("epochs", self.epochs as f64, self.epochs > 0, "at least 1")?;
-        check("batch", self.batch as f64, self.batch > 0, "at least 1")?;
-        check(
+        Error::check("epochs", self.epochs as f64, self.epochs > 0, "at least 1")?;
+        Error::check("batch", self.batch as f64, self.batch > 0, "at least 1")?;
+        Error::check(
             "embedding dimension",
             self.embed_dim as f64,
             self.embed_dim > 0,
             "at least 1",
         )?;
-        check("learning rate", self.lr, self.lr > 0.0, "positive")?;
-        check(
+        Error::check("learning rate", self.lr, self.lr > 0.0, "positive")?;
+        Error::check(
             "pairs",
             self.data.pairs as f64,
             self.data.pairs >= 20,
             "at least 20",
         )?;
-        check(
+        Error::check(
             "threads",
             self.threads.unwrap_or(1) as f64,
             self.threads != Some(0),
