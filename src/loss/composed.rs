@@ -30,11 +30,9 @@ pub fn margin_cross_entropy_composed<'g, F: Element>(
     reduction: Reduction,
     weights: Option<&[f64]>,
 ) -> Result<Var<'g, F>, Error> {
-    let shape = cos.shape();
-    let [batch, classes] = shape[..] else {
-        panic!("margin_cross_entropy_composed: expected [B, C] cosines, found shape {shape:?}")
-    };
-    let row_weight = check_batch(batch, classes, labels, loss, weights)?;
+    let (batch, row_weight) =
+        check_batch(cos, labels, loss, weights, "margin_cross_entropy_composed")?;
+    let classes = cos.shape()[1];
     let g = cos.graph();
     let f = F::from_f64;
     let c_values = cos.to_tensor();

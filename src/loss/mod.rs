@@ -71,11 +71,7 @@ pub fn margin_cross_entropy_with<'g, F: Element>(
     reduction: Reduction,
     weights: Option<&[f64]>,
 ) -> Result<Var<'g, F>, Error> {
-    let shape = cos.shape();
-    let [batch, classes] = shape[..] else {
-        panic!("margin_cross_entropy: expected [B, C] cosines, found shape {shape:?}")
-    };
-    let row_weight = check_batch(batch, classes, labels, loss, weights)?;
+    let (batch, row_weight) = check_batch(cos, labels, loss, weights, "margin_cross_entropy")?;
     let row_weight = row_weight
         .into_iter()
         .map(|w| {
@@ -90,14 +86,20 @@ pub fn margin_cross_entropy_with<'g, F: Element>(
     Ok(cos.margin_xent(labels.values(), loss.logit_map(), row_weight, reduction))
 }
 
-/// Checks a batch against the loss; returns each row's weight.
-pub(crate) fn check_batch(
-    batch: usize,
-    classes: usize,
+/// Checks a batch of cosines against the labels, weights and loss settings; returns the batch
+/// size and each row's weight. Panics (at the caller's line) when `cos` is not `[B, C]`.
+#[track_caller]
+pub(crate) fn check_batch<F: Element>(
+    cos: Var<'_, F>,
     labels: &Labels,
     loss: &MarginLoss,
     weights: Option<&[f64]>,
-) -> Result<Vec<f64>, Error> {
+    op: &str,
+) -> Result<(usize, Vec<f64>), Error> {
+    let shape = cos.shape();
+    let [batch, classes] = shape[..] else {
+        panic!("{op}: expected [B, C] cosines, found shape {shape:?}")
+    };
     loss.validate()?;
     if batch == 0 {
         return Err(Error::EmptyBatch);
@@ -116,20 +118,26 @@ pub(crate) fn check_batch(
             classes,
         });
     }
-    match weights {
-        None => Ok(vec![1.0; batch]),
-        Some(w) if w.len() != batch => Err(Error::DataLength {
-            shape: vec![batch],
-            expected: batch,
-            found: w.len(),
-        }),
-        Some(w) => match w.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
-            Some(&bad) => Err(Error::InvalidSetting {
-                name: "sample weight",
-                value: bad,
-                requirement: "non-negative and finite",
-            }),
-            None => Ok(w.to_vec()),
-        },
-    }
+    let row_weight = match weights {
+        None => vec![1.0; batch],
+        Some(w) if w.len() != batch => {
+            return Err(Error::DataLength {
+                shape: vec![batch],
+                expected: batch,
+                found: w.len(),
+            });
+        }
+        Some(w) => {
+            for &value in w {
+                Error::check(
+                    "sample weight",
+                    value,
+                    value >= 0.0,
+                    "non-negative and finite",
+                )?;
+            }
+            w.to_vec()
+        }
+    };
+    Ok((batch, row_weight))
 }
