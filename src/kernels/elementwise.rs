@@ -114,13 +114,18 @@ pub fn binary_grad<F: Element>(
                 let r = r0 + i;
                 let span = r * cols..(r + 1) * cols;
                 let (g_row, a_row, y_row) = (&g[span.clone()], &a[span.clone()], &y[span]);
-                let rhs = rhs_row(b, bcast, r, cols);
-                for c in 0..cols {
-                    let b = match rhs {
-                        RhsRow::Slice(s) => s[c],
-                        RhsRow::Value(v) => v,
-                    };
-                    d_row[c] += g_row[c] * partial(a_row[c], b, y_row[c]);
+                let rows = d_row.iter_mut().zip(g_row).zip(a_row).zip(y_row);
+                match rhs_row(b, bcast, r, cols) {
+                    RhsRow::Slice(b_row) => {
+                        for ((((d, &g), &a), &y), &b) in rows.zip(b_row) {
+                            *d += g * partial(a, b, y);
+                        }
+                    }
+                    RhsRow::Value(b) => {
+                        for (((d, &g), &a), &y) in rows {
+                            *d += g * partial(a, b, y);
+                        }
+                    }
                 }
             }
         },

@@ -34,8 +34,8 @@ pub fn log_softmax_rows_grad<F: Element>(g: &[F], y: &[F], cols: usize, dx: &mut
                 let span = (r0 + i) * cols..(r0 + i + 1) * cols;
                 let (g_row, y_row) = (&g[span.clone()], &y[span]);
                 let g_sum = lane_sum(g_row, |v| v);
-                for c in 0..cols {
-                    dx_row[c] += g_row[c] - y_row[c].exp() * g_sum;
+                for ((d, &g), &y) in dx_row.iter_mut().zip(g_row).zip(y_row) {
+                    *d += g - y.exp() * g_sum;
                 }
             }
         },
@@ -101,8 +101,8 @@ pub fn normalize_rows_grad<F: Element>(
                     .zip(y_row)
                     .fold(F::ZERO, |s, (&g, &y)| s + g * y);
                 let inv = F::ONE / norms[r];
-                for c in 0..cols {
-                    dx_row[c] += (g_row[c] - y_row[c] * dot) * inv;
+                for ((d, &g), &y) in dx_row.iter_mut().zip(g_row).zip(y_row) {
+                    *d += (g - y * dot) * inv;
                 }
             }
         },
@@ -130,8 +130,8 @@ pub fn normalize_cols<F: Element>(x: &[F], cols: usize, eps: F, y: &mut [F], nor
         |r0, block| {
             for (i, y_row) in block.chunks_mut(cols).enumerate() {
                 let x_row = &x[(r0 + i) * cols..(r0 + i + 1) * cols];
-                for c in 0..cols {
-                    y_row[c] = x_row[c] * inv[c];
+                for ((y, &x), &inv) in y_row.iter_mut().zip(x_row).zip(&inv) {
+                    *y = x * inv;
                 }
             }
         },
@@ -148,13 +148,24 @@ pub fn normalize_cols_grad<F: Element>(
     dx: &mut [F],
 ) {
     let mut dots = vec![F::ZERO; cols];
-    for (g_row, y_row) in g.chunks(cols).zip(y.chunks(cols)) {
-        for c in 0..cols {
-            dots[c] += g_row[c] * y_row[c];
-        }
-    }
-    let floored: Vec<bool> = norms.iter().map(|&n| n < eps).collect();
+    simd(
+        #[inline(always)]
+        || {
+            for (g_row, y_row) in g.chunks(cols).zip(y.chunks(cols)) {
+                for ((dot, &g), &y) in dots.iter_mut().zip(g_row).zip(y_row) {
+                    *dot += g * y;
+                }
+            }
+        },
+    );
+    // per column, dx = g·inv − y·along with inv = 1/‖x‖ and along = ⟨g, y⟩/‖x‖; where the norm
+    // was floored, inv = 1/eps and along = 0 (no branch in the loop, so it vectorises)
     let inv: Vec<F> = norms.iter().map(|&n| F::ONE / n.max(eps)).collect();
+    let along: Vec<F> = norms
+        .iter()
+        .zip(dots.iter().zip(&inv))
+        .map(|(&n, (&dot, &inv))| if n < eps { F::ZERO } else { dot * inv })
+        .collect();
     for_row_blocks(
         dx,
         cols,
@@ -163,13 +174,11 @@ pub fn normalize_cols_grad<F: Element>(
             for (i, dx_row) in block.chunks_mut(cols).enumerate() {
                 let span = (r0 + i) * cols..(r0 + i + 1) * cols;
                 let (g_row, y_row) = (&g[span.clone()], &y[span]);
-                for c in 0..cols {
-                    let projected = if floored[c] {
-                        g_row[c]
-                    } else {
-                        g_row[c] - y_row[c] * dots[c]
-                    };
-                    dx_row[c] += projected * inv[c];
+                let coefficients = inv.iter().zip(&along);
+                for (((d, &g), &y), (&inv, &along)) in
+                    dx_row.iter_mut().zip(g_row).zip(y_row).zip(coefficients)
+                {
+                    *d += g * inv - y * along;
                 }
             }
         },
