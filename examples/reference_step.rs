@@ -112,7 +112,7 @@ impl Step {
             let g = Graph::new();
             let p = |id| g.param(&self.params, id);
             let [w1, b1, w2, b2, w] = self.ids;
-            let h = (p(self.x).matmul(p(w1)) + p(b1)).relu();
+            let h = p(self.x).matmul(p(w1)).add_relu(p(b1));
             let e = h.matmul(p(w2)) + p(b2);
             let cos = e.normalize_rows(1e-12).matmul(p(w).normalize_cols(1e-12));
             let loss = margin_cross_entropy(cos, &self.labels, &self.loss).expect("a valid batch");

@@ -108,6 +108,25 @@ impl<F: Element> Pending<'_, F> {
     }
 }
 
+impl<F: Element> Pending<'_, F> {
+    /// The gradient buffers of two different nodes at once (as [`Pending::slot`] each).
+    fn two_slots(&mut self, a: usize, b: usize) -> (Option<&mut [F]>, Option<&mut [F]>) {
+        assert_ne!(a, b, "two_slots takes two different nodes");
+        for id in [a, b] {
+            let _ = self.slot(id); // allocates the buffer when the node needs a gradient
+        }
+        let (low, high) = (a.min(b), a.max(b));
+        let (left, right) = self.grads.split_at_mut(high);
+        let (first, second) = (left[low].as_mut(), right[0].as_mut());
+        let (first, second) = (first.map(|t| t.data_mut()), second.map(|t| t.data_mut()));
+        if a < b {
+            (first, second)
+        } else {
+            (second, first)
+        }
+    }
+}
+
 /// Runs backward from node `output`, seeded with `seed` (the gradient of the output).
 pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) -> Gradients<F> {
     let nodes = graph.nodes();
@@ -225,6 +244,12 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
                         }
                     });
                 }
+            }
+            &Op::AddRelu { x, b } => {
+                // with z = g where y > 0 (else 0): ∂x = z, ∂b = Σ_rows z
+                let cols = node.value.shape()[1];
+                let (dx, db) = pending.two_slots(x, b);
+                kernels::add_relu_grad(g, y, cols, dx, db);
             }
             &Op::Sum { x, over, scale } => {
                 // ∂x = scale · g, repeated over what was summed

@@ -62,6 +62,11 @@ pub(crate) enum Op<F: Element> {
         x: usize,
         labels: Vec<usize>,
     },
+    /// `max(x + b, 0)` with `b` a row vector, in one pass.
+    AddRelu {
+        x: usize,
+        b: usize,
+    },
     /// The fused margin softmax cross-entropy over cosines `cos`; keeps each row's
     /// log-sum-exp and weight (already divided by B for the mean).
     MarginXent {
@@ -86,7 +91,7 @@ impl<F: Element> Op<F> {
         match self {
             Op::Constant | Op::Leaf | Op::Param(_) => "inputs",
             Op::MatMul { .. } => "matmul",
-            Op::Unary { .. } | Op::Binary { .. } => "elementwise",
+            Op::Unary { .. } | Op::Binary { .. } | Op::AddRelu { .. } => "elementwise",
             Op::Sum { .. } => "reductions",
             Op::Normalize { .. } => "normalisation",
             Op::LogSoftmax { .. } | Op::Pick { .. } => "softmax",
@@ -496,6 +501,48 @@ impl<'g, F: Element> Var<'g, F> {
             bcast,
         };
         self.graph.push(out, node, &[self, rhs])
+    }
+
+    /// `max(self + bias, 0)` for an `[R, C]` input and a row-vector bias (`[C]` or `[1, C]`):
+    /// the hidden layer of an MLP, fused. The same as `(self + bias).relu()` (derivative 0 at
+    /// 0), in one pass over memory forward and one backward, with no intermediate tensor.
+    ///
+    /// # Panics
+    /// When `bias` is not a row vector of `self`'s width.
+    #[track_caller]
+    pub fn add_relu(self, bias: Var<'g, F>) -> Var<'g, F> {
+        self.same_graph(bias, "add_relu");
+        let (x, b) = (self.value(), bias.value());
+        let fits = match x.shape() {
+            &[_, c] => b.shape() == [c] || b.shape() == [1, c],
+            _ => false,
+        };
+        if !fits {
+            panic!(
+                "shape mismatch in add_relu: input {:?}, bias {:?} (the bias must be [C] or [1, C])",
+                x.shape(),
+                b.shape()
+            )
+        }
+        if self.id == bias.id {
+            // a one-row input as its own bias: the composed form keeps the two gradients apart
+            return (self + bias).relu();
+        }
+        let cols = x.shape()[1];
+        let mut out = Tensor::for_overwrite(x.shape());
+        kernels::binary(
+            x.data(),
+            b.data(),
+            Broadcast::Row,
+            cols,
+            out.data_mut(),
+            |x, b| (x + b).max(F::ZERO),
+        );
+        let op = Op::AddRelu {
+            x: self.id,
+            b: bias.id,
+        };
+        self.graph.push(out, op, &[self, bias])
     }
 
     /// `self + c`.

@@ -122,6 +122,53 @@ fn abs_relu_leaky_relu_away_from_zero() {
 }
 
 #[test]
+fn fused_add_relu() {
+    // a small bias keeps x + b at least 0.03 from the kink
+    let make = |[r, c]: [usize; 2], rng: &mut common::Rng| {
+        vec![
+            away_from_zero(&[r, c], rng),
+            Tensor::rand_uniform(&[c], -0.02, 0.02, rng),
+        ]
+    };
+    check_shapes(make, |_, v| v[0].add_relu(v[1]));
+    let make_2d = |[r, c]: [usize; 2], rng: &mut common::Rng| {
+        vec![
+            away_from_zero(&[r, c], rng),
+            Tensor::rand_uniform(&[1, c], -0.02, 0.02, rng),
+        ]
+    };
+    check_shapes(make_2d, |_, v| v[0].add_relu(v[1]));
+}
+
+#[test]
+fn fused_add_relu_equals_add_then_relu() {
+    let mut rng = common::rng(8);
+    let x = Tensor::<f64>::randn(&[33, 70], 0.0, 1.0, &mut rng);
+    let b = Tensor::<f64>::randn(&[70], 0.0, 1.0, &mut rng);
+    let seed = Tensor::<f64>::randn(&[33, 70], 0.0, 1.0, &mut rng);
+    let run = |fused: bool| {
+        let g = margrad::Graph::new();
+        let (xv, bv) = (g.leaf(x.clone()), g.leaf(b.clone()));
+        let y = if fused {
+            xv.add_relu(bv)
+        } else {
+            (xv + bv).relu()
+        };
+        let value = y.to_tensor();
+        let grads = y.backward_with(seed.clone());
+        (
+            value,
+            grads.wrt(xv).unwrap().clone(),
+            grads.wrt(bv).unwrap().clone(),
+        )
+    };
+    let (fused, composed) = (run(true), run(false));
+    assert_eq!(fused.0, composed.0);
+    assert!(fused.1.max_abs_diff(&composed.1) < 1e-12);
+    assert!(fused.2.max_abs_diff(&composed.2) < 1e-12);
+}
+
+#[test]
 fn tanh_sigmoid() {
     check_shapes(one(away_from_zero), |_, v| v[0].tanh());
     check_shapes(one(away_from_zero), |_, v| v[0].sigmoid());

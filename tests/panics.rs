@@ -65,6 +65,17 @@ fn div_broadcasts_only_the_right_operand() {
 }
 
 #[test]
+#[should_panic(
+    expected = "shape mismatch in add_relu: input [2, 3], bias [2] (the bias must be [C] or [1, C])"
+)]
+fn add_relu_with_a_column_bias() {
+    let g = Graph::new();
+    let _ = g
+        .constant(m(2, 3))
+        .add_relu(g.constant(Tensor::zeros(&[2])));
+}
+
+#[test]
 #[should_panic(expected = "add: the operands belong to different graphs")]
 fn operands_from_two_graphs() {
     let (g1, g2) = (Graph::new(), Graph::new());

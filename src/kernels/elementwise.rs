@@ -154,3 +154,34 @@ pub fn add_broadcast_acc<F: Element>(
         },
     );
 }
+
+/// The backward of `y = max(x + b, 0)` (`b` a row vector): with `z = g` where `y > 0` and 0
+/// elsewhere, `dx += z` and `db += Σ_rows z`, in one pass (rows in order, so the sums are the
+/// same whatever the threads).
+pub fn add_relu_grad<F: Element>(
+    g: &[F],
+    y: &[F],
+    cols: usize,
+    mut dx: Option<&mut [F]>,
+    mut db: Option<&mut [F]>,
+) {
+    super::simd(
+        #[inline(always)]
+        || {
+            for (r, (g_row, y_row)) in g.chunks(cols).zip(y.chunks(cols)).enumerate() {
+                let mask = |(&g, &y): (&F, &F)| if y > F::ZERO { g } else { F::ZERO };
+                if let Some(dx) = dx.as_deref_mut() {
+                    let dx_row = &mut dx[r * cols..(r + 1) * cols];
+                    for (d, z) in dx_row.iter_mut().zip(g_row.iter().zip(y_row).map(mask)) {
+                        *d += z;
+                    }
+                }
+                if let Some(db) = db.as_deref_mut() {
+                    for (d, z) in db.iter_mut().zip(g_row.iter().zip(y_row).map(mask)) {
+                        *d += z;
+                    }
+                }
+            }
+        },
+    );
+}

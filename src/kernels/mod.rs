@@ -10,7 +10,7 @@ mod matmul;
 mod reduce;
 mod rowwise;
 
-pub use elementwise::{add_broadcast_acc, binary, binary_grad, map, map_grad};
+pub use elementwise::{add_broadcast_acc, add_relu_grad, binary, binary_grad, map, map_grad};
 pub(crate) use margin::{margin_xent, margin_xent_grad};
 pub use matmul::{MatRef, gemm};
 pub use reduce::{sum_all, sum_cols_acc, sum_rows_acc};

@@ -68,6 +68,26 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `max(x Wᵀ + b, 0)`: the layer and a ReLU, with the bias and the ReLU fused
+    /// ([`Var::add_relu`]); a layer without bias applies the ReLU on its own.
+    ///
+    /// # Panics
+    /// When `x` is not `[B, in]`.
+    #[track_caller]
+    pub fn forward_relu<'g, F: Element>(
+        &self,
+        cx: &Forward<'g, '_, F>,
+        x: Var<'g, F>,
+    ) -> Var<'g, F> {
+        let y = x.matmul_nt(cx.param(self.weight));
+        match self.bias {
+            Some(b) => y.add_relu(cx.param(b)),
+            None => y.relu(),
+        }
+    }
+}
+
 /// Batch normalisation over the batch dimension, per feature:
 /// `y = (x − μ) / √(σ² + eps) · γ + β`, with the batch's mean and (biased) variance while
 /// training, and the running statistics when evaluating. Running statistics follow

@@ -146,8 +146,16 @@ impl Mlp {
         x: Var<'g, F>,
     ) -> Var<'g, F> {
         let mut h = x;
-        for layer in &self.layers {
+        let mut layers = self.layers.iter().peekable();
+        while let Some(layer) = layers.next() {
             h = match layer {
+                // a Linear layer straight into a ReLU runs fused
+                Layer::Linear(l)
+                    if layers.peek() == Some(&&Layer::Activation(Activation::Relu)) =>
+                {
+                    layers.next();
+                    l.forward_relu(cx, h)
+                }
                 Layer::Linear(l) => l.forward(cx, h),
                 Layer::BatchNorm(bn) => bn.forward(cx, h),
                 Layer::Activation(a) => a.forward(h),
