@@ -253,6 +253,34 @@ fn mlp_with_every_option_passes_gradcheck() {
 }
 
 #[test]
+fn mlp_with_relu_runs_the_fused_bias_relu_and_passes_gradcheck() {
+    // Linear → ReLU pairs run as x Wᵀ then add_relu(b): same values as the separate layers
+    let mut params = Params::<f64>::new();
+    let mlp = Mlp::new(
+        MlpConfig::new(&[4, 6, 5, 2]),
+        &mut params,
+        "embed",
+        &mut seeded_rng(5),
+    )
+    .unwrap();
+    let x = Tensor::randn(&[7, 4], 0.0, 1.0, &mut seeded_rng(6));
+    gradcheck(std::slice::from_ref(&x), |g, v| {
+        let mut rng = seeded_rng(0);
+        let mut cx = Forward::train(g, &params, &mut rng);
+        mlp.forward(&mut cx, v[0])
+    })
+    .unwrap();
+    let g = Graph::new();
+    let mut cx = Forward::eval(&g, &params);
+    let fused = mlp.forward(&mut cx, g.constant(x.clone())).to_tensor();
+    let p = |name: &str| g.param(&params, params.find(name).unwrap());
+    let h = (g.constant(x).matmul_nt(p("embed.0.weight")) + p("embed.0.bias")).relu();
+    let h = (h.matmul_nt(p("embed.2.weight")) + p("embed.2.bias")).relu();
+    let separate = (h.matmul_nt(p("embed.4.weight")) + p("embed.4.bias")).to_tensor();
+    assert_eq!(fused, separate);
+}
+
+#[test]
 fn model_chains_embedder_and_head_for_both_head_kinds() {
     let embedder = MlpConfig::new(&[6, 16, 4]);
     let heads = [
