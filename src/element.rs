@@ -120,7 +120,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let clamped = x.clamp(-87.3, 88.7);
-    let n = (clamped * LOG2E).round();
+    let n = (clamped * LOG2E).round_ties_even();
     let r = clamped - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32;
     let p = p * r + 1.398_199_9e-3;
