@@ -223,14 +223,20 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
                             }
                             // ∂f/∂b = ±1: sum g itself over the repeated dimension
                             (_, BinaryOp::Add | BinaryOp::Sub) => {
-                                let sign = partial_b(F::ZERO, F::ONE, F::ZERO);
-                                let mut sums = vec![F::ZERO; db.len()];
-                                if bcast == Broadcast::Row {
-                                    kernels::sum_cols_acc(g, cols, &mut sums);
+                                let sum_into = |out: &mut [F]| {
+                                    if bcast == Broadcast::Row {
+                                        kernels::sum_cols_acc(g, cols, out);
+                                    } else {
+                                        kernels::sum_rows_acc(g, cols, out);
+                                    }
+                                };
+                                if op == BinaryOp::Add {
+                                    sum_into(db);
                                 } else {
-                                    kernels::sum_rows_acc(g, cols, &mut sums);
+                                    let mut sums = vec![F::ZERO; db.len()];
+                                    sum_into(&mut sums);
+                                    db.iter_mut().zip(&sums).for_each(|(d, &s)| *d -= s);
                                 }
-                                db.iter_mut().zip(&sums).for_each(|(d, &s)| *d += sign * s);
                             }
                             _ => {
                                 let mut full = vec![F::ZERO; ad.len()];
@@ -330,17 +336,24 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
             }
             &Op::Reshape { x } => {
                 // same elements, same order
-                if let Some(dx) = pending.slot(x) {
-                    dx.iter_mut().zip(g).for_each(|(d, &g)| *d += g);
+                match pending.slot_fresh(x) {
+                    Some((dx, true)) => dx.copy_from_slice(g),
+                    Some((dx, false)) => dx.iter_mut().zip(g).for_each(|(d, &g)| *d += g),
+                    None => {}
                 }
             }
             &Op::Transpose { x } => {
                 // ∂x = gᵀ
                 let (rows, cols) = node.value.matrix_dims().expect("rank 2");
-                if let Some(dx) = pending.slot(x) {
-                    let mut gt = vec![F::ZERO; g.len()];
-                    kernels::transpose(g, rows, cols, &mut gt);
-                    dx.iter_mut().zip(&gt).for_each(|(d, &g)| *d += g);
+                match pending.slot_fresh(x) {
+                    // a fresh buffer takes the transpose directly; otherwise add it in
+                    Some((dx, true)) => kernels::transpose(g, rows, cols, dx),
+                    Some((dx, false)) => {
+                        let mut gt = vec![F::ZERO; g.len()];
+                        kernels::transpose(g, rows, cols, &mut gt);
+                        dx.iter_mut().zip(&gt).for_each(|(d, &g)| *d += g);
+                    }
+                    None => {}
                 }
             }
         }

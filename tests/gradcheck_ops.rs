@@ -266,6 +266,16 @@ fn reshape_and_transpose() {
     check_shapes(one(away_from_zero), |_, v| v[0].transpose());
 }
 
+#[test]
+fn transpose_and_reshape_of_a_node_used_elsewhere() {
+    // the input's gradient already holds the other use's share when these rules run, so they
+    // add to it instead of writing a fresh buffer
+    check_shapes(one(away_from_zero), |_, v| v[0].transpose().matmul(v[0]));
+    check_shapes(one(away_from_zero), |_, v| {
+        v[0].reshape(&v[0].shape()) * v[0]
+    });
+}
+
 // ---- a small network end to end ----
 
 #[test]
