@@ -92,18 +92,24 @@ impl<F: Element> Pending<'_, F> {
     /// The gradient buffer of node `id` (zeros when first asked for), or `None` when that node
     /// needs no gradient.
     fn slot(&mut self, id: usize) -> Option<&mut [F]> {
-        self.slot_fresh(id).map(|(grad, _)| grad)
+        let node = &self.nodes[id];
+        if !node.requires_grad {
+            return None;
+        }
+        let grad = self.grads[id].get_or_insert_with(|| Tensor::zeros(node.value.shape()));
+        Some(grad.data_mut())
     }
 
-    /// As [`Pending::slot`], and whether the buffer is fresh (all zeros, nothing accumulated
-    /// yet), so that a kernel may overwrite it instead of adding to it.
+    /// As [`Pending::slot`], and whether the buffer is fresh. A fresh buffer is *not* zeroed:
+    /// the caller must overwrite every element of it (and add into it when it is not fresh).
+    /// This saves a pass over memory for every gradient a kernel can write directly.
     fn slot_fresh(&mut self, id: usize) -> Option<(&mut [F], bool)> {
         let node = &self.nodes[id];
         if !node.requires_grad {
             return None;
         }
         let fresh = self.grads[id].is_none();
-        let grad = self.grads[id].get_or_insert_with(|| Tensor::zeros(node.value.shape()));
+        let grad = self.grads[id].get_or_insert_with(|| Tensor::for_overwrite(node.value.shape()));
         Some((grad.data_mut(), fresh))
     }
 }
@@ -170,26 +176,28 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
                 let (ar, ac) = av.matrix_dims().expect("rank 2");
                 let (br, bc) = bv.matrix_dims().expect("rank 2");
                 let (m, n) = node.value.matrix_dims().expect("rank 2");
+                // A fresh gradient buffer is overwritten (beta = 0), otherwise added to.
                 let gm = MatRef::new(g, m, n, false);
                 let gt = MatRef::new(g, m, n, true);
-                if let Some(da) = pending.slot(a) {
+                let beta = |fresh: bool| if fresh { F::ZERO } else { F::ONE };
+                if let Some((da, fresh)) = pending.slot_fresh(a) {
                     if trans_a {
                         // Aᵀ stored: ∂A = op(B)·Gᵀ
                         let bm = MatRef::new(bv.data(), br, bc, trans_b);
-                        kernels::gemm(F::ONE, bm, gt, F::ONE, da);
+                        kernels::gemm(F::ONE, bm, gt, beta(fresh), da);
                     } else {
                         let bt = MatRef::new(bv.data(), br, bc, !trans_b);
-                        kernels::gemm(F::ONE, gm, bt, F::ONE, da);
+                        kernels::gemm(F::ONE, gm, bt, beta(fresh), da);
                     }
                 }
-                if let Some(db) = pending.slot(b) {
+                if let Some((db, fresh)) = pending.slot_fresh(b) {
                     if trans_b {
                         // Bᵀ stored: ∂B = Gᵀ·op(A)
                         let am = MatRef::new(av.data(), ar, ac, trans_a);
-                        kernels::gemm(F::ONE, gt, am, F::ONE, db);
+                        kernels::gemm(F::ONE, gt, am, beta(fresh), db);
                     } else {
                         let at = MatRef::new(av.data(), ar, ac, !trans_a);
-                        kernels::gemm(F::ONE, at, gm, F::ONE, db);
+                        kernels::gemm(F::ONE, at, gm, beta(fresh), db);
                     }
                 }
             }

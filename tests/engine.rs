@@ -150,6 +150,45 @@ fn inference_runs_the_same_kernels_and_records_nothing() {
 }
 
 #[test]
+fn stale_values_in_lent_buffers_never_reach_a_gradient() {
+    // Backward writes fresh gradient buffers without zeroing them first (a matmul overwrites,
+    // a transpose or reshape copies). Fill the pool with NaN, then check every gradient against
+    // its value by hand; any element read before being written would be NaN.
+    let (m, k, n) = (80, 70, 90); // every buffer above the pool's 4,096-element threshold
+    // the shelves lend by exact length: NaN buffers of every length the step asks for
+    let stale: Vec<_> = [m * k, k * n, m * n, m * n, m * n, m * n]
+        .iter()
+        .map(|&len| Tensor::<f64>::full(&[len], f64::NAN))
+        .collect();
+    drop(stale);
+    let mut rng = rng(11);
+    let a = Tensor::<f64>::randn(&[m, k], 0.0, 1.0, &mut rng);
+    let b = Tensor::<f64>::randn(&[k, n], 0.0, 1.0, &mut rng);
+    let g = Graph::new();
+    let (va, vb) = (g.leaf(a.clone()), g.leaf(b.clone()));
+    // loss = Σ (A·B)ᵀ, reshaped: ∂A = 1·Bᵀ (row sums of B), ∂B = Aᵀ·1 (column sums of A)
+    let grads = va.matmul(vb).transpose().reshape(&[n * m]).sum().backward();
+    let da = grads.wrt(va).unwrap();
+    let db = grads.wrt(vb).unwrap();
+    for i in 0..m * k {
+        let row_sum_b: f64 = b.data()[(i % k) * n..(i % k + 1) * n].iter().sum();
+        assert!(
+            (da.data()[i] - row_sum_b).abs() < 1e-10,
+            "dA[{i}] = {}",
+            da.data()[i]
+        );
+    }
+    for i in 0..k * n {
+        let col_sum_a: f64 = (0..m).map(|r| a.data()[r * k + i / n]).sum();
+        assert!(
+            (db.data()[i] - col_sum_a).abs() < 1e-10,
+            "dB[{i}] = {}",
+            db.data()[i]
+        );
+    }
+}
+
+#[test]
 fn gradients_flag_non_finite_values() {
     let g = Graph::<f32>::new();
     let x = g.leaf(Tensor::from_vec(vec![0.0, 1.0], &[2]).unwrap());
