@@ -119,7 +119,8 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let clamped = x.clamp(-87.3, 88.7);
+    // `max`/`min` (unlike `clamp`) send NaN to a bound, so `n` below is always a small integer
+    let clamped = x.max(-87.3).min(88.7);
     let n = (clamped * LOG2E).round_ties_even();
     let r = clamped - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32;
@@ -132,7 +133,10 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     // 2ⁿ from the exponent bits; n reaches 128 near the top of the range, which the bits
     // cannot hold: build 2¹²⁷ and double
     let top = n > 127.0;
-    let two_n = f32::from_bits(((n as i32 + 127 - top as i32) as u32) << 23);
+    // SAFETY: `n` is an integer in [−126, 128] (never NaN), so the conversion is exact. A
+    // checked `as i32` would saturate, which compiles to one scalar conversion per lane.
+    let n_int: i32 = unsafe { n.to_int_unchecked() };
+    let two_n = f32::from_bits(((n_int + 127 - top as i32) as u32) << 23);
     let y = er * two_n * if top { 2.0 } else { 1.0 };
     let y = if x < -87.3 { 0.0 } else { y };
     let y = if x > 88.72 { f32::INFINITY } else { y };
