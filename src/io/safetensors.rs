@@ -37,7 +37,7 @@ pub fn safetensors_bytes<F: Element>(
         header.insert(params.name(id).to_string(), entry);
     }
     let mut json = Value::Object(header).to_string().into_bytes();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut bytes = Vec::with_capacity(8 + json.len() + data.len());

@@ -317,10 +317,10 @@ impl<F: Element> Angular<F> {
         let limit = F::ONE - F::from_f64(CLAMP);
         let clamped = c.max(-limit).min(limit);
         let inside = if clamped == c { F::ONE } else { F::ZERO };
-        if let Some((threshold, shift)) = self.fallback {
-            if clamped <= threshold {
-                return (clamped - shift, inside);
-            }
+        if let Some((threshold, shift)) = self.fallback
+            && clamped <= threshold
+        {
+            return (clamped - shift, inside);
         }
         let theta = clamped.acos();
         let angle = self.m1 * theta + self.m2;
