@@ -6,19 +6,28 @@ use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
 
 mod sealed {
+    use crate::kernels::GemmFn;
     use crate::pool::{Shelf, Shelves};
     pub trait Sealed: Sized {
         /// This type's shelf of spare buffers (see `pool`).
         fn shelf(shelves: &mut Shelves) -> &mut Shelf<Self>;
+        /// The single-threaded GEMM for an `m×k · k×n` product of this type.
+        fn gemm_kernel(m: usize, k: usize, n: usize) -> GemmFn<Self>;
     }
     impl Sealed for f32 {
         fn shelf(shelves: &mut Shelves) -> &mut Shelf<f32> {
             &mut shelves.f32
         }
+        fn gemm_kernel(m: usize, k: usize, n: usize) -> GemmFn<f32> {
+            crate::kernels::choose_sgemm(m, k, n)
+        }
     }
     impl Sealed for f64 {
         fn shelf(shelves: &mut Shelves) -> &mut Shelf<f64> {
             &mut shelves.f64
+        }
+        fn gemm_kernel(_m: usize, _k: usize, _n: usize) -> GemmFn<f64> {
+            matrixmultiply::dgemm
         }
     }
 }
@@ -85,29 +94,6 @@ pub trait Element:
     fn min(self, other: Self) -> Self;
     /// Neither NaN nor infinite.
     fn is_finite(self) -> bool;
-
-    /// `C ← alpha·A·B + beta·C` for strided matrices (row stride, column stride per matrix).
-    ///
-    /// # Safety
-    /// The pointers and strides must describe valid `m×k`, `k×n` and `m×n` matrices, and `c`
-    /// must not alias `a` or `b`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    );
 }
 
 /// `eˣ` for `f32`, branch-free so that loops calling it vectorise: `x = n·ln 2 + r` with
@@ -120,6 +106,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // `max`/`min` (unlike `clamp`) send NaN to a bound, so `n` below is always a small integer
+    #[allow(clippy::manual_clamp)]
     let clamped = x.max(-87.3).min(88.7);
     let n = (clamped * LOG2E).round_ties_even();
     let r = clamped - n * LN2_HI - n * LN2_LO;
@@ -144,7 +131,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
 }
 
 macro_rules! impl_element {
-    ($t:ident, $gemm:path, $exp:path) => {
+    ($t:ident, $exp:path) => {
         impl Element for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -206,32 +193,12 @@ macro_rules! impl_element {
             fn is_finite(self) -> bool {
                 $t::is_finite(self)
             }
-            #[inline]
-            unsafe fn gemm(
-                m: usize,
-                k: usize,
-                n: usize,
-                alpha: Self,
-                a: *const Self,
-                rsa: isize,
-                csa: isize,
-                b: *const Self,
-                rsb: isize,
-                csb: isize,
-                beta: Self,
-                c: *mut Self,
-                rsc: isize,
-                csc: isize,
-            ) {
-                // SAFETY: forwarded from the caller's contract.
-                unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
-            }
         }
     };
 }
 
-impl_element!(f32, matrixmultiply::sgemm, exp_f32);
-impl_element!(f64, matrixmultiply::dgemm, f64::exp);
+impl_element!(f32, exp_f32);
+impl_element!(f64, f64::exp);
 
 #[cfg(test)]
 mod tests {

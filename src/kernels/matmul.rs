@@ -1,5 +1,5 @@
-//! Matrix multiply through matrixmultiply's strided GEMM: transposes cost nothing, and
-//! `beta = 1` accumulates straight into a gradient buffer.
+//! Matrix multiply through a strided GEMM (our AVX-512 f32 kernel, or matrixmultiply's):
+//! transposes cost nothing, and `beta = 1` accumulates straight into a gradient buffer.
 //!
 //! Two threads: the output is cut into blocks of whole rows (or columns, when it is wide and
 //! short), one single-threaded GEMM per rayon task. Cuts fall on multiples of [`SPLIT_ALIGN`],
@@ -53,8 +53,28 @@ impl<'a, F> MatRef<'a, F> {
     }
 }
 
+/// The signature of a strided single-threaded GEMM (matrixmultiply's):
+/// `(m, k, n, α, a, rsa, csa, b, rsb, csb, β, c, rsc, csc)`, element `(i, p)` of `A` at
+/// `a + i·rsa + p·csa` (likewise `B` and `C`).
+pub(crate) type GemmFn<F> = unsafe fn(
+    usize,
+    usize,
+    usize,
+    F,
+    *const F,
+    isize,
+    isize,
+    *const F,
+    isize,
+    isize,
+    F,
+    *mut F,
+    isize,
+    isize,
+);
+
 /// Output rows or columns per cut are a multiple of this (a multiple of every microkernel's
-/// tile side in matrixmultiply 0.3).
+/// tile side, in matrixmultiply 0.3 and in ours).
 const SPLIT_ALIGN: usize = 64;
 
 /// Below this many multiply-adds a product runs on one thread.
@@ -86,10 +106,12 @@ pub fn gemm<F: Element>(alpha: F, a: MatRef<F>, b: MatRef<F>, beta: F, c: &mut [
         && threads > 1
         && m * n * k >= PARALLEL_MIN_FLOPS
         && m.max(n) >= 2 * SPLIT_ALIGN;
+    // chosen for the whole product, so that every block runs the same arithmetic
+    let kernel = F::gemm_kernel(m, k, n);
     let out = OutPtr(c.as_mut_ptr());
     if !parallel {
         // SAFETY: dimensions checked above; `c` is exclusively borrowed.
-        unsafe { gemm_block(alpha, a, b, beta, out, (0, m), (0, n), n) };
+        unsafe { gemm_block(kernel, alpha, a, b, beta, out, (0, m), (0, n), n) };
         return;
     }
     let split_rows = m >= n;
@@ -107,7 +129,9 @@ pub fn gemm<F: Element>(alpha: F, a: MatRef<F>, b: MatRef<F>, beta: F, c: &mut [
                 ((0, m), block)
             };
             // SAFETY: blocks are disjoint ranges of rows (or columns) of `c`.
-            scope.spawn(move |_| unsafe { gemm_block(alpha, a, b, beta, out, rows, cols, n) });
+            scope.spawn(move |_| unsafe {
+                gemm_block(kernel, alpha, a, b, beta, out, rows, cols, n)
+            });
         }
     });
 }
@@ -118,6 +142,7 @@ pub fn gemm<F: Element>(alpha: F, a: MatRef<F>, b: MatRef<F>, beta: F, c: &mut [
 /// The block must lie inside `C` (row length `ldc`) and no other thread may touch it.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_block<F: Element>(
+    kernel: GemmFn<F>,
     alpha: F,
     a: MatRef<F>,
     b: MatRef<F>,
@@ -132,7 +157,7 @@ unsafe fn gemm_block<F: Element>(
     let (rsb, csb) = b.strides();
     // SAFETY: offsets stay inside the matrices by the caller's contract.
     unsafe {
-        F::gemm(
+        kernel(
             rows.1 - rows.0,
             k,
             cols.1 - cols.0,

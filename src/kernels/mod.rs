@@ -9,9 +9,12 @@ mod margin;
 mod matmul;
 mod reduce;
 mod rowwise;
+#[cfg(target_arch = "x86_64")]
+mod sgemm;
 
 pub use elementwise::{add_broadcast_acc, add_relu_grad, binary, binary_grad, map, map_grad};
 pub(crate) use margin::{margin_xent, margin_xent_grad};
+pub(crate) use matmul::GemmFn;
 pub use matmul::{MatRef, gemm};
 pub use reduce::{sum_all, sum_cols_acc, sum_rows_acc};
 pub use rowwise::{
@@ -20,6 +23,21 @@ pub use rowwise::{
 };
 
 use rayon::prelude::*;
+
+/// The f32 GEMM for an `m×k · k×n` product: our AVX-512 kernel where this CPU has it and it is
+/// faster (see `sgemm.rs`), matrixmultiply's otherwise (and always with the `matmul-threading`
+/// feature, whose threads are matrixmultiply's).
+pub(crate) fn choose_sgemm(m: usize, k: usize, n: usize) -> GemmFn<f32> {
+    #[cfg(all(target_arch = "x86_64", not(feature = "matmul-threading")))]
+    {
+        sgemm::choose(m, k, n)
+    }
+    #[cfg(any(not(target_arch = "x86_64"), feature = "matmul-threading"))]
+    {
+        let _ = (m, k, n);
+        matrixmultiply::sgemm
+    }
+}
 
 /// Below this many elements a kernel runs on the calling thread: spawning costs more.
 pub const PARALLEL_THRESHOLD: usize = 1 << 15;
