@@ -275,3 +275,56 @@ fn saved_state_resumes_and_is_checked_against_the_parameters() {
     let err = Optimizer::from_state(opt.state().clone(), &empty).unwrap_err();
     assert!(err.to_string().contains("names parameter #0"), "{err}");
 }
+
+#[test]
+fn a_large_parameter_updated_on_two_threads_matches_one_element_at_a_time() {
+    // above the size at which the update is spread over the pool, in chunks
+    let len = 40_000;
+    let p0: Vec<f64> = (0..len)
+        .map(|i| ((i * 37) % 101) as f64 / 50.0 - 1.0)
+        .collect();
+    let g: Vec<f64> = (0..len)
+        .map(|i| ((i * 53) % 97) as f64 / 40.0 - 1.2)
+        .collect();
+    let methods = [
+        Method::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+        },
+        Method::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        },
+        Method::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        },
+    ];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for method in methods {
+        let mut params = Params::new();
+        let id = params.add("p", Tensor::from_vec(p0.clone(), &[len]).unwrap());
+        let mut opt = Optimizer::new(method, &params, 0.05, 0.01).unwrap();
+        pool.install(|| {
+            for _ in 0..3 {
+                let graph = Graph::new();
+                let coef = graph.constant(Tensor::from_vec(g.clone(), &[len]).unwrap());
+                let grads = (graph.param(&params, id) * coef).sum().backward();
+                opt.step(&mut params, &grads);
+            }
+        });
+        for i in (0..len).step_by(997).chain([len - 1]) {
+            let alone = run(method, 0.05, 0.01, p0[i], &[g[i]; 3]);
+            assert_eq!(
+                params.get(id).data()[i],
+                alone[2],
+                "{method:?}, element {i}"
+            );
+        }
+    }
+}

@@ -308,42 +308,88 @@ impl<F: Element> Optimizer<F> {
     }
 }
 
-/// One parameter's update (the equations of [`Method`]).
+/// One parameter's update (the equations of [`Method`]), over fixed chunks of its elements,
+/// spread over the pool when the parameter is large (each element's update is independent, so
+/// the result does not depend on the threads).
 fn update<F: Element>(method: Method, lr: F, decay: F, p: &mut [F], g: &[F], slot: &mut Slot<F>) {
+    use crate::kernels::{CHUNK, parallel, simd};
+    use rayon::prelude::*;
+    let steps = slot.steps;
+    let chunks = p.len().div_ceil(CHUNK);
+    let first: Vec<&mut [F]> = slot.first.data_mut().chunks_mut(CHUNK).collect();
+    // SGD keeps no second moment: an empty slice per chunk
+    let second: Vec<&mut [F]> = match slot.second.data_mut() {
+        [] => (0..chunks).map(|_| Default::default()).collect(),
+        all => all.chunks_mut(CHUNK).collect(),
+    };
+    type Chunk<'a, F> = (((&'a mut [F], &'a [F]), &'a mut [F]), &'a mut [F]);
+    let run = |(((p, g), m), v): Chunk<F>| {
+        simd(
+            #[inline(always)]
+            || update_chunk(method, lr, decay, steps, p, g, m, v),
+        )
+    };
+    if parallel(p.len()) {
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(first)
+            .zip(second)
+            .for_each(run);
+    } else {
+        p.chunks_mut(CHUNK)
+            .zip(g.chunks(CHUNK))
+            .zip(first)
+            .zip(second)
+            .for_each(run);
+    }
+}
+
+/// The update of one chunk: parameters `p`, gradients `g`, first and second moments `m`, `v`
+/// (`v` empty for SGD), after `steps` updates including this one.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn update_chunk<F: Element>(
+    method: Method,
+    lr: F,
+    decay: F,
+    steps: u64,
+    p: &mut [F],
+    g: &[F],
+    m: &mut [F],
+    v: &mut [F],
+) {
     let f = F::from_f64;
     match method {
         Method::Sgd { momentum, nesterov } => {
             let mu = f(momentum);
-            let first_step = slot.steps == 1;
-            let buf = slot.first.data_mut();
-            for i in 0..p.len() {
-                let d = g[i] + decay * p[i];
+            let first_step = steps == 1;
+            for ((p, &g), buf) in p.iter_mut().zip(g).zip(m) {
+                let d = g + decay * *p;
                 let step = if momentum == 0.0 {
                     d
                 } else {
-                    buf[i] = if first_step { d } else { mu * buf[i] + d };
-                    if nesterov { d + mu * buf[i] } else { buf[i] }
+                    *buf = if first_step { d } else { mu * *buf + d };
+                    if nesterov { d + mu * *buf } else { *buf }
                 };
-                p[i] -= lr * step;
+                *p -= lr * step;
             }
         }
         Method::Adam { beta1, beta2, eps } | Method::AdamW { beta1, beta2, eps } => {
             let decoupled = matches!(method, Method::AdamW { .. });
-            let t = slot.steps as i32;
+            let t = steps as i32;
             let (b1, b2) = (f(beta1), f(beta2));
             let step_size = lr / f(1.0 - beta1.powi(t));
             let bc2_sqrt = f((1.0 - beta2.powi(t)).sqrt());
-            let (m, v) = (slot.first.data_mut(), slot.second.data_mut());
-            for i in 0..p.len() {
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
                 let grad = if decoupled {
-                    p[i] -= lr * decay * p[i];
-                    g[i]
+                    *p -= lr * decay * *p;
+                    g
                 } else {
-                    g[i] + decay * p[i]
+                    g + decay * *p
                 };
-                m[i] = b1 * m[i] + (F::ONE - b1) * grad;
-                v[i] = b2 * v[i] + (F::ONE - b2) * grad * grad;
-                p[i] -= step_size * m[i] / (v[i].sqrt() / bc2_sqrt + f(eps));
+                *m = b1 * *m + (F::ONE - b1) * grad;
+                *v = b2 * *v + (F::ONE - b2) * grad * grad;
+                *p -= step_size * *m / (v.sqrt() / bc2_sqrt + f(eps));
             }
         }
     }
