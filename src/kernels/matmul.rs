@@ -116,10 +116,12 @@ pub fn gemm<F: Element>(alpha: F, a: MatRef<F>, b: MatRef<F>, beta: F, c: &mut [
     }
     let split_rows = m >= n;
     let extent = if split_rows { m } else { n };
-    let per_task = extent.div_ceil(threads).div_ceil(SPLIT_ALIGN) * SPLIT_ALIGN;
-    let blocks: Vec<(usize, usize)> = (0..extent)
-        .step_by(per_task)
-        .map(|s| (s, (s + per_task).min(extent)))
+    // as even as whole units of SPLIT_ALIGN allow (784 rows: 384 + 400, not 448 + 336)
+    let units = extent.div_ceil(SPLIT_ALIGN);
+    let cut = |t: usize| (units * t / threads * SPLIT_ALIGN).min(extent);
+    let blocks: Vec<(usize, usize)> = (0..threads)
+        .map(|t| (cut(t), cut(t + 1)))
+        .filter(|(start, end)| start < end)
         .collect();
     rayon::scope(|scope| {
         for &block in &blocks {
