@@ -288,10 +288,14 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
             } => {
                 // ∂x = (g − y⟨g, y⟩) / ‖x‖ per row (or column); g / eps where the norm was floored
                 let cols = node.value.shape()[1];
-                if let Some(dx) = pending.slot(*x) {
+                if let Some((dx, fresh)) = pending.slot_fresh(*x) {
                     match along {
-                        Along::Rows => kernels::normalize_rows_grad(g, y, norms, cols, *eps, dx),
-                        Along::Cols => kernels::normalize_cols_grad(g, y, norms, cols, *eps, dx),
+                        Along::Rows => {
+                            kernels::normalize_rows_grad(g, y, norms, cols, *eps, dx, fresh)
+                        }
+                        Along::Cols => {
+                            kernels::normalize_cols_grad(g, y, norms, cols, *eps, dx, fresh)
+                        }
                     }
                 }
             }

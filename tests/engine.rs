@@ -84,6 +84,80 @@ fn a_zero_row_normalises_to_zero_without_nan() {
 }
 
 #[test]
+fn normalisation_over_many_column_blocks_matches_a_naive_reference() {
+    // wide enough for several column blocks and the parallel path; a zero column is floored
+    let (rows, cols, eps) = (40, 1000, 1e-12);
+    let mut rng = rng(5);
+    let mut x = Tensor::<f64>::randn(&[rows, cols], 0.0, 1.0, &mut rng);
+    for r in 0..rows {
+        x.data_mut()[r * cols + 300] = 0.0;
+    }
+    let seed = Tensor::<f64>::randn(&[rows, cols], 0.0, 1.0, &mut rng);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    // x used twice, so one gradient overwrites a fresh buffer and the other adds to it; backward
+    // runs in reverse order of creation, so each order puts a different one first
+    let check = |cols_first: bool| {
+        // lent buffers full of NaN: a gradient buffer read before it is written shows
+        drop(vec![Tensor::<f64>::full(&[rows * cols], f64::NAN); 8]);
+        let g = Graph::new();
+        let xv = g.leaf(x.clone());
+        let (cols_y, rows_y) = if cols_first {
+            let cols_y = xv.normalize_cols(eps);
+            (cols_y, xv.normalize_rows(eps))
+        } else {
+            let rows_y = xv.normalize_rows(eps);
+            (xv.normalize_cols(eps), rows_y)
+        };
+        let grads = (cols_y + rows_y).backward_with(seed.clone());
+        let dx = grads.wrt(xv).unwrap();
+        let (xd, gd) = (x.data(), seed.data());
+        let mut expected = vec![0.0; rows * cols];
+        for c in 0..cols {
+            let norm = (0..rows)
+                .map(|r| xd[r * cols + c].powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let dot: f64 = (0..rows)
+                .map(|r| gd[r * cols + c] * xd[r * cols + c] / norm)
+                .sum();
+            for r in 0..rows {
+                let i = r * cols + c;
+                let want_y = if norm < eps { 0.0 } else { xd[i] / norm };
+                assert!(
+                    (cols_y.value().data()[i] - want_y).abs() < 1e-12,
+                    "y[{r}, {c}]"
+                );
+                expected[i] = if norm < eps {
+                    gd[i] / eps
+                } else {
+                    (gd[i] - want_y * dot) / norm
+                };
+            }
+        }
+        for r in 0..rows {
+            let row = r * cols..(r + 1) * cols;
+            let norm = xd[row.clone()].iter().map(|v| v * v).sum::<f64>().sqrt();
+            let dot: f64 = row.clone().map(|i| gd[i] * xd[i] / norm).sum();
+            for i in row {
+                expected[i] += (gd[i] - xd[i] / norm * dot) / norm;
+            }
+        }
+        for (i, (&got, &want)) in dx.data().iter().zip(&expected).enumerate() {
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "dx[{i}]: {got} against {want}"
+            );
+        }
+    };
+    for cols_first in [true, false] {
+        pool.install(|| check(cols_first));
+    }
+}
+
+#[test]
 fn bias_broadcast_and_elementwise_values() {
     let g = Graph::<f64>::new();
     let x = g.constant(Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap());

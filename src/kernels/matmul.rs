@@ -7,6 +7,7 @@
 //! are bitwise identical whatever the thread count. With the `matmul-threading` feature,
 //! matrixmultiply's own threading is used instead; the two are never nested.
 
+use super::SharedOut;
 use crate::Element;
 
 /// A row-major matrix, read either as stored or as its transpose (no copy either way).
@@ -80,13 +81,6 @@ const SPLIT_ALIGN: usize = 64;
 /// Below this many multiply-adds a product runs on one thread.
 const PARALLEL_MIN_FLOPS: usize = 1 << 20;
 
-/// A raw output pointer that rayon tasks may share; each task writes a disjoint block.
-#[derive(Clone, Copy)]
-struct OutPtr<F>(*mut F);
-// SAFETY: the blocks written through the pointer never overlap (see `gemm`).
-unsafe impl<F> Send for OutPtr<F> {}
-unsafe impl<F> Sync for OutPtr<F> {}
-
 /// `C ← alpha·op(A)·op(B) + beta·C`, with `C` the contiguous row-major `m×n` output.
 ///
 /// With `beta = 0`, `C` is only written, never read (NaN in it does not propagate).
@@ -108,7 +102,7 @@ pub fn gemm<F: Element>(alpha: F, a: MatRef<F>, b: MatRef<F>, beta: F, c: &mut [
         && m.max(n) >= 2 * SPLIT_ALIGN;
     // chosen for the whole product, so that every block runs the same arithmetic
     let kernel = F::gemm_kernel(m, k, n);
-    let out = OutPtr(c.as_mut_ptr());
+    let out = SharedOut(c.as_mut_ptr());
     if !parallel {
         // SAFETY: dimensions checked above; `c` is exclusively borrowed.
         unsafe { gemm_block(kernel, alpha, a, b, beta, out, (0, m), (0, n), n) };
@@ -149,7 +143,7 @@ unsafe fn gemm_block<F: Element>(
     a: MatRef<F>,
     b: MatRef<F>,
     beta: F,
-    c: OutPtr<F>,
+    c: SharedOut<F>,
     rows: (usize, usize),
     cols: (usize, usize),
     ldc: usize,

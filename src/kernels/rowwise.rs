@@ -1,6 +1,6 @@
 //! Fused row- and column-wise kernels: log-softmax and L2 normalisation, with their backwards.
 
-use super::{for_row_blocks, lane_max, lane_sum, simd};
+use super::{COL_BLOCK, SharedOut, for_col_blocks, for_row_blocks, lane_max, lane_sum, simd};
 use crate::Element;
 
 /// `y[r] = x[r] − max(x[r]) − ln Σ_c exp(x[r, c] − max(x[r]))`: a stable log-softmax per row.
@@ -69,8 +69,9 @@ pub fn normalize_rows<F: Element>(x: &[F], cols: usize, eps: F, y: &mut [F], nor
     );
 }
 
-/// The backward of [`normalize_rows`]: `dx[r] += (g[r] − y[r]⟨g[r], y[r]⟩) / ‖x[r]‖`, or
-/// `g[r] / eps` where the norm was floored (there `y = x / eps` is linear in `x`).
+/// The backward of [`normalize_rows`]: `dx[r] (+)= (g[r] − y[r]⟨g[r], y[r]⟩) / ‖x[r]‖`, or
+/// `g[r] / eps` where the norm was floored (there `y = x / eps` is linear in `x`); overwrites
+/// `dx` when `overwrite`, adds to it otherwise.
 pub fn normalize_rows_grad<F: Element>(
     g: &[F],
     y: &[F],
@@ -78,6 +79,7 @@ pub fn normalize_rows_grad<F: Element>(
     cols: usize,
     eps: F,
     dx: &mut [F],
+    overwrite: bool,
 ) {
     for_row_blocks(
         dx,
@@ -88,21 +90,19 @@ pub fn normalize_rows_grad<F: Element>(
                 let r = r0 + i;
                 let span = r * cols..(r + 1) * cols;
                 let (g_row, y_row) = (&g[span.clone()], &y[span]);
-                if norms[r] < eps {
-                    let inv = F::ONE / eps;
-                    dx_row
-                        .iter_mut()
-                        .zip(g_row)
-                        .for_each(|(d, &g)| *d += g * inv);
-                    continue;
-                }
-                let dot = g_row
-                    .iter()
-                    .zip(y_row)
-                    .fold(F::ZERO, |s, (&g, &y)| s + g * y);
-                let inv = F::ONE / norms[r];
+                // floored: dx = g / eps, written as the general case with ⟨g, y⟩ taken as 0
+                let (inv, dot) = if norms[r] < eps {
+                    (F::ONE / eps, F::ZERO)
+                } else {
+                    let dot = g_row
+                        .iter()
+                        .zip(y_row)
+                        .fold(F::ZERO, |s, (&g, &y)| s + g * y);
+                    (F::ONE / norms[r], dot)
+                };
                 for ((d, &g), &y) in dx_row.iter_mut().zip(g_row).zip(y_row) {
-                    *d += (g - y * dot) * inv;
+                    let v = (g - y * dot) * inv;
+                    if overwrite { *d = v } else { *d += v }
                 }
             }
         },
@@ -110,27 +110,34 @@ pub fn normalize_rows_grad<F: Element>(
 }
 
 /// `y[:, c] = x[:, c] / max(‖x[:, c]‖, eps)` for the `rows×cols` matrix `x`; writes each
-/// column's raw norm into `norms`.
+/// column's raw norm into `norms`. Block by block of columns: the block is read for its norms,
+/// then again (from cache) to scale it.
 pub fn normalize_cols<F: Element>(x: &[F], cols: usize, eps: F, y: &mut [F], norms: &mut [F]) {
-    norms.fill(F::ZERO);
-    for x_row in x.chunks(cols) {
-        norms.iter_mut().zip(x_row).for_each(|(n, &v)| *n += v * v);
+    if cols == 0 {
+        return;
     }
-    let inv: Vec<F> = norms
-        .iter_mut()
-        .map(|n| {
-            *n = n.sqrt();
-            F::ONE / n.max(eps)
-        })
-        .collect();
-    for_row_blocks(
-        y,
-        cols,
+    let out = SharedOut(y.as_mut_ptr());
+    for_col_blocks(
+        norms,
+        x.len(),
         #[inline(always)]
-        |r0, block| {
-            for (i, y_row) in block.chunks_mut(cols).enumerate() {
-                let x_row = &x[(r0 + i) * cols..(r0 + i + 1) * cols];
-                for ((y, &x), &inv) in y_row.iter_mut().zip(x_row).zip(&inv) {
+        |c0, norms| {
+            let span = c0..c0 + norms.len();
+            norms.fill(F::ZERO);
+            for x_row in x.chunks(cols) {
+                for (n, &v) in norms.iter_mut().zip(&x_row[span.clone()]) {
+                    *n += v * v;
+                }
+            }
+            let mut inv = [F::ZERO; COL_BLOCK];
+            for (inv, n) in inv.iter_mut().zip(norms.iter_mut()) {
+                *n = n.sqrt();
+                *inv = F::ONE / n.max(eps);
+            }
+            for (r, x_row) in x.chunks(cols).enumerate() {
+                // SAFETY: inside `y`; blocks cover disjoint columns, so no other task writes here
+                let y_row = unsafe { out.slice(r * cols + span.start, span.len()) };
+                for ((y, &x), &inv) in y_row.iter_mut().zip(&x_row[span.clone()]).zip(&inv) {
                     *y = x * inv;
                 }
             }
@@ -138,7 +145,8 @@ pub fn normalize_cols<F: Element>(x: &[F], cols: usize, eps: F, y: &mut [F], nor
     );
 }
 
-/// The backward of [`normalize_cols`], column by column as [`normalize_rows_grad`] is row by row.
+/// The backward of [`normalize_cols`], column by column as [`normalize_rows_grad`] is row by
+/// row, in the same blocks of columns; overwrites `dx` when `overwrite`, adds to it otherwise.
 pub fn normalize_cols_grad<F: Element>(
     g: &[F],
     y: &[F],
@@ -146,39 +154,51 @@ pub fn normalize_cols_grad<F: Element>(
     cols: usize,
     eps: F,
     dx: &mut [F],
+    overwrite: bool,
 ) {
+    if cols == 0 {
+        return;
+    }
+    let out = SharedOut(dx.as_mut_ptr());
     let mut dots = vec![F::ZERO; cols];
-    simd(
+    for_col_blocks(
+        &mut dots,
+        g.len(),
         #[inline(always)]
-        || {
-            for (g_row, y_row) in g.chunks(cols).zip(y.chunks(cols)) {
-                for ((dot, &g), &y) in dots.iter_mut().zip(g_row).zip(y_row) {
+        |c0, dots| {
+            let span = c0..c0 + dots.len();
+            let rows = || g.chunks(cols).zip(y.chunks(cols));
+            for (g_row, y_row) in rows() {
+                for ((dot, &g), &y) in dots
+                    .iter_mut()
+                    .zip(&g_row[span.clone()])
+                    .zip(&y_row[span.clone()])
+                {
                     *dot += g * y;
                 }
             }
-        },
-    );
-    // per column, dx = g·inv − y·along with inv = 1/‖x‖ and along = ⟨g, y⟩/‖x‖; where the norm
-    // was floored, inv = 1/eps and along = 0 (no branch in the loop, so it vectorises)
-    let inv: Vec<F> = norms.iter().map(|&n| F::ONE / n.max(eps)).collect();
-    let along: Vec<F> = norms
-        .iter()
-        .zip(dots.iter().zip(&inv))
-        .map(|(&n, (&dot, &inv))| if n < eps { F::ZERO } else { dot * inv })
-        .collect();
-    for_row_blocks(
-        dx,
-        cols,
-        #[inline(always)]
-        |r0, block| {
-            for (i, dx_row) in block.chunks_mut(cols).enumerate() {
-                let span = (r0 + i) * cols..(r0 + i + 1) * cols;
-                let (g_row, y_row) = (&g[span.clone()], &y[span]);
+            // per column, dx = g·inv − y·along with inv = 1/‖x‖ and along = ⟨g, y⟩/‖x‖; where
+            // the norm was floored, inv = 1/eps and along = 0 (no branch in the loop below)
+            let (mut inv, mut along) = ([F::ZERO; COL_BLOCK], [F::ZERO; COL_BLOCK]);
+            for (((inv, along), &n), &dot) in inv
+                .iter_mut()
+                .zip(along.iter_mut())
+                .zip(&norms[span.clone()])
+                .zip(dots.iter())
+            {
+                *inv = F::ONE / n.max(eps);
+                *along = if n < eps { F::ZERO } else { dot * *inv };
+            }
+            for (r, (g_row, y_row)) in rows().enumerate() {
+                // SAFETY: inside `dx`; blocks cover disjoint columns
+                let dx_row = unsafe { out.slice(r * cols + span.start, span.len()) };
+                let terms = g_row[span.clone()].iter().zip(&y_row[span.clone()]);
                 let coefficients = inv.iter().zip(&along);
-                for (((d, &g), &y), (&inv, &along)) in
-                    dx_row.iter_mut().zip(g_row).zip(y_row).zip(coefficients)
+                for (d, ((&g, &y), (&inv, &along))) in
+                    dx_row.iter_mut().zip(terms.zip(coefficients))
                 {
-                    *d += g * inv - y * along;
+                    let v = g * inv - y * along;
+                    if overwrite { *d = v } else { *d += v }
                 }
             }
         },
