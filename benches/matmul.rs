@@ -1,5 +1,6 @@
-//! Matmul GFLOP/s through the engine (a graph op: output allocation, tape record, rayon split)
-//! against matrixmultiply's sgemm called directly, on the products of a training step.
+//! Matmul GFLOP/s through the engine (a graph op: output allocation, tape record, rayon split;
+//! our AVX-512 kernel where the CPU has it) against matrixmultiply's sgemm called directly, on
+//! the products of a training step; and, as the yardstick, this core's f32 FMA peak.
 //!
 //! `cargo bench --bench matmul` (rayon row/column blocks), and
 //! `cargo bench --bench matmul --features matmul-threading` (matrixmultiply's own threads).
@@ -44,7 +45,72 @@ const PRODUCTS: [(&str, usize, usize, usize, bool, bool); 8] = [
     ("xᵀ·G1 (tn)  (256x784)ᵀ·256x512", 784, 256, 512, true, false),
 ];
 
+/// GFLOP/s of one core issuing nothing but independent 16-wide (AVX-512) or 8-wide (AVX2)
+/// f32 fused multiply-adds: twelve chains, enough to hide the FMA latency.
+#[cfg(target_arch = "x86_64")]
+fn fma_peak_gflops() -> Option<f64> {
+    use std::arch::x86_64::*;
+    const CHAINS: usize = 12;
+    const ITERS: usize = 20_000_000;
+    #[target_feature(enable = "avx512f")]
+    fn chains_512() -> f32 {
+        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+        for _ in 0..ITERS {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(a, *x, b);
+            }
+        }
+        acc.iter().map(|&x| _mm512_reduce_add_ps(x)).sum()
+    }
+    #[target_feature(enable = "avx2,fma")]
+    fn chains_256() -> f32 {
+        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+        for _ in 0..ITERS {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(a, *x, b);
+            }
+        }
+        let mut lanes = [0f32; 8];
+        acc.iter()
+            .map(|&x| {
+                // SAFETY: `lanes` holds eight floats
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), x) };
+                lanes.iter().sum::<f32>()
+            })
+            .sum()
+    }
+    let (width, run): (usize, fn() -> f32) = if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature
+        (16, || unsafe { chains_512() })
+    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: as above
+        (8, || unsafe { chains_256() })
+    } else {
+        return None;
+    };
+    let best = (0..3)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            std::hint::black_box(run());
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    Some((2 * width * CHAINS * ITERS) as f64 / best / 1e9)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn fma_peak_gflops() -> Option<f64> {
+    None
+}
+
 fn main() {
+    if let Some(peak) = fma_peak_gflops() {
+        println!(
+            "this core's f32 FMA peak: {peak:.1} GFLOP/s (independent FMA chains, one thread)"
+        );
+    }
     let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(0);
     let mode = if cfg!(feature = "matmul-threading") {
         "matrixmultiply threading"
