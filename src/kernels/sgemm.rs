@@ -83,7 +83,7 @@ pub(crate) unsafe fn sgemm(
     csc: isize,
 ) {
     if csc != 1 || rsc < 0 || k == 0 {
-        // strided or empty output rows: not this kernel's case (the engine never asks)
+        // strided output rows, or no inner dimension (C = βC): not this kernel's case
         // SAFETY: forwarded from the caller's contract.
         return unsafe {
             matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
