@@ -1,26 +1,6 @@
 //! The margin-softmax family as one configuration: how each loss turns cosines into logits.
 //!
-//! For a sample with label `y` and cosines `c_j` to the class centres, every loss here is
-//! softmax cross-entropy over the logits
-//!
-//! ```text
-//! z_y = s · (ψ(c_y) − m3) / M                      the target
-//! z_j = s · (c_j + m_nt)                 (j ≠ y)   every other class
-//! ψ(c) = cos(m1·θ + m2),  θ = arccos c             (ψ(c) = c when m1 = 1, m2 = 0)
-//! ```
-//!
-//! | loss | s | m1 | m2 | m3 | M | m_nt |
-//! |---|---|---|---|---|---|---|
-//! | softmax on raw logits | 1 | 1 | 0 | 0 | 1 | 0 |
-//! | NormFace | s | 1 | 0 | 0 | 1 | 0 |
-//! | AM-Softmax (CosFace) | s | 1 | 0 | m | 1 | 0 |
-//! | Enhanced AM-Softmax | s | 1 | 0 | m | e^m | m |
-//! | ArcFace | s | 1 | m | 0 | 1 | 0 |
-//! | combined margin | s | m1 | m2 | m3 | 1 | 0 |
-//!
-//! The angular part (m1 ≠ 1 or m2 ≠ 0) clamps `c` to `[−1 + 1e-7, 1 − 1e-7]` before `arccos`,
-//! so that `dψ/dc = m1·sin(m1θ + m2)/sin θ` stays finite, and can fall back where
-//! `cos(m1θ + m2)` stops decreasing in θ ([`ArcFallback`]). Derivations: `docs/derivations.md`.
+//! See [`MarginLoss`] for the formula and the table of settings.
 
 use crate::{Element, Error};
 use serde::{Deserialize, Serialize};
@@ -50,7 +30,29 @@ pub enum EnhancedAblation {
     Both,
 }
 
-/// A margin-softmax loss: the settings of the formula in the [module docs](self).
+/// A margin-softmax loss: the settings of one formula.
+///
+/// For a sample with label `y` and cosines `c_j` to the class centres, every loss here is
+/// softmax cross-entropy over the logits
+///
+/// ```text
+/// z_y = s · (ψ(c_y) − m3) / M                      the target
+/// z_j = s · (c_j + m_nt)                 (j ≠ y)   every other class
+/// ψ(c) = cos(m1·θ + m2),  θ = arccos c             (ψ(c) = c when m1 = 1, m2 = 0)
+/// ```
+///
+/// | loss | s | m1 | m2 | m3 | M | m_nt |
+/// |---|---|---|---|---|---|---|
+/// | softmax on raw logits | 1 | 1 | 0 | 0 | 1 | 0 |
+/// | NormFace | s | 1 | 0 | 0 | 1 | 0 |
+/// | AM-Softmax (CosFace) | s | 1 | 0 | m | 1 | 0 |
+/// | Enhanced AM-Softmax | s | 1 | 0 | m | e^m | m |
+/// | ArcFace | s | 1 | m | 0 | 1 | 0 |
+/// | combined margin | s | m1 | m2 | m3 | 1 | 0 |
+///
+/// The angular part (m1 ≠ 1 or m2 ≠ 0) clamps `c` to `[−1 + 1e-7, 1 − 1e-7]` before `arccos`,
+/// so that `dψ/dc = m1·sin(m1θ + m2)/sin θ` stays finite, and can fall back where
+/// `cos(m1θ + m2)` stops decreasing in θ ([`ArcFallback`]). Derivations: `docs/derivations.md`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MarginLoss {
     /// A short name for reports ("am", "enhanced", "arcface", ...).
