@@ -92,12 +92,11 @@ impl<F: Element> Pending<'_, F> {
     /// The gradient buffer of node `id` (zeros when first asked for), or `None` when that node
     /// needs no gradient.
     fn slot(&mut self, id: usize) -> Option<&mut [F]> {
-        let node = &self.nodes[id];
-        if !node.requires_grad {
-            return None;
+        let (grad, fresh) = self.slot_fresh(id)?;
+        if fresh {
+            grad.fill(F::ZERO);
         }
-        let grad = self.grads[id].get_or_insert_with(|| Tensor::zeros(node.value.shape()));
-        Some(grad.data_mut())
+        Some(grad)
     }
 
     /// As [`Pending::slot`], and whether the buffer is fresh. A fresh buffer is *not* zeroed:
