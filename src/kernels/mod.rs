@@ -85,6 +85,14 @@ unsafe fn simd_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Stores a gradient term: `*d = v` into a fresh buffer (`overwrite`), `*d += v` otherwise.
+/// For short loop bodies. Where the body is long (the margin loss's exp), the compiler keeps
+/// the branch inside the loop: write the two loops out there (measured 7% faster).
+#[inline(always)]
+pub(crate) fn store_grad<F: crate::Element>(d: &mut F, v: F, overwrite: bool) {
+    if overwrite { *d = v } else { *d += v }
+}
+
 /// `Σ f(x)` with sixteen interleaved accumulators added in a fixed order, so that the compiler
 /// vectorises it and the result does not depend on threads.
 #[inline(always)]

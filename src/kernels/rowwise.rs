@@ -1,6 +1,8 @@
 //! Fused row- and column-wise kernels: log-softmax and L2 normalisation, with their backwards.
 
-use super::{COL_BLOCK, SharedOut, for_col_blocks, for_row_blocks, lane_max, lane_sum, simd};
+use super::{
+    COL_BLOCK, SharedOut, for_col_blocks, for_row_blocks, lane_max, lane_sum, simd, store_grad,
+};
 use crate::Element;
 
 /// `y[r] = x[r] − max(x[r]) − ln Σ_c exp(x[r, c] − max(x[r]))`: a stable log-softmax per row.
@@ -101,8 +103,7 @@ pub fn normalize_rows_grad<F: Element>(
                     (F::ONE / norms[r], dot)
                 };
                 for ((d, &g), &y) in dx_row.iter_mut().zip(g_row).zip(y_row) {
-                    let v = (g - y * dot) * inv;
-                    if overwrite { *d = v } else { *d += v }
+                    store_grad(d, (g - y * dot) * inv, overwrite);
                 }
             }
         },
@@ -197,8 +198,7 @@ pub fn normalize_cols_grad<F: Element>(
                 for (d, ((&g, &y), (&inv, &along))) in
                     dx_row.iter_mut().zip(terms.zip(coefficients))
                 {
-                    let v = g * inv - y * along;
-                    if overwrite { *d = v } else { *d += v }
+                    store_grad(d, g * inv - y * along, overwrite);
                 }
             }
         },
