@@ -7,7 +7,7 @@
 mod cli;
 
 use cli::{Args, DATA_HELP, DataFlags, Usage, print_final};
-use margrad::io;
+use margrad::checkpoint;
 use margrad::train::{evaluate, prepare_data};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let checkpoint = match io::load::<f32>(&path) {
+    let checkpoint = match checkpoint::load::<f32>(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

@@ -36,19 +36,17 @@
 //! assert_eq!(grads.param(w).unwrap().shape(), &[4, 3]);
 //! ```
 
-pub mod backward;
+pub mod checkpoint;
 pub mod data;
 mod element;
+mod engine;
 mod error;
 pub mod gradcheck;
-mod graph;
-pub mod io;
 pub mod kernels;
 mod labels;
 pub mod loss;
 pub mod metrics;
 pub mod nn;
-pub mod ops;
 pub mod optim;
 mod params;
 pub mod plot;
@@ -57,11 +55,10 @@ pub mod profile;
 mod tensor;
 pub mod train;
 
-pub use backward::Gradients;
 pub use element::Element;
+pub use engine::{Gradients, Graph, ValueRef, Var};
 pub use error::Error;
 pub use gradcheck::{GradcheckError, GradcheckOptions, GradcheckReport, gradcheck, gradcheck_with};
-pub use graph::{Graph, ValueRef, Var};
 pub use labels::Labels;
 pub use params::{ParamId, Params};
 pub use tensor::{Tensor, numel};

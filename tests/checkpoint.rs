@@ -1,7 +1,7 @@
 //! Checkpoints: bit-exact round trips, an exact resume, a clear error for every kind of damage,
 //! a seeded mutation fuzzer over the loader, head-only loading, and the safetensors export.
 
-use margrad::io::{
+use margrad::checkpoint::{
     self, Checkpoint, CheckpointError, HEADER_LEN, TrainingState, load_head, safetensors_bytes,
     score_pairs,
 };
@@ -65,8 +65,8 @@ fn round_trip_is_bit_exact_for_both_heads_and_element_types() {
     fn check<F: Element>(head: HeadConfig) {
         let (model, params) = built::<F>(head);
         let path = temp(&format!("round-{}-{}.bin", F::NAME, params.len()));
-        io::save(&path, &model, &params, None).unwrap();
-        let loaded: Checkpoint<F> = io::load(&path).unwrap();
+        checkpoint::save(&path, &model, &params, None).unwrap();
+        let loaded: Checkpoint<F> = checkpoint::load(&path).unwrap();
         assert_eq!(loaded.model, model);
         assert!(same_bits(&loaded.params, &params));
         assert!(loaded.training.is_none());
@@ -122,13 +122,13 @@ fn resuming_from_a_checkpoint_continues_exactly() {
         epoch: 1,
         rng: rng.clone(),
     };
-    io::save(&path, &model, &params, Some(&state)).unwrap();
+    checkpoint::save(&path, &model, &params, Some(&state)).unwrap();
     drop((params, opt, rng));
     let Checkpoint {
         model,
         mut params,
         training,
-    } = io::load::<f32>(&path).unwrap();
+    } = checkpoint::load::<f32>(&path).unwrap();
     let training = training.unwrap();
     assert_eq!(training.epoch, 1);
     let mut opt = Optimizer::from_state(training.optimizer, &params).unwrap();
@@ -145,7 +145,7 @@ fn resuming_from_a_checkpoint_continues_exactly() {
 
 fn valid_bytes() -> Vec<u8> {
     let (model, params) = built::<f32>(cosine());
-    io::encode(&model, &params, None)
+    checkpoint::encode(&model, &params, None)
 }
 
 /// Recomputes the body checksum, so that damage reaches the body decoder.
@@ -155,7 +155,7 @@ fn reseal(bytes: &mut [u8]) {
 }
 
 fn decode_err(bytes: &[u8]) -> CheckpointError {
-    io::decode::<f32>(bytes).unwrap_err()
+    checkpoint::decode::<f32>(bytes).unwrap_err()
 }
 
 #[test]
@@ -238,7 +238,7 @@ fn wrong_magic_future_version_wrong_element_type() {
             supported: 1
         }
     );
-    let err = io::decode::<f64>(&valid_bytes()).unwrap_err();
+    let err = checkpoint::decode::<f64>(&valid_bytes()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "checkpoint holds f32 tensors, expected f64"
@@ -252,7 +252,7 @@ fn tensors_that_do_not_fit_the_configuration() {
     let mut narrower = config(cosine());
     narrower.embedder.sizes = vec![6, 10, 4];
     let other = Model::new(narrower, &mut Params::<f32>::new(), &mut seeded_rng(0)).unwrap();
-    let err = decode_err(&io::encode(&other, &params, None));
+    let err = decode_err(&checkpoint::encode(&other, &params, None));
     assert_eq!(
         err.to_string(),
         "checkpoint tensor \"embed.0.weight\" has shape [12, 6], its configuration says [10, 6]"
@@ -264,13 +264,13 @@ fn tensors_that_do_not_fit_the_configuration() {
         fewer.add(params.name(id), params.get(id).clone());
     }
     assert_eq!(
-        decode_err(&io::encode(&model, &fewer, None)),
+        decode_err(&checkpoint::encode(&model, &fewer, None)),
         CheckpointError::MissingTensor("head.weight".into())
     );
     let mut more = params.clone();
     more.add("stray", Tensor::zeros(&[2]));
     assert_eq!(
-        decode_err(&io::encode(&model, &more, None)),
+        decode_err(&checkpoint::encode(&model, &more, None)),
         CheckpointError::UnexpectedTensor("stray".into())
     );
 }
@@ -297,7 +297,7 @@ fn an_invalid_stored_configuration_is_an_error() {
 
 #[test]
 fn a_missing_file_is_an_io_error() {
-    let err = io::load::<f32>(&temp("does-not-exist.bin")).unwrap_err();
+    let err = checkpoint::load::<f32>(&temp("does-not-exist.bin")).unwrap_err();
     assert!(matches!(err, CheckpointError::Io { .. }), "{err}");
 }
 
@@ -313,7 +313,7 @@ fn the_loader_survives_thousands_of_seeded_mutations() {
             epoch: 3,
             rng: seeded_rng(5),
         };
-        io::encode(&model, &params, Some(&state))
+        checkpoint::encode(&model, &params, Some(&state))
     };
     let mut rng = seeded_rng(2024);
     let (mut accepted, mut rejected) = (0, 0);
@@ -343,7 +343,7 @@ fn the_loader_survives_thousands_of_seeded_mutations() {
             bytes[32..40].copy_from_slice(&body_len.to_le_bytes());
             reseal(&mut bytes);
         }
-        match std::panic::catch_unwind(|| io::decode::<f32>(&bytes)) {
+        match std::panic::catch_unwind(|| checkpoint::decode::<f32>(&bytes)) {
             Ok(Ok(_)) => accepted += 1,
             Ok(Err(_)) => rejected += 1,
             Err(_) => panic!("the loader panicked on mutation round {round}"),
@@ -362,7 +362,7 @@ fn the_head_alone_predicts_and_scores_pairs() {
             "head-{}.bin",
             matches!(head, HeadConfig::Linear { .. })
         ));
-        io::save(&path, &model, &params, None).unwrap();
+        checkpoint::save(&path, &model, &params, None).unwrap();
         let trained = load_head::<f32>(&path).unwrap();
         assert_eq!(trained.config(), &head);
         let x = Tensor::<f32>::randn(&[7, 6], 0.0, 1.0, &mut seeded_rng(4));

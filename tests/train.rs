@@ -1,8 +1,8 @@
 //! The trainer end to end on small data, the command-line programs' handling of bad input, and
 //! the data paths they rely on (IDX files, synthetic data, open-set splits).
 
+use margrad::checkpoint;
 use margrad::data::{MnistSplit, SyntheticConfig, load_mnist, parse_idx, synthetic};
-use margrad::io;
 use margrad::train::{
     DataSettings, DataSource, LossKind, MethodName, TrainConfig, TrainError, evaluate,
     prepare_data, train,
@@ -83,7 +83,7 @@ fn a_run_writes_every_output_and_verify_reproduces_its_figures() {
     }
     assert!(f["test_accuracy"].is_number());
     // what verify does: reload, re-prepare the data, evaluate: the same figures
-    let checkpoint = io::load::<f32>(&out.join("model.bin")).unwrap();
+    let checkpoint = checkpoint::load::<f32>(&out.join("model.bin")).unwrap();
     let settings = &small(LossKind::Enhanced).data;
     let data = prepare_data(settings).unwrap();
     let again = evaluate(&checkpoint.model, &checkpoint.params, &data, settings).metrics;

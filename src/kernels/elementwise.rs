@@ -5,7 +5,7 @@
 
 use super::for_row_blocks;
 use crate::Element;
-use crate::ops::Broadcast;
+use crate::engine::ops::Broadcast;
 
 /// The right operand's value for each element of row `r`, as a row-length slice or one value.
 enum RhsRow<'a, F> {

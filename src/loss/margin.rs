@@ -56,7 +56,7 @@ pub enum EnhancedAblation {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MarginLoss {
     /// A short name for reports ("am", "enhanced", "arcface", ...).
-    #[serde(deserialize_with = "crate::io::read_str")]
+    #[serde(deserialize_with = "crate::checkpoint::read_str")]
     pub name: String,
     /// `s`, the logit scale.
     pub scale: f64,

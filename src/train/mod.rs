@@ -10,8 +10,8 @@ mod settings;
 
 pub use settings::{DataSettings, DataSource, LossKind, LossSettings, MethodName, TrainConfig};
 
+use crate::checkpoint::{self, CheckpointError, TrainingState};
 use crate::data::{Dataset, MnistSplit, digits, load_mnist, synthetic};
-use crate::io::{self, CheckpointError, TrainingState};
 use crate::metrics::{
     Geometry, Roc, Verification, geometry, make_pairs, pair_scores, top1_accuracy, verification,
 };
@@ -284,7 +284,7 @@ pub fn model_config(
 }
 
 fn output(path: &Path, text: &str) -> Result<(), TrainError> {
-    io::write_text(path, text).map_err(TrainError::Output)
+    checkpoint::write_text(path, text).map_err(TrainError::Output)
 }
 
 /// Trains as `config` says, writing the outputs into `out` and reporting progress to
@@ -390,7 +390,7 @@ pub fn train(
             epoch: epoch as u64,
             rng: rng.clone(),
         };
-        io::save(&checkpoint, &model, &params, Some(&state))?;
+        checkpoint::save(&checkpoint, &model, &params, Some(&state))?;
         last_good = Some(checkpoint.clone());
         on_event(Event::Epoch(&record));
         history.push(record);
@@ -432,7 +432,7 @@ fn write_outputs(
     );
     let model_json = serde_json::to_string(model.config()).expect("configurations serialise");
     meta.insert("margrad.model".to_string(), model_json);
-    io::save_safetensors(&out.join("model.safetensors"), params, &meta)?;
+    checkpoint::save_safetensors(&out.join("model.safetensors"), params, &meta)?;
     let history = &metrics.history;
     let curve =
         |f: fn(&EpochRecord) -> f64| history.iter().map(|r| (r.epoch as f64, f(r))).collect();

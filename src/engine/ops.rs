@@ -1,7 +1,7 @@
 //! The elementwise ops, each with its value and its local derivative side by side.
 //!
 //! The chain rule that uses these derivatives, and the gradient rules of every structural op
-//! (matmul, reductions, normalisation, softmax), are in [`backward`](crate::backward).
+//! (matmul, reductions, normalisation, softmax), are in [`backward`](crate::engine::backward).
 
 use crate::Element;
 
@@ -39,26 +39,6 @@ pub enum UnaryOp<F> {
 }
 
 impl<F: Element> UnaryOp<F> {
-    /// The op's name, as panics and gradcheck reports show it.
-    pub fn name(self) -> &'static str {
-        match self {
-            UnaryOp::Neg => "neg",
-            UnaryOp::Exp => "exp",
-            UnaryOp::Log => "log",
-            UnaryOp::Sqrt => "sqrt",
-            UnaryOp::Powf(_) => "powf",
-            UnaryOp::Abs => "abs",
-            UnaryOp::Relu => "relu",
-            UnaryOp::LeakyRelu(_) => "leaky_relu",
-            UnaryOp::Tanh => "tanh",
-            UnaryOp::Sigmoid => "sigmoid",
-            UnaryOp::Cos => "cos",
-            UnaryOp::Acos => "acos",
-            UnaryOp::AddScalar(_) => "add_scalar",
-            UnaryOp::MulScalar(_) => "mul_scalar",
-        }
-    }
-
     /// `f(x)`.
     #[inline(always)]
     pub fn value(self, x: F) -> F {
@@ -217,60 +197,60 @@ impl Broadcast {
 macro_rules! with_unary {
     ($op:expr, $k:ident => $body:expr) => {
         match $op {
-            $crate::ops::UnaryOp::Neg => {
-                let $k = $crate::ops::UnaryOp::Neg;
+            $crate::engine::ops::UnaryOp::Neg => {
+                let $k = $crate::engine::ops::UnaryOp::Neg;
                 $body
             }
-            $crate::ops::UnaryOp::Exp => {
-                let $k = $crate::ops::UnaryOp::Exp;
+            $crate::engine::ops::UnaryOp::Exp => {
+                let $k = $crate::engine::ops::UnaryOp::Exp;
                 $body
             }
-            $crate::ops::UnaryOp::Log => {
-                let $k = $crate::ops::UnaryOp::Log;
+            $crate::engine::ops::UnaryOp::Log => {
+                let $k = $crate::engine::ops::UnaryOp::Log;
                 $body
             }
-            $crate::ops::UnaryOp::Sqrt => {
-                let $k = $crate::ops::UnaryOp::Sqrt;
+            $crate::engine::ops::UnaryOp::Sqrt => {
+                let $k = $crate::engine::ops::UnaryOp::Sqrt;
                 $body
             }
-            $crate::ops::UnaryOp::Powf(p) => {
-                let $k = $crate::ops::UnaryOp::Powf(p);
+            $crate::engine::ops::UnaryOp::Powf(p) => {
+                let $k = $crate::engine::ops::UnaryOp::Powf(p);
                 $body
             }
-            $crate::ops::UnaryOp::Abs => {
-                let $k = $crate::ops::UnaryOp::Abs;
+            $crate::engine::ops::UnaryOp::Abs => {
+                let $k = $crate::engine::ops::UnaryOp::Abs;
                 $body
             }
-            $crate::ops::UnaryOp::Relu => {
-                let $k = $crate::ops::UnaryOp::Relu;
+            $crate::engine::ops::UnaryOp::Relu => {
+                let $k = $crate::engine::ops::UnaryOp::Relu;
                 $body
             }
-            $crate::ops::UnaryOp::LeakyRelu(a) => {
-                let $k = $crate::ops::UnaryOp::LeakyRelu(a);
+            $crate::engine::ops::UnaryOp::LeakyRelu(a) => {
+                let $k = $crate::engine::ops::UnaryOp::LeakyRelu(a);
                 $body
             }
-            $crate::ops::UnaryOp::Tanh => {
-                let $k = $crate::ops::UnaryOp::Tanh;
+            $crate::engine::ops::UnaryOp::Tanh => {
+                let $k = $crate::engine::ops::UnaryOp::Tanh;
                 $body
             }
-            $crate::ops::UnaryOp::Sigmoid => {
-                let $k = $crate::ops::UnaryOp::Sigmoid;
+            $crate::engine::ops::UnaryOp::Sigmoid => {
+                let $k = $crate::engine::ops::UnaryOp::Sigmoid;
                 $body
             }
-            $crate::ops::UnaryOp::Cos => {
-                let $k = $crate::ops::UnaryOp::Cos;
+            $crate::engine::ops::UnaryOp::Cos => {
+                let $k = $crate::engine::ops::UnaryOp::Cos;
                 $body
             }
-            $crate::ops::UnaryOp::Acos => {
-                let $k = $crate::ops::UnaryOp::Acos;
+            $crate::engine::ops::UnaryOp::Acos => {
+                let $k = $crate::engine::ops::UnaryOp::Acos;
                 $body
             }
-            $crate::ops::UnaryOp::AddScalar(c) => {
-                let $k = $crate::ops::UnaryOp::AddScalar(c);
+            $crate::engine::ops::UnaryOp::AddScalar(c) => {
+                let $k = $crate::engine::ops::UnaryOp::AddScalar(c);
                 $body
             }
-            $crate::ops::UnaryOp::MulScalar(c) => {
-                let $k = $crate::ops::UnaryOp::MulScalar(c);
+            $crate::engine::ops::UnaryOp::MulScalar(c) => {
+                let $k = $crate::engine::ops::UnaryOp::MulScalar(c);
                 $body
             }
         }
@@ -281,20 +261,20 @@ macro_rules! with_unary {
 macro_rules! with_binary {
     ($op:expr, $k:ident => $body:expr) => {
         match $op {
-            $crate::ops::BinaryOp::Add => {
-                let $k = $crate::ops::BinaryOp::Add;
+            $crate::engine::ops::BinaryOp::Add => {
+                let $k = $crate::engine::ops::BinaryOp::Add;
                 $body
             }
-            $crate::ops::BinaryOp::Sub => {
-                let $k = $crate::ops::BinaryOp::Sub;
+            $crate::engine::ops::BinaryOp::Sub => {
+                let $k = $crate::engine::ops::BinaryOp::Sub;
                 $body
             }
-            $crate::ops::BinaryOp::Mul => {
-                let $k = $crate::ops::BinaryOp::Mul;
+            $crate::engine::ops::BinaryOp::Mul => {
+                let $k = $crate::engine::ops::BinaryOp::Mul;
                 $body
             }
-            $crate::ops::BinaryOp::Div => {
-                let $k = $crate::ops::BinaryOp::Div;
+            $crate::engine::ops::BinaryOp::Div => {
+                let $k = $crate::engine::ops::BinaryOp::Div;
                 $body
             }
         }

@@ -3,12 +3,12 @@
 //!
 //! Each constructor checks shapes (panicking at the caller's line with the op and both shapes),
 //! runs a kernel from [`kernels`](crate::kernels), and records what its backward needs. The
-//! gradient rules are in [`backward`](crate::backward).
+//! gradient rules are in [`backward`](crate::engine::backward).
 
-use crate::backward::{self, Gradients};
+use super::backward::{self, Gradients};
+use crate::engine::ops::{BinaryOp, Broadcast, UnaryOp};
 use crate::kernels::{self, MatRef};
 use crate::loss::{LogitMap, Reduction};
-use crate::ops::{BinaryOp, Broadcast, UnaryOp};
 use crate::{Element, Labels, ParamId, Params, Tensor, profile};
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -472,7 +472,7 @@ impl<'g, F: Element> Var<'g, F> {
     fn unary(self, op: UnaryOp<F>) -> Var<'g, F> {
         let x = self.value();
         let mut out = Tensor::for_overwrite(x.shape());
-        crate::ops::with_unary!(op, k => kernels::map(x.data(), out.data_mut(), |v| k.value(v)));
+        crate::engine::ops::with_unary!(op, k => kernels::map(x.data(), out.data_mut(), |v| k.value(v)));
         self.graph.push(out, Op::Unary { op, x: self.id }, &[self])
     }
 
@@ -491,7 +491,7 @@ impl<'g, F: Element> Var<'g, F> {
         };
         let cols = a.shape().last().copied().unwrap_or(1);
         let mut out = Tensor::for_overwrite(a.shape());
-        crate::ops::with_binary!(op, k => {
+        crate::engine::ops::with_binary!(op, k => {
             kernels::binary(a.data(), b.data(), bcast, cols, out.data_mut(), |x, y| k.value(x, y))
         });
         let node = Op::Binary {

@@ -3,13 +3,13 @@
 //! Nodes are visited from the output back to the first. Each node's gradient is taken (and so
 //! dropped) as soon as its rule has passed it on to the node's inputs. Rules *accumulate* into
 //! their inputs' gradient buffers, so a node used twice receives the sum of both gradients.
-//! Elementwise ops take their local derivative from [`ops`](crate::ops), where it sits beside
+//! Elementwise ops take their local derivative from [`ops`](crate::engine::ops), where it sits beside
 //! the op's value.
 
-use crate::graph::{Along, Graph, Node, Op, Reduce};
+use super::graph::{Along, Graph, Node, Op, Reduce};
+use crate::engine::ops::{BinaryOp, Broadcast};
 use crate::kernels::{self, MatRef};
 use crate::loss::Reduction;
-use crate::ops::{BinaryOp, Broadcast};
 use crate::{Element, ParamId, Tensor, Var, profile};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -204,7 +204,7 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
                 // ∂x = g ⊙ f′(x)
                 let xv = value(x);
                 if let Some(dx) = pending.slot(x) {
-                    crate::ops::with_unary!(op, k => {
+                    crate::engine::ops::with_unary!(op, k => {
                         kernels::map_grad(g, xv.data(), y, dx, |x, y| k.derivative(x, y))
                     });
                 }
@@ -215,14 +215,14 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
                 let cols = av.shape().last().copied().unwrap_or(1);
                 let (ad, bd) = (av.data(), bv.data());
                 if let Some(da) = pending.slot(a) {
-                    crate::ops::with_binary!(op, k => {
+                    crate::engine::ops::with_binary!(op, k => {
                         kernels::binary_grad(g, ad, bd, y, bcast, cols, da, |a, b, y| {
                             k.partial_a(a, b, y)
                         })
                     });
                 }
                 if let Some(db) = pending.slot(b) {
-                    crate::ops::with_binary!(op, k => {
+                    crate::engine::ops::with_binary!(op, k => {
                         let partial_b = |a: F, b: F, y: F| k.partial_b(a, b, y);
                         match (bcast, op) {
                             (Broadcast::Same, _) => {
