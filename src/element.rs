@@ -6,36 +6,16 @@ use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
 
 mod sealed {
-    use crate::kernels::GemmFn;
-    use crate::pool::{Shelf, Shelves};
-    pub trait Sealed: Sized {
-        /// This type's shelf of spare buffers (see `pool`).
-        fn shelf(shelves: &mut Shelves) -> &mut Shelf<Self>;
-        /// The single-threaded GEMM for an `m×k · k×n` product of this type.
-        fn gemm_kernel(m: usize, k: usize, n: usize) -> GemmFn<Self>;
-    }
-    impl Sealed for f32 {
-        fn shelf(shelves: &mut Shelves) -> &mut Shelf<f32> {
-            &mut shelves.f32
-        }
-        fn gemm_kernel(m: usize, k: usize, n: usize) -> GemmFn<f32> {
-            crate::kernels::choose_sgemm(m, k, n)
-        }
-    }
-    impl Sealed for f64 {
-        fn shelf(shelves: &mut Shelves) -> &mut Shelf<f64> {
-            &mut shelves.f64
-        }
-        fn gemm_kernel(_m: usize, _k: usize, _n: usize) -> GemmFn<f64> {
-            matrixmultiply::dgemm
-        }
-    }
+    /// Only `f32` and `f64` are elements.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
 }
 
 /// A floating-point element of a [`Tensor`](crate::Tensor): implemented for `f32` and `f64` only.
 ///
-/// Besides arithmetic it picks the matrix-multiply kernel (`sgemm` or `dgemm`), so that every
-/// op is written once and instantiated twice.
+/// Every op is written once over `F` and instantiated twice; the kernels pick the matrix-multiply
+/// routine for each type (`kernels::gemm`).
 pub trait Element:
     sealed::Sealed
     + Copy

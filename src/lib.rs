@@ -56,7 +56,7 @@ mod tensor;
 pub mod train;
 
 pub use element::Element;
-pub use engine::{Gradients, Graph, ValueRef, Var};
+pub use engine::{CustomOp, Gradients, Graph, InputGrad, ValueRef, Var};
 pub use error::Error;
 pub use gradcheck::{GradcheckError, GradcheckOptions, GradcheckReport, gradcheck, gradcheck_with};
 pub use labels::Labels;

@@ -4,6 +4,7 @@
 //! for fresh pages (which costs a page fault per 4 KiB).
 
 use crate::Element;
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 
 /// Buffers shorter than this are left to the allocator, which is fast for them.
@@ -12,17 +13,26 @@ const MIN_LEN: usize = 4096;
 const MAX_BYTES: usize = 1 << 30;
 
 /// Spare buffers of one element type, by length.
-#[derive(Default)]
-pub struct Shelf<F> {
-    by_len: HashMap<usize, Vec<Vec<F>>>,
-}
+type Shelf<F> = HashMap<usize, Vec<Vec<F>>>;
 
 /// One thread's shelves, one per element type.
 #[derive(Default)]
-pub struct Shelves {
-    pub(crate) f32: Shelf<f32>,
-    pub(crate) f64: Shelf<f64>,
+struct Shelves {
+    f32: Shelf<f32>,
+    f64: Shelf<f64>,
     bytes: usize,
+}
+
+impl Shelves {
+    /// The shelf of element type `F` (`f32` or `f64`, the only elements).
+    fn of<F: Element>(&mut self) -> &mut Shelf<F> {
+        let shelf: &mut dyn Any = if TypeId::of::<F>() == TypeId::of::<f32>() {
+            &mut self.f32
+        } else {
+            &mut self.f64
+        };
+        shelf.downcast_mut().expect("an element is f32 or f64")
+    }
 }
 
 thread_local! {
@@ -37,7 +47,7 @@ pub(crate) fn take<F: Element>(len: usize) -> Option<Vec<F>> {
     }
     SHELVES.with(|s| {
         let mut shelves = s.borrow_mut();
-        let buf = F::shelf(&mut shelves).by_len.get_mut(&len)?.pop()?;
+        let buf = shelves.of::<F>().get_mut(&len)?.pop()?;
         shelves.bytes -= len * size_of::<F>();
         Some(buf)
     })
@@ -55,11 +65,7 @@ pub(crate) fn give<F: Element>(buf: Vec<F>) {
         let bytes = len * size_of::<F>();
         if shelves.bytes + bytes <= MAX_BYTES {
             shelves.bytes += bytes;
-            F::shelf(&mut shelves)
-                .by_len
-                .entry(len)
-                .or_default()
-                .push(buf);
+            shelves.of::<F>().entry(len).or_default().push(buf);
         }
     });
 }

@@ -6,10 +6,11 @@
 //! Elementwise ops take their local derivative from [`ops`](crate::engine::ops), where it sits beside
 //! the op's value.
 
+use super::custom::InputGrad;
 use super::graph::{Along, Graph, Node, Op, Reduce};
-use crate::engine::ops::{BinaryOp, Broadcast};
-use crate::kernels::{self, MatRef};
-use crate::loss::Reduction;
+use super::ops::BinaryOp;
+use crate::kernels::{self, Broadcast, MatRef};
+use crate::tensor::transpose_into;
 use crate::{Element, ParamId, Tensor, Var, profile};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -132,6 +133,28 @@ impl<F: Element> Pending<'_, F> {
     }
 }
 
+impl<F: Element> Pending<'_, F> {
+    /// The gradient buffers of several different nodes at once, as a custom op receives them:
+    /// `None` for a node that needs no gradient.
+    fn input_grads(&mut self, ids: &[usize]) -> Vec<Option<InputGrad<'_, F>>> {
+        let fresh: Vec<Option<bool>> = ids
+            .iter()
+            .map(|&id| self.slot_fresh(id).map(|(_, fresh)| fresh))
+            .collect();
+        let mut buffers: Vec<Option<&mut [F]>> = (0..ids.len()).map(|_| None).collect();
+        for (id, grad) in self.grads.iter_mut().enumerate() {
+            if let Some(k) = ids.iter().position(|&i| i == id) {
+                buffers[k] = grad.as_mut().map(|t| t.data_mut());
+            }
+        }
+        buffers
+            .into_iter()
+            .zip(fresh)
+            .map(|(data, fresh)| Some(InputGrad::new(data?, fresh?)))
+            .collect()
+    }
+}
+
 /// Runs backward from node `output`, seeded with `seed` (the gradient of the output).
 pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) -> Gradients<F> {
     let nodes = graph.nodes();
@@ -204,7 +227,7 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
                 // ∂x = g ⊙ f′(x)
                 let xv = value(x);
                 if let Some(dx) = pending.slot(x) {
-                    crate::engine::ops::with_unary!(op, k => {
+                    super::ops::with_unary!(op, k => {
                         kernels::map_grad(g, xv.data(), y, dx, |x, y| k.derivative(x, y))
                     });
                 }
@@ -215,14 +238,14 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
                 let cols = av.shape().last().copied().unwrap_or(1);
                 let (ad, bd) = (av.data(), bv.data());
                 if let Some(da) = pending.slot(a) {
-                    crate::engine::ops::with_binary!(op, k => {
+                    super::ops::with_binary!(op, k => {
                         kernels::binary_grad(g, ad, bd, y, bcast, cols, da, |a, b, y| {
                             k.partial_a(a, b, y)
                         })
                     });
                 }
                 if let Some(db) = pending.slot(b) {
-                    crate::engine::ops::with_binary!(op, k => {
+                    super::ops::with_binary!(op, k => {
                         let partial_b = |a: F, b: F, y: F| k.partial_b(a, b, y);
                         match (bcast, op) {
                             (Broadcast::Same, _) => {
@@ -314,36 +337,11 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
                     }
                 }
             }
-            Op::MarginXent {
-                cos,
-                labels,
-                map,
-                lse,
-                row_weight,
-                reduction,
-            } => {
-                // ∂L_r/∂c_j = s·p_j (j ≠ y), (p_y − 1)·dz_y/dc at the target; each row scaled by
-                // the output gradient and the row's weight (the kernel's doc has the details)
-                let cv = value(*cos);
-                let cols = cv.shape()[1];
-                let coef: Vec<F> = match reduction {
-                    Reduction::None => g.iter().zip(row_weight).map(|(&g, &w)| g * w).collect(),
-                    Reduction::Mean | Reduction::Sum => {
-                        row_weight.iter().map(|&w| g[0] * w).collect()
-                    }
-                };
-                if let Some((dcos, fresh)) = pending.slot_fresh(*cos) {
-                    kernels::margin_xent_grad(
-                        cv.data(),
-                        cols,
-                        labels,
-                        map,
-                        lse,
-                        &coef,
-                        dcos,
-                        fresh,
-                    );
-                }
+            Op::Custom { op, inputs } => {
+                // the op's own rule
+                let values: Vec<&Tensor<F>> = inputs.iter().map(|&i| value(i)).collect();
+                let mut grads = pending.input_grads(inputs);
+                op.backward(&values, &node.value, g, &mut grads);
             }
             &Op::Reshape { x } => {
                 // same elements, same order
@@ -358,10 +356,10 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
                 let (rows, cols) = node.value.matrix_dims().expect("rank 2");
                 match pending.slot_fresh(x) {
                     // a fresh buffer takes the transpose directly; otherwise add it in
-                    Some((dx, true)) => kernels::transpose(g, rows, cols, dx),
+                    Some((dx, true)) => transpose_into(g, rows, cols, dx),
                     Some((dx, false)) => {
                         let mut gt = vec![F::ZERO; g.len()];
-                        kernels::transpose(g, rows, cols, &mut gt);
+                        transpose_into(g, rows, cols, &mut gt);
                         dx.iter_mut().zip(&gt).for_each(|(d, &g)| *d += g);
                     }
                     None => {}

@@ -6,9 +6,9 @@
 //! gradient rules are in [`backward`](crate::engine::backward).
 
 use super::backward::{self, Gradients};
-use crate::engine::ops::{BinaryOp, Broadcast, UnaryOp};
-use crate::kernels::{self, MatRef};
-use crate::loss::{LogitMap, Reduction};
+use super::custom::CustomOp;
+use super::ops::{BinaryOp, UnaryOp};
+use crate::kernels::{self, Broadcast, MatRef};
 use crate::{Element, Labels, ParamId, Params, Tensor, profile};
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -67,15 +67,10 @@ pub(crate) enum Op<F: Element> {
         x: usize,
         b: usize,
     },
-    /// The fused margin softmax cross-entropy over cosines `cos`; keeps each row's
-    /// log-sum-exp and weight (already divided by B for the mean).
-    MarginXent {
-        cos: usize,
-        labels: Vec<usize>,
-        map: LogitMap<F>,
-        lse: Vec<F>,
-        row_weight: Vec<F>,
-        reduction: Reduction,
+    /// A fused op defined outside the engine ([`CustomOp`]), with its inputs.
+    Custom {
+        op: Box<dyn CustomOp<F>>,
+        inputs: Vec<usize>,
     },
     Reshape {
         x: usize,
@@ -95,7 +90,7 @@ impl<F: Element> Op<F> {
             Op::Sum { .. } => "reductions",
             Op::Normalize { .. } => "normalisation",
             Op::LogSoftmax { .. } | Op::Pick { .. } => "softmax",
-            Op::MarginXent { .. } => "margin loss",
+            Op::Custom { op, .. } => op.name(),
             Op::Reshape { .. } | Op::Transpose { .. } => "shape",
         }
     }
@@ -272,6 +267,38 @@ impl<F: Element> Graph<F> {
         let requires_grad = inputs.iter().any(|v| nodes[v.id].requires_grad);
         drop(nodes);
         self.push_node(Value::Owned(value), op, requires_grad)
+    }
+
+    /// Records the output of a fused op computed outside the engine: `output` is its value,
+    /// already computed from `inputs`' values; backward calls `op`'s [`CustomOp::backward`].
+    /// This is how a fused kernel (the margin losses) joins the tape without the engine
+    /// knowing it.
+    ///
+    /// # Panics
+    /// When an input belongs to another graph, or when an input appears twice.
+    #[track_caller]
+    pub fn custom<'g>(
+        &'g self,
+        op: impl CustomOp<F>,
+        inputs: &[Var<'g, F>],
+        output: Tensor<F>,
+    ) -> Var<'g, F> {
+        let name = op.name();
+        for (i, v) in inputs.iter().enumerate() {
+            assert!(
+                std::ptr::eq(self, v.graph),
+                "{name}: input {i} belongs to another graph"
+            );
+            assert!(
+                !inputs[..i].iter().any(|u| u.id == v.id),
+                "{name}: input {i} is also an earlier input; pass each node once"
+            );
+        }
+        let op = Op::Custom {
+            op: Box::new(op),
+            inputs: inputs.iter().map(|v| v.id).collect(),
+        };
+        self.push(output, op, inputs)
     }
 
     pub(crate) fn node(&self, id: usize) -> Rc<Node<F>> {
@@ -472,7 +499,7 @@ impl<'g, F: Element> Var<'g, F> {
     fn unary(self, op: UnaryOp<F>) -> Var<'g, F> {
         let x = self.value();
         let mut out = Tensor::for_overwrite(x.shape());
-        crate::engine::ops::with_unary!(op, k => kernels::map(x.data(), out.data_mut(), |v| k.value(v)));
+        super::ops::with_unary!(op, k => kernels::map(x.data(), out.data_mut(), |v| k.value(v)));
         self.graph.push(out, Op::Unary { op, x: self.id }, &[self])
     }
 
@@ -491,7 +518,7 @@ impl<'g, F: Element> Var<'g, F> {
         };
         let cols = a.shape().last().copied().unwrap_or(1);
         let mut out = Tensor::for_overwrite(a.shape());
-        crate::engine::ops::with_binary!(op, k => {
+        super::ops::with_binary!(op, k => {
             kernels::binary(a.data(), b.data(), bcast, cols, out.data_mut(), |x, y| k.value(x, y))
         });
         let node = Op::Binary {
@@ -761,34 +788,6 @@ impl<'g, F: Element> Var<'g, F> {
         let out = Tensor::from_vec(data, &[rows, 1]).expect("one value per row");
         self.graph
             .push(out, Op::Pick { x: self.id, labels }, &[self])
-    }
-
-    /// The fused margin cross-entropy; the caller ([`crate::loss`]) has checked the batch.
-    pub(crate) fn margin_xent(
-        self,
-        labels: &[usize],
-        map: LogitMap<F>,
-        row_weight: Vec<F>,
-        reduction: Reduction,
-    ) -> Var<'g, F> {
-        let x = self.value();
-        let (rows, cols) = x.matrix_dims().expect("checked by the caller");
-        let (mut lse, mut losses) = (vec![F::ZERO; rows], vec![F::ZERO; rows]);
-        kernels::margin_xent(x.data(), cols, labels, &map, &mut lse, &mut losses);
-        let weighted = losses.iter().zip(&row_weight).map(|(&l, &w)| l * w);
-        let out = match reduction {
-            Reduction::Mean | Reduction::Sum => Tensor::scalar(weighted.sum()),
-            Reduction::None => Tensor::from_vec(weighted.collect(), &[rows]).expect("B values"),
-        };
-        let op = Op::MarginXent {
-            cos: self.id,
-            labels: labels.to_vec(),
-            map,
-            lse,
-            row_weight,
-            reduction,
-        };
-        self.graph.push(out, op, &[self])
     }
 
     // ---- shape ----

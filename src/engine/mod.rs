@@ -1,12 +1,16 @@
 //! The engine: the tape and its handles ([`Graph`], [`Var`]), every op's forward constructor,
 //! and the reverse loop that holds every gradient rule ([`Gradients`]).
 //!
-//! Three files, one reason each to change: `graph.rs` records ops, `backward.rs` runs the
-//! chain rule, `ops.rs` lists the elementwise ops with their derivatives.
+//! One reason each to change: `graph.rs` records ops, `backward.rs` runs the chain rule,
+//! `ops.rs` lists the elementwise ops with their derivatives, and `custom.rs` is the plug-in
+//! point ([`CustomOp`]) through which a fused op defined elsewhere (the margin losses, under
+//! `loss/`) joins the tape with its own backward.
 
 mod backward;
+mod custom;
 mod graph;
 pub(crate) mod ops;
 
 pub use backward::Gradients;
+pub use custom::{CustomOp, InputGrad};
 pub use graph::{Graph, ValueRef, Var};

@@ -5,7 +5,31 @@
 
 use super::for_row_blocks;
 use crate::Element;
-use crate::engine::ops::Broadcast;
+
+/// How the right operand of a binary op is laid over the left one, an `R×C` matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broadcast {
+    /// Same shape: element by element.
+    Same,
+    /// A row vector (`[C]` or `[1, C]`) repeated down the rows, as a bias is.
+    Row,
+    /// A column vector (`[R, 1]`) repeated across the columns, as a per-row scale is.
+    Col,
+}
+
+impl Broadcast {
+    /// How `rhs` lays over `lhs`, or `None` when the shapes do not fit any of the three ways.
+    pub fn between(lhs: &[usize], rhs: &[usize]) -> Option<Broadcast> {
+        if lhs == rhs {
+            return Some(Broadcast::Same);
+        }
+        match *lhs {
+            [_, c] if rhs == [c] || rhs == [1, c] => Some(Broadcast::Row),
+            [r, _] if rhs == [r, 1] => Some(Broadcast::Col),
+            _ => None,
+        }
+    }
+}
 
 /// The right operand's value for each element of row `r`, as a row-length slice or one value.
 enum RhsRow<'a, F> {

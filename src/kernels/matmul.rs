@@ -7,8 +7,9 @@
 //! are bitwise identical whatever the thread count. With the `matmul-threading` feature,
 //! matrixmultiply's own threading is used instead; the two are never nested.
 
-use super::SharedOut;
+use super::{SharedOut, choose_sgemm};
 use crate::Element;
+use std::any::{Any, TypeId};
 
 /// A row-major matrix, read either as stored or as its transpose (no copy either way).
 #[derive(Clone, Copy, Debug)]
@@ -74,6 +75,17 @@ pub(crate) type GemmFn<F> = unsafe fn(
     isize,
 );
 
+/// The single-threaded GEMM for an `m×k · k×n` product of `F`: [`choose_sgemm`] for `f32`,
+/// matrixmultiply's `dgemm` for `f64`.
+fn kernel_for<F: Element>(m: usize, k: usize, n: usize) -> GemmFn<F> {
+    let kernel: &dyn Any = if TypeId::of::<F>() == TypeId::of::<f32>() {
+        &(choose_sgemm(m, k, n) as GemmFn<f32>)
+    } else {
+        &(matrixmultiply::dgemm as GemmFn<f64>)
+    };
+    *kernel.downcast_ref().expect("an element is f32 or f64")
+}
+
 /// Output rows or columns per cut are a multiple of this (a multiple of every microkernel's
 /// tile side, in matrixmultiply 0.3 and in ours).
 const SPLIT_ALIGN: usize = 64;
@@ -101,7 +113,7 @@ pub fn gemm<F: Element>(alpha: F, a: MatRef<F>, b: MatRef<F>, beta: F, c: &mut [
         && m * n * k >= PARALLEL_MIN_FLOPS
         && m.max(n) >= 2 * SPLIT_ALIGN;
     // chosen for the whole product, so that every block runs the same arithmetic
-    let kernel = F::gemm_kernel(m, k, n);
+    let kernel = kernel_for::<F>(m, k, n);
     let out = SharedOut(c.as_mut_ptr());
     if !parallel {
         // SAFETY: dimensions checked above; `c` is exclusively borrowed.

@@ -2,18 +2,19 @@
 //!
 //! Work is spread over rayon's pool above a size threshold, always in fixed-size chunks whose
 //! results are combined in a fixed order, so results are bitwise identical whatever the number
-//! of threads. Backward kernels *accumulate* (`+=`) into gradient buffers.
+//! of threads. A backward kernel either writes a fresh gradient buffer or adds into one that
+//! already holds another path's gradient; each says which.
 
 mod elementwise;
-mod margin;
 mod matmul;
 mod reduce;
 mod rowwise;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
 
-pub use elementwise::{add_broadcast_acc, add_relu_grad, binary, binary_grad, map, map_grad};
-pub(crate) use margin::{margin_xent, margin_xent_grad};
+pub use elementwise::{
+    Broadcast, add_broadcast_acc, add_relu_grad, binary, binary_grad, map, map_grad,
+};
 pub(crate) use matmul::GemmFn;
 pub use matmul::{MatRef, gemm};
 pub use reduce::{sum_all, sum_cols_acc, sum_rows_acc};
@@ -27,7 +28,7 @@ use rayon::prelude::*;
 /// The f32 GEMM for an `m×k · k×n` product: our AVX-512 kernel where this CPU has it and it is
 /// faster (see `sgemm.rs`), matrixmultiply's otherwise (and always with the `matmul-threading`
 /// feature, whose threads are matrixmultiply's).
-pub(crate) fn choose_sgemm(m: usize, k: usize, n: usize) -> GemmFn<f32> {
+fn choose_sgemm(m: usize, k: usize, n: usize) -> GemmFn<f32> {
     #[cfg(all(target_arch = "x86_64", not(feature = "matmul-threading")))]
     {
         sgemm::choose(m, k, n)
@@ -207,19 +208,5 @@ pub(crate) fn for_col_blocks<F: Send>(
             .par_chunks_mut(COL_BLOCK)
             .enumerate()
             .for_each(run);
-    }
-}
-
-/// Writes the transpose of the `rows×cols` matrix `x` into `out` (`cols×rows`), in tiles.
-pub fn transpose<F: Copy>(x: &[F], rows: usize, cols: usize, out: &mut [F]) {
-    const TILE: usize = 32;
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    out[c * rows + r] = x[r * cols + c];
-                }
-            }
-        }
     }
 }

@@ -6,10 +6,11 @@
 //! that the tests can hold the fused op against it and both against finite differences.
 
 pub mod composed;
+mod fused;
 mod margin;
 
 pub use margin::{ArcFallback, EnhancedAblation, MarginLoss};
-pub(crate) use margin::{CLAMP, LogitMap};
+use margin::{CLAMP, LogitMap};
 
 use crate::{Element, Error, Labels, Var};
 use serde::{Deserialize, Serialize};
@@ -83,7 +84,13 @@ pub fn margin_cross_entropy_with<'g, F: Element>(
             F::from_f64(w)
         })
         .collect();
-    Ok(cos.margin_xent(labels.values(), loss.logit_map(), row_weight, reduction))
+    Ok(fused::margin_xent(
+        cos,
+        labels.values(),
+        loss.logit_map(),
+        row_weight,
+        reduction,
+    ))
 }
 
 /// Checks a batch of cosines against the labels, weights and loss settings; returns the batch

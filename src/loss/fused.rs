@@ -1,15 +1,93 @@
 //! The fused margin softmax cross-entropy: forward and backward over a `B×C` cosine matrix,
-//! touching it three times in all (one read forward; one read and one write backward).
+//! touching it three times in all (one read forward; one read and one write backward), joined
+//! to the tape as a [`CustomOp`].
 //!
 //! Row `r` with label `y`: `z_j = s·c_j + s·m_nt` (j ≠ y), `z_y` from [`LogitMap::target`];
 //! `lse_r = log Σ_j exp z_j` (shifted by the row's exact maximum); `L_r = lse_r − z_y`.
 //! Backward: `∂L_r/∂c_j = s·p_j` (j ≠ y) and `(p_y − 1)·dz_y/dc` at the target, with
 //! `p_j = exp(z_j − lse_r)` recomputed from the cosines rather than stored.
 
-use super::{for_row_blocks, lane_max, lane_sum, parallel, simd};
-use crate::Element;
-use crate::loss::LogitMap;
+use super::{LogitMap, Reduction};
+use crate::kernels::{for_row_blocks, lane_max, lane_sum, parallel, simd};
+use crate::{CustomOp, Element, InputGrad, Tensor, Var};
 use rayon::prelude::*;
+
+/// The recorded op: what its backward needs besides the cosines.
+struct MarginXent<F> {
+    labels: Vec<usize>,
+    map: LogitMap<F>,
+    /// Each row's log-sum-exp.
+    lse: Vec<F>,
+    /// Each row's weight, already divided by B for the mean.
+    row_weight: Vec<F>,
+    reduction: Reduction,
+}
+
+/// Records `Σ_r w_r·L_r` (or the vector of `w_r·L_r`) over the `[B, C]` cosines `cos`; the
+/// caller has checked the batch.
+pub(super) fn margin_xent<'g, F: Element>(
+    cos: Var<'g, F>,
+    labels: &[usize],
+    map: LogitMap<F>,
+    row_weight: Vec<F>,
+    reduction: Reduction,
+) -> Var<'g, F> {
+    let x = cos.value();
+    let (rows, cols) = x.matrix_dims().expect("checked by the caller");
+    let (mut lse, mut losses) = (vec![F::ZERO; rows], vec![F::ZERO; rows]);
+    forward(x.data(), cols, labels, &map, &mut lse, &mut losses);
+    let weighted = losses.iter().zip(&row_weight).map(|(&l, &w)| l * w);
+    let out = match reduction {
+        Reduction::Mean | Reduction::Sum => Tensor::scalar(weighted.sum()),
+        Reduction::None => Tensor::from_vec(weighted.collect(), &[rows]).expect("B values"),
+    };
+    let op = MarginXent {
+        labels: labels.to_vec(),
+        map,
+        lse,
+        row_weight,
+        reduction,
+    };
+    cos.graph().custom(op, &[cos], out)
+}
+
+impl<F: Element> CustomOp<F> for MarginXent<F> {
+    fn name(&self) -> &'static str {
+        "margin loss"
+    }
+
+    /// `∂L_r/∂c_j = s·p_j` (j ≠ y), `(p_y − 1)·dz_y/dc` at the target; each row scaled by the
+    /// output's gradient and the row's weight.
+    fn backward(
+        &self,
+        inputs: &[&Tensor<F>],
+        _output: &Tensor<F>,
+        g: &[F],
+        grads: &mut [Option<InputGrad<'_, F>>],
+    ) {
+        let Some(dcos) = &mut grads[0] else { return };
+        let cos = inputs[0];
+        let coef: Vec<F> = match self.reduction {
+            Reduction::None => g
+                .iter()
+                .zip(&self.row_weight)
+                .map(|(&g, &w)| g * w)
+                .collect(),
+            Reduction::Mean | Reduction::Sum => self.row_weight.iter().map(|&w| g[0] * w).collect(),
+        };
+        let fresh = dcos.is_fresh();
+        backward(
+            cos.data(),
+            cos.shape()[1],
+            &self.labels,
+            &self.map,
+            &self.lse,
+            &coef,
+            dcos.data(),
+            fresh,
+        );
+    }
+}
 
 /// The row without its target column, as two slices.
 #[inline]
@@ -18,7 +96,7 @@ fn others<F>(row: &[F], y: usize) -> [&[F]; 2] {
 }
 
 /// Writes `lse[r]` and the per-sample loss `loss[r] = lse[r] − z_y` for every row.
-pub(crate) fn margin_xent<F: Element>(
+fn forward<F: Element>(
     cos: &[F],
     cols: usize,
     labels: &[usize],
@@ -63,7 +141,7 @@ pub(crate) fn margin_xent<F: Element>(
 /// `dcos[r, j] (+)= coef[r] · ∂L_r/∂c_rj` for every row; overwrites when `overwrite`
 /// (a fresh gradient buffer), accumulates otherwise.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn margin_xent_grad<F: Element>(
+fn backward<F: Element>(
     cos: &[F],
     cols: usize,
     labels: &[usize],
