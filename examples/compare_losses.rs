@@ -7,7 +7,8 @@
 mod cli;
 
 use cli::{Args, DATA_HELP, DataFlags, Usage};
-use margrad::train::{LossKind, Metrics, TrainConfig, train};
+use margrad::loss::LossKind;
+use margrad::train::{Metrics, TrainConfig, train};
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -7,7 +7,8 @@ mod cli;
 
 use cli::{Args, DATA_HELP, DataFlags, Usage, print_final};
 use margrad::loss::ArcFallback;
-use margrad::train::{Event, LossKind, MethodName, TrainConfig, train};
+use margrad::loss::LossKind;
+use margrad::train::{Event, MethodName, TrainConfig, train};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,9 +24,11 @@ LOSS
                      enhanced-scaling-only | arcface | combined   (default am)
   --scale S          logit scale s (default 30)
   --margin M         margin m: cosine margin (am, enhanced), angular margin (arcface) (default 0.35)
-  --m2 X             enhanced: non-target margin (default m); combined: angular margin (default 0.3)
+  --m-nt X           enhanced: margin added to every non-target cosine (default m)
   --big-m X          enhanced: target divisor M (default e^m)
-  --m1 X, --m3 X     combined: multiplicative angular margin (default 1), cosine margin (default 0.2)
+  --m1 X, --m2 X, --m3 X
+                     combined: angular multiplier (default 1), angular margin (default 0.3),
+                     cosine margin (default 0.2)
   --fallback F       arcface/combined past the monotonic range: none | threshold | easy (default threshold)
 
 MODEL AND TRAINING
@@ -73,6 +76,7 @@ fn parse() -> Result<(TrainConfig, PathBuf), Usage> {
             }
             "scale" => loss.scale = args.value(&flag)?,
             "margin" => loss.margin = args.value(&flag)?,
+            "m-nt" => loss.nontarget_margin = Some(args.value(&flag)?),
             "m2" => m2 = Some(args.value(&flag)?),
             "big-m" => loss.target_divisor = Some(args.value(&flag)?),
             "m1" => m1 = Some(args.value(&flag)?),
@@ -119,11 +123,7 @@ fn parse() -> Result<(TrainConfig, PathBuf), Usage> {
         }
     }
     let loss = &mut config.loss;
-    if loss.kind == LossKind::Combined {
-        loss.combined = (m1.unwrap_or(1.0), m2.unwrap_or(0.3), m3.unwrap_or(0.2));
-    } else {
-        loss.nontarget_margin = m2;
-    }
+    loss.combined = (m1.unwrap_or(1.0), m2.unwrap_or(0.3), m3.unwrap_or(0.2));
     config.data = data.settings()?;
     Ok((config, out))
 }

@@ -229,15 +229,29 @@ fn wrong_magic_future_version_wrong_element_type() {
         decode_err(&bytes).to_string(),
         "not a margrad checkpoint: expected magic \"MARGRAD\\0\", found \"PK\\u{3}\\u{4}abcd\""
     );
-    let mut bytes = valid_bytes();
-    bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
-    assert_eq!(
-        decode_err(&bytes),
-        CheckpointError::UnsupportedVersion {
-            found: 7,
-            supported: 1
-        }
-    );
+    let current = checkpoint::FORMAT_VERSION;
+    for (version, says) in [
+        (current + 5, "written by a newer margrad"),
+        (current - 1, "written by an older margrad"),
+        (0, "the header is damaged"),
+    ] {
+        let mut bytes = valid_bytes();
+        bytes[8..12].copy_from_slice(&version.to_le_bytes());
+        let err = decode_err(&bytes);
+        assert_eq!(
+            err,
+            CheckpointError::UnsupportedVersion {
+                found: version,
+                supported: current
+            }
+        );
+        let message = err.to_string();
+        let both = format!("format version {version}, but this margrad reads version {current}");
+        assert!(
+            message.contains(&both) && message.contains(says),
+            "{message}"
+        );
+    }
     let err = checkpoint::decode::<f64>(&valid_bytes()).unwrap_err();
     assert_eq!(
         err.to_string(),

@@ -5,15 +5,14 @@ mod common;
 use common::rng;
 use margrad::loss::composed::margin_cross_entropy_composed;
 use margrad::loss::{
-    ArcFallback, EnhancedAblation, MarginLoss, Reduction, margin_cross_entropy,
-    margin_cross_entropy_with, softmax_cross_entropy,
+    ArcFallback, MarginLoss, Reduction, margin_cross_entropy, margin_cross_entropy_with,
+    softmax_cross_entropy,
 };
 use margrad::nn::CosineHead;
 use margrad::{Error, GradcheckOptions, Graph, Labels, Params, Tensor, Var, gradcheck_with};
 
 /// Every loss of the family, at its usual settings.
 fn catalogue() -> Vec<MarginLoss> {
-    use EnhancedAblation::*;
     let mut all = vec![
         MarginLoss::softmax(),
         MarginLoss::normface(16.0).unwrap(),
@@ -26,8 +25,13 @@ fn catalogue() -> Vec<MarginLoss> {
         MarginLoss::combined(30.0, 1.0, 0.3, 0.2, ArcFallback::Threshold).unwrap(),
         MarginLoss::combined(30.0, 1.35, 0.2, 0.1, ArcFallback::None).unwrap(),
     ];
-    for which in [AmOnly, AdditionalMarginOnly, ExponentialScalingOnly, Both] {
-        all.push(MarginLoss::enhanced_ablation(30.0, 0.35, which).unwrap());
+    for ablation in [
+        MarginLoss::am,
+        MarginLoss::enhanced_margin_only,
+        MarginLoss::enhanced_scaling_only,
+        MarginLoss::enhanced,
+    ] {
+        all.push(ablation(30.0, 0.35).unwrap());
     }
     all
 }
@@ -80,7 +84,7 @@ fn fused_matches_composed_for_every_loss_reduction_and_weighting() {
                 for w in [None, Some(&weights[..b])] {
                     let (fv, fg) = value_and_grad(FUSED, &cos, &labels, &loss, reduction, w);
                     let (cv, cg) = value_and_grad(COMPOSED, &cos, &labels, &loss, reduction, w);
-                    let at = format!("{} [{b}, {c}] {reduction:?} weights {w:?}", loss.name);
+                    let at = format!("{} [{b}, {c}] {reduction:?} weights {w:?}", loss.name());
                     assert!(fv.max_abs_diff(&cv) < 1e-10, "values differ for {at}");
                     assert!(fg.max_abs_diff(&cg) < 1e-8, "gradients differ for {at}");
                 }
@@ -103,7 +107,7 @@ fn fused_and_composed_pass_gradcheck_for_every_loss() {
                         |_, v| which(v[0], &labels, &loss, reduction, None).unwrap(),
                     );
                     if let Err(e) = result {
-                        panic!("{name} {} [{b}, {c}] {reduction:?}: {e}", loss.name);
+                        panic!("{name} {} [{b}, {c}] {reduction:?}: {e}", loss.name());
                     }
                 }
             }
@@ -144,7 +148,7 @@ fn end_to_end_through_the_head_for_scales_classes_and_batches() {
             MarginLoss::arcface(s, 0.5, ArcFallback::Threshold).unwrap(),
         ];
         for loss in losses {
-            let at = format!("{} B={b} D={d} C={c} s={s}", loss.name);
+            let at = format!("{} B={b} D={d} C={c} s={s}", loss.name());
             // fused against composed, gradients with respect to features and W
             let run = |which: LossFn| {
                 let g = Graph::new();
@@ -247,14 +251,14 @@ fn two_class_values_by_hand() {
         assert!(
             (value - expected).abs() < 1e-12,
             "{}: {value} vs {expected}",
-            loss.name
+            loss.name()
         );
     }
 }
 
 #[test]
 fn additional_margin_alone_is_a_larger_target_margin() {
-    // softmax is shift-invariant: s(c_j + m2) against s(c_y − m) is s c_j against s(c_y − m − m2)
+    // softmax is shift-invariant: s(c_j + m_nt) against s(c_y − m) is s c_j against s(c_y − m − m_nt)
     let cos = cosines(6, 9, 3);
     let labels = labels(6, 9);
     let margin_only = MarginLoss::enhanced_with(30.0, 0.2, 0.15, 1.0).unwrap();
@@ -267,25 +271,34 @@ fn additional_margin_alone_is_a_larger_target_margin() {
 
 #[test]
 fn ablation_presets_set_exactly_their_change() {
-    use EnhancedAblation::*;
     let m = 0.35f64;
-    let get = |w| MarginLoss::enhanced_ablation(30.0, m, w).unwrap();
-    assert_eq!(
-        (get(AmOnly).nontarget_margin, get(AmOnly).target_divisor),
-        (0.0, 1.0)
-    );
-    let margin_only = get(AdditionalMarginOnly);
+    let am = MarginLoss::am(30.0, m).unwrap();
+    assert_eq!((am.nontarget_margin, am.target_divisor), (0.0, 1.0));
+    let margin_only = MarginLoss::enhanced_margin_only(30.0, m).unwrap();
     assert_eq!(
         (margin_only.nontarget_margin, margin_only.target_divisor),
         (m, 1.0)
     );
-    let scaling_only = get(ExponentialScalingOnly);
+    let scaling_only = MarginLoss::enhanced_scaling_only(30.0, m).unwrap();
     assert_eq!(
         (scaling_only.nontarget_margin, scaling_only.target_divisor),
         (0.0, m.exp())
     );
-    assert_eq!(get(Both), MarginLoss::enhanced(30.0, m).unwrap());
-    assert_eq!(get(AmOnly).cosine_margin, m);
+    let both = MarginLoss::enhanced_with(30.0, m, m, m.exp()).unwrap();
+    assert_eq!(both, MarginLoss::enhanced(30.0, m).unwrap());
+    for loss in [&am, &margin_only, &scaling_only, &both] {
+        assert_eq!(loss.cosine_margin, m);
+    }
+    let names = [&am, &margin_only, &scaling_only, &both].map(|l| l.name());
+    assert_eq!(
+        names,
+        [
+            "am",
+            "enhanced-margin-only",
+            "enhanced-scaling-only",
+            "enhanced"
+        ]
+    );
 }
 
 // ---- numerical stability ----
@@ -294,11 +307,16 @@ fn finite_loss_and_grad<F: margrad::Element>(cos: Tensor<F>, labels: &Labels, lo
     let g = Graph::new();
     let x = g.leaf(cos);
     let out = margin_cross_entropy(x, labels, loss).unwrap();
-    assert!(out.item().is_finite(), "{}: loss {}", loss.name, out.item());
+    assert!(
+        out.item().is_finite(),
+        "{}: loss {}",
+        loss.name(),
+        out.item()
+    );
     let grads = out.backward();
     grads
         .ensure_finite()
-        .unwrap_or_else(|e| panic!("{}: {e}", loss.name));
+        .unwrap_or_else(|e| panic!("{}: {e}", loss.name()));
 }
 
 #[test]
@@ -353,12 +371,12 @@ fn a_label_that_is_the_only_class_gives_zero_loss_and_gradient() {
         let g = Graph::<f64>::new();
         let x = g.leaf(Tensor::from_vec(vec![0.3, -0.9], &[2, 1]).unwrap());
         let out = margin_cross_entropy(x, &labels, &loss).unwrap();
-        assert_eq!(out.item(), 0.0, "{}", loss.name);
+        assert_eq!(out.item(), 0.0, "{}", loss.name());
         let grads = out.backward();
         assert!(
             grads.wrt(x).unwrap().data().iter().all(|&d| d == 0.0),
             "{}",
-            loss.name
+            loss.name()
         );
     }
 }
@@ -376,7 +394,7 @@ fn bad_settings_are_clear_errors() {
     assert_eq!(setting(MarginLoss::normface(f64::NAN)), "scale");
     assert_eq!(
         setting(MarginLoss::enhanced_with(30.0, 0.3, -0.1, 1.0)),
-        "non-target margin m2"
+        "non-target margin m_nt"
     );
     assert_eq!(
         setting(MarginLoss::enhanced_with(30.0, 0.3, 0.3, 0.0)),

@@ -3,9 +3,9 @@
 
 use margrad::checkpoint;
 use margrad::data::{MnistSplit, SyntheticConfig, load_mnist, parse_idx, synthetic};
+use margrad::loss::LossKind;
 use margrad::train::{
-    DataSettings, DataSource, LossKind, MethodName, TrainConfig, TrainError, evaluate,
-    prepare_data, train,
+    DataSettings, DataSource, MethodName, TrainConfig, TrainError, evaluate, prepare_data, train,
 };
 use margrad::{Error, Tensor};
 use std::path::{Path, PathBuf};

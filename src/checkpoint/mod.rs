@@ -1,12 +1,12 @@
 //! Checkpoints: a model's configuration, every named tensor, and optionally the training
 //! state, in one file that is checked before it is trusted; and the safetensors export.
 //!
-//! # The checkpoint format (version 1)
+//! # The checkpoint format (version 2)
 //!
 //! | bytes | content |
 //! |---|---|
 //! | 0..8 | magic `MARGRAD\0` |
-//! | 8..12 | format version, u32 little-endian (1) |
+//! | 8..12 | format version, u32 little-endian (2) |
 //! | 12..16 | element type, ASCII, zero-padded (`f32`, `f64`) |
 //! | 16..32 | version of the crate that wrote it, ASCII, zero-padded |
 //! | 32..40 | body length in bytes, u64 little-endian |
@@ -24,7 +24,7 @@
 mod codec;
 mod safetensors;
 
-pub(crate) use codec::read_str;
+use codec::read_str;
 pub use safetensors::{safetensors_bytes, save_safetensors};
 
 use crate::nn::CosineHead;
@@ -40,8 +40,11 @@ use std::path::{Path, PathBuf};
 
 /// The first eight bytes of every checkpoint.
 pub const MAGIC: [u8; 8] = *b"MARGRAD\0";
-/// The format version this crate writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this crate writes and the only one it reads. Any change to the body's
+/// layout (a field added to a stored configuration, a type changed) bumps it: the body is
+/// decoded by position, so an old file read as new would be misread. `tests/checkpoint.rs`
+/// holds a committed file of this version and fails when the layout moves without a bump.
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes before the body.
 pub const HEADER_LEN: usize = 48;
 
@@ -103,7 +106,7 @@ pub enum CheckpointError {
     UnsupportedVersion {
         /// The file's version.
         found: u32,
-        /// The newest this crate reads.
+        /// The one this crate reads and writes ([`FORMAT_VERSION`]).
         supported: u32,
     },
     /// Written with another element type.
@@ -162,11 +165,24 @@ impl fmt::Display for CheckpointError {
                 String::from_utf8_lossy(&MAGIC),
                 String::from_utf8_lossy(found)
             ),
-            UnsupportedVersion { found, supported } => write!(
-                f,
-                "checkpoint format version {found} is newer than this crate reads (up to \
-                 {supported}): upgrade margrad"
-            ),
+            UnsupportedVersion { found, supported } => {
+                write!(
+                    f,
+                    "checkpoint format version {found}, but this margrad reads version \
+                     {supported} only: "
+                )?;
+                if found > supported {
+                    write!(f, "it was written by a newer margrad; upgrade to read it")
+                } else if *found == 0 {
+                    write!(f, "no margrad writes version 0; the header is damaged")
+                } else {
+                    write!(
+                        f,
+                        "it was written by an older margrad; load it there and train or save \
+                         again with this one"
+                    )
+                }
+            }
             ElementType { expected, found } => {
                 write!(f, "checkpoint holds {found} tensors, expected {expected}")
             }
@@ -274,7 +290,7 @@ fn checked_body<F: Element>(bytes: &[u8]) -> Result<&[u8], CheckpointError> {
         return Err(CheckpointError::BadMagic { found: magic });
     }
     let version = u32::from_le_bytes(field(bytes, 8));
-    if version == 0 || version > FORMAT_VERSION {
+    if version != FORMAT_VERSION {
         return Err(CheckpointError::UnsupportedVersion {
             found: version,
             supported: FORMAT_VERSION,

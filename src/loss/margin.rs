@@ -17,17 +17,67 @@ pub enum ArcFallback {
     EasyMargin,
 }
 
-/// The four settings of the Enhanced AM-Softmax ablation (see [`MarginLoss::enhanced_ablation`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EnhancedAblation {
-    /// Neither change: plain AM-Softmax.
-    AmOnly,
-    /// Only the additional non-target margin `m_nt = m`.
-    AdditionalMarginOnly,
-    /// Only the exponential scaling `M = e^m` of the target logit.
-    ExponentialScalingOnly,
-    /// Both changes: the Enhanced AM-Softmax.
-    Both,
+/// The losses of the family, by name: the one list from which the trainer's `--loss` flag,
+/// `metrics.json` and reports take their names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LossKind {
+    /// Softmax cross-entropy on raw logits (a linear head).
+    #[serde(rename = "softmax")]
+    Softmax,
+    /// NormFace: `z = s·cos`.
+    #[serde(rename = "normface")]
+    NormFace,
+    /// AM-Softmax (CosFace): `z_y = s(cos − m)`.
+    #[serde(rename = "am")]
+    Am,
+    /// Enhanced AM-Softmax, both changes: `z_y = s(cos − m)/M`, `z_j = s(cos + m_nt)`.
+    #[serde(rename = "enhanced")]
+    Enhanced,
+    /// Enhanced ablation: only the additional non-target margin (`M = 1`).
+    #[serde(rename = "enhanced-margin-only")]
+    EnhancedMarginOnly,
+    /// Enhanced ablation: only the exponential scaling of the target (`m_nt = 0`).
+    #[serde(rename = "enhanced-scaling-only")]
+    EnhancedScalingOnly,
+    /// ArcFace: `z_y = s·cos(θ + m)`, the angular margin.
+    #[serde(rename = "arcface")]
+    ArcFace,
+    /// The combined margin: `z_y = s(cos(m1·θ + m2) − m3)`.
+    #[serde(rename = "combined")]
+    Combined,
+}
+
+impl LossKind {
+    /// Every kind, in the order reports list them.
+    pub const ALL: [LossKind; 8] = [
+        LossKind::Softmax,
+        LossKind::NormFace,
+        LossKind::Am,
+        LossKind::Enhanced,
+        LossKind::EnhancedMarginOnly,
+        LossKind::EnhancedScalingOnly,
+        LossKind::ArcFace,
+        LossKind::Combined,
+    ];
+
+    /// The kind's name (`--loss am`, `"kind": "am"` in metrics.json).
+    pub fn name(self) -> &'static str {
+        match self {
+            LossKind::Softmax => "softmax",
+            LossKind::NormFace => "normface",
+            LossKind::Am => "am",
+            LossKind::Enhanced => "enhanced",
+            LossKind::EnhancedMarginOnly => "enhanced-margin-only",
+            LossKind::EnhancedScalingOnly => "enhanced-scaling-only",
+            LossKind::ArcFace => "arcface",
+            LossKind::Combined => "combined",
+        }
+    }
+
+    /// The kind called `name`.
+    pub fn from_name(name: &str) -> Option<LossKind> {
+        LossKind::ALL.into_iter().find(|k| k.name() == name)
+    }
 }
 
 /// A margin-softmax loss: the settings of one formula.
@@ -55,9 +105,8 @@ pub enum EnhancedAblation {
 /// `cos(m1θ + m2)` stops decreasing in θ ([`ArcFallback`]). Derivations: `docs/derivations.md`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MarginLoss {
-    /// A short name for reports ("am", "enhanced", "arcface", ...).
-    #[serde(deserialize_with = "crate::checkpoint::read_str")]
-    pub name: String,
+    /// Which loss of the family these settings describe (its name in reports).
+    pub kind: LossKind,
     /// `s`, the logit scale.
     pub scale: f64,
     /// `m1`, the multiplicative angular margin (1 = off).
@@ -68,16 +117,17 @@ pub struct MarginLoss {
     pub cosine_margin: f64,
     /// `M`, the divisor of the target logit (Enhanced AM-Softmax's e^m; 1 = off).
     pub target_divisor: f64,
-    /// `m_nt`, the margin added to every non-target cosine (Enhanced's m2; 0 = off).
+    /// `m_nt`, the margin added to every non-target cosine (Enhanced's additional margin;
+    /// 0 = off).
     pub nontarget_margin: f64,
     /// What the angular margin does where it stops being monotonic.
     pub fallback: ArcFallback,
 }
 
 impl MarginLoss {
-    fn plain(name: &str, scale: f64) -> Self {
+    fn plain(kind: LossKind, scale: f64) -> Self {
         MarginLoss {
-            name: name.to_string(),
+            kind,
             scale,
             angular_multiplier: 1.0,
             angular_margin: 0.0,
@@ -90,7 +140,7 @@ impl MarginLoss {
 
     /// Softmax cross-entropy on the input taken as raw logits (scale 1, no margin).
     pub fn softmax() -> Self {
-        Self::plain("softmax", 1.0)
+        Self::plain(LossKind::Softmax, 1.0)
     }
 
     /// NormFace: `z = s·cos` for every class.
@@ -98,7 +148,7 @@ impl MarginLoss {
     /// # Errors
     /// [`Error::InvalidSetting`] unless `s` is positive and finite.
     pub fn normface(s: f64) -> Result<Self, Error> {
-        Self::plain("normface", s).validated()
+        Self::plain(LossKind::NormFace, s).validated()
     }
 
     /// AM-Softmax (CosFace): `z_y = s(cos − m)`, `z_j = s·cos`.
@@ -108,7 +158,7 @@ impl MarginLoss {
     pub fn am(s: f64, m: f64) -> Result<Self, Error> {
         MarginLoss {
             cosine_margin: m,
-            ..Self::plain("am", s)
+            ..Self::plain(LossKind::Am, s)
         }
         .validated()
     }
@@ -122,36 +172,42 @@ impl MarginLoss {
     }
 
     /// Enhanced AM-Softmax with each change set on its own: `z_y = s(cos − m)/big_m`,
-    /// `z_j = s(cos + m2)`. `m2 = 0` turns off the additional margin, `big_m = 1` the
+    /// `z_j = s(cos + m_nt)`. `m_nt = 0` turns off the additional margin, `big_m = 1` the
     /// exponential scaling.
     ///
     /// # Errors
-    /// [`Error::InvalidSetting`] for `s ≤ 0`, `m < 0`, `m2 < 0` or `big_m ≤ 0`.
-    pub fn enhanced_with(s: f64, m: f64, m2: f64, big_m: f64) -> Result<Self, Error> {
+    /// [`Error::InvalidSetting`] for `s ≤ 0`, `m < 0`, `m_nt < 0` or `big_m ≤ 0`.
+    pub fn enhanced_with(s: f64, m: f64, m_nt: f64, big_m: f64) -> Result<Self, Error> {
         MarginLoss {
             cosine_margin: m,
             target_divisor: big_m,
-            nontarget_margin: m2,
-            ..Self::plain("enhanced", s)
+            nontarget_margin: m_nt,
+            ..Self::plain(LossKind::Enhanced, s)
         }
         .validated()
     }
 
-    /// One of the four settings of the Enhanced ablation at margin `m`; named
-    /// "am", "enhanced-margin-only", "enhanced-scaling-only" and "enhanced".
+    /// The Enhanced ablation's first change alone: `z_y = s(cos − m)`, `z_j = s(cos + m)`.
+    /// (By shift invariance this is AM-Softmax with margin `2m`: `docs/derivations.md`.)
     ///
     /// # Errors
-    /// As [`MarginLoss::enhanced_with`].
-    pub fn enhanced_ablation(s: f64, m: f64, which: EnhancedAblation) -> Result<Self, Error> {
-        let (m2, big_m, name) = match which {
-            EnhancedAblation::AmOnly => (0.0, 1.0, "am"),
-            EnhancedAblation::AdditionalMarginOnly => (m, 1.0, "enhanced-margin-only"),
-            EnhancedAblation::ExponentialScalingOnly => (0.0, m.exp(), "enhanced-scaling-only"),
-            EnhancedAblation::Both => (m, m.exp(), "enhanced"),
-        };
-        let mut loss = Self::enhanced_with(s, m, m2, big_m)?;
-        loss.name = name.to_string();
-        Ok(loss)
+    /// As [`MarginLoss::am`].
+    pub fn enhanced_margin_only(s: f64, m: f64) -> Result<Self, Error> {
+        Ok(MarginLoss {
+            kind: LossKind::EnhancedMarginOnly,
+            ..Self::enhanced_with(s, m, m, 1.0)?
+        })
+    }
+
+    /// The Enhanced ablation's second change alone: `z_y = s(cos − m)/e^m`, `z_j = s·cos`.
+    ///
+    /// # Errors
+    /// As [`MarginLoss::am`].
+    pub fn enhanced_scaling_only(s: f64, m: f64) -> Result<Self, Error> {
+        Ok(MarginLoss {
+            kind: LossKind::EnhancedScalingOnly,
+            ..Self::enhanced_with(s, m, 0.0, m.exp())?
+        })
     }
 
     /// ArcFace: `z_y = s·cos(θ + m)`, `z_j = s·cos`, with the given fallback.
@@ -162,7 +218,7 @@ impl MarginLoss {
         MarginLoss {
             angular_margin: m,
             fallback,
-            ..Self::plain("arcface", s)
+            ..Self::plain(LossKind::ArcFace, s)
         }
         .validated()
     }
@@ -183,9 +239,14 @@ impl MarginLoss {
             angular_margin: m2,
             cosine_margin: m3,
             fallback,
-            ..Self::plain("combined", s)
+            ..Self::plain(LossKind::Combined, s)
         }
         .validated()
+    }
+
+    /// The loss's name, as reports show it ([`LossKind::name`]).
+    pub fn name(&self) -> &'static str {
+        self.kind.name()
     }
 
     /// Whether the target logit goes through `arccos` (m1 ≠ 1 or m2 ≠ 0).
@@ -224,7 +285,7 @@ impl MarginLoss {
             "positive",
         )?;
         Error::check(
-            "non-target margin m2",
+            "non-target margin m_nt",
             self.nontarget_margin,
             self.nontarget_margin >= 0.0,
             "non-negative",

@@ -9,7 +9,7 @@ pub mod composed;
 mod fused;
 mod margin;
 
-pub use margin::{ArcFallback, EnhancedAblation, MarginLoss};
+pub use margin::{ArcFallback, LossKind, MarginLoss};
 use margin::{CLAMP, LogitMap};
 
 use crate::{Element, Error, Labels, Var};

@@ -8,7 +8,7 @@
 
 mod settings;
 
-pub use settings::{DataSettings, DataSource, LossKind, LossSettings, MethodName, TrainConfig};
+pub use settings::{DataSettings, DataSource, LossSettings, MethodName, TrainConfig};
 
 use crate::checkpoint::{self, CheckpointError, TrainingState};
 use crate::data::{Dataset, MnistSplit, digits, load_mnist, synthetic};

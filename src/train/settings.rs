@@ -2,7 +2,7 @@
 
 use crate::Error;
 use crate::data::SyntheticConfig;
-use crate::loss::{ArcFallback, EnhancedAblation, MarginLoss};
+use crate::loss::{ArcFallback, LossKind, MarginLoss};
 use crate::nn::HeadConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -35,60 +35,6 @@ pub struct DataSettings {
     pub seed: u64,
 }
 
-/// The loss families a run can train with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LossKind {
-    /// Softmax cross-entropy on a linear head.
-    Softmax,
-    /// NormFace.
-    NormFace,
-    /// AM-Softmax (CosFace).
-    Am,
-    /// Enhanced AM-Softmax, both changes.
-    Enhanced,
-    /// Enhanced ablation: only the additional non-target margin.
-    EnhancedMarginOnly,
-    /// Enhanced ablation: only the exponential scaling of the target.
-    EnhancedScalingOnly,
-    /// ArcFace.
-    ArcFace,
-    /// The combined margin (m1, m2, m3).
-    Combined,
-}
-
-impl LossKind {
-    /// Every kind, in the order the results table uses.
-    pub const ALL: [LossKind; 8] = [
-        LossKind::Softmax,
-        LossKind::NormFace,
-        LossKind::Am,
-        LossKind::Enhanced,
-        LossKind::EnhancedMarginOnly,
-        LossKind::EnhancedScalingOnly,
-        LossKind::ArcFace,
-        LossKind::Combined,
-    ];
-
-    /// The flag value (`--loss am`).
-    pub fn name(self) -> &'static str {
-        match self {
-            LossKind::Softmax => "softmax",
-            LossKind::NormFace => "normface",
-            LossKind::Am => "am",
-            LossKind::Enhanced => "enhanced",
-            LossKind::EnhancedMarginOnly => "enhanced-margin-only",
-            LossKind::EnhancedScalingOnly => "enhanced-scaling-only",
-            LossKind::ArcFace => "arcface",
-            LossKind::Combined => "combined",
-        }
-    }
-
-    /// The kind a flag value names.
-    pub fn from_name(name: &str) -> Option<LossKind> {
-        LossKind::ALL.into_iter().find(|k| k.name() == name)
-    }
-}
-
 /// The loss and its parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LossSettings {
@@ -98,11 +44,11 @@ pub struct LossSettings {
     pub scale: f64,
     /// m: the cosine margin (AM, Enhanced) or the angular margin (ArcFace).
     pub margin: f64,
-    /// Enhanced's non-target margin m2 (default: m).
+    /// Enhanced's non-target margin m_nt (default: m).
     pub nontarget_margin: Option<f64>,
     /// Enhanced's target divisor M (default: e^m).
     pub target_divisor: Option<f64>,
-    /// The combined margin's (m1, m2, m3).
+    /// The combined margin's (m1, m2, m3): angular multiplier, angular margin, cosine margin.
     pub combined: (f64, f64, f64),
     /// ArcFace's (and the combined margin's) fallback.
     pub fallback: ArcFallback,
@@ -115,7 +61,6 @@ impl LossSettings {
     /// [`Error::InvalidSetting`] for a parameter out of its range.
     pub fn head_config(&self, classes: usize) -> Result<HeadConfig, Error> {
         let (s, m) = (self.scale, self.margin);
-        let ablation = |which| MarginLoss::enhanced_ablation(s, m, which);
         let loss = match self.kind {
             LossKind::Softmax => return Ok(HeadConfig::Linear { classes }),
             LossKind::NormFace => MarginLoss::normface(s)?,
@@ -126,8 +71,8 @@ impl LossSettings {
                 self.nontarget_margin.unwrap_or(m),
                 self.target_divisor.unwrap_or(m.exp()),
             )?,
-            LossKind::EnhancedMarginOnly => ablation(EnhancedAblation::AdditionalMarginOnly)?,
-            LossKind::EnhancedScalingOnly => ablation(EnhancedAblation::ExponentialScalingOnly)?,
+            LossKind::EnhancedMarginOnly => MarginLoss::enhanced_margin_only(s, m)?,
+            LossKind::EnhancedScalingOnly => MarginLoss::enhanced_scaling_only(s, m)?,
             LossKind::ArcFace => MarginLoss::arcface(s, m, self.fallback)?,
             LossKind::Combined => {
                 let (m1, m2, m3) = self.combined;
