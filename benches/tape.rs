@@ -8,7 +8,6 @@
 #[path = "harness.rs"]
 mod harness;
 
-use margrad::kernels::{MatRef, gemm};
 use margrad::{Graph, Labels, Params, Tensor};
 use rand::SeedableRng;
 
@@ -55,70 +54,33 @@ fn main() {
         let loss = -(cos * 30.0).log_softmax().pick(&labels).mean();
         std::hint::black_box(loss.backward());
     };
-    // the step's eight products, alone: 3 forward, 5 backward (x needs no gradient)
-    let buf = |r, c| vec![0f32; r * c];
-    let (xa, h, e, w1v, w2v, wv) = (
-        x.data().to_vec(),
-        buf(b, d_h),
-        buf(b, d_e),
-        params.get(w1).data().to_vec(),
-        params.get(w2).data().to_vec(),
-        params.get(w).data().to_vec(),
-    );
-    let (g1, g2, gc) = (buf(b, d_h), buf(b, d_e), buf(b, classes));
+    // the step's eight products, alone (3 forward, 5 backward; x needs no gradient), run by
+    // the same kernels on an inference graph, which records nothing; operands enter shared,
+    // as parameters do, so nothing is copied
+    let mut operands = Params::<f32>::new();
+    let mut operand = |name: &str, value| operands.add_buffer(name, value);
+    let x = operand("x", x.clone());
+    let [h, e, g1, g2, gc] = [
+        ("h", d_h),
+        ("e", d_e),
+        ("g1", d_h),
+        ("g2", d_e),
+        ("gc", classes),
+    ]
+    .map(|(name, width)| operand(name, Tensor::zeros(&[b, width])));
     let mut products = || {
-        let mm = |a: MatRef<f32>, bm: MatRef<f32>, out: &mut Vec<f32>| {
-            gemm(1.0, a, bm, 0.0, out);
-        };
-        let (mut o1, mut o2, mut o3) = (buf(b, d_h), buf(b, d_e), buf(b, classes));
-        mm(
-            MatRef::new(&xa, b, d_in, false),
-            MatRef::new(&w1v, d_in, d_h, false),
-            &mut o1,
-        );
-        mm(
-            MatRef::new(&h, b, d_h, false),
-            MatRef::new(&w2v, d_h, d_e, false),
-            &mut o2,
-        );
-        mm(
-            MatRef::new(&e, b, d_e, false),
-            MatRef::new(&wv, d_e, classes, false),
-            &mut o3,
-        );
-        let (mut dw, mut de, mut dw2, mut dh, mut dw1) = (
-            buf(d_e, classes),
-            buf(b, d_e),
-            buf(d_h, d_e),
-            buf(b, d_h),
-            buf(d_in, d_h),
-        );
-        mm(
-            MatRef::new(&e, b, d_e, true),
-            MatRef::new(&gc, b, classes, false),
-            &mut dw,
-        );
-        mm(
-            MatRef::new(&gc, b, classes, false),
-            MatRef::new(&wv, d_e, classes, true),
-            &mut de,
-        );
-        mm(
-            MatRef::new(&h, b, d_h, true),
-            MatRef::new(&g2, b, d_e, false),
-            &mut dw2,
-        );
-        mm(
-            MatRef::new(&g2, b, d_e, false),
-            MatRef::new(&w2v, d_h, d_e, true),
-            &mut dh,
-        );
-        mm(
-            MatRef::new(&xa, b, d_in, true),
-            MatRef::new(&g1, b, d_h, false),
-            &mut dw1,
-        );
-        std::hint::black_box((o1, o2, o3, dw, de, dw2, dh, dw1));
+        let g = Graph::inference();
+        let p = |id| g.param(&params, id);
+        let o = |id| g.param(&operands, id);
+        let forward = [o(x).matmul(p(w1)), o(h).matmul(p(w2)), o(e).matmul(p(w))];
+        let backward = [
+            o(e).matmul_tn(o(gc)),  // ∂W
+            o(gc).matmul_nt(p(w)),  // ∂e
+            o(h).matmul_tn(o(g2)),  // ∂W2
+            o(g2).matmul_nt(p(w2)), // ∂h
+            o(x).matmul_tn(o(g1)),  // ∂W1
+        ];
+        std::hint::black_box((forward, backward));
     };
     println!("MLP step 784-512-128 + cosine head (10 classes), B = 256, forward + backward:");
     for threads in [1, 2] {

@@ -15,6 +15,20 @@
 //! - [`gradcheck`](mod@gradcheck): check any function's gradients against finite differences.
 //! - [`data`]: the UCI digits shipped inside the crate.
 //!
+//! # Layers
+//!
+//! Dependencies run one way, from the bottom up; a module never uses one above it
+//! (`tests/layering.rs` checks every `crate::` path):
+//!
+//! 1. foundations: [`Error`], [`Element`], [`profile`];
+//! 2. storage: the buffer pool, [`Tensor`], [`Labels`], [`Params`];
+//! 3. kernels: plain functions over slices (private);
+//! 4. the engine: [`Graph`], [`Var`], backward ([`Gradients`]), fused-op plug-in
+//!    ([`CustomOp`]); and [`gradcheck`](mod@gradcheck) on top of it;
+//! 5. [`loss`], then [`nn`], then [`optim`];
+//! 6. around a model: [`data`], [`metrics`], [`plot`], [`checkpoint`];
+//! 7. [`train`], which wires them together.
+//!
 //! A linear classifier's gradient, the whole loop:
 //!
 //! ```
@@ -42,7 +56,7 @@ mod element;
 mod engine;
 mod error;
 pub mod gradcheck;
-pub mod kernels;
+mod kernels;
 mod labels;
 pub mod loss;
 pub mod metrics;
