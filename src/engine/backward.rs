@@ -1,14 +1,15 @@
-//! The reverse loop: every gradient rule of the crate, in one `match`.
+//! The reverse loop: every gradient rule of the engine, in one `match` (a fused op recorded
+//! through [`CustomOp`](super::CustomOp) brings its own).
 //!
 //! Nodes are visited from the output back to the first. Each node's gradient is taken (and so
-//! dropped) as soon as its rule has passed it on to the node's inputs. Rules *accumulate* into
-//! their inputs' gradient buffers, so a node used twice receives the sum of both gradients.
-//! Elementwise ops take their local derivative from [`ops`](crate::engine::ops), where it sits beside
-//! the op's value.
+//! dropped) as soon as its rule has passed it on to the node's inputs. The first rule to reach
+//! an input writes its gradient buffer (a fresh one, never zeroed first); later rules add into
+//! it, so a node used twice receives the sum of both gradients. Elementwise ops take their
+//! local derivative from `elementwise.rs`, where it sits beside the op's value.
 
 use super::custom::InputGrad;
+use super::elementwise::BinaryOp;
 use super::graph::{Along, Graph, Node, Op, Reduce};
-use super::ops::BinaryOp;
 use crate::kernels::{self, Broadcast, MatRef};
 use crate::tensor::transpose_into;
 use crate::{Element, ParamId, Tensor, Var, profile};
@@ -223,13 +224,10 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
                     }
                 }
             }
-            &Op::Unary { op, x } => {
+            Op::Unary { op, x } => {
                 // ∂x = g ⊙ f′(x)
-                let xv = value(x);
-                if let Some(dx) = pending.slot(x) {
-                    super::ops::with_unary!(op, k => {
-                        kernels::map_grad(g, xv.data(), y, dx, |x, y| k.derivative(x, y))
-                    });
+                if let Some(dx) = pending.slot(*x) {
+                    op.backward(g, value(*x).data(), y, dx);
                 }
             }
             &Op::Binary { op, a, b, bcast } => {
@@ -238,14 +236,14 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
                 let cols = av.shape().last().copied().unwrap_or(1);
                 let (ad, bd) = (av.data(), bv.data());
                 if let Some(da) = pending.slot(a) {
-                    super::ops::with_binary!(op, k => {
+                    super::elementwise::with_binary!(op, k => {
                         kernels::binary_grad(g, ad, bd, y, bcast, cols, da, |a, b, y| {
                             k.partial_a(a, b, y)
                         })
                     });
                 }
                 if let Some(db) = pending.slot(b) {
-                    super::ops::with_binary!(op, k => {
+                    super::elementwise::with_binary!(op, k => {
                         let partial_b = |a: F, b: F, y: F| k.partial_b(a, b, y);
                         match (bcast, op) {
                             (Broadcast::Same, _) => {

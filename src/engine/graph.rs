@@ -7,7 +7,7 @@
 
 use super::backward::{self, Gradients};
 use super::custom::CustomOp;
-use super::ops::{BinaryOp, UnaryOp};
+use super::elementwise::{BinaryOp, UnaryRule};
 use crate::kernels::{self, Broadcast, MatRef};
 use crate::{Element, Labels, ParamId, Params, Tensor, profile};
 use std::cell::{Cell, RefCell};
@@ -31,8 +31,9 @@ pub(crate) enum Op<F: Element> {
         trans_a: bool,
         trans_b: bool,
     },
+    /// A one-input elementwise op (see `elementwise.rs`).
     Unary {
-        op: UnaryOp<F>,
+        op: Box<dyn UnaryRule<F>>,
         x: usize,
     },
     Binary {
@@ -496,11 +497,16 @@ impl<'g, F: Element> Var<'g, F> {
 
     // ---- elementwise ----
 
-    fn unary(self, op: UnaryOp<F>) -> Var<'g, F> {
+    /// Records a one-input elementwise op (the table in `elementwise.rs` calls this).
+    pub(super) fn unary(self, op: impl UnaryRule<F> + 'static) -> Var<'g, F> {
         let x = self.value();
         let mut out = Tensor::for_overwrite(x.shape());
-        super::ops::with_unary!(op, k => kernels::map(x.data(), out.data_mut(), |v| k.value(v)));
-        self.graph.push(out, Op::Unary { op, x: self.id }, &[self])
+        op.forward(x.data(), out.data_mut());
+        let op = Op::Unary {
+            op: Box::new(op),
+            x: self.id,
+        };
+        self.graph.push(out, op, &[self])
     }
 
     #[track_caller]
@@ -518,7 +524,7 @@ impl<'g, F: Element> Var<'g, F> {
         };
         let cols = a.shape().last().copied().unwrap_or(1);
         let mut out = Tensor::for_overwrite(a.shape());
-        super::ops::with_binary!(op, k => {
+        super::elementwise::with_binary!(op, k => {
             kernels::binary(a.data(), b.data(), bcast, cols, out.data_mut(), |x, y| k.value(x, y))
         });
         let node = Op::Binary {
@@ -570,71 +576,6 @@ impl<'g, F: Element> Var<'g, F> {
             b: bias.id,
         };
         self.graph.push(out, op, &[self, bias])
-    }
-
-    /// `self + c`.
-    pub fn add_scalar(self, c: F) -> Var<'g, F> {
-        self.unary(UnaryOp::AddScalar(c))
-    }
-
-    /// `c · self`.
-    pub fn mul_scalar(self, c: F) -> Var<'g, F> {
-        self.unary(UnaryOp::MulScalar(c))
-    }
-
-    /// `eˣ`.
-    pub fn exp(self) -> Var<'g, F> {
-        self.unary(UnaryOp::Exp)
-    }
-
-    /// `ln x` (NaN for negative x, −∞ at 0, as in IEEE arithmetic).
-    pub fn log(self) -> Var<'g, F> {
-        self.unary(UnaryOp::Log)
-    }
-
-    /// `√x`.
-    pub fn sqrt(self) -> Var<'g, F> {
-        self.unary(UnaryOp::Sqrt)
-    }
-
-    /// `xᵖ`.
-    pub fn powf(self, p: F) -> Var<'g, F> {
-        self.unary(UnaryOp::Powf(p))
-    }
-
-    /// `|x|` (derivative 0 at 0).
-    pub fn abs(self) -> Var<'g, F> {
-        self.unary(UnaryOp::Abs)
-    }
-
-    /// `max(x, 0)` (derivative 0 at 0).
-    pub fn relu(self) -> Var<'g, F> {
-        self.unary(UnaryOp::Relu)
-    }
-
-    /// `x` for `x > 0`, `slope·x` otherwise.
-    pub fn leaky_relu(self, slope: F) -> Var<'g, F> {
-        self.unary(UnaryOp::LeakyRelu(slope))
-    }
-
-    /// `tanh x`.
-    pub fn tanh(self) -> Var<'g, F> {
-        self.unary(UnaryOp::Tanh)
-    }
-
-    /// `1 / (1 + e⁻ˣ)`.
-    pub fn sigmoid(self) -> Var<'g, F> {
-        self.unary(UnaryOp::Sigmoid)
-    }
-
-    /// `cos x`.
-    pub fn cos(self) -> Var<'g, F> {
-        self.unary(UnaryOp::Cos)
-    }
-
-    /// `arccos x` (NaN outside `[−1, 1]`; the derivative `−1/√(1 − x²)` is infinite at ±1).
-    pub fn acos(self) -> Var<'g, F> {
-        self.unary(UnaryOp::Acos)
     }
 
     // ---- reductions ----
@@ -839,22 +780,22 @@ macro_rules! operator {
         impl<'g, F: Element> std::ops::$trait<F> for Var<'g, F> {
             type Output = Var<'g, F>;
             fn $method(self, c: F) -> Var<'g, F> {
-                let scalar_op: fn(F) -> UnaryOp<F> = $scalar;
-                self.unary(scalar_op(c))
+                let scalar_op: fn(Var<'g, F>, F) -> Var<'g, F> = $scalar;
+                scalar_op(self, c)
             }
         }
     };
 }
 
-operator!(Add, add, BinaryOp::Add, UnaryOp::AddScalar);
-operator!(Sub, sub, BinaryOp::Sub, |c| UnaryOp::AddScalar(-c));
-operator!(Mul, mul, BinaryOp::Mul, UnaryOp::MulScalar);
-operator!(Div, div, BinaryOp::Div, |c| UnaryOp::MulScalar(F::ONE / c));
+operator!(Add, add, BinaryOp::Add, Var::add_scalar);
+operator!(Sub, sub, BinaryOp::Sub, |x, c| x.add_scalar(-c));
+operator!(Mul, mul, BinaryOp::Mul, Var::mul_scalar);
+operator!(Div, div, BinaryOp::Div, |x, c| x.mul_scalar(F::ONE / c));
 
 /// `−x`.
 impl<'g, F: Element> std::ops::Neg for Var<'g, F> {
     type Output = Var<'g, F>;
     fn neg(self) -> Var<'g, F> {
-        self.unary(UnaryOp::Neg)
+        self.negate()
     }
 }
