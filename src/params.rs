@@ -3,6 +3,22 @@
 use crate::{Element, Tensor};
 use std::sync::Arc;
 
+/// A copy of every tensor: the clone shares nothing with the original (so each can be updated
+/// in place on its own).
+impl<F: Element> Clone for Params<F> {
+    fn clone(&self) -> Self {
+        Params {
+            names: self.names.clone(),
+            values: self
+                .values
+                .iter()
+                .map(|v| Arc::new((**v).clone()))
+                .collect(),
+            trainable: self.trainable.clone(),
+        }
+    }
+}
+
 /// The index of a parameter in its [`Params`] store. Gradients and optimiser state are keyed by it.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -24,7 +40,7 @@ impl ParamId {
 /// Besides trainable parameters it holds *buffers* ([`Params::add_buffer`]): named tensors
 /// that are saved and restored with the model but never trained (BatchNorm's running
 /// statistics), as in a PyTorch `state_dict`.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Params<F: Element = f32> {
     names: Vec<String>,
     values: Vec<Arc<Tensor<F>>>,
@@ -97,10 +113,22 @@ impl<F: Element> Params<F> {
         &self.values[id.0]
     }
 
-    /// The parameter's value, for an in-place update. Copies the data only if a graph that
-    /// took this parameter is still alive (the graph keeps seeing the old value).
+    /// The parameter's value, for an in-place update.
+    ///
+    /// # Panics
+    /// When a graph that took this parameter (or a value taken from such a graph) is still
+    /// alive: updating in place would change what that graph computed with, and copying
+    /// silently would double the memory. Drop the graph first, or use [`Params::set`].
+    #[track_caller]
     pub fn get_mut(&mut self, id: ParamId) -> &mut Tensor<F> {
-        Arc::make_mut(&mut self.values[id.0])
+        let name = &self.names[id.0];
+        match Arc::get_mut(&mut self.values[id.0]) {
+            Some(value) => value,
+            None => panic!(
+                "Params::get_mut: {name:?} is still held by a live graph; drop the graph (and \
+                 any value taken from it) before updating parameters in place"
+            ),
+        }
     }
 
     /// A shared handle on the value, as a graph holds it.

@@ -312,9 +312,11 @@ fn a_large_parameter_updated_on_two_threads_matches_one_element_at_a_time() {
         let mut opt = Optimizer::new(method, &params, 0.05, 0.01).unwrap();
         pool.install(|| {
             for _ in 0..3 {
-                let graph = Graph::new();
-                let coef = graph.constant(Tensor::from_vec(g.clone(), &[len]).unwrap());
-                let grads = (graph.param(&params, id) * coef).sum().backward();
+                let grads = {
+                    let graph = Graph::new();
+                    let coef = graph.constant(Tensor::from_vec(g.clone(), &[len]).unwrap());
+                    (graph.param(&params, id) * coef).sum().backward()
+                };
                 opt.step(&mut params, &grads);
             }
         });

@@ -203,6 +203,61 @@ fn rand_uniform_empty_range() {
 }
 
 #[test]
+#[should_panic(
+    expected = "Gradients::wrt: Var(#0, shape [2]) belongs to another graph than the one backward ran on"
+)]
+fn gradients_asked_for_a_leaf_of_another_graph() {
+    let (g1, g2) = (Graph::<f64>::new(), Graph::<f64>::new());
+    let x1 = g1.leaf(Tensor::ones(&[2]));
+    let x2 = g2.leaf(Tensor::ones(&[2])); // also node #0, of another graph
+    let grads = (x1 * x1).sum().backward();
+    let _ = grads.wrt(x2);
+}
+
+#[test]
+#[should_panic(expected = "Params::get_mut: \"w\" is still held by a live graph")]
+fn updating_a_parameter_while_a_graph_holds_it() {
+    let mut params = Params::<f32>::new();
+    let w = params.add("w", Tensor::ones(&[2]));
+    let g = Graph::new();
+    let held = g.param(&params, w).value();
+    params.get_mut(w).data_mut()[0] = 0.0;
+    drop(held);
+}
+
+/// `a·b`, elementwise: a custom op with two inputs.
+struct Product;
+impl margrad::CustomOp<f64> for Product {
+    fn name(&self) -> &'static str {
+        "product"
+    }
+    fn backward(
+        &self,
+        _inputs: &[&Tensor<f64>],
+        _output: &Tensor<f64>,
+        _grad: &[f64],
+        _grads: &mut [Option<margrad::InputGrad<'_, f64>>],
+    ) {
+    }
+}
+
+#[test]
+#[should_panic(expected = "product: input 1 is also an earlier input; pass each node once")]
+fn a_custom_op_given_one_node_twice() {
+    let g = Graph::<f64>::new();
+    let x = g.leaf(Tensor::ones(&[2]));
+    let _ = g.custom(Product, &[x, x], Tensor::ones(&[2]));
+}
+
+#[test]
+#[should_panic(expected = "product: input 0 belongs to another graph")]
+fn a_custom_op_given_a_node_of_another_graph() {
+    let (g1, g2) = (Graph::<f64>::new(), Graph::<f64>::new());
+    let x = g2.leaf(Tensor::ones(&[2]));
+    let _ = g1.custom(Product, &[x], Tensor::ones(&[2]));
+}
+
+#[test]
 #[should_panic(expected = "Params::add: a parameter named \"w\" already exists")]
 fn duplicate_parameter_name() {
     let mut params = Params::<f32>::new();

@@ -29,7 +29,7 @@ pub use safetensors::{safetensors_bytes, save_safetensors};
 
 use crate::nn::CosineHead;
 use crate::nn::{Fill, Forward, Head, HeadConfig, Linear, Model, ModelConfig, ParamSource};
-use crate::optim::{Optimizer, OptimizerState};
+use crate::optim::OptimizerState;
 use crate::{Element, Error, Graph, Params, SeededRng, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -381,7 +381,9 @@ pub fn decode<F: Element>(bytes: &[u8]) -> Result<Checkpoint<F>, CheckpointError
         return Err(CheckpointError::UnexpectedTensor(name));
     }
     if let Some(training) = &body.training {
-        Optimizer::from_state(training.optimizer.clone(), &params)
+        training
+            .optimizer
+            .validate(&params)
             .map_err(CheckpointError::Invalid)?;
     }
     Ok(Checkpoint {

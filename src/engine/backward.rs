@@ -19,6 +19,8 @@ use std::rc::Rc;
 /// Gradients returned by [`Var::backward`]: by parameter id, and by leaf handle.
 #[derive(Clone, Debug, Default)]
 pub struct Gradients<F: Element = f32> {
+    /// The graph backward ran on (0 for an empty set).
+    graph: u64,
     params: Vec<Option<Tensor<F>>>,
     leaves: HashMap<usize, Tensor<F>>,
 }
@@ -31,7 +33,16 @@ impl<F: Element> Gradients<F> {
 
     /// The gradient of a leaf made with [`Graph::leaf`], or `None` when the output does not
     /// depend on it.
+    ///
+    /// # Panics
+    /// When `leaf` belongs to another graph than the one backward ran on (its position there
+    /// would name some other node).
+    #[track_caller]
     pub fn wrt(&self, leaf: Var<'_, F>) -> Option<&Tensor<F>> {
+        assert!(
+            leaf.graph().id() == self.graph,
+            "Gradients::wrt: {leaf:?} belongs to another graph than the one backward ran on"
+        );
         self.leaves.get(&leaf.id())
     }
 
@@ -164,7 +175,10 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
         grads: (0..=output).map(|_| None).collect(),
     };
     pending.grads[output] = Some(seed);
-    let mut result = Gradients::default();
+    let mut result = Gradients {
+        graph: graph.id(),
+        ..Gradients::default()
+    };
     for id in (0..=output).rev() {
         let Some(grad) = pending.grads[id].take() else {
             continue;

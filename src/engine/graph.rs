@@ -15,6 +15,7 @@ use std::fmt;
 use std::ops::Deref;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What a node's backward needs to know about how it was made.
 pub(crate) enum Op<F: Element> {
@@ -152,6 +153,8 @@ pub(crate) struct Node<F: Element> {
 /// assert_eq!(grads.wrt(x).unwrap().data(), &[2.0, 4.0, 6.0]);
 /// ```
 pub struct Graph<F: Element = f32> {
+    /// Unique among the graphs of this process, so that gradients know their graph.
+    id: u64,
     nodes: RefCell<Vec<Rc<Node<F>>>>,
     recording: bool,
     backward_done: Cell<bool>,
@@ -177,7 +180,9 @@ impl<F: Element> fmt::Debug for Graph<F> {
 impl<F: Element> Graph<F> {
     /// A graph that records ops for backward.
     pub fn new() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Graph {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             nodes: RefCell::new(Vec::new()),
             recording: true,
             backward_done: Cell::new(false),
@@ -191,6 +196,11 @@ impl<F: Element> Graph<F> {
             recording: false,
             ..Self::new()
         }
+    }
+
+    /// This graph's identity, unique in the process (never 0).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// Whether ops are recorded for backward.

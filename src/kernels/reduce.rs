@@ -1,6 +1,11 @@
 //! Reductions in a fixed order: the same bits whatever the number of threads.
 
 use super::{CHUNK, parallel};
+
+/// Columns per task of the parallel column sums: each task adds every row's slice of its
+/// columns, so a block is a few rows' worth of cache lines (unlike the normalisation's
+/// `COL_BLOCK`, which keeps a whole block in L2 between two passes).
+const SUM_COL_BLOCK: usize = 256;
 use crate::Element;
 use rayon::prelude::*;
 
@@ -41,12 +46,11 @@ pub fn sum_cols_acc<F: Element>(x: &[F], cols: usize, out: &mut [F]) {
             block.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
         }
     };
-    const COL_BLOCK: usize = 256;
-    if !parallel(x.len()) || cols < 2 * COL_BLOCK {
+    if !parallel(x.len()) || cols < 2 * SUM_COL_BLOCK {
         add_block(0, out);
     } else {
-        out.par_chunks_mut(COL_BLOCK)
+        out.par_chunks_mut(SUM_COL_BLOCK)
             .enumerate()
-            .for_each(|(i, block)| add_block(i * COL_BLOCK, block));
+            .for_each(|(i, block)| add_block(i * SUM_COL_BLOCK, block));
     }
 }

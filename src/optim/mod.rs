@@ -103,7 +103,7 @@ pub struct Group {
 /// What an optimiser remembers about one parameter.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(bound = "F: Element")]
-pub struct Slot<F: Element> {
+pub struct ParamState<F: Element> {
     /// Updates applied so far (t).
     pub steps: u64,
     /// The momentum buffer, or Adam's first moment.
@@ -122,8 +122,63 @@ pub struct OptimizerState<F: Element> {
     pub groups: Vec<Group>,
     /// The schedule's current factor.
     pub lr_factor: f64,
-    /// Per parameter id, in order.
-    pub slots: Vec<Option<Slot<F>>>,
+    /// Each parameter's state, by parameter id (`None`: not updated yet).
+    pub per_param: Vec<Option<ParamState<F>>>,
+}
+
+impl<F: Element> OptimizerState<F> {
+    /// Checks a saved state against the parameters it will update.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] when a setting is out of range; [`Error::Format`] when a group
+    /// names a parameter that `params` does not train, or a parameter's state has another shape
+    /// than the parameter.
+    pub fn validate(&self, params: &Params<F>) -> Result<(), Error> {
+        self.method.validate()?;
+        let bad = |message: String| Error::Format {
+            source: "optimizer state".to_string(),
+            location: "parameters".to_string(),
+            message,
+        };
+        for group in &self.groups {
+            check_rate(group.lr, group.weight_decay)?;
+            if let Some(id) = group
+                .params
+                .iter()
+                .find(|id| id.index() >= params.len() || !params.is_trainable(**id))
+            {
+                return Err(bad(format!(
+                    "group names parameter #{}, but the model has {} tensors and that one is \
+                     not trainable or absent",
+                    id.index(),
+                    params.len()
+                )));
+            }
+        }
+        if self.per_param.len() > params.len() {
+            return Err(bad(format!(
+                "{} parameter states for {} parameters",
+                self.per_param.len(),
+                params.len()
+            )));
+        }
+        for (i, param_state) in self.per_param.iter().enumerate() {
+            let Some(param_state) = param_state else {
+                continue;
+            };
+            let expected = params.get(ParamId(i)).shape();
+            let second_ok =
+                param_state.second.numel() == 0 || param_state.second.shape() == expected;
+            if param_state.first.shape() != expected || !second_ok {
+                return Err(bad(format!(
+                    "the state of {:?} has shape {:?}, the parameter {expected:?}",
+                    params.name(ParamId(i)),
+                    param_state.first.shape()
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Updates parameters from their gradients.
@@ -166,7 +221,7 @@ impl<F: Element> Optimizer<F> {
                     weight_decay,
                 }],
                 lr_factor: 1.0,
-                slots: Vec::new(),
+                per_param: Vec::new(),
             },
         })
     }
@@ -217,50 +272,9 @@ impl<F: Element> Optimizer<F> {
     /// will update.
     ///
     /// # Errors
-    /// [`Error::InvalidSetting`] when a setting is out of range; [`Error::Format`] when a group
-    /// names a parameter that `params` does not train, or a slot's shape differs from its
-    /// parameter's.
+    /// As [`OptimizerState::validate`].
     pub fn from_state(state: OptimizerState<F>, params: &Params<F>) -> Result<Self, Error> {
-        state.method.validate()?;
-        let bad = |message: String| Error::Format {
-            source: "optimizer state".to_string(),
-            location: "parameters".to_string(),
-            message,
-        };
-        for group in &state.groups {
-            check_rate(group.lr, group.weight_decay)?;
-            if let Some(id) = group
-                .params
-                .iter()
-                .find(|id| id.index() >= params.len() || !params.is_trainable(**id))
-            {
-                return Err(bad(format!(
-                    "group names parameter #{}, but the model has {} tensors and that one is \
-                     not trainable or absent",
-                    id.index(),
-                    params.len()
-                )));
-            }
-        }
-        if state.slots.len() > params.len() {
-            return Err(bad(format!(
-                "{} slots for {} parameters",
-                state.slots.len(),
-                params.len()
-            )));
-        }
-        for (i, slot) in state.slots.iter().enumerate() {
-            let Some(slot) = slot else { continue };
-            let expected = params.get(ParamId(i)).shape();
-            let second_ok = slot.second.numel() == 0 || slot.second.shape() == expected;
-            if slot.first.shape() != expected || !second_ok {
-                return Err(bad(format!(
-                    "slot of {:?} has shape {:?}, the parameter {expected:?}",
-                    params.name(ParamId(i)),
-                    slot.first.shape()
-                )));
-            }
-        }
+        state.validate(params)?;
         Ok(Optimizer { state })
     }
 
@@ -274,7 +288,7 @@ impl<F: Element> Optimizer<F> {
             method,
             groups,
             lr_factor,
-            slots,
+            per_param,
         } = &mut self.state;
         for group in groups.iter() {
             let lr = F::from_f64(group.lr * *lr_factor);
@@ -290,10 +304,10 @@ impl<F: Element> Optimizer<F> {
                     p.shape(),
                     grad.shape()
                 );
-                if slots.len() <= id.index() {
-                    slots.resize_with(id.index() + 1, || None);
+                if per_param.len() <= id.index() {
+                    per_param.resize_with(id.index() + 1, || None);
                 }
-                let slot = slots[id.index()].get_or_insert_with(|| Slot {
+                let param_state = per_param[id.index()].get_or_insert_with(|| ParamState {
                     steps: 0,
                     first: Tensor::zeros(p.shape()),
                     second: match method {
@@ -301,8 +315,8 @@ impl<F: Element> Optimizer<F> {
                         _ => Tensor::zeros(p.shape()),
                     },
                 });
-                slot.steps += 1;
-                update(*method, lr, decay, p.data_mut(), grad.data(), slot);
+                param_state.steps += 1;
+                update(*method, lr, decay, p.data_mut(), grad.data(), param_state);
             }
         }
     }
@@ -311,14 +325,21 @@ impl<F: Element> Optimizer<F> {
 /// One parameter's update (the equations of [`Method`]), over fixed chunks of its elements,
 /// spread over the pool when the parameter is large (each element's update is independent, so
 /// the result does not depend on the threads).
-fn update<F: Element>(method: Method, lr: F, decay: F, p: &mut [F], g: &[F], slot: &mut Slot<F>) {
+fn update<F: Element>(
+    method: Method,
+    lr: F,
+    decay: F,
+    p: &mut [F],
+    g: &[F],
+    param_state: &mut ParamState<F>,
+) {
     use crate::kernels::{CHUNK, parallel, simd};
     use rayon::prelude::*;
-    let steps = slot.steps;
+    let steps = param_state.steps;
     let chunks = p.len().div_ceil(CHUNK);
-    let first: Vec<&mut [F]> = slot.first.data_mut().chunks_mut(CHUNK).collect();
+    let first: Vec<&mut [F]> = param_state.first.data_mut().chunks_mut(CHUNK).collect();
     // SGD keeps no second moment: an empty slice per chunk
-    let second: Vec<&mut [F]> = match slot.second.data_mut() {
+    let second: Vec<&mut [F]> = match param_state.second.data_mut() {
         [] => (0..chunks).map(|_| Default::default()).collect(),
         all => all.chunks_mut(CHUNK).collect(),
     };
