@@ -91,15 +91,12 @@ impl<F: Element> BufferUpdates<F> {
     }
 }
 
-impl<F: Element> Params<F> {
-    /// Stores the buffer values a training pass computed.
-    ///
-    /// # Panics
-    /// When a value's shape differs from its buffer's.
-    #[track_caller]
-    pub fn apply(&mut self, updates: BufferUpdates<F>) {
-        for (id, value) in updates.0 {
-            self.set(id, value);
-        }
+impl<F: Element> IntoIterator for BufferUpdates<F> {
+    type Item = (ParamId, Tensor<F>);
+    type IntoIter = std::vec::IntoIter<(ParamId, Tensor<F>)>;
+
+    /// The `(buffer, new value)` pairs, in the order the pass recorded them.
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
     }
 }
