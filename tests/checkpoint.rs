@@ -3,9 +3,9 @@
 
 use margrad::checkpoint::{
     self, Checkpoint, CheckpointError, HEADER_LEN, TrainingState, load_head, safetensors_bytes,
-    score_pairs,
 };
 use margrad::loss::MarginLoss;
+use margrad::metrics::pair_scores;
 use margrad::nn::{Forward, HeadConfig, MlpConfig, Model, ModelConfig};
 use margrad::optim::{Method, Optimizer};
 use margrad::{Element, Graph, Labels, Params, SeededRng, Tensor, seeded_rng};
@@ -375,9 +375,9 @@ fn the_head_alone_predicts_and_scores_pairs() {
             matches!(head, HeadConfig::Cosine { .. })
         );
     }
-    let a = Tensor::from_vec(vec![1.0f32, 0.0, 3.0, 4.0], &[2, 2]).unwrap();
-    let b = Tensor::from_vec(vec![0.0f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
-    let scores = score_pairs(&a, &b);
+    // rows 0, 1 against rows 2, 3
+    let e = Tensor::from_vec(vec![1.0f32, 0.0, 3.0, 4.0, 0.0, 2.0, 3.0, 4.0], &[4, 2]).unwrap();
+    let scores = pair_scores(&e, &[(0, 2), (1, 3)]);
     assert!(
         scores[0].abs() < 1e-7 && (scores[1] - 1.0).abs() < 1e-6,
         "{scores:?}"

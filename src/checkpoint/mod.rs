@@ -493,27 +493,6 @@ impl<F: Element> TrainedHead<F> {
     }
 }
 
-/// The cosine similarity of each pair of rows `(a_i, b_i)`: the verification score.
-///
-/// # Panics
-/// When `a` and `b` are not rank-2 tensors of the same shape.
-#[track_caller]
-pub fn score_pairs<F: Element>(a: &Tensor<F>, b: &Tensor<F>) -> Vec<F> {
-    assert!(
-        a.shape() == b.shape() && a.rank() == 2,
-        "shape mismatch in score_pairs: a {:?}, b {:?}",
-        a.shape(),
-        b.shape()
-    );
-    let g = Graph::inference();
-    let eps = F::from_f64(crate::nn::NORM_EPS);
-    let (na, nb) = (
-        g.constant(a.clone()).normalize_rows(eps),
-        g.constant(b.clone()).normalize_rows(eps),
-    );
-    (na * nb).sum_dim(1).to_tensor().into_vec()
-}
-
 /// Loads only the head of a checkpoint: its centres (or linear classifier) and loss.
 ///
 /// # Errors
