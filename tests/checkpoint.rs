@@ -6,7 +6,7 @@ use margrad::checkpoint::{
 };
 use margrad::loss::MarginLoss;
 use margrad::metrics::pair_scores;
-use margrad::nn::{Forward, HeadConfig, MlpConfig, Model, ModelConfig};
+use margrad::nn::{Forward, HeadConfig, MlpConfig, Model, ModelConfig, SequentialConfig};
 use margrad::optim::{Method, Optimizer};
 use margrad::{Element, Graph, Labels, Params, SeededRng, Tensor, seeded_rng};
 use rand::RngExt;
@@ -20,13 +20,19 @@ fn temp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+fn embedder(sizes: &[usize]) -> SequentialConfig {
+    MlpConfig {
+        batch_norm: true,
+        dropout: 0.1,
+        ..MlpConfig::new(sizes)
+    }
+    .sequential()
+    .unwrap()
+}
+
 fn config(head: HeadConfig) -> ModelConfig {
     ModelConfig {
-        embedder: MlpConfig {
-            batch_norm: true,
-            dropout: 0.1,
-            ..MlpConfig::new(&[6, 12, 4])
-        },
+        embedder: embedder(&[6, 12, 4]),
         head,
     }
 }
@@ -38,7 +44,7 @@ fn cosine() -> HeadConfig {
     }
 }
 
-fn built<F: Element>(head: HeadConfig) -> (Model, Params<F>) {
+fn built<F: Element>(head: HeadConfig) -> (Model<F>, Params<F>) {
     let mut params = Params::new();
     let model = Model::new(config(head), &mut params, &mut seeded_rng(0)).unwrap();
     (model, params)
@@ -235,7 +241,7 @@ fn wrong_magic_future_version_wrong_element_type() {
         decode_err(&bytes),
         CheckpointError::UnsupportedVersion {
             found: 7,
-            supported: 1
+            supported: 2
         }
     );
     let err = checkpoint::decode::<f64>(&valid_bytes()).unwrap_err();
@@ -250,7 +256,7 @@ fn tensors_that_do_not_fit_the_configuration() {
     // parameters of a 12-wide hidden layer under a configuration that says 10
     let (_, params) = built::<f32>(cosine());
     let mut narrower = config(cosine());
-    narrower.embedder.sizes = vec![6, 10, 4];
+    narrower.embedder = embedder(&[6, 10, 4]);
     let other = Model::new(narrower, &mut Params::<f32>::new(), &mut seeded_rng(0)).unwrap();
     let err = decode_err(&checkpoint::encode(&other, &params, None));
     assert_eq!(

@@ -3,10 +3,10 @@
 mod common;
 use margrad::loss::MarginLoss;
 use margrad::nn::{
-    Activation, BatchNorm1d, Dropout, Forward, HeadConfig, Init, Linear, Mlp, MlpConfig, Model,
-    ModelConfig,
+    Activation, BatchNorm1d, BatchNorm1dConfig, Dropout, Forward, HeadConfig, Init, Linear,
+    LinearConfig, MlpConfig, Model, ModelConfig, Module, Sequential, SequentialConfig,
 };
-use margrad::{Error, Graph, Labels, Params, Tensor, gradcheck, seeded_rng};
+use margrad::{Error, Graph, Labels, ParamId, Params, Tensor, gradcheck, seeded_rng};
 
 #[test]
 fn linear_is_x_w_transposed_plus_b_with_pytorch_layout() {
@@ -14,10 +14,7 @@ fn linear_is_x_w_transposed_plus_b_with_pytorch_layout() {
     let lin = Linear::new(
         &mut params,
         "fc",
-        3,
-        2,
-        true,
-        Init::XavierNormal,
+        LinearConfig::new(3, 2).with_init(Init::XavierNormal),
         &mut seeded_rng(0),
     );
     assert_eq!(params.get(lin.weight).shape(), &[2, 3]); // [out, in], as torch.nn.Linear
@@ -30,9 +27,9 @@ fn linear_is_x_w_transposed_plus_b_with_pytorch_layout() {
         Tensor::from_vec(vec![0.5, -0.5], &[2]).unwrap(),
     );
     let g = Graph::new();
-    let cx = Forward::eval(&g, &params);
+    let mut cx = Forward::eval(&g, &params);
     let x = g.constant(Tensor::from_vec(vec![1.0, 2.0, 3.0], &[1, 3]).unwrap());
-    assert_eq!(lin.forward(&cx, x).value().data(), &[7.5, 0.5]);
+    assert_eq!(lin.forward(&mut cx, x).value().data(), &[7.5, 0.5]);
 }
 
 #[test]
@@ -41,10 +38,7 @@ fn linear_gradients_pass_gradcheck() {
     let lin = Linear::new(
         &mut params,
         "fc",
-        5,
-        4,
-        true,
-        Init::KaimingNormal,
+        LinearConfig::new(5, 4),
         &mut seeded_rng(1),
     );
     let w = params.get(lin.weight).clone();
@@ -57,7 +51,12 @@ fn linear_gradients_pass_gradcheck() {
 #[test]
 fn batchnorm_training_pass_passes_gradcheck() {
     let mut params = Params::<f64>::new();
-    let bn = BatchNorm1d::new(&mut params, "bn", 4, &mut seeded_rng(0));
+    let bn = BatchNorm1d::new(
+        &mut params,
+        "bn",
+        BatchNorm1dConfig::new(4),
+        &mut seeded_rng(0),
+    );
     params.set(
         bn.weight,
         Tensor::from_vec(vec![1.5, -0.5, 2.0, 1.0], &[4]).unwrap(),
@@ -81,7 +80,12 @@ fn batchnorm_training_pass_passes_gradcheck() {
 fn batchnorm_parameter_gradients_are_the_sums_they_should_be() {
     // ∂L/∂β = Σ_b g, ∂L/∂γ = Σ_b g ⊙ x̂
     let mut params = Params::<f64>::new();
-    let bn = BatchNorm1d::new(&mut params, "bn", 3, &mut seeded_rng(0));
+    let bn = BatchNorm1d::new(
+        &mut params,
+        "bn",
+        BatchNorm1dConfig::new(3),
+        &mut seeded_rng(0),
+    );
     let x = Tensor::randn(&[6, 3], 0.0, 1.0, &mut seeded_rng(3));
     let seed = Tensor::randn(&[6, 3], 0.0, 1.0, &mut seeded_rng(4));
     let g = Graph::new();
@@ -107,7 +111,12 @@ fn batchnorm_parameter_gradients_are_the_sums_they_should_be() {
 #[test]
 fn batchnorm_running_statistics_and_eval_mode() {
     let mut params = Params::<f64>::new();
-    let bn = BatchNorm1d::new(&mut params, "bn", 2, &mut seeded_rng(0));
+    let bn = BatchNorm1d::new(
+        &mut params,
+        "bn",
+        BatchNorm1dConfig::new(2),
+        &mut seeded_rng(0),
+    );
     let x = Tensor::from_vec(vec![1.0, 10.0, 3.0, 20.0, 5.0, 30.0], &[3, 2]).unwrap();
     let updates = {
         let g = Graph::new();
@@ -178,19 +187,15 @@ fn initialisations_have_their_variance() {
     let k = Linear::new(
         &mut params,
         "k",
-        400,
-        300,
-        false,
-        Init::KaimingNormal,
+        LinearConfig::new(400, 300).without_bias(),
         &mut rng,
     );
     let x = Linear::new(
         &mut params,
         "x",
-        400,
-        300,
-        false,
-        Init::XavierNormal,
+        LinearConfig::new(400, 300)
+            .without_bias()
+            .with_init(Init::XavierNormal),
         &mut rng,
     );
     let var = |t: &Tensor<f64>| t.data().iter().map(|v| v * v).sum::<f64>() / t.numel() as f64;
@@ -208,7 +213,13 @@ fn mlp_parameters_are_named_as_nn_sequential_names_them() {
         dropout: 0.1,
         ..MlpConfig::new(&[4, 8, 6, 3])
     };
-    Mlp::new(config, &mut params, "embed", &mut seeded_rng(0)).unwrap();
+    let seq = Sequential::new(
+        &config.sequential().unwrap(),
+        &mut params,
+        "embed",
+        &mut seeded_rng(0),
+    )
+    .unwrap();
     let names: Vec<&str> = params.ids().map(|id| params.name(id)).collect();
     // Linear(0) BatchNorm(1) ReLU(2) Dropout(3) Linear(4) BatchNorm(5) ReLU(6) Dropout(7) Linear(8)
     assert_eq!(
@@ -232,6 +243,45 @@ fn mlp_parameters_are_named_as_nn_sequential_names_them() {
     );
     // trainable only: 4·8+8 + 2·8 + 8·6+6 + 2·6 + 6·3+3
     assert_eq!(params.count(), 40 + 16 + 54 + 12 + 21);
+    // each layer owns the tensors under its index, parameters and buffers apart
+    let owned = |i: usize| {
+        let layer = &seq.layers()[i];
+        let names = |ids: Vec<ParamId>| -> Vec<String> {
+            ids.into_iter()
+                .map(|id| params.name(id).to_string())
+                .collect()
+        };
+        (
+            layer.spec().kind,
+            names(layer.parameters()),
+            names(layer.buffers()),
+        )
+    };
+    assert_eq!(
+        owned(5),
+        (
+            "batch_norm1d".to_string(),
+            vec!["embed.5.weight".to_string(), "embed.5.bias".to_string()],
+            vec![
+                "embed.5.running_mean".to_string(),
+                "embed.5.running_var".to_string()
+            ],
+        )
+    );
+    assert_eq!(owned(6), ("relu".to_string(), vec![], vec![]));
+    assert_eq!(owned(7), ("dropout".to_string(), vec![], vec![]));
+    assert_eq!(owned(8).1, ["embed.8.weight", "embed.8.bias"]);
+    // a model names its head after the embedder
+    let mut params = Params::<f32>::new();
+    let model_config = ModelConfig {
+        embedder: config.sequential().unwrap(),
+        head: HeadConfig::Linear { classes: 5 },
+    };
+    Model::new(model_config, &mut params, &mut seeded_rng(0)).unwrap();
+    let names: Vec<&str> = params.ids().map(|id| params.name(id)).collect();
+    assert_eq!(names[..2], ["embed.0.weight", "embed.0.bias"]);
+    assert_eq!(names[names.len() - 2..], ["head.weight", "head.bias"]);
+    assert_eq!(names.len(), 16);
 }
 
 #[test]
@@ -242,7 +292,13 @@ fn mlp_with_every_option_passes_gradcheck() {
         activation: Activation::Tanh,
         ..MlpConfig::new(&[3, 5, 2])
     };
-    let mlp = Mlp::new(config, &mut params, "embed", &mut seeded_rng(3)).unwrap();
+    let mlp = Sequential::new(
+        &config.sequential().unwrap(),
+        &mut params,
+        "embed",
+        &mut seeded_rng(3),
+    )
+    .unwrap();
     let x = Tensor::randn(&[6, 3], 0.0, 1.0, &mut seeded_rng(4));
     gradcheck(&[x], |g, v| {
         let mut rng = seeded_rng(0);
@@ -256,8 +312,8 @@ fn mlp_with_every_option_passes_gradcheck() {
 fn mlp_with_relu_runs_the_fused_bias_relu_and_passes_gradcheck() {
     // Linear → ReLU pairs run as x Wᵀ then add_relu(b): same values as the separate layers
     let mut params = Params::<f64>::new();
-    let mlp = Mlp::new(
-        MlpConfig::new(&[4, 6, 5, 2]),
+    let mlp = Sequential::new(
+        &MlpConfig::new(&[4, 6, 5, 2]).sequential().unwrap(),
         &mut params,
         "embed",
         &mut seeded_rng(5),
@@ -273,6 +329,18 @@ fn mlp_with_relu_runs_the_fused_bias_relu_and_passes_gradcheck() {
     let g = Graph::new();
     let mut cx = Forward::eval(&g, &params);
     let fused = mlp.forward(&mut cx, g.constant(x.clone())).to_tensor();
+    let nodes = g.len();
+    {
+        // one add_relu node for each Linear → ReLU pair, not an add and a relu
+        let g = Graph::new();
+        let p = |name: &str| g.param(&params, params.find(name).unwrap());
+        let h = g.constant(x.clone()).matmul_nt(p("embed.0.weight"));
+        let h = h.add_relu(p("embed.0.bias"));
+        let h = h.matmul_nt(p("embed.2.weight")).add_relu(p("embed.2.bias"));
+        let _ = h.matmul_nt(p("embed.4.weight")) + p("embed.4.bias");
+        assert_eq!(nodes, g.len());
+    }
+    let g = Graph::new();
     let p = |name: &str| g.param(&params, params.find(name).unwrap());
     let h = (g.constant(x).matmul_nt(p("embed.0.weight")) + p("embed.0.bias")).relu();
     let h = (h.matmul_nt(p("embed.2.weight")) + p("embed.2.bias")).relu();
@@ -293,7 +361,7 @@ fn model_chains_embedder_and_head_for_both_head_kinds() {
     for head in heads {
         let mut params = Params::<f32>::new();
         let config = ModelConfig {
-            embedder: embedder.clone(),
+            embedder: embedder.sequential().unwrap(),
             head,
         };
         let model = Model::new(config.clone(), &mut params, &mut seeded_rng(0)).unwrap();
@@ -324,21 +392,30 @@ fn invalid_configurations_are_errors() {
         ..MlpConfig::new(&[2, 2])
     };
     assert!(matches!(
-        Mlp::new(bad_dropout, &mut params, "a", &mut rng),
+        bad_dropout.sequential(),
+        Err(Error::InvalidSetting {
+            name: "dropout",
+            ..
+        })
+    ));
+    // the same dropout written straight into a configuration: refused by its builder
+    let stored = SequentialConfig::new().with(Dropout { p: 1.0 }.spec());
+    assert!(matches!(
+        Sequential::new(&stored, &mut params, "a", &mut rng),
         Err(Error::InvalidSetting {
             name: "dropout",
             ..
         })
     ));
     assert!(matches!(
-        Mlp::new(MlpConfig::new(&[2]), &mut params, "b", &mut rng),
+        MlpConfig::new(&[2]).sequential(),
         Err(Error::InvalidSetting {
             name: "MLP size count",
             ..
         })
     ));
     let config = ModelConfig {
-        embedder: MlpConfig::new(&[2, 2]),
+        embedder: MlpConfig::new(&[2, 2]).sequential().unwrap(),
         head: HeadConfig::Linear { classes: 0 },
     };
     assert!(matches!(
