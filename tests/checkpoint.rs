@@ -165,6 +165,24 @@ fn decode_err(bytes: &[u8]) -> CheckpointError {
 }
 
 #[test]
+fn the_body_stores_each_layer_as_its_kind_and_its_settings_as_json() {
+    let bytes = valid_bytes();
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
+    assert_eq!(checkpoint::FORMAT_VERSION, 2);
+    let body = String::from_utf8_lossy(&bytes[HEADER_LEN..]);
+    for text in [
+        "linear",
+        r#"{"bias":true,"init":"KaimingNormal","inputs":6,"outputs":12}"#,
+        "batch_norm1d",
+        r#"{"eps":0.00001,"features":12,"momentum":0.1}"#,
+        "relu",
+        r#"{"p":0.1}"#,
+    ] {
+        assert!(body.contains(text), "{text} is not in the body");
+    }
+}
+
+#[test]
 fn truncated_files() {
     let bytes = valid_bytes();
     let body = (bytes.len() - HEADER_LEN) as u64;
