@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let expected = checkpoint.model.config().embedder.sizes[0];
+    let expected = checkpoint.model.input_dim();
     if data.test.dim() != expected || data.train.classes != checkpoint.model.config().head.classes()
     {
         eprintln!(

@@ -62,6 +62,26 @@ pub enum Error {
         /// What it must satisfy.
         requirement: &'static str,
     },
+    /// A layer kind that the [`LayerRegistry`](crate::nn::LayerRegistry) building a model does
+    /// not know (a checkpoint written with a user-defined layer, loaded without its registry).
+    UnknownLayerKind {
+        /// Where the layer sits ("embed.2").
+        layer: String,
+        /// The kind asked for.
+        kind: String,
+        /// The kinds the registry knows, sorted.
+        known: Vec<String>,
+    },
+    /// A layer whose settings do not parse as its kind's, or that does not fit the layers
+    /// around it.
+    LayerSettings {
+        /// Where the layer sits ("embed.2").
+        layer: String,
+        /// Its kind.
+        kind: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -98,6 +118,20 @@ impl fmt::Display for Error {
                 value,
                 requirement,
             } => write!(f, "invalid {name} = {value}: must be {requirement}"),
+            Error::UnknownLayerKind { layer, kind, known } => write!(
+                f,
+                "unknown layer kind {kind:?} at {layer} (the registry knows: {}): register it in \
+                 a LayerRegistry and build or load with that registry",
+                known.join(", ")
+            ),
+            Error::LayerSettings {
+                layer,
+                kind,
+                message,
+            } => write!(
+                f,
+                "invalid settings for layer {layer} ({kind:?}): {message}"
+            ),
         }
     }
 }

@@ -11,7 +11,12 @@
 //!   their [`Gradients`] by [`ParamId`].
 //! - [`loss`]: the margin-softmax family (softmax, NormFace, AM-Softmax, Enhanced AM-Softmax,
 //!   ArcFace, combined margins) as one fused op with a closed-form backward.
-//! - [`nn::CosineHead`]: class centres normalised inside; loss, cosine logits, embeddings.
+//! - [`nn`]: one [`nn::Module`] contract for every layer and head; an open [`nn::Sequential`]
+//!   whose configuration is data (a [`nn::LayerRegistry`] rebuilds it, your own layer kinds
+//!   included); [`nn::CosineHead`], class centres normalised inside, for the margin losses.
+//! - [`optim`]: SGD, Adam, AdamW, schedules; [`checkpoint`]: checked files and safetensors.
+//! - [`metrics`]: closed-set accuracy, verification, embedding geometry; [`train`]: the
+//!   trainer behind the examples.
 //! - [`gradcheck`](mod@gradcheck): check any function's gradients against finite differences.
 //! - [`data`]: the UCI digits shipped inside the crate.
 //!
@@ -20,7 +25,7 @@
 //! Dependencies run one way, from the bottom up; a module never uses one above it
 //! (`tests/layering.rs` checks every `crate::` path):
 //!
-//! 1. foundations: [`Error`], [`Element`], [`profile`];
+//! 1. foundations: [`Error`], [`Element`], [`profile`], bounded reading of stored strings;
 //! 2. storage: the buffer pool, [`Tensor`], [`Labels`], [`Params`];
 //! 3. kernels: plain functions over slices (private);
 //! 4. the engine: [`Graph`], [`Var`], backward ([`Gradients`]), fused-op plug-in
@@ -50,6 +55,7 @@
 //! assert_eq!(grads.param(w).unwrap().shape(), &[4, 3]);
 //! ```
 
+mod bounded;
 pub mod checkpoint;
 pub mod data;
 mod element;

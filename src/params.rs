@@ -168,4 +168,17 @@ impl<F: Element> Params<F> {
             .map(|id| self.get(id).numel())
             .sum()
     }
+
+    /// Stores new values for several tensors at once: the buffer updates a training pass
+    /// computed ([`BufferUpdates`](crate::nn::BufferUpdates) is such an iterator), applied
+    /// once its graph is gone. Later values of the same id overwrite earlier ones.
+    ///
+    /// # Panics
+    /// When a value's shape differs from its tensor's.
+    #[track_caller]
+    pub fn apply(&mut self, updates: impl IntoIterator<Item = (ParamId, Tensor<F>)>) {
+        for (id, value) in updates {
+            self.set(id, value);
+        }
+    }
 }

@@ -3,10 +3,10 @@
 
 use margrad::checkpoint::{
     self, Checkpoint, CheckpointError, HEADER_LEN, TrainingState, load_head, safetensors_bytes,
-    score_pairs,
 };
 use margrad::loss::MarginLoss;
-use margrad::nn::{Forward, HeadConfig, MlpConfig, Model, ModelConfig};
+use margrad::metrics::pair_scores;
+use margrad::nn::{Forward, HeadConfig, MlpConfig, Model, ModelConfig, SequentialConfig};
 use margrad::optim::{Method, Optimizer};
 use margrad::{Element, Graph, Labels, Params, SeededRng, Tensor, seeded_rng};
 use rand::RngExt;
@@ -20,13 +20,19 @@ fn temp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+fn embedder(sizes: &[usize]) -> SequentialConfig {
+    MlpConfig {
+        batch_norm: true,
+        dropout: 0.1,
+        ..MlpConfig::new(sizes)
+    }
+    .sequential()
+    .unwrap()
+}
+
 fn config(head: HeadConfig) -> ModelConfig {
     ModelConfig {
-        embedder: MlpConfig {
-            batch_norm: true,
-            dropout: 0.1,
-            ..MlpConfig::new(&[6, 12, 4])
-        },
+        embedder: embedder(&[6, 12, 4]),
         head,
     }
 }
@@ -38,7 +44,7 @@ fn cosine() -> HeadConfig {
     }
 }
 
-fn built<F: Element>(head: HeadConfig) -> (Model, Params<F>) {
+fn built<F: Element>(head: HeadConfig) -> (Model<F>, Params<F>) {
     let mut params = Params::new();
     let model = Model::new(config(head), &mut params, &mut seeded_rng(0)).unwrap();
     (model, params)
@@ -159,6 +165,24 @@ fn decode_err(bytes: &[u8]) -> CheckpointError {
 }
 
 #[test]
+fn the_body_stores_each_layer_as_its_kind_and_its_settings_as_json() {
+    let bytes = valid_bytes();
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
+    assert_eq!(checkpoint::FORMAT_VERSION, 2);
+    let body = String::from_utf8_lossy(&bytes[HEADER_LEN..]);
+    for text in [
+        "linear",
+        r#"{"bias":true,"init":"KaimingNormal","inputs":6,"outputs":12}"#,
+        "batch_norm1d",
+        r#"{"eps":0.00001,"features":12,"momentum":0.1}"#,
+        "relu",
+        r#"{"p":0.1}"#,
+    ] {
+        assert!(body.contains(text), "{text} is not in the body");
+    }
+}
+
+#[test]
 fn truncated_files() {
     let bytes = valid_bytes();
     let body = (bytes.len() - HEADER_LEN) as u64;
@@ -264,7 +288,7 @@ fn tensors_that_do_not_fit_the_configuration() {
     // parameters of a 12-wide hidden layer under a configuration that says 10
     let (_, params) = built::<f32>(cosine());
     let mut narrower = config(cosine());
-    narrower.embedder.sizes = vec![6, 10, 4];
+    narrower.embedder = embedder(&[6, 10, 4]);
     let other = Model::new(narrower, &mut Params::<f32>::new(), &mut seeded_rng(0)).unwrap();
     let err = decode_err(&checkpoint::encode(&other, &params, None));
     assert_eq!(
@@ -389,9 +413,9 @@ fn the_head_alone_predicts_and_scores_pairs() {
             matches!(head, HeadConfig::Cosine { .. })
         );
     }
-    let a = Tensor::from_vec(vec![1.0f32, 0.0, 3.0, 4.0], &[2, 2]).unwrap();
-    let b = Tensor::from_vec(vec![0.0f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
-    let scores = score_pairs(&a, &b);
+    // rows 0, 1 against rows 2, 3
+    let e = Tensor::from_vec(vec![1.0f32, 0.0, 3.0, 4.0, 0.0, 2.0, 3.0, 4.0], &[4, 2]).unwrap();
+    let scores = pair_scores(&e, &[(0, 2), (1, 3)]);
     assert!(
         scores[0].abs() < 1e-7 && (scores[1] - 1.0).abs() < 1e-6,
         "{scores:?}"

@@ -8,7 +8,7 @@ use margrad::loss::{
     ArcFallback, MarginLoss, Reduction, margin_cross_entropy, margin_cross_entropy_with,
     softmax_cross_entropy,
 };
-use margrad::nn::CosineHead;
+use margrad::nn::{CosineHead, CosineHeadConfig, Forward, Head, Module, l2_normalize};
 use margrad::{Error, GradcheckOptions, Graph, Labels, Params, Tensor, Var, gradcheck_with};
 
 /// Every loss of the family, at its usual settings.
@@ -186,20 +186,19 @@ fn end_to_end_through_the_head_for_scales_classes_and_batches() {
 fn head_loss_is_the_fused_loss_of_its_cosines() {
     let mut r = rng(4);
     let mut params = Params::<f64>::new();
-    let head = CosineHead::new(
-        &mut params,
-        "head.weight",
-        6,
-        5,
-        MarginLoss::am(30.0, 0.35).unwrap(),
-        &mut r,
-    );
+    let config = CosineHeadConfig {
+        dim: 6,
+        classes: 5,
+        loss: MarginLoss::am(30.0, 0.35).unwrap(),
+    };
+    let head = CosineHead::new(&mut params, "head", config, &mut r);
     let x = Tensor::randn(&[8, 6], 0.0, 1.0, &mut r);
     let labels = labels(8, 5);
     let g = Graph::new();
+    let mut cx = Forward::eval(&g, &params);
     let features = g.constant(x.clone());
-    let loss = head.loss(&g, &params, features, &labels).unwrap();
-    let cos = head.cosines(&g, &params, features);
+    let loss = head.loss(&mut cx, features, &labels).unwrap();
+    let cos = head.forward(&mut cx, features);
     let direct = margin_cross_entropy(cos, &labels, head.margin_loss()).unwrap();
     assert_eq!(loss.item(), direct.item());
     let cos = cos.to_tensor();
@@ -207,7 +206,7 @@ fn head_loss_is_the_fused_loss_of_its_cosines() {
         assert!(row.abs() <= 1.0 + 1e-12);
     }
     assert_eq!(head.predict(&params, &x), cos.argmax_rows());
-    let embedded = head.embed(features).to_tensor();
+    let embedded = l2_normalize(features).to_tensor();
     for row in embedded.data().chunks(6) {
         assert!((row.iter().map(|v| v * v).sum::<f64>() - 1.0).abs() < 1e-12);
     }

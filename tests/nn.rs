@@ -1,12 +1,16 @@
 //! Layers and models: values, gradients (gradcheck in f64), names, modes, initialisation.
 
 mod common;
+use margrad::checkpoint::{self, CheckpointError};
 use margrad::loss::MarginLoss;
 use margrad::nn::{
-    Activation, BatchNorm1d, Dropout, Forward, HeadConfig, Init, Linear, Mlp, MlpConfig, Model,
-    ModelConfig,
+    Activation, BatchNorm1d, BatchNorm1dConfig, Dropout, Fill, Forward, HeadConfig, Init,
+    LayerRegistry, LayerSpec, Linear, LinearConfig, MlpConfig, Model, ModelConfig, Module,
+    Sequential, SequentialConfig,
 };
-use margrad::{Error, Graph, Labels, Params, Tensor, gradcheck, seeded_rng};
+use margrad::{Element, Error, Graph, Labels, ParamId, Params, Tensor, Var, gradcheck, seeded_rng};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[test]
 fn linear_is_x_w_transposed_plus_b_with_pytorch_layout() {
@@ -14,10 +18,7 @@ fn linear_is_x_w_transposed_plus_b_with_pytorch_layout() {
     let lin = Linear::new(
         &mut params,
         "fc",
-        3,
-        2,
-        true,
-        Init::XavierNormal,
+        LinearConfig::new(3, 2).with_init(Init::XavierNormal),
         &mut seeded_rng(0),
     );
     assert_eq!(params.get(lin.weight).shape(), &[2, 3]); // [out, in], as torch.nn.Linear
@@ -30,9 +31,9 @@ fn linear_is_x_w_transposed_plus_b_with_pytorch_layout() {
         Tensor::from_vec(vec![0.5, -0.5], &[2]).unwrap(),
     );
     let g = Graph::new();
-    let cx = Forward::eval(&g, &params);
+    let mut cx = Forward::eval(&g, &params);
     let x = g.constant(Tensor::from_vec(vec![1.0, 2.0, 3.0], &[1, 3]).unwrap());
-    assert_eq!(lin.forward(&cx, x).value().data(), &[7.5, 0.5]);
+    assert_eq!(lin.forward(&mut cx, x).value().data(), &[7.5, 0.5]);
 }
 
 #[test]
@@ -41,10 +42,7 @@ fn linear_gradients_pass_gradcheck() {
     let lin = Linear::new(
         &mut params,
         "fc",
-        5,
-        4,
-        true,
-        Init::KaimingNormal,
+        LinearConfig::new(5, 4),
         &mut seeded_rng(1),
     );
     let w = params.get(lin.weight).clone();
@@ -57,7 +55,12 @@ fn linear_gradients_pass_gradcheck() {
 #[test]
 fn batchnorm_training_pass_passes_gradcheck() {
     let mut params = Params::<f64>::new();
-    let bn = BatchNorm1d::new(&mut params, "bn", 4, &mut seeded_rng(0));
+    let bn = BatchNorm1d::new(
+        &mut params,
+        "bn",
+        BatchNorm1dConfig::new(4),
+        &mut seeded_rng(0),
+    );
     params.set(
         bn.weight,
         Tensor::from_vec(vec![1.5, -0.5, 2.0, 1.0], &[4]).unwrap(),
@@ -81,7 +84,12 @@ fn batchnorm_training_pass_passes_gradcheck() {
 fn batchnorm_parameter_gradients_are_the_sums_they_should_be() {
     // ∂L/∂β = Σ_b g, ∂L/∂γ = Σ_b g ⊙ x̂
     let mut params = Params::<f64>::new();
-    let bn = BatchNorm1d::new(&mut params, "bn", 3, &mut seeded_rng(0));
+    let bn = BatchNorm1d::new(
+        &mut params,
+        "bn",
+        BatchNorm1dConfig::new(3),
+        &mut seeded_rng(0),
+    );
     let x = Tensor::randn(&[6, 3], 0.0, 1.0, &mut seeded_rng(3));
     let seed = Tensor::randn(&[6, 3], 0.0, 1.0, &mut seeded_rng(4));
     let g = Graph::new();
@@ -107,7 +115,12 @@ fn batchnorm_parameter_gradients_are_the_sums_they_should_be() {
 #[test]
 fn batchnorm_running_statistics_and_eval_mode() {
     let mut params = Params::<f64>::new();
-    let bn = BatchNorm1d::new(&mut params, "bn", 2, &mut seeded_rng(0));
+    let bn = BatchNorm1d::new(
+        &mut params,
+        "bn",
+        BatchNorm1dConfig::new(2),
+        &mut seeded_rng(0),
+    );
     let x = Tensor::from_vec(vec![1.0, 10.0, 3.0, 20.0, 5.0, 30.0], &[3, 2]).unwrap();
     let updates = {
         let g = Graph::new();
@@ -178,19 +191,15 @@ fn initialisations_have_their_variance() {
     let k = Linear::new(
         &mut params,
         "k",
-        400,
-        300,
-        false,
-        Init::KaimingNormal,
+        LinearConfig::new(400, 300).without_bias(),
         &mut rng,
     );
     let x = Linear::new(
         &mut params,
         "x",
-        400,
-        300,
-        false,
-        Init::XavierNormal,
+        LinearConfig::new(400, 300)
+            .without_bias()
+            .with_init(Init::XavierNormal),
         &mut rng,
     );
     let var = |t: &Tensor<f64>| t.data().iter().map(|v| v * v).sum::<f64>() / t.numel() as f64;
@@ -208,7 +217,13 @@ fn mlp_parameters_are_named_as_nn_sequential_names_them() {
         dropout: 0.1,
         ..MlpConfig::new(&[4, 8, 6, 3])
     };
-    Mlp::new(config, &mut params, "embed", &mut seeded_rng(0)).unwrap();
+    let seq = Sequential::new(
+        &config.sequential().unwrap(),
+        &mut params,
+        "embed",
+        &mut seeded_rng(0),
+    )
+    .unwrap();
     let names: Vec<&str> = params.ids().map(|id| params.name(id)).collect();
     // Linear(0) BatchNorm(1) ReLU(2) Dropout(3) Linear(4) BatchNorm(5) ReLU(6) Dropout(7) Linear(8)
     assert_eq!(
@@ -232,6 +247,45 @@ fn mlp_parameters_are_named_as_nn_sequential_names_them() {
     );
     // trainable only: 4·8+8 + 2·8 + 8·6+6 + 2·6 + 6·3+3
     assert_eq!(params.count(), 40 + 16 + 54 + 12 + 21);
+    // each layer owns the tensors under its index, parameters and buffers apart
+    let owned = |i: usize| {
+        let layer = &seq.layers()[i];
+        let names = |ids: Vec<ParamId>| -> Vec<String> {
+            ids.into_iter()
+                .map(|id| params.name(id).to_string())
+                .collect()
+        };
+        (
+            layer.spec().kind,
+            names(layer.parameters()),
+            names(layer.buffers()),
+        )
+    };
+    assert_eq!(
+        owned(5),
+        (
+            "batch_norm1d".to_string(),
+            vec!["embed.5.weight".to_string(), "embed.5.bias".to_string()],
+            vec![
+                "embed.5.running_mean".to_string(),
+                "embed.5.running_var".to_string()
+            ],
+        )
+    );
+    assert_eq!(owned(6), ("relu".to_string(), vec![], vec![]));
+    assert_eq!(owned(7), ("dropout".to_string(), vec![], vec![]));
+    assert_eq!(owned(8).1, ["embed.8.weight", "embed.8.bias"]);
+    // a model names its head after the embedder
+    let mut params = Params::<f32>::new();
+    let model_config = ModelConfig {
+        embedder: config.sequential().unwrap(),
+        head: HeadConfig::Linear { classes: 5 },
+    };
+    Model::new(model_config, &mut params, &mut seeded_rng(0)).unwrap();
+    let names: Vec<&str> = params.ids().map(|id| params.name(id)).collect();
+    assert_eq!(names[..2], ["embed.0.weight", "embed.0.bias"]);
+    assert_eq!(names[names.len() - 2..], ["head.weight", "head.bias"]);
+    assert_eq!(names.len(), 16);
 }
 
 #[test]
@@ -242,7 +296,13 @@ fn mlp_with_every_option_passes_gradcheck() {
         activation: Activation::Tanh,
         ..MlpConfig::new(&[3, 5, 2])
     };
-    let mlp = Mlp::new(config, &mut params, "embed", &mut seeded_rng(3)).unwrap();
+    let mlp = Sequential::new(
+        &config.sequential().unwrap(),
+        &mut params,
+        "embed",
+        &mut seeded_rng(3),
+    )
+    .unwrap();
     let x = Tensor::randn(&[6, 3], 0.0, 1.0, &mut seeded_rng(4));
     gradcheck(&[x], |g, v| {
         let mut rng = seeded_rng(0);
@@ -256,8 +316,8 @@ fn mlp_with_every_option_passes_gradcheck() {
 fn mlp_with_relu_runs_the_fused_bias_relu_and_passes_gradcheck() {
     // Linear → ReLU pairs run as x Wᵀ then add_relu(b): same values as the separate layers
     let mut params = Params::<f64>::new();
-    let mlp = Mlp::new(
-        MlpConfig::new(&[4, 6, 5, 2]),
+    let mlp = Sequential::new(
+        &MlpConfig::new(&[4, 6, 5, 2]).sequential().unwrap(),
         &mut params,
         "embed",
         &mut seeded_rng(5),
@@ -273,6 +333,18 @@ fn mlp_with_relu_runs_the_fused_bias_relu_and_passes_gradcheck() {
     let g = Graph::new();
     let mut cx = Forward::eval(&g, &params);
     let fused = mlp.forward(&mut cx, g.constant(x.clone())).to_tensor();
+    let nodes = g.len();
+    {
+        // one add_relu node for each Linear → ReLU pair, not an add and a relu
+        let g = Graph::new();
+        let p = |name: &str| g.param(&params, params.find(name).unwrap());
+        let h = g.constant(x.clone()).matmul_nt(p("embed.0.weight"));
+        let h = h.add_relu(p("embed.0.bias"));
+        let h = h.matmul_nt(p("embed.2.weight")).add_relu(p("embed.2.bias"));
+        let _ = h.matmul_nt(p("embed.4.weight")) + p("embed.4.bias");
+        assert_eq!(nodes, g.len());
+    }
+    let g = Graph::new();
     let p = |name: &str| g.param(&params, params.find(name).unwrap());
     let h = (g.constant(x).matmul_nt(p("embed.0.weight")) + p("embed.0.bias")).relu();
     let h = (h.matmul_nt(p("embed.2.weight")) + p("embed.2.bias")).relu();
@@ -293,7 +365,7 @@ fn model_chains_embedder_and_head_for_both_head_kinds() {
     for head in heads {
         let mut params = Params::<f32>::new();
         let config = ModelConfig {
-            embedder: embedder.clone(),
+            embedder: embedder.sequential().unwrap(),
             head,
         };
         let model = Model::new(config.clone(), &mut params, &mut seeded_rng(0)).unwrap();
@@ -324,21 +396,30 @@ fn invalid_configurations_are_errors() {
         ..MlpConfig::new(&[2, 2])
     };
     assert!(matches!(
-        Mlp::new(bad_dropout, &mut params, "a", &mut rng),
+        bad_dropout.sequential(),
+        Err(Error::InvalidSetting {
+            name: "dropout",
+            ..
+        })
+    ));
+    // the same dropout written straight into a configuration: refused by its builder
+    let stored = SequentialConfig::new().with(Dropout { p: 1.0 }.spec());
+    assert!(matches!(
+        Sequential::new(&stored, &mut params, "a", &mut rng),
         Err(Error::InvalidSetting {
             name: "dropout",
             ..
         })
     ));
     assert!(matches!(
-        Mlp::new(MlpConfig::new(&[2]), &mut params, "b", &mut rng),
+        MlpConfig::new(&[2]).sequential(),
         Err(Error::InvalidSetting {
             name: "MLP size count",
             ..
         })
     ));
     let config = ModelConfig {
-        embedder: MlpConfig::new(&[2, 2]),
+        embedder: MlpConfig::new(&[2, 2]).sequential().unwrap(),
         head: HeadConfig::Linear { classes: 0 },
     };
     assert!(matches!(
@@ -348,4 +429,435 @@ fn invalid_configurations_are_errors() {
             ..
         })
     ));
+}
+
+// ---- the contract: a layer kind of our own, outside the crate ----
+
+/// `y = x ⊙ a`: one learned scale per feature, a kind the crate does not know.
+#[derive(Debug)]
+struct Scale {
+    a: ParamId,
+    config: ScaleConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct ScaleConfig {
+    features: usize,
+}
+
+impl<F: Element> Module<F> for Scale {
+    fn forward<'g>(&self, cx: &mut Forward<'g, '_, F>, x: Var<'g, F>) -> Var<'g, F> {
+        x * cx.param(self.a)
+    }
+
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::new("scale", &self.config)
+    }
+
+    fn parameters(&self) -> Vec<ParamId> {
+        vec![self.a]
+    }
+
+    fn input_width(&self) -> Option<usize> {
+        Some(self.config.features)
+    }
+}
+
+/// The crate's kinds and `scale`.
+fn with_scale<F: Element>() -> LayerRegistry<F> {
+    let mut registry = LayerRegistry::standard();
+    registry.register("scale", |config: ScaleConfig, cx| {
+        let a = cx.param("weight", &[config.features], Fill::Ones);
+        Ok(Scale { a, config })
+    });
+    registry
+}
+
+/// Linear(0) BatchNorm(1) Scale(2) ReLU(3) Linear(4): the custom layer absorbs the ReLU through
+/// the default `forward_relu`.
+fn embedder_with_scale() -> SequentialConfig {
+    SequentialConfig::new()
+        .with(LinearConfig::new(4, 8).spec())
+        .with(BatchNorm1dConfig::new(8).spec())
+        .with(LayerSpec::new("scale", &ScaleConfig { features: 8 }))
+        .with(Activation::Relu.spec())
+        .with(LinearConfig::new(8, 3).spec())
+}
+
+/// 24 samples of 3 classes, each class pushed along its own axis.
+fn toy_batch() -> (Tensor<f32>, Labels) {
+    let labels: Vec<usize> = (0..24).map(|i| i % 3).collect();
+    let noise = Tensor::<f32>::randn(&[24, 4], 0.0, 0.5, &mut seeded_rng(7));
+    let x = Tensor::from_fn(&[24, 4], |k| {
+        let shift = if k % 4 == labels[k / 4] { 2.0 } else { 0.0 };
+        noise.data()[k] + shift
+    });
+    (x, Labels::new(labels, 3).unwrap())
+}
+
+fn bits<F: Element>(t: &Tensor<F>) -> Vec<u64> {
+    t.data().iter().map(|v| v.to_f64().to_bits()).collect()
+}
+
+#[test]
+fn a_layer_kind_of_our_own_trains_saves_and_reloads() {
+    let registry = with_scale::<f32>();
+    let config = ModelConfig {
+        embedder: embedder_with_scale(),
+        head: HeadConfig::Cosine {
+            classes: 3,
+            loss: MarginLoss::am(10.0, 0.2).unwrap(),
+        },
+    };
+    let mut params = Params::<f32>::new();
+    let model = Model::new_with(config, &registry, &mut params, &mut seeded_rng(0)).unwrap();
+    let scale = params
+        .find("embed.2.weight")
+        .expect("the scale is named by its index");
+    assert!(params.is_trainable(scale));
+    assert_eq!(model.embedder().layers()[2].parameters(), [scale]);
+    assert_eq!(model.config().embedder.layers[2].kind, "scale");
+
+    // a few steps of plain SGD
+    let (x, labels) = toy_batch();
+    let mut rng = seeded_rng(1);
+    let mut losses = Vec::new();
+    for step in 0..30 {
+        let (grads, updates, loss) = {
+            let g = Graph::new();
+            let mut cx = Forward::train(&g, &params, &mut rng);
+            let loss = model.loss(&mut cx, g.constant(x.clone()), &labels).unwrap();
+            let value = loss.item();
+            (loss.backward(), cx.into_updates(), value)
+        };
+        if step == 0 {
+            let grad = grads
+                .param(scale)
+                .expect("the custom layer's parameter receives a gradient");
+            assert!(grad.data().iter().any(|&v| v != 0.0), "{grad:?}");
+        }
+        assert_eq!(updates.len(), 2, "BatchNorm's running statistics");
+        params.apply(updates);
+        for (id, grad) in grads.params() {
+            let p = params.get_mut(id);
+            p.data_mut()
+                .iter_mut()
+                .zip(grad.data())
+                .for_each(|(p, g)| *p -= 0.1 * g);
+        }
+        losses.push(loss);
+    }
+    assert!(
+        losses[29] < 0.5 * losses[0],
+        "the loss does not go down: {losses:?}"
+    );
+    assert!(params.get(scale).data().iter().any(|&a| a != 1.0));
+
+    // save; reload through the registry that knows the kind
+    let dir = std::env::temp_dir().join(format!("margrad-nn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("scale.bin");
+    checkpoint::save(&path, &model, &params, None).unwrap();
+    let loaded = checkpoint::load_with(&path, &registry).unwrap();
+    assert_eq!(loaded.model, model);
+    assert_eq!(loaded.params.len(), params.len());
+    for (a, b) in loaded.params.ids().zip(params.ids()) {
+        assert_eq!(loaded.params.name(a), params.name(b));
+        assert_eq!(loaded.params.is_trainable(a), params.is_trainable(b));
+        assert_eq!(loaded.params.get(a).shape(), params.get(b).shape());
+        assert_eq!(bits(loaded.params.get(a)), bits(params.get(b)));
+    }
+    let logits = |model: &Model, params: &Params<f32>| {
+        let g = Graph::inference();
+        let mut cx = Forward::eval(&g, params);
+        model.logits(&mut cx, g.constant(x.clone())).to_tensor()
+    };
+    assert_eq!(
+        bits(&logits(&loaded.model, &loaded.params)),
+        bits(&logits(&model, &params))
+    );
+    assert_eq!(
+        bits(&loaded.model.embeddings(&loaded.params, &x)),
+        bits(&model.embeddings(&params, &x))
+    );
+    let head = checkpoint::load_head_with(&path, &registry).unwrap();
+    let embedded = model.embedder().infer(&params, &x);
+    assert_eq!(head.predict(&embedded), model.predict(&params, &x));
+
+    // the standard registry does not know the kind: a clear error, naming it and the layer
+    let err = checkpoint::load::<f32>(&path).unwrap_err();
+    match &err {
+        CheckpointError::Invalid(Error::UnknownLayerKind { layer, kind, known }) => {
+            assert_eq!((layer.as_str(), kind.as_str()), ("embed.2", "scale"));
+            assert!(known.iter().any(|k| k == "linear") && !known.iter().any(|k| k == "scale"));
+        }
+        other => panic!("expected an unknown layer kind, got {other:?}"),
+    }
+    assert!(
+        err.to_string()
+            .contains("unknown layer kind \"scale\" at embed.2"),
+        "{err}"
+    );
+    assert!(matches!(
+        checkpoint::load_head::<f32>(&path),
+        Err(CheckpointError::Invalid(Error::UnknownLayerKind { .. }))
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_sequential_with_a_layer_of_our_own_passes_gradcheck_in_inputs_and_parameters() {
+    let registry = with_scale::<f64>();
+    let mut params = Params::<f64>::new();
+    let seq = Sequential::new_with(
+        &embedder_with_scale(),
+        &registry,
+        &mut params,
+        "embed",
+        &mut seeded_rng(3),
+    )
+    .unwrap();
+    let scale = params.find("embed.2.weight").unwrap();
+    params.set(scale, Tensor::randn(&[8], 1.0, 0.5, &mut seeded_rng(4)));
+    // every trainable parameter becomes a leaf of the check, the scale among them
+    let ids = seq.parameters();
+    assert!(ids.contains(&scale));
+    assert_eq!(ids.len(), 7); // W, b; γ, β; a; W, b
+    let mut inputs = vec![Tensor::randn(&[6, 4], 0.0, 1.0, &mut seeded_rng(5))];
+    inputs.extend(ids.iter().map(|&id| params.get(id).clone()));
+    /// The Sequential on `v[0]`, its parameters taken from the leaves `v[1..]`.
+    fn run<'g>(
+        seq: &Sequential<f64>,
+        params: &Params<f64>,
+        ids: &[ParamId],
+        g: &'g Graph<f64>,
+        v: &[Var<'g, f64>],
+    ) -> Var<'g, f64> {
+        let mut rng = seeded_rng(0);
+        let mut cx = Forward::train(g, params, &mut rng);
+        for (&id, &value) in ids.iter().zip(&v[1..]) {
+            cx.override_param(id, value);
+        }
+        seq.forward(&mut cx, v[0])
+    }
+    let report = gradcheck(&inputs, |g, v| run(&seq, &params, &ids, g, v)).unwrap();
+    let elements: usize = inputs.iter().map(|t| t.numel()).sum();
+    assert_eq!(report.checked, elements);
+    // the check is not vacuous: the output depends on the scale's leaf
+    let g = Graph::new();
+    let leaves: Vec<_> = inputs.iter().map(|t| g.leaf(t.clone())).collect();
+    let grads = run(&seq, &params, &ids, &g, &leaves).sum().backward();
+    let position = 1 + ids.iter().position(|&id| id == scale).unwrap();
+    let grad = grads
+        .wrt(leaves[position])
+        .expect("the scale's leaf has a gradient");
+    assert!(grad.data().iter().all(|&v| v != 0.0), "{grad:?}");
+}
+
+static PLAIN: AtomicUsize = AtomicUsize::new(0);
+static FUSED: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts which of its forward passes a Sequential calls.
+#[derive(Debug)]
+struct Probe;
+
+impl<F: Element> Module<F> for Probe {
+    fn forward<'g>(&self, _cx: &mut Forward<'g, '_, F>, x: Var<'g, F>) -> Var<'g, F> {
+        PLAIN.fetch_add(1, Ordering::SeqCst);
+        x
+    }
+
+    fn forward_relu<'g>(&self, _cx: &mut Forward<'g, '_, F>, x: Var<'g, F>) -> Var<'g, F> {
+        FUSED.fetch_add(1, Ordering::SeqCst);
+        x.relu()
+    }
+
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::new("probe", &serde_json::json!({}))
+    }
+}
+
+#[test]
+fn a_relu_is_handed_to_the_layer_before_it() {
+    let mut registry = LayerRegistry::<f64>::standard();
+    registry.register("probe", |_: serde_json::Value, _| Ok(Probe));
+    let probe = || LayerSpec::new("probe", &serde_json::json!({}));
+    // Probe(0) ReLU(1) Probe(2) LeakyReLU(3): only the plain ReLU is absorbed
+    let config = SequentialConfig::new()
+        .with(probe())
+        .with(Activation::Relu.spec())
+        .with(probe())
+        .with(Activation::LeakyRelu(0.5).spec());
+    let seq = Sequential::new_with(
+        &config,
+        &registry,
+        &mut Params::new(),
+        "p",
+        &mut seeded_rng(0),
+    )
+    .unwrap();
+    let x = Tensor::from_vec(vec![-2.0, 1.0, 3.0, -4.0], &[2, 2]).unwrap();
+    let y = seq.infer(&Params::new(), &x);
+    assert_eq!(y.data(), &[0.0, 1.0, 3.0, 0.0]);
+    assert_eq!(
+        (PLAIN.load(Ordering::SeqCst), FUSED.load(Ordering::SeqCst)),
+        (1, 1)
+    );
+}
+
+#[test]
+fn the_standard_registry_knows_the_documented_kinds_and_rebuilds_each_from_its_spec() {
+    let registry = LayerRegistry::<f64>::default();
+    let kinds: Vec<&str> = registry.kinds().collect();
+    assert_eq!(
+        kinds,
+        [
+            "batch_norm1d",
+            "cosine_head",
+            "dropout",
+            "identity",
+            "leaky_relu",
+            "linear",
+            "relu",
+            "sequential",
+            "sigmoid",
+            "tanh"
+        ]
+    );
+    let nested = SequentialConfig::new()
+        .with(LinearConfig::new(2, 3).spec())
+        .with(Activation::Relu.spec());
+    let specs = [
+        LinearConfig::new(3, 4)
+            .without_bias()
+            .with_init(Init::XavierNormal)
+            .spec(),
+        BatchNorm1dConfig {
+            features: 4,
+            eps: 1e-3,
+            momentum: 0.3,
+        }
+        .spec(),
+        Dropout { p: 0.25 }.spec(),
+        Activation::Relu.spec(),
+        Activation::LeakyRelu(0.01).spec(),
+        Activation::Tanh.spec(),
+        Activation::Sigmoid.spec(),
+        Activation::Identity.spec(),
+        LayerSpec::new("sequential", &nested),
+        margrad::nn::CosineHeadConfig {
+            dim: 4,
+            classes: 3,
+            loss: MarginLoss::arcface(30.0, 0.5, margrad::loss::ArcFallback::Threshold).unwrap(),
+        }
+        .spec(),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for spec in specs {
+        let mut params = Params::new();
+        let layer = registry
+            .build(&spec, &mut params, "embed.1", &mut seeded_rng(0))
+            .unwrap_or_else(|e| panic!("{}: {e}", spec.kind));
+        assert_eq!(layer.spec(), spec);
+        seen.insert(spec.kind.clone());
+        if spec.kind == "sequential" {
+            // a nested Sequential names its layers under its own index
+            let names: Vec<&str> = params.ids().map(|id| params.name(id)).collect();
+            assert_eq!(names, ["embed.1.0.weight", "embed.1.0.bias"]);
+        }
+    }
+    assert_eq!(seen.len(), kinds.len(), "every kind is exercised");
+}
+
+#[test]
+fn a_model_configuration_is_data_in_json_and_rebuilds_the_same_model() {
+    let config = ModelConfig {
+        embedder: MlpConfig {
+            batch_norm: true,
+            dropout: 0.2,
+            activation: Activation::LeakyRelu(0.1),
+            ..MlpConfig::new(&[5, 7, 3])
+        }
+        .sequential()
+        .unwrap(),
+        head: HeadConfig::Linear { classes: 4 },
+    };
+    // as metrics.json holds it: the layers' settings as nested objects
+    let json: serde_json::Value = serde_json::to_value(&config).unwrap();
+    let layers = &json["embedder"]["layers"];
+    assert_eq!(layers[0]["kind"], "linear");
+    assert_eq!(layers[0]["config"]["outputs"], 7);
+    assert_eq!(layers[2]["config"]["slope"], 0.1);
+    assert_eq!(layers[3]["config"]["p"], 0.2);
+    let back: ModelConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(back, config);
+    // the same configuration builds the same model, parameter for parameter
+    let mut a = Params::<f32>::new();
+    let mut b = Params::<f32>::new();
+    let first = Model::new(config, &mut a, &mut seeded_rng(9)).unwrap();
+    let second = Model::new(back, &mut b, &mut seeded_rng(9)).unwrap();
+    assert_eq!(first, second);
+    assert_eq!((first.input_dim(), first.embedding_dim()), (5, 3));
+    for (i, j) in a.ids().zip(b.ids()) {
+        assert_eq!(a.name(i), b.name(j));
+        assert_eq!(bits(a.get(i)), bits(b.get(j)));
+    }
+}
+
+#[test]
+fn configuration_errors_name_the_layer() {
+    let build = |config: SequentialConfig| {
+        let mut params = Params::<f32>::new();
+        Sequential::new(&config, &mut params, "embed", &mut seeded_rng(0)).unwrap_err()
+    };
+    let unknown = build(
+        SequentialConfig::new()
+            .with(LinearConfig::new(2, 3).spec())
+            .with(LayerSpec::new("swish", &serde_json::json!({}))),
+    );
+    assert!(
+        matches!(&unknown, Error::UnknownLayerKind { layer, kind, .. }
+            if layer == "embed.1" && kind == "swish"),
+        "{unknown}"
+    );
+    let mut settings = LinearConfig::new(2, 3).spec();
+    settings.config["activation"] = "relu".into();
+    let err = build(SequentialConfig::new().with(settings));
+    assert!(
+        matches!(&err, Error::LayerSettings { layer, kind, message }
+            if layer == "embed.0" && kind == "linear" && message.contains("activation")),
+        "{err}"
+    );
+    let err = build(
+        SequentialConfig::new()
+            .with(LinearConfig::new(2, 3).spec())
+            .with(Activation::Tanh.spec())
+            .with(LinearConfig::new(4, 1).spec()),
+    );
+    assert_eq!(
+        err.to_string(),
+        "invalid settings for layer embed.2 (\"linear\"): it takes 4 features, the layers before \
+         it give 3"
+    );
+    let err = build(SequentialConfig::new().with(LinearConfig::new(0, 3).spec()));
+    assert!(
+        matches!(
+            err,
+            Error::InvalidSetting {
+                name: "Linear inputs",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // a model needs to know its widths
+    let config = ModelConfig {
+        embedder: SequentialConfig::new().with(Activation::Tanh.spec()),
+        head: HeadConfig::Linear { classes: 2 },
+    };
+    let err = Model::new(config, &mut Params::<f32>::new(), &mut seeded_rng(0)).unwrap_err();
+    assert!(
+        matches!(&err, Error::LayerSettings { layer, .. } if layer == "embed"),
+        "{err}"
+    );
 }

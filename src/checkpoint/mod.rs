@@ -14,6 +14,11 @@
 //! | 44..48 | reserved, zero |
 //! | 48.. | body: the model configuration, the named tensors, the training state (bincode 2) |
 //!
+//! The model configuration is the embedder's layers, in order, each as its kind name and its
+//! settings as JSON text (`"linear"`, `{"bias":true,"init":"KaimingNormal","inputs":64,…}`),
+//! then the head's configuration. Version 2 stores the embedder this way, as an open list that
+//! any registered layer kind can stand in; version 1 stored the MLP's fixed fields.
+//!
 //! The header is read by hand and checked field by field (magic, version, element type, body
 //! length against the file's, checksum) before the body is decoded. The model is then rebuilt
 //! from its configuration by the same constructors that made it, each taking its tensor from the
@@ -24,13 +29,12 @@
 mod codec;
 mod safetensors;
 
-use codec::read_str;
+use crate::bounded::read_str;
 pub use safetensors::{safetensors_bytes, save_safetensors};
 
-use crate::nn::CosineHead;
-use crate::nn::{Fill, Forward, Head, HeadConfig, Linear, Model, ModelConfig, ParamSource};
+use crate::nn::{Fill, LayerRegistry, Model, ModelConfig, ParamSource, TrainedHead};
 use crate::optim::OptimizerState;
-use crate::{Element, Error, Graph, Params, SeededRng, Tensor};
+use crate::{Element, Error, Params, SeededRng, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
@@ -64,7 +68,7 @@ pub struct TrainingState<F: Element> {
 #[derive(Debug)]
 pub struct Checkpoint<F: Element> {
     /// The model, rebuilt from its stored configuration.
-    pub model: Model,
+    pub model: Model<F>,
     /// Every parameter and buffer, by name.
     pub params: Params<F>,
     /// The training state, if the checkpoint has one (checked against `params`).
@@ -235,7 +239,7 @@ struct Body<F: Element> {
 
 /// A checkpoint's bytes: header and body.
 pub fn encode<F: Element>(
-    model: &Model,
+    model: &Model<F>,
     params: &Params<F>,
     training: Option<&TrainingState<F>>,
 ) -> Vec<u8> {
@@ -354,12 +358,26 @@ impl<F: Element> ParamSource<F> for Stored<F> {
     }
 }
 
-/// Reads a checkpoint from its bytes.
+/// Reads a checkpoint from its bytes, building its layers with the crate's kinds
+/// ([`LayerRegistry::standard`]).
 ///
 /// # Errors
 /// A [`CheckpointError`] for anything that is not a whole, consistent checkpoint of
-/// element type `F`.
+/// element type `F`; [`CheckpointError::Invalid`] with [`Error::UnknownLayerKind`] for a
+/// layer kind the crate does not know (use [`decode_with`]).
 pub fn decode<F: Element>(bytes: &[u8]) -> Result<Checkpoint<F>, CheckpointError> {
+    decode_with(bytes, &LayerRegistry::standard())
+}
+
+/// Reads a checkpoint from its bytes, building its layers through `registry` (which knows
+/// your own layer kinds).
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_with<F: Element>(
+    bytes: &[u8],
+    registry: &LayerRegistry<F>,
+) -> Result<Checkpoint<F>, CheckpointError> {
     let body: Body<F> = codec::decode(checked_body::<F>(bytes)?).map_err(CheckpointError::Body)?;
     let mut stored = Stored {
         tensors: HashMap::with_capacity(body.tensors.len()),
@@ -372,8 +390,8 @@ pub fn decode<F: Element>(bytes: &[u8]) -> Result<Checkpoint<F>, CheckpointError
         stored.tensors.insert(name, tensor);
     }
     let mut params = Params::new();
-    let model =
-        Model::new(body.config, &mut params, &mut stored).map_err(CheckpointError::Invalid)?;
+    let model = Model::new_with(body.config, registry, &mut params, &mut stored)
+        .map_err(CheckpointError::Invalid)?;
     if let Some(error) = stored.error {
         return Err(error);
     }
@@ -400,7 +418,7 @@ pub fn decode<F: Element>(bytes: &[u8]) -> Result<Checkpoint<F>, CheckpointError
 /// left as it was.
 pub fn save<F: Element>(
     path: &Path,
-    model: &Model,
+    model: &Model<F>,
     params: &Params<F>,
     training: Option<&TrainingState<F>>,
 ) -> Result<(), CheckpointError> {
@@ -408,13 +426,26 @@ pub fn save<F: Element>(
     write_atomically(path, |file| file.write_all(&bytes))
 }
 
-/// Loads a checkpoint.
+/// Loads a checkpoint, building its layers with the crate's kinds
+/// ([`LayerRegistry::standard`]).
 ///
 /// # Errors
 /// [`CheckpointError::Io`] when the file cannot be read, and every error of [`decode`].
 pub fn load<F: Element>(path: &Path) -> Result<Checkpoint<F>, CheckpointError> {
+    load_with(path, &LayerRegistry::standard())
+}
+
+/// Loads a checkpoint, building its layers through `registry` (which knows your own layer
+/// kinds).
+///
+/// # Errors
+/// As [`load`].
+pub fn load_with<F: Element>(
+    path: &Path,
+    registry: &LayerRegistry<F>,
+) -> Result<Checkpoint<F>, CheckpointError> {
     let bytes = fs::read(path).map_err(|e| io_error(path, e))?;
-    decode(&bytes)
+    decode_with(&bytes, registry)
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> CheckpointError {
@@ -463,111 +494,30 @@ pub(crate) fn write_atomically(
     })
 }
 
-/// The head of a trained model, on its own: class centres (or a linear classifier) and the
-/// loss configuration. Predicts classes from embeddings and scores pairs of embeddings.
-#[derive(Clone, Debug)]
-pub struct TrainedHead<F: Element> {
-    config: HeadConfig,
-    head: Head,
-    params: Params<F>,
-}
-
-impl<F: Element> TrainedHead<F> {
-    /// The head's configuration (classes and, for a cosine head, the margin loss).
-    pub fn config(&self) -> &HeadConfig {
-        &self.config
-    }
-
-    /// The class centres `[D, C]` of a cosine head.
-    pub fn centres(&self) -> Option<&Tensor<F>> {
-        match &self.head {
-            Head::Cosine(h) => Some(self.params.get(h.weight())),
-            Head::Linear(_) => None,
-        }
-    }
-
-    /// Class scores without margin for `embeddings` (`[B, D]`): cosines to the centres, or the
-    /// linear classifier's logits.
-    ///
-    /// # Panics
-    /// When `embeddings` is not `[B, D]`.
-    #[track_caller]
-    pub fn scores(&self, embeddings: &Tensor<F>) -> Tensor<F> {
-        let g = Graph::inference();
-        let x = g.constant(embeddings.clone());
-        match &self.head {
-            Head::Cosine(h) => h.cosines(&g, &self.params, x).to_tensor(),
-            Head::Linear(l) => l.forward(&Forward::eval(&g, &self.params), x).to_tensor(),
-        }
-    }
-
-    /// The predicted class of each embedding.
-    ///
-    /// # Panics
-    /// When `embeddings` is not `[B, D]`.
-    #[track_caller]
-    pub fn predict(&self, embeddings: &Tensor<F>) -> Vec<usize> {
-        self.scores(embeddings).argmax_rows()
-    }
-}
-
-/// The cosine similarity of each pair of rows `(a_i, b_i)`: the verification score.
-///
-/// # Panics
-/// When `a` and `b` are not rank-2 tensors of the same shape.
-#[track_caller]
-pub fn score_pairs<F: Element>(a: &Tensor<F>, b: &Tensor<F>) -> Vec<F> {
-    assert!(
-        a.shape() == b.shape() && a.rank() == 2,
-        "shape mismatch in score_pairs: a {:?}, b {:?}",
-        a.shape(),
-        b.shape()
-    );
-    let g = Graph::inference();
-    let eps = F::from_f64(crate::nn::NORM_EPS);
-    let (na, nb) = (
-        g.constant(a.clone()).normalize_rows(eps),
-        g.constant(b.clone()).normalize_rows(eps),
-    );
-    (na * nb).sum_dim(1).to_tensor().into_vec()
-}
-
 /// Loads only the head of a checkpoint: its centres (or linear classifier) and loss.
 ///
 /// # Errors
 /// As [`load`].
 pub fn load_head<F: Element>(path: &Path) -> Result<TrainedHead<F>, CheckpointError> {
-    let checkpoint = load::<F>(path)?;
-    let config = checkpoint.model.config().head.clone();
-    let full = &checkpoint.params;
-    let mut params = Params::new();
-    let mut copy = |id| params.add(full.name(id), full.get(id).clone());
-    let head = match checkpoint.model.head() {
-        Head::Cosine(h) => {
-            let weight = copy(h.weight());
-            Head::Cosine(CosineHead::from_param(
-                &params,
-                weight,
-                h.margin_loss().clone(),
-            ))
-        }
-        Head::Linear(l) => {
-            let weight = copy(l.weight);
-            let bias = l.bias.map(copy);
-            Head::Linear(Linear { weight, bias })
-        }
-    };
-    Ok(TrainedHead {
-        config,
-        head,
-        params,
-    })
+    load_head_with(path, &LayerRegistry::standard())
+}
+
+/// Loads only the head of a checkpoint whose embedder has layer kinds of your own.
+///
+/// # Errors
+/// As [`load_with`].
+pub fn load_head_with<F: Element>(
+    path: &Path,
+    registry: &LayerRegistry<F>,
+) -> Result<TrainedHead<F>, CheckpointError> {
+    let checkpoint = load_with::<F>(path, registry)?;
+    Ok(TrainedHead::new(&checkpoint.model, &checkpoint.params))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::MlpConfig;
+    use crate::nn::{HeadConfig, MlpConfig};
 
     #[test]
     fn a_failed_save_leaves_the_previous_checkpoint_intact() {
@@ -576,7 +526,7 @@ mod tests {
         let path = dir.join("model.bin");
         let mut params = Params::<f32>::new();
         let config = ModelConfig {
-            embedder: MlpConfig::new(&[3, 4]),
+            embedder: MlpConfig::new(&[3, 4]).sequential().unwrap(),
             head: HeadConfig::Linear { classes: 2 },
         };
         let model = Model::new(config, &mut params, &mut crate::seeded_rng(0)).unwrap();

@@ -97,10 +97,55 @@ pub fn make_pairs<R: Rng + ?Sized>(labels: &[usize], count: usize, rng: &mut R) 
     pairs
 }
 
-/// The cosine similarity of each pair's embeddings (rows of `embeddings`).
-pub fn pair_scores<F: Element>(embeddings: &Tensor<F>, pairs: &[Pair]) -> Vec<f64> {
-    let (_, d) = embeddings.matrix_dims().expect("embeddings are [N, D]");
-    let row = |i: usize| &embeddings.data()[i * d..(i + 1) * d];
+/// Two rows of an embedding matrix to compare: a labelled [`Pair`], or a bare `(a, b)`.
+pub trait RowPair {
+    /// The two row indices.
+    fn rows(&self) -> (usize, usize);
+}
+
+impl RowPair for Pair {
+    fn rows(&self) -> (usize, usize) {
+        (self.a, self.b)
+    }
+}
+
+impl RowPair for (usize, usize) {
+    fn rows(&self) -> (usize, usize) {
+        *self
+    }
+}
+
+/// The verification score of each pair: the cosine similarity of its two rows of
+/// `embeddings` (`[N, D]`, normalised or not),
+/// `s(a, b) = ⟨e_a, e_b⟩ / (max(‖e_a‖, ε) · max(‖e_b‖, ε))` with `ε = 1e-12` (as
+/// [`NORM_EPS`](crate::nn::NORM_EPS) and `F.normalize`), accumulated in `f64`.
+///
+/// Pairs are [`Pair`]s (from [`make_pairs`]; `same` is not read) or plain `(a, b)` tuples:
+///
+/// ```
+/// use margrad::{Tensor, metrics::pair_scores};
+/// let e = Tensor::from_vec(vec![1.0f32, 0.0, 0.0, 2.0, 3.0, 3.0], &[3, 2]).unwrap();
+/// let s = pair_scores(&e, &[(0, 1), (0, 2)]);
+/// assert!(s[0].abs() < 1e-12 && (s[1] - 0.5f64.sqrt()).abs() < 1e-7);
+/// ```
+///
+/// # Panics
+/// When `embeddings` is not rank 2, or a pair names a row it does not have.
+#[track_caller]
+pub fn pair_scores<F: Element, P: RowPair>(embeddings: &Tensor<F>, pairs: &[P]) -> Vec<f64> {
+    let (n, d) = embeddings.matrix_dims().unwrap_or_else(|| {
+        panic!(
+            "pair_scores: embeddings must be [N, D], found shape {:?}",
+            embeddings.shape()
+        )
+    });
+    let row = |i: usize| {
+        assert!(
+            i < n,
+            "pair_scores: row {i} out of range for {n} embeddings"
+        );
+        &embeddings.data()[i * d..(i + 1) * d]
+    };
     let norm = |r: &[F]| {
         r.iter()
             .map(|v| v.to_f64().powi(2))
@@ -111,7 +156,8 @@ pub fn pair_scores<F: Element>(embeddings: &Tensor<F>, pairs: &[Pair]) -> Vec<f6
     pairs
         .iter()
         .map(|p| {
-            let (a, b) = (row(p.a), row(p.b));
+            let (a, b) = p.rows();
+            let (a, b) = (row(a), row(b));
             let dot: f64 = a.iter().zip(b).map(|(x, y)| x.to_f64() * y.to_f64()).sum();
             dot / (norm(a) * norm(b))
         })

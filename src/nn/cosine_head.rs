@@ -1,61 +1,75 @@
 //! The cosine classifier: class centres `W` normalised inside, a margin loss on top.
 
-use super::{Fill, NORM_EPS, ParamSource};
-use crate::loss::{MarginLoss, Reduction, margin_cross_entropy_with};
-use crate::{Element, Error, Graph, Labels, ParamId, Params, Tensor, Var};
+use super::{Fill, Forward, Head, LayerSpec, Module, NORM_EPS, ParamSource, l2_normalize};
+use crate::loss::{MarginLoss, Reduction, margin_cross_entropy, margin_cross_entropy_with};
+use crate::{Element, Error, Labels, ParamId, Params, Var};
+use serde::{Deserialize, Serialize};
 
-/// A cosine-classifier head: owns the class centres `W` (`[D, C]`, one centre per column) and
-/// a [`MarginLoss`]. Features and centres are both L2-normalised inside, so
-/// `cos θ_ij = (x_i / ‖x_i‖) · (W_j / ‖W_j‖)`.
-///
-/// - [`CosineHead::loss`]: the margin loss, for training;
-/// - [`CosineHead::cosines`]: cosine logits without margin, for prediction;
-/// - [`CosineHead::embed`]: normalised embeddings, for verification.
+/// The settings of a [`CosineHead`] (kind `cosine_head`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CosineHeadConfig {
+    /// The feature dimension `D`.
+    pub dim: usize,
+    /// The number of classes `C`.
+    pub classes: usize,
+    /// The loss the head trains with.
+    pub loss: MarginLoss,
+}
+
+impl CosineHeadConfig {
+    /// Checks the sizes and the loss.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for a zero size or an invalid loss.
+    pub fn validate(&self) -> Result<(), Error> {
+        Error::check("cosine head dim", self.dim as f64, self.dim > 0, "positive")?;
+        Error::check(
+            "classes",
+            self.classes as f64,
+            self.classes > 0,
+            "at least 1",
+        )?;
+        self.loss.validate()
+    }
+
+    /// The stored form of the head.
+    pub fn spec(&self) -> LayerSpec {
+        LayerSpec::new(CosineHead::KIND, self)
+    }
+}
+
+/// A cosine-classifier head: owns the class centres `W` (`[D, C]`, one centre per column,
+/// `{prefix}.weight`) and a [`MarginLoss`]. Features and centres are both L2-normalised
+/// inside, so its [`forward`](Module::forward) gives
+/// `cos θ_ij = (x_i / ‖x_i‖) · (W_j / ‖W_j‖)` (`[B, C]`, no margin: prediction), and its
+/// [`loss`](Head::loss) the margin loss of those cosines (training).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CosineHead {
     weight: ParamId,
-    loss: MarginLoss,
-    dim: usize,
-    classes: usize,
+    config: CosineHeadConfig,
 }
 
 impl CosineHead {
-    /// Adds the centres `name` (`[dim, classes]`, Xavier-normal when fresh) to `params`,
-    /// drawn from `source` (a [`SeededRng`](crate::SeededRng) for a fresh head).
-    pub fn new<F: Element, S: ParamSource<F> + ?Sized>(
-        params: &mut Params<F>,
-        name: &str,
-        dim: usize,
-        classes: usize,
-        loss: MarginLoss,
-        source: &mut S,
-    ) -> Self {
-        let std = (2.0 / (dim + classes) as f64).sqrt();
-        let centres = source.tensor(name, &[dim, classes], Fill::Normal { std });
-        let weight = params.add(name, centres);
-        CosineHead {
-            weight,
-            loss,
-            dim,
-            classes,
-        }
-    }
+    /// The kind name a [`LayerRegistry`](super::LayerRegistry) knows it by.
+    pub const KIND: &'static str = "cosine_head";
 
-    /// A head over centres already in `params` (a `[dim, classes]` parameter).
-    ///
-    /// # Panics
-    /// When the parameter is not rank 2.
-    #[track_caller]
-    pub fn from_param<F: Element>(params: &Params<F>, weight: ParamId, loss: MarginLoss) -> Self {
-        let shape = params.get(weight).shape();
-        let [dim, classes] = shape[..] else {
-            panic!("CosineHead: centres must be [D, C], found shape {shape:?}")
-        };
+    /// Adds the centres `{prefix}.weight` (`[dim, classes]`, Xavier-normal when fresh,
+    /// `N(0, 2/(D + C))`) to `params`, taken from `source` (a [`SeededRng`](crate::SeededRng)
+    /// for a fresh head).
+    pub fn new<F: Element>(
+        params: &mut Params<F>,
+        prefix: &str,
+        config: CosineHeadConfig,
+        source: &mut dyn ParamSource<F>,
+    ) -> Self {
+        let (dim, classes) = (config.dim, config.classes);
+        let std = (2.0 / (dim as f64 + classes as f64)).sqrt();
+        let name = format!("{prefix}.weight");
+        let centres = source.tensor(&name, &[dim, classes], Fill::Normal { std });
         CosineHead {
-            weight,
-            loss,
-            dim,
-            classes,
+            weight: params.add(name, centres),
+            config,
         }
     }
 
@@ -64,80 +78,81 @@ impl CosineHead {
         self.weight
     }
 
+    /// The settings it was built from.
+    pub fn config(&self) -> &CosineHeadConfig {
+        &self.config
+    }
+
     /// The loss the head trains with.
     pub fn margin_loss(&self) -> &MarginLoss {
-        &self.loss
+        &self.config.loss
     }
 
     /// The feature dimension `D`.
     pub fn dim(&self) -> usize {
-        self.dim
+        self.config.dim
     }
 
     /// The number of classes `C`.
     pub fn classes(&self) -> usize {
-        self.classes
+        self.config.classes
     }
 
-    /// `cos θ` (`[B, C]`): normalised features times column-normalised centres, no margin.
-    ///
-    /// # Panics
-    /// When `features` is not `[B, D]`.
-    #[track_caller]
-    pub fn cosines<'g, F: Element>(
-        &self,
-        g: &'g Graph<F>,
-        params: &Params<F>,
-        features: Var<'g, F>,
-    ) -> Var<'g, F> {
-        let eps = F::from_f64(NORM_EPS);
-        let centres = g.param(params, self.weight).normalize_cols(eps);
-        features.normalize_rows(eps).matmul(centres)
-    }
-
-    /// The mean margin loss of a batch.
+    /// The margin loss of a batch with a reduction and optional sample weights.
     ///
     /// # Errors
-    /// As [`margin_cross_entropy_with`](crate::loss::margin_cross_entropy_with).
-    #[track_caller]
-    pub fn loss<'g, F: Element>(
-        &self,
-        g: &'g Graph<F>,
-        params: &Params<F>,
-        features: Var<'g, F>,
-        labels: &Labels,
-    ) -> Result<Var<'g, F>, Error> {
-        self.loss_with(g, params, features, labels, Reduction::Mean, None)
-    }
-
-    /// The margin loss with a reduction and optional sample weights.
-    ///
-    /// # Errors
-    /// As [`margin_cross_entropy_with`](crate::loss::margin_cross_entropy_with).
+    /// As [`margin_cross_entropy_with`].
     #[track_caller]
     pub fn loss_with<'g, F: Element>(
         &self,
-        g: &'g Graph<F>,
-        params: &Params<F>,
+        cx: &mut Forward<'g, '_, F>,
         features: Var<'g, F>,
         labels: &Labels,
         reduction: Reduction,
         weights: Option<&[f64]>,
     ) -> Result<Var<'g, F>, Error> {
-        let cos = self.cosines(g, params, features);
-        margin_cross_entropy_with(cos, labels, &self.loss, reduction, weights)
+        let cos = self.forward(cx, features);
+        margin_cross_entropy_with(cos, labels, &self.config.loss, reduction, weights)
+    }
+}
+
+impl<F: Element> Module<F> for CosineHead {
+    /// `cos θ` (`[B, C]`): normalised features times column-normalised centres, no margin.
+    ///
+    /// # Panics
+    /// When `features` is not `[B, D]`.
+    #[track_caller]
+    fn forward<'g>(&self, cx: &mut Forward<'g, '_, F>, features: Var<'g, F>) -> Var<'g, F> {
+        let centres = cx.param(self.weight).normalize_cols(F::from_f64(NORM_EPS));
+        l2_normalize(features).matmul(centres)
     }
 
-    /// L2-normalised embeddings (`[B, D]`): compare two with a dot product (cosine similarity).
-    pub fn embed<'g, F: Element>(&self, features: Var<'g, F>) -> Var<'g, F> {
-        features.normalize_rows(F::from_f64(NORM_EPS))
+    fn spec(&self) -> LayerSpec {
+        self.config.spec()
     }
 
-    /// The class with the largest cosine for each row of `features`.
-    pub fn predict<F: Element>(&self, params: &Params<F>, features: &Tensor<F>) -> Vec<usize> {
-        let g = Graph::inference();
-        self.cosines(&g, params, g.constant(features.clone()))
-            .value()
-            .argmax_rows()
+    fn parameters(&self) -> Vec<ParamId> {
+        vec![self.weight]
+    }
+
+    fn input_width(&self) -> Option<usize> {
+        Some(self.config.dim)
+    }
+
+    fn output_width(&self, _input: Option<usize>) -> Option<usize> {
+        Some(self.config.classes)
+    }
+}
+
+impl<F: Element> Head<F> for CosineHead {
+    /// The mean margin loss of the cosines ([`MarginLoss`] gives the formula), and the cosines.
+    fn loss_and_scores<'g>(
+        &self,
+        cx: &mut Forward<'g, '_, F>,
+        features: Var<'g, F>,
+        labels: &Labels,
+    ) -> Result<(Var<'g, F>, Var<'g, F>), Error> {
+        let cos = self.forward(cx, features);
+        Ok((margin_cross_entropy(cos, labels, &self.config.loss)?, cos))
     }
 }

@@ -10,6 +10,7 @@ pub struct Forward<'g, 'p, F: Element> {
     params: &'p Params<F>,
     rng: Option<&'p mut SeededRng>,
     updates: Vec<(ParamId, Tensor<F>)>,
+    overrides: Vec<(ParamId, Var<'g, F>)>,
 }
 
 /// Buffer values computed by a training forward pass, to store with [`Params::apply`].
@@ -25,6 +26,7 @@ impl<'g, 'p, F: Element> Forward<'g, 'p, F> {
             params,
             rng: Some(rng),
             updates: Vec::new(),
+            overrides: Vec::new(),
         }
     }
 
@@ -35,6 +37,7 @@ impl<'g, 'p, F: Element> Forward<'g, 'p, F> {
             params,
             rng: None,
             updates: Vec::new(),
+            overrides: Vec::new(),
         }
     }
 
@@ -48,14 +51,37 @@ impl<'g, 'p, F: Element> Forward<'g, 'p, F> {
         self.params
     }
 
-    /// Parameter `id`, entered into the graph.
+    /// Parameter `id`, entered into the graph (or the value it was overridden with).
     pub fn param(&self, id: ParamId) -> Var<'g, F> {
-        self.graph.param(self.params, id)
+        match self.overrides.iter().find(|(o, _)| *o == id) {
+            Some(&(_, value)) => value,
+            None => self.graph.param(self.params, id),
+        }
     }
 
     /// A buffer's current value, as a constant (shared, not copied; no gradient).
     pub fn buffer(&self, id: ParamId) -> Var<'g, F> {
         self.graph.param(self.params, id)
+    }
+
+    /// Makes [`param`](Forward::param) return `value` for `id` in this pass instead of the
+    /// stored parameter. Modules run unchanged, and their output becomes a function of
+    /// `value`: the way to [`gradcheck`](crate::gradcheck()) a module with respect to its
+    /// own parameters, taking each as a leaf.
+    ///
+    /// # Panics
+    /// When `value`'s shape is not the parameter's.
+    #[track_caller]
+    pub fn override_param(&mut self, id: ParamId, value: Var<'g, F>) {
+        let stored = self.params.get(id).shape();
+        assert!(
+            value.shape() == stored,
+            "shape mismatch in Forward::override_param of {:?}: parameter {stored:?}, value {:?}",
+            self.params.name(id),
+            value.shape()
+        );
+        self.overrides.retain(|(o, _)| *o != id);
+        self.overrides.push((id, value));
     }
 
     /// Whether this is a training pass.
@@ -91,15 +117,12 @@ impl<F: Element> BufferUpdates<F> {
     }
 }
 
-impl<F: Element> Params<F> {
-    /// Stores the buffer values a training pass computed.
-    ///
-    /// # Panics
-    /// When a value's shape differs from its buffer's.
-    #[track_caller]
-    pub fn apply(&mut self, updates: BufferUpdates<F>) {
-        for (id, value) in updates.0 {
-            self.set(id, value);
-        }
+impl<F: Element> IntoIterator for BufferUpdates<F> {
+    type Item = (ParamId, Tensor<F>);
+    type IntoIter = std::vec::IntoIter<(ParamId, Tensor<F>)>;
+
+    /// The `(buffer, new value)` pairs, in the order the pass recorded them.
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
     }
 }

@@ -1,7 +1,9 @@
 //! The layers: Linear, BatchNorm1d, Dropout, and the activations between them.
 
-use super::{Fill, Forward, ParamSource};
-use crate::{Element, ParamId, Params, Tensor, Var};
+use super::registry::{LeakyReluSettings, NoSettings};
+use super::{Fill, Forward, Head, LayerSpec, Module, ParamSource};
+use crate::loss::softmax_cross_entropy;
+use crate::{Element, Error, Labels, ParamId, Params, Tensor, Var};
 use rand_distr::{Bernoulli, Distribution};
 use serde::{Deserialize, Serialize};
 
@@ -14,30 +16,106 @@ pub enum Init {
     XavierNormal,
 }
 
+/// The settings of a [`Linear`] layer (kind `linear`).
+///
+/// ```
+/// use margrad::nn::{Init, LinearConfig};
+/// let c = LinearConfig::new(784, 256).without_bias().with_init(Init::XavierNormal);
+/// assert_eq!((c.inputs, c.outputs, c.bias, c.init), (784, 256, false, Init::XavierNormal));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinearConfig {
+    /// Input width (`in_features`).
+    pub inputs: usize,
+    /// Output width (`out_features`).
+    pub outputs: usize,
+    /// Whether the layer adds a bias `b`.
+    pub bias: bool,
+    /// How `W` is drawn.
+    pub init: Init,
+}
+
+impl LinearConfig {
+    /// `inputs → outputs`, with a bias, Kaiming-normal weights.
+    pub fn new(inputs: usize, outputs: usize) -> Self {
+        LinearConfig {
+            inputs,
+            outputs,
+            bias: true,
+            init: Init::KaimingNormal,
+        }
+    }
+
+    /// The same layer without a bias.
+    pub fn without_bias(self) -> Self {
+        LinearConfig {
+            bias: false,
+            ..self
+        }
+    }
+
+    /// The same layer with weights drawn by `init`.
+    pub fn with_init(self, init: Init) -> Self {
+        LinearConfig { init, ..self }
+    }
+
+    /// Checks the widths.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for a width of zero.
+    pub fn validate(&self) -> Result<(), Error> {
+        Error::check(
+            "Linear inputs",
+            self.inputs as f64,
+            self.inputs > 0,
+            "positive",
+        )?;
+        Error::check(
+            "Linear outputs",
+            self.outputs as f64,
+            self.outputs > 0,
+            "positive",
+        )
+    }
+
+    /// The stored form of the layer.
+    pub fn spec(&self) -> LayerSpec {
+        LayerSpec::new(Linear::KIND, self)
+    }
+}
+
 /// `y = x Wᵀ + b`, with `W` stored `[out, in]` as PyTorch stores it (the transpose is free:
-/// [`Var::matmul_nt`]).
+/// [`Var::matmul_nt`]). As a [`Head`], a linear classifier trained with softmax cross-entropy
+/// on the logits `y`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Linear {
     /// `[out, in]`.
     pub weight: ParamId,
     /// `[out]`, if the layer has a bias.
     pub bias: Option<ParamId>,
+    config: LinearConfig,
 }
 
 impl Linear {
-    /// Adds `{prefix}.weight` (and `{prefix}.bias`) to `params`, drawn from `source`.
-    pub fn new<F: Element, S: ParamSource<F> + ?Sized>(
+    /// The kind name a [`LayerRegistry`](super::LayerRegistry) knows it by.
+    pub const KIND: &'static str = "linear";
+
+    /// Adds `{prefix}.weight` (`[out, in]`, drawn as `config.init` says when fresh) and, with
+    /// a bias, `{prefix}.bias` (`[out]`, zeros when fresh) to `params`, taken from `source`.
+    pub fn new<F: Element>(
         params: &mut Params<F>,
         prefix: &str,
-        inputs: usize,
-        outputs: usize,
-        bias: bool,
-        init: Init,
-        source: &mut S,
+        config: LinearConfig,
+        source: &mut dyn ParamSource<F>,
     ) -> Self {
-        let variance = match init {
+        let LinearConfig {
+            inputs, outputs, ..
+        } = config;
+        let variance = match config.init {
             Init::KaimingNormal => 2.0 / inputs as f64,
-            Init::XavierNormal => 2.0 / (inputs + outputs) as f64,
+            // in f64: widths read from a file may be anything, their sum must not overflow
+            Init::XavierNormal => 2.0 / (inputs as f64 + outputs as f64),
         };
         let weight = format!("{prefix}.weight");
         let fill = Fill::Normal {
@@ -46,45 +124,123 @@ impl Linear {
         let w = source.tensor(&weight, &[outputs, inputs], fill);
         Linear {
             weight: params.add(weight, w),
-            bias: bias.then(|| {
+            bias: config.bias.then(|| {
                 let name = format!("{prefix}.bias");
                 let b = source.tensor(&name, &[outputs], Fill::Zeros);
                 params.add(name, b)
             }),
+            config,
         }
     }
 
+    /// The settings it was built from.
+    pub fn config(&self) -> &LinearConfig {
+        &self.config
+    }
+}
+
+impl<F: Element> Module<F> for Linear {
     /// `x Wᵀ + b` for `x` of shape `[B, in]`.
     ///
     /// # Panics
     /// When `x` is not `[B, in]`.
     #[track_caller]
-    pub fn forward<'g, F: Element>(&self, cx: &Forward<'g, '_, F>, x: Var<'g, F>) -> Var<'g, F> {
+    fn forward<'g>(&self, cx: &mut Forward<'g, '_, F>, x: Var<'g, F>) -> Var<'g, F> {
         let y = x.matmul_nt(cx.param(self.weight));
         match self.bias {
             Some(b) => y + cx.param(b),
             None => y,
         }
     }
-}
 
-impl Linear {
     /// `max(x Wᵀ + b, 0)`: the layer and a ReLU, with the bias and the ReLU fused
     /// ([`Var::add_relu`]); a layer without bias applies the ReLU on its own.
     ///
     /// # Panics
     /// When `x` is not `[B, in]`.
     #[track_caller]
-    pub fn forward_relu<'g, F: Element>(
-        &self,
-        cx: &Forward<'g, '_, F>,
-        x: Var<'g, F>,
-    ) -> Var<'g, F> {
+    fn forward_relu<'g>(&self, cx: &mut Forward<'g, '_, F>, x: Var<'g, F>) -> Var<'g, F> {
         let y = x.matmul_nt(cx.param(self.weight));
         match self.bias {
             Some(b) => y.add_relu(cx.param(b)),
             None => y.relu(),
         }
+    }
+
+    fn spec(&self) -> LayerSpec {
+        self.config.spec()
+    }
+
+    fn parameters(&self) -> Vec<ParamId> {
+        std::iter::once(self.weight).chain(self.bias).collect()
+    }
+
+    fn input_width(&self) -> Option<usize> {
+        Some(self.config.inputs)
+    }
+
+    fn output_width(&self, _input: Option<usize>) -> Option<usize> {
+        Some(self.config.outputs)
+    }
+}
+
+impl<F: Element> Head<F> for Linear {
+    /// Softmax cross-entropy of the logits `z = x Wᵀ + b`:
+    /// `L = −(1/B) Σ_i log softmax(z_i)_{y_i}`, and the logits.
+    fn loss_and_scores<'g>(
+        &self,
+        cx: &mut Forward<'g, '_, F>,
+        features: Var<'g, F>,
+        labels: &Labels,
+    ) -> Result<(Var<'g, F>, Var<'g, F>), Error> {
+        let logits = self.forward(cx, features);
+        Ok((softmax_cross_entropy(logits, labels)?, logits))
+    }
+}
+
+/// The settings of a [`BatchNorm1d`] layer (kind `batch_norm1d`), PyTorch's defaults from
+/// [`BatchNorm1dConfig::new`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchNorm1dConfig {
+    /// The number of features `D` (`num_features`).
+    pub features: usize,
+    /// Added to the variance (`1e-5`).
+    pub eps: f64,
+    /// Weight of the batch in the running statistics (`0.1`).
+    pub momentum: f64,
+}
+
+impl BatchNorm1dConfig {
+    /// `features` features, `eps = 1e-5`, `momentum = 0.1`.
+    pub fn new(features: usize) -> Self {
+        BatchNorm1dConfig {
+            features,
+            eps: 1e-5,
+            momentum: 0.1,
+        }
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for zero features, `eps ≤ 0`, or a momentum outside `[0, 1]`.
+    pub fn validate(&self) -> Result<(), Error> {
+        let f = self.features;
+        Error::check("BatchNorm1d features", f as f64, f > 0, "positive")?;
+        Error::check("BatchNorm1d eps", self.eps, self.eps > 0.0, "positive")?;
+        let m = self.momentum;
+        Error::check(
+            "BatchNorm1d momentum",
+            m,
+            (0.0..=1.0).contains(&m),
+            "in [0, 1]",
+        )
+    }
+
+    /// The stored form of the layer.
+    pub fn spec(&self) -> LayerSpec {
+        LayerSpec::new(BatchNorm1d::KIND, self)
     }
 }
 
@@ -102,24 +258,24 @@ pub struct BatchNorm1d {
     pub running_mean: ParamId,
     /// Running variance, `[D]` (a buffer).
     pub running_var: ParamId,
-    /// Added to the variance.
-    pub eps: f64,
-    /// Weight of the batch in the running statistics.
-    pub momentum: f64,
+    config: BatchNorm1dConfig,
 }
 
 impl BatchNorm1d {
-    /// Adds `{prefix}.weight`, `.bias`, `.running_mean`, `.running_var` to `params`, drawn
-    /// from `source` (γ = 1, β = 0, mean 0, variance 1 when fresh).
-    pub fn new<F: Element, S: ParamSource<F> + ?Sized>(
+    /// The kind name a [`LayerRegistry`](super::LayerRegistry) knows it by.
+    pub const KIND: &'static str = "batch_norm1d";
+
+    /// Adds `{prefix}.weight`, `.bias`, `.running_mean`, `.running_var` (`[D]` each) to
+    /// `params`, taken from `source` (γ = 1, β = 0, mean 0, variance 1 when fresh).
+    pub fn new<F: Element>(
         params: &mut Params<F>,
         prefix: &str,
-        features: usize,
-        source: &mut S,
+        config: BatchNorm1dConfig,
+        source: &mut dyn ParamSource<F>,
     ) -> Self {
         let mut make = |suffix: &str, fill: Fill, trainable: bool| {
             let name = format!("{prefix}.{suffix}");
-            let t = source.tensor(&name, &[features], fill);
+            let t = source.tensor(&name, &[config.features], fill);
             if trainable {
                 params.add(name, t)
             } else {
@@ -131,33 +287,13 @@ impl BatchNorm1d {
             bias: make("bias", Fill::Zeros, true),
             running_mean: make("running_mean", Fill::Zeros, false),
             running_var: make("running_var", Fill::Ones, false),
-            eps: 1e-5,
-            momentum: 0.1,
+            config,
         }
     }
 
-    /// Normalises `x` (`[B, D]`); a training pass records the new running statistics.
-    ///
-    /// # Panics
-    /// When `x` is not `[B, D]`.
-    #[track_caller]
-    pub fn forward<'g, F: Element>(
-        &self,
-        cx: &mut Forward<'g, '_, F>,
-        x: Var<'g, F>,
-    ) -> Var<'g, F> {
-        let eps = F::from_f64(self.eps);
-        let normalised = if cx.is_training() {
-            let mean = x.mean_dim(0);
-            let centred = x - mean;
-            let var = (centred * centred).mean_dim(0);
-            self.record_running_stats(cx, &mean.to_tensor(), &var.to_tensor(), x.shape()[0]);
-            centred / (var + eps).sqrt()
-        } else {
-            let (mean, var) = (cx.buffer(self.running_mean), cx.buffer(self.running_var));
-            (x - mean) / (var + eps).sqrt()
-        };
-        normalised * cx.param(self.weight) + cx.param(self.bias)
+    /// The settings it was built from.
+    pub fn config(&self) -> &BatchNorm1dConfig {
+        &self.config
     }
 
     fn record_running_stats<F: Element>(
@@ -167,7 +303,7 @@ impl BatchNorm1d {
         var: &Tensor<F>,
         batch: usize,
     ) {
-        let momentum = F::from_f64(self.momentum);
+        let momentum = F::from_f64(self.config.momentum);
         let keep = F::ONE - momentum;
         let unbias = F::from_f64(batch as f64 / (batch.max(2) - 1) as f64);
         let blend = |running: &Tensor<F>, batch_stat: &Tensor<F>, factor: F| {
@@ -183,27 +319,88 @@ impl BatchNorm1d {
     }
 }
 
+impl<F: Element> Module<F> for BatchNorm1d {
+    /// Normalises `x` (`[B, D]`); a training pass records the new running statistics.
+    ///
+    /// # Panics
+    /// When `x` is not `[B, D]`.
+    #[track_caller]
+    fn forward<'g>(&self, cx: &mut Forward<'g, '_, F>, x: Var<'g, F>) -> Var<'g, F> {
+        let eps = F::from_f64(self.config.eps);
+        let normalised = if cx.is_training() {
+            let mean = x.mean_dim(0);
+            let centred = x - mean;
+            let var = (centred * centred).mean_dim(0);
+            self.record_running_stats(cx, &mean.to_tensor(), &var.to_tensor(), x.shape()[0]);
+            centred / (var + eps).sqrt()
+        } else {
+            let (mean, var) = (cx.buffer(self.running_mean), cx.buffer(self.running_var));
+            (x - mean) / (var + eps).sqrt()
+        };
+        normalised * cx.param(self.weight) + cx.param(self.bias)
+    }
+
+    fn spec(&self) -> LayerSpec {
+        self.config.spec()
+    }
+
+    fn parameters(&self) -> Vec<ParamId> {
+        vec![self.weight, self.bias]
+    }
+
+    fn buffers(&self) -> Vec<ParamId> {
+        vec![self.running_mean, self.running_var]
+    }
+
+    fn input_width(&self) -> Option<usize> {
+        Some(self.config.features)
+    }
+
+    fn output_width(&self, _input: Option<usize>) -> Option<usize> {
+        Some(self.config.features)
+    }
+}
+
 /// Zeroes each element with probability `p` while training and scales the rest by
-/// `1/(1 − p)`, so that evaluation (the identity) sees the same expected value.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// `1/(1 − p)`, so that evaluation (the identity) sees the same expected value. Its own
+/// settings (kind `dropout`, `{"p": 0.1}`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Dropout {
     /// The probability of dropping an element, in `[0, 1)`.
     pub p: f64,
 }
 
 impl Dropout {
+    /// The kind name a [`LayerRegistry`](super::LayerRegistry) knows it by.
+    pub const KIND: &'static str = "dropout";
+
+    /// Checks the probability.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for `p` outside `[0, 1)`.
+    pub fn validate(&self) -> Result<(), Error> {
+        Error::check("dropout", self.p, (0.0..1.0).contains(&self.p), "in [0, 1)")
+    }
+
+    /// The stored form of the layer.
+    pub fn spec(&self) -> LayerSpec {
+        LayerSpec::new(Self::KIND, self)
+    }
+}
+
+impl<F: Element> Module<F> for Dropout {
     /// `x ⊙ mask / (1 − p)` while training (mask drawn from the pass's generator), `x` otherwise.
-    pub fn forward<'g, F: Element>(
-        &self,
-        cx: &mut Forward<'g, '_, F>,
-        x: Var<'g, F>,
-    ) -> Var<'g, F> {
+    ///
+    /// # Panics
+    /// When `p` is outside `[0, 1)` (a registry checks it; a hand-made `Dropout` may not).
+    fn forward<'g>(&self, cx: &mut Forward<'g, '_, F>, x: Var<'g, F>) -> Var<'g, F> {
         let graph = cx.graph();
         let p = self.p;
         let Some(rng) = cx.rng().filter(|_| p > 0.0) else {
             return x;
         };
-        let keep = Bernoulli::new(1.0 - p).expect("p in [0, 1) is checked by the model config");
+        let keep = Bernoulli::new(1.0 - p).expect("dropout p must be in [0, 1)");
         let scale = F::from_f64(1.0 / (1.0 - p));
         let mask = Tensor::from_fn(
             &x.shape(),
@@ -211,9 +408,14 @@ impl Dropout {
         );
         x * graph.constant(mask)
     }
+
+    fn spec(&self) -> LayerSpec {
+        Dropout::spec(self)
+    }
 }
 
-/// The nonlinearity between layers.
+/// The element-wise nonlinearities, each a layer of its own kind (`relu`, `leaky_relu`,
+/// `tanh`, `sigmoid`, `identity`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Activation {
     /// `max(x, 0)`.
@@ -229,14 +431,46 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// Applies the activation.
-    pub fn forward<'g, F: Element>(self, x: Var<'g, F>) -> Var<'g, F> {
+    /// The kind name a [`LayerRegistry`](super::LayerRegistry) knows it by.
+    pub fn kind(self) -> &'static str {
         match self {
+            Activation::Relu => "relu",
+            Activation::LeakyRelu(_) => "leaky_relu",
+            Activation::Tanh => "tanh",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Identity => "identity",
+        }
+    }
+
+    /// The stored form of the layer: the kind, and `{"slope": …}` for a leaky ReLU, `{}`
+    /// otherwise.
+    pub fn spec(self) -> LayerSpec {
+        match self {
+            Activation::LeakyRelu(slope) => {
+                LayerSpec::new(self.kind(), &LeakyReluSettings { slope })
+            }
+            _ => LayerSpec::new(self.kind(), &NoSettings {}),
+        }
+    }
+}
+
+impl<F: Element> Module<F> for Activation {
+    /// Applies the activation, element by element.
+    fn forward<'g>(&self, _cx: &mut Forward<'g, '_, F>, x: Var<'g, F>) -> Var<'g, F> {
+        match *self {
             Activation::Relu => x.relu(),
             Activation::LeakyRelu(slope) => x.leaky_relu(F::from_f64(slope)),
             Activation::Tanh => x.tanh(),
             Activation::Sigmoid => x.sigmoid(),
             Activation::Identity => x,
         }
+    }
+
+    fn is_relu(&self) -> bool {
+        *self == Activation::Relu
+    }
+
+    fn spec(&self) -> LayerSpec {
+        Activation::spec(*self)
     }
 }

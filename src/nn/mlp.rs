@@ -1,11 +1,20 @@
-//! A multilayer perceptron built from a configuration, as `nn.Sequential` would hold it.
+//! A multilayer perceptron described in a few fields, turned into a [`SequentialConfig`].
 
-use super::{Activation, BatchNorm1d, Dropout, Forward, Init, Linear, ParamSource};
-use crate::{Element, Error, Params, Var};
+use super::{Activation, BatchNorm1dConfig, Dropout, Init, LinearConfig, SequentialConfig};
+use crate::Error;
 use serde::{Deserialize, Serialize};
 
-/// The shape of an MLP: `sizes = [in, hidden…, out]`; between layers (not after the last) an
-/// optional BatchNorm1d, the activation, and optional dropout.
+/// The shape of an MLP: `sizes = [in, hidden…, out]`; between Linear layers (not after the
+/// last) an optional BatchNorm1d, the activation, and optional dropout. A convenience: what is
+/// built and stored is the [`SequentialConfig`] that [`MlpConfig::sequential`] gives.
+///
+/// ```
+/// use margrad::nn::MlpConfig;
+/// let config = MlpConfig { batch_norm: true, ..MlpConfig::new(&[784, 256, 128]) };
+/// let kinds: Vec<String> = config.sequential()?.layers.into_iter().map(|l| l.kind).collect();
+/// assert_eq!(kinds, ["linear", "batch_norm1d", "relu", "linear"]); // embed.0 … embed.3
+/// # Ok::<(), margrad::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MlpConfig {
     /// Layer widths, input first.
@@ -59,109 +68,44 @@ impl MlpConfig {
         }
         Ok(())
     }
-}
 
-#[derive(Clone, Debug, PartialEq)]
-enum Layer {
-    Linear(Linear),
-    BatchNorm(BatchNorm1d),
-    Activation(Activation),
-    Dropout(Dropout),
-}
-
-/// A built MLP. Parameters are named as `nn.Sequential` names them: `{prefix}.{index}.weight`,
-/// where every layer (activations and dropout included) takes an index.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Mlp {
-    config: MlpConfig,
-    layers: Vec<Layer>,
-}
-
-impl Mlp {
-    /// Adds the layers' parameters to `params` under `prefix`, drawn from `source`.
+    /// The layers: for each pair of widths a `linear`, and between two of them
+    /// `[batch_norm1d,] activation[, dropout]`, each taking an index as `nn.Sequential` does.
     ///
     /// # Errors
     /// As [`MlpConfig::validate`].
-    pub fn new<F: Element, S: ParamSource<F> + ?Sized>(
-        config: MlpConfig,
-        params: &mut Params<F>,
-        prefix: &str,
-        source: &mut S,
-    ) -> Result<Self, Error> {
-        config.validate()?;
-        let mut layers = Vec::new();
-        let last = config.sizes.len() - 2;
-        for (i, pair) in config.sizes.windows(2).enumerate() {
-            let name = format!("{prefix}.{}", layers.len());
+    pub fn sequential(&self) -> Result<SequentialConfig, Error> {
+        self.validate()?;
+        let mut config = SequentialConfig::new();
+        let last = self.sizes.len() - 2;
+        for (i, pair) in self.sizes.windows(2).enumerate() {
             let (inputs, outputs) = (pair[0], pair[1]);
-            let linear = Linear::new(
-                params,
-                &name,
-                inputs,
-                outputs,
-                config.bias,
-                config.init,
-                source,
-            );
-            layers.push(Layer::Linear(linear));
+            let linear = LinearConfig {
+                bias: self.bias,
+                init: self.init,
+                ..LinearConfig::new(inputs, outputs)
+            };
+            config = config.with(linear.spec());
             if i == last {
                 break;
             }
-            if config.batch_norm {
-                let name = format!("{prefix}.{}", layers.len());
-                layers.push(Layer::BatchNorm(BatchNorm1d::new(
-                    params, &name, outputs, source,
-                )));
+            if self.batch_norm {
+                config = config.with(BatchNorm1dConfig::new(outputs).spec());
             }
-            layers.push(Layer::Activation(config.activation));
-            if config.dropout > 0.0 {
-                layers.push(Layer::Dropout(Dropout { p: config.dropout }));
+            config = config.with(self.activation.spec());
+            if self.dropout > 0.0 {
+                config = config.with(Dropout { p: self.dropout }.spec());
             }
         }
-        Ok(Mlp { config, layers })
+        Ok(config)
     }
+}
 
-    /// The configuration it was built from.
-    pub fn config(&self) -> &MlpConfig {
-        &self.config
-    }
+impl TryFrom<MlpConfig> for SequentialConfig {
+    type Error = Error;
 
-    /// The output width.
-    pub fn output_dim(&self) -> usize {
-        *self
-            .config
-            .sizes
-            .last()
-            .expect("validated: at least two sizes")
-    }
-
-    /// Runs the layers on `x` (`[B, in]`).
-    ///
-    /// # Panics
-    /// When `x` is not `[B, in]`.
-    #[track_caller]
-    pub fn forward<'g, F: Element>(
-        &self,
-        cx: &mut Forward<'g, '_, F>,
-        x: Var<'g, F>,
-    ) -> Var<'g, F> {
-        let mut h = x;
-        let mut layers = self.layers.iter().peekable();
-        while let Some(layer) = layers.next() {
-            h = match layer {
-                // a Linear layer straight into a ReLU runs fused
-                Layer::Linear(l)
-                    if layers.peek() == Some(&&Layer::Activation(Activation::Relu)) =>
-                {
-                    layers.next();
-                    l.forward_relu(cx, h)
-                }
-                Layer::Linear(l) => l.forward(cx, h),
-                Layer::BatchNorm(bn) => bn.forward(cx, h),
-                Layer::Activation(a) => a.forward(h),
-                Layer::Dropout(d) => d.forward(cx, h),
-            };
-        }
-        h
+    /// [`MlpConfig::sequential`].
+    fn try_from(mlp: MlpConfig) -> Result<Self, Error> {
+        mlp.sequential()
     }
 }

@@ -1,25 +1,72 @@
-//! Layers, heads and models.
+//! Layers, heads and models, under one contract.
 //!
-//! Modules keep [`ParamId`](crate::ParamId)s into a [`Params`](crate::Params) store, named as
-//! PyTorch's `nn.Sequential` names them (`embed.0.weight`), and run inside a [`Forward`]
-//! context that says whether they are training.
+//! # The contract
+//!
+//! Every layer implements [`Module`]: `forward(cx, x)` runs inside a [`Forward`] context that
+//! holds the graph and the parameters and says whether the pass is training (dropout on, batch
+//! statistics) or evaluating; `spec()` gives the layer's stored form, a [`LayerSpec`] (its kind
+//! and its own settings); `parameters()` and `buffers()` give its tensors' ids, whose names
+//! live in [`Params`](crate::Params) and follow PyTorch's `state_dict` (`embed.0.weight`,
+//! `embed.1.running_mean`, `head.weight`). Heads implement [`Head`] too: their `forward` gives
+//! the class scores without margin, and `loss_and_scores` the training loss beside them.
+//!
+//! A [`Sequential`] is open: its configuration is data, a [`SequentialConfig`] listing layer
+//! specs, and a [`LayerRegistry`] maps each kind name to a builder. Layer `i` owns
+//! `{prefix}.{i}.*`, activations and dropout included, as in `nn.Sequential`. A layer followed
+//! by a ReLU runs as one call to its [`Module::forward_relu`] (Linear fuses bias and ReLU).
+//! [`MlpConfig`] describes the usual MLP in a few fields and turns into a `SequentialConfig`.
+//! A [`Model`] is an embedder `Sequential` and a head; a checkpoint stores its
+//! [`ModelConfig`] and rebuilds it through the same builders, each taking its tensors from a
+//! [`ParamSource`] (a [`SeededRng`] when fresh, the file's tensors when loading).
+//!
+//! # Adding a layer kind
+//!
+//! Implement [`Module`] for the layer and register a builder for its settings type in a
+//! [`LayerRegistry`] (see its example); build with [`Model::new_with`] or
+//! [`Sequential::new_with`] and load with
+//! [`checkpoint::load_with`](crate::checkpoint::load_with). Files that change: one, yours; no
+//! enum, configuration or forward pass of the crate is edited.
+//!
+//! | kind | layer | stored settings |
+//! |---|---|---|
+//! | `linear` | [`Linear`] | [`LinearConfig`] |
+//! | `batch_norm1d` | [`BatchNorm1d`] | [`BatchNorm1dConfig`] |
+//! | `dropout` | [`Dropout`] | `{"p": …}` |
+//! | `relu`, `leaky_relu`, `tanh`, `sigmoid`, `identity` | [`Activation`] | `{}`, `{"slope": …}` |
+//! | `sequential` | [`Sequential`] | [`SequentialConfig`] |
+//! | `cosine_head` | [`CosineHead`] | [`CosineHeadConfig`] |
 
 mod cosine_head;
 mod forward;
 mod layers;
 mod mlp;
 mod model;
+mod module;
+mod registry;
+mod sequential;
+mod trained_head;
 
-pub use cosine_head::CosineHead;
+pub use cosine_head::{CosineHead, CosineHeadConfig};
 pub use forward::{BufferUpdates, Forward};
-pub use layers::{Activation, BatchNorm1d, Dropout, Init, Linear};
-pub use mlp::{Mlp, MlpConfig};
-pub use model::{Head, HeadConfig, Model, ModelConfig};
+pub use layers::{Activation, BatchNorm1d, BatchNorm1dConfig, Dropout, Init, Linear, LinearConfig};
+pub use mlp::MlpConfig;
+pub use model::{EMBEDDER_PREFIX, HEAD_PREFIX, HeadConfig, Model, ModelConfig};
+pub use module::{Head, LayerSpec, Module};
+pub use registry::{BuildContext, LayerRegistry};
+pub use sequential::{Sequential, SequentialConfig};
+pub use trained_head::TrainedHead;
 
-/// The floor of every L2 norm taken by the heads (as `F.normalize`'s default).
+/// The floor of every L2 norm taken by the heads and embeddings (as `F.normalize`'s default).
 pub const NORM_EPS: f64 = 1e-12;
 
-use crate::{Element, SeededRng, Tensor};
+use crate::{Element, SeededRng, Tensor, Var};
+
+/// Rows scaled to unit length, `x̂_i = x_i / max(‖x_i‖₂, ε)` with `ε =` [`NORM_EPS`]: the
+/// embedding a verification score compares, and the features a [`CosineHead`] compares with
+/// its centres.
+pub fn l2_normalize<'g, F: Element>(x: Var<'g, F>) -> Var<'g, F> {
+    x.normalize_rows(F::from_f64(NORM_EPS))
+}
 
 /// How a freshly made tensor is filled.
 #[derive(Clone, Copy, Debug, PartialEq)]

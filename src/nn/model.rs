@@ -1,14 +1,25 @@
-//! A model: an embedder and a classification head, rebuilt from its configuration.
+//! A model: an embedder (a [`Sequential`]) and a classification head, rebuilt from its
+//! configuration.
 
-use super::{CosineHead, Forward, Init, Linear, Mlp, MlpConfig, ParamSource};
-use crate::loss::{MarginLoss, softmax_cross_entropy};
+use super::{
+    CosineHead, CosineHeadConfig, Forward, Head, Init, LayerRegistry, Linear, LinearConfig, Module,
+    ParamSource, Sequential, SequentialConfig, l2_normalize,
+};
+use crate::loss::MarginLoss;
 use crate::{Element, Error, Graph, Labels, Params, Tensor, Var};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// The prefix of the embedder's tensors (`embed.0.weight`).
+pub const EMBEDDER_PREFIX: &str = "embed";
+/// The prefix of the head's tensors (`head.weight`).
+pub const HEAD_PREFIX: &str = "head";
 
 /// The head on top of the embedding.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum HeadConfig {
-    /// A cosine classifier trained with a margin loss (centres `head.weight`, `[D, C]`).
+    /// A cosine classifier trained with a margin loss (centres `head.weight`, `[D, C]`):
+    /// a [`CosineHead`].
     Cosine {
         /// The number of classes.
         classes: usize,
@@ -16,7 +27,7 @@ pub enum HeadConfig {
         loss: MarginLoss,
     },
     /// A plain linear classifier `x Wᵀ + b` trained with softmax cross-entropy
-    /// (`head.weight` `[C, D]`, `head.bias` `[C]`).
+    /// (`head.weight` `[C, D]`, `head.bias` `[C]`, Xavier-normal): a [`Linear`].
     Linear {
         /// The number of classes.
         classes: usize,
@@ -30,107 +41,166 @@ impl HeadConfig {
             HeadConfig::Cosine { classes, .. } | HeadConfig::Linear { classes } => *classes,
         }
     }
+
+    /// Builds the head over `dim`-wide features at `prefix`, adding its tensors to `params`,
+    /// drawn from `source`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for zero classes or an invalid loss.
+    pub fn build<F: Element>(
+        &self,
+        params: &mut Params<F>,
+        prefix: &str,
+        dim: usize,
+        source: &mut dyn ParamSource<F>,
+    ) -> Result<Arc<dyn Head<F>>, Error> {
+        let classes = self.classes();
+        Error::check("classes", classes as f64, classes > 0, "at least 1")?;
+        Ok(match self {
+            HeadConfig::Cosine { loss, .. } => {
+                let config = CosineHeadConfig {
+                    dim,
+                    classes,
+                    loss: loss.clone(),
+                };
+                config.validate()?;
+                Arc::new(CosineHead::new(params, prefix, config, source))
+            }
+            HeadConfig::Linear { .. } => {
+                let config = LinearConfig::new(dim, classes).with_init(Init::XavierNormal);
+                config.validate()?;
+                Arc::new(Linear::new(params, prefix, config, source))
+            }
+        })
+    }
 }
 
 /// Everything needed to rebuild a [`Model`] (a checkpoint stores it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
-    /// The embedder, named `embed.*`.
-    pub embedder: MlpConfig,
+    /// The embedder's layers, named `embed.{i}.*` (an [`MlpConfig`](super::MlpConfig) gives
+    /// one with [`sequential`](super::MlpConfig::sequential)).
+    pub embedder: SequentialConfig,
     /// The head, named `head.*`.
     pub head: HeadConfig,
 }
 
-/// A built head.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Head {
-    /// See [`HeadConfig::Cosine`].
-    Cosine(CosineHead),
-    /// See [`HeadConfig::Linear`].
-    Linear(Linear),
-}
-
-/// An embedder (an MLP) and a head.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Model {
+/// An embedder and a head: `scores = head(embedder(x))`.
+#[derive(Clone, Debug)]
+pub struct Model<F: Element = f32> {
     config: ModelConfig,
-    embedder: Mlp,
-    head: Head,
+    embedder: Sequential<F>,
+    head: Arc<dyn Head<F>>,
+    input_dim: usize,
+    embedding_dim: usize,
 }
 
-impl Model {
-    /// Builds the model, adding its parameters (in a fixed order) to `params`, drawn from
-    /// `source` (a [`SeededRng`](crate::SeededRng) for a fresh model).
+impl<F: Element> Model<F> {
+    /// Builds the model with the crate's layer kinds ([`LayerRegistry::standard`]); see
+    /// [`Model::new_with`].
     ///
     /// # Errors
-    /// [`Error::InvalidSetting`] for an invalid embedder, zero classes, or an invalid loss.
-    pub fn new<F: Element, S: ParamSource<F> + ?Sized>(
+    /// As [`Model::new_with`].
+    pub fn new(
         config: ModelConfig,
         params: &mut Params<F>,
-        source: &mut S,
+        source: &mut dyn ParamSource<F>,
     ) -> Result<Self, Error> {
-        let embedder = Mlp::new(config.embedder.clone(), params, "embed", source)?;
-        let dim = embedder.output_dim();
-        if config.head.classes() == 0 {
-            return Err(Error::InvalidSetting {
-                name: "classes",
-                value: 0.0,
-                requirement: "at least 1",
+        Self::new_with(config, &LayerRegistry::standard(), params, source)
+    }
+
+    /// Builds the model, its embedder's layers through `registry`, adding its parameters (in a
+    /// fixed order: embedder, then head) to `params`, drawn from `source` (a
+    /// [`SeededRng`](crate::SeededRng) for a fresh model).
+    ///
+    /// # Errors
+    /// What [`Sequential::new_with`] returns for the embedder; [`Error::LayerSettings`] when
+    /// its input or output width is not fixed by any layer; [`Error::InvalidSetting`] for zero
+    /// classes or an invalid loss.
+    pub fn new_with(
+        config: ModelConfig,
+        registry: &LayerRegistry<F>,
+        params: &mut Params<F>,
+        source: &mut dyn ParamSource<F>,
+    ) -> Result<Self, Error> {
+        let embedder =
+            Sequential::new_with(&config.embedder, registry, params, EMBEDDER_PREFIX, source)?;
+        let (Some(input_dim), Some(embedding_dim)) =
+            (embedder.input_width(), embedder.output_width(None))
+        else {
+            return Err(Error::LayerSettings {
+                layer: EMBEDDER_PREFIX.to_string(),
+                kind: SequentialConfig::KIND.to_string(),
+                message: "no layer fixes the embedder's input or output width: it needs one \
+                          that declares its widths (a Linear, a BatchNorm1d)"
+                    .to_string(),
             });
-        }
-        let head = match &config.head {
-            HeadConfig::Cosine { classes, loss } => {
-                loss.validate()?;
-                let head =
-                    CosineHead::new(params, "head.weight", dim, *classes, loss.clone(), source);
-                Head::Cosine(head)
-            }
-            HeadConfig::Linear { classes } => Head::Linear(Linear::new(
-                params,
-                "head",
-                dim,
-                *classes,
-                true,
-                Init::XavierNormal,
-                source,
-            )),
         };
+        let head = config
+            .head
+            .build(params, HEAD_PREFIX, embedding_dim, source)?;
         Ok(Model {
-            config,
+            config: ModelConfig {
+                embedder: embedder.config().clone(),
+                head: config.head,
+            },
             embedder,
             head,
+            input_dim,
+            embedding_dim,
         })
     }
 
-    /// The configuration it was built from.
+    /// The configuration, as the built layers state it (what a checkpoint stores).
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
+    /// The embedder.
+    pub fn embedder(&self) -> &Sequential<F> {
+        &self.embedder
+    }
+
     /// The head.
-    pub fn head(&self) -> &Head {
-        &self.head
+    pub fn head(&self) -> &dyn Head<F> {
+        &*self.head
+    }
+
+    /// The number of input features.
+    pub fn input_dim(&self) -> usize {
+        self.input_dim
+    }
+
+    /// The width `D` of the embedding.
+    pub fn embedding_dim(&self) -> usize {
+        self.embedding_dim
     }
 
     /// The embedder's output (`[B, D]`, not normalised).
-    pub fn embed<'g, F: Element>(&self, cx: &mut Forward<'g, '_, F>, x: Var<'g, F>) -> Var<'g, F> {
+    ///
+    /// # Panics
+    /// When `x` is not `[B, input_dim]`.
+    #[track_caller]
+    pub fn embed<'g>(&self, cx: &mut Forward<'g, '_, F>, x: Var<'g, F>) -> Var<'g, F> {
         self.embedder.forward(cx, x)
     }
 
-    /// Class scores without margin: cosines for a cosine head, logits for a linear one.
-    pub fn logits<'g, F: Element>(&self, cx: &mut Forward<'g, '_, F>, x: Var<'g, F>) -> Var<'g, F> {
+    /// Class scores without margin (`[B, C]`): cosines for a cosine head, logits for a linear
+    /// one.
+    ///
+    /// # Panics
+    /// When `x` is not `[B, input_dim]`.
+    #[track_caller]
+    pub fn logits<'g>(&self, cx: &mut Forward<'g, '_, F>, x: Var<'g, F>) -> Var<'g, F> {
         let e = self.embed(cx, x);
-        match &self.head {
-            Head::Cosine(head) => head.cosines(cx.graph(), cx.params(), e),
-            Head::Linear(linear) => linear.forward(cx, e),
-        }
+        self.head.forward(cx, e)
     }
 
     /// The training loss of a batch.
     ///
     /// # Errors
-    /// As [`margin_cross_entropy_with`](crate::loss::margin_cross_entropy_with).
-    pub fn loss<'g, F: Element>(
+    /// As the head's loss ([`Head::loss_and_scores`]).
+    pub fn loss<'g>(
         &self,
         cx: &mut Forward<'g, '_, F>,
         x: Var<'g, F>,
@@ -143,42 +213,43 @@ impl Model {
     /// training accuracy comes at no extra cost).
     ///
     /// # Errors
-    /// As [`margin_cross_entropy_with`](crate::loss::margin_cross_entropy_with).
-    pub fn loss_and_logits<'g, F: Element>(
+    /// As the head's loss ([`Head::loss_and_scores`]).
+    pub fn loss_and_logits<'g>(
         &self,
         cx: &mut Forward<'g, '_, F>,
         x: Var<'g, F>,
         labels: &Labels,
     ) -> Result<(Var<'g, F>, Var<'g, F>), Error> {
         let e = self.embed(cx, x);
-        match &self.head {
-            Head::Cosine(head) => {
-                let cos = head.cosines(cx.graph(), cx.params(), e);
-                let loss = crate::loss::margin_cross_entropy(cos, labels, head.margin_loss())?;
-                Ok((loss, cos))
-            }
-            Head::Linear(linear) => {
-                let logits = linear.forward(cx, e);
-                Ok((softmax_cross_entropy(logits, labels)?, logits))
-            }
-        }
+        self.head.loss_and_scores(cx, e, labels)
     }
 
-    /// The predicted class of each row of `x` (evaluation mode).
-    pub fn predict<F: Element>(&self, params: &Params<F>, x: &Tensor<F>) -> Vec<usize> {
-        let g = Graph::inference();
-        let mut cx = Forward::eval(&g, params);
-        self.logits(&mut cx, g.constant(x.clone()))
-            .value()
-            .argmax_rows()
+    /// The predicted class of each row of `x` (evaluation mode): the embedder, then
+    /// [`Head::predict`].
+    ///
+    /// # Panics
+    /// When `x` is not `[B, input_dim]`.
+    #[track_caller]
+    pub fn predict(&self, params: &Params<F>, x: &Tensor<F>) -> Vec<usize> {
+        self.head.predict(params, &self.embedder.infer(params, x))
     }
 
-    /// L2-normalised embeddings of the rows of `x` (evaluation mode), for verification.
-    pub fn embeddings<F: Element>(&self, params: &Params<F>, x: &Tensor<F>) -> Tensor<F> {
+    /// L2-normalised embeddings of the rows of `x` (evaluation mode), for verification:
+    /// `ê_i = e_i / max(‖e_i‖, ε)` ([`l2_normalize`]) of [`Model::embed`]'s `e`.
+    ///
+    /// # Panics
+    /// When `x` is not `[B, input_dim]`.
+    #[track_caller]
+    pub fn embeddings(&self, params: &Params<F>, x: &Tensor<F>) -> Tensor<F> {
         let g = Graph::inference();
         let mut cx = Forward::eval(&g, params);
-        self.embed(&mut cx, g.constant(x.clone()))
-            .normalize_rows(F::from_f64(super::NORM_EPS))
-            .to_tensor()
+        l2_normalize(self.embed(&mut cx, g.constant(x.clone()))).to_tensor()
+    }
+}
+
+impl<F: Element> PartialEq for Model<F> {
+    /// The same configuration, and the same layers and head over the same parameter ids.
+    fn eq(&self, other: &Self) -> bool {
+        self.config == other.config && self.embedder == other.embedder && *self.head == *other.head
     }
 }

@@ -278,7 +278,8 @@ pub fn model_config(
             batch_norm: config.batch_norm,
             dropout: config.dropout,
             ..MlpConfig::new(&sizes)
-        },
+        }
+        .sequential()?,
         head: config.loss.head_config(classes)?,
     })
 }
@@ -483,7 +484,7 @@ fn write_outputs(
         true,
     );
     output(&out.join("roc.svg"), &roc)?;
-    let dim = metrics.model.embedder.sizes.last().copied().unwrap_or(0);
+    let dim = model.embedding_dim();
     if dim == 2 || dim == 3 {
         let shown = data.test.len().min(3000);
         let idx: Vec<usize> = (0..shown).collect();

@@ -1,0 +1,257 @@
+//! Layer kinds by name: how a stored [`LayerSpec`] becomes a built layer.
+
+use super::{
+    Activation, BatchNorm1d, BatchNorm1dConfig, CosineHead, CosineHeadConfig, Dropout, Fill,
+    LayerSpec, Linear, LinearConfig, Module, ParamSource, Sequential, SequentialConfig,
+};
+use crate::{Element, Error, ParamId, Params};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// What a builder receives: where to put its tensors and under which name, where to draw them
+/// from, and the registry (to build layers inside it, as [`Sequential`] does).
+pub struct BuildContext<'a, F: Element> {
+    /// The store the layer adds its parameters and buffers to.
+    pub params: &'a mut Params<F>,
+    /// The layer's name: its tensors are `{prefix}.weight`, … (`embed.3`).
+    pub prefix: &'a str,
+    /// Where tensors come from: drawn fresh, or read from a checkpoint by name and shape.
+    pub source: &'a mut dyn ParamSource<F>,
+    /// The registry doing the building.
+    pub registry: &'a LayerRegistry<F>,
+}
+
+impl<F: Element> BuildContext<'_, F> {
+    /// Adds the trainable parameter `{prefix}.{name}` of `shape`, taken from the source
+    /// (filled as `fill` says when fresh).
+    pub fn param(&mut self, name: &str, shape: &[usize], fill: Fill) -> ParamId {
+        let name = format!("{}.{name}", self.prefix);
+        let value = self.source.tensor(&name, shape, fill);
+        self.params.add(name, value)
+    }
+
+    /// Adds the buffer `{prefix}.{name}` (saved, never trained), as [`param`](Self::param).
+    pub fn buffer(&mut self, name: &str, shape: &[usize], fill: Fill) -> ParamId {
+        let name = format!("{}.{name}", self.prefix);
+        let value = self.source.tensor(&name, shape, fill);
+        self.params.add_buffer(name, value)
+    }
+}
+
+type Builder<F> = Arc<
+    dyn Fn(&LayerSpec, &mut BuildContext<'_, F>) -> Result<Arc<dyn Module<F>>, Error> + Send + Sync,
+>;
+
+/// Layer kinds by name: each name maps to a builder that turns the kind's settings into a
+/// layer. A [`Sequential`] (and so a [`Model`](super::Model) and a checkpoint) builds its
+/// layers through one.
+///
+/// [`LayerRegistry::standard`] (also its `Default`) knows the crate's kinds:
+///
+/// | kind | settings | layer |
+/// |---|---|---|
+/// | `linear` | [`LinearConfig`] | [`Linear`]: `y = x Wᵀ + b` |
+/// | `batch_norm1d` | [`BatchNorm1dConfig`] | [`BatchNorm1d`] |
+/// | `dropout` | [`Dropout`] (`{"p": …}`) | [`Dropout`] |
+/// | `relu` | `{}` | [`Activation::Relu`]: `max(x, 0)` |
+/// | `leaky_relu` | `{"slope": …}` | [`Activation::LeakyRelu`] |
+/// | `tanh` | `{}` | [`Activation::Tanh`] |
+/// | `sigmoid` | `{}` | [`Activation::Sigmoid`] |
+/// | `identity` | `{}` | [`Activation::Identity`] |
+/// | `sequential` | [`SequentialConfig`] | [`Sequential`], layers named `{prefix}.{i}` |
+/// | `cosine_head` | [`CosineHeadConfig`] | [`CosineHead`] |
+///
+/// A kind of your own: implement [`Module`] for the layer, then register a builder that reads
+/// the layer's settings (any `Deserialize` type) and makes it:
+///
+/// ```
+/// use margrad::nn::{Fill, Forward, LayerRegistry, LayerSpec, Module};
+/// use margrad::{Element, ParamId, Var};
+/// use serde::{Deserialize, Serialize};
+///
+/// /// `y = x ⊙ a`, one learned scale per feature.
+/// #[derive(Debug)]
+/// struct Scale {
+///     a: ParamId,
+///     config: ScaleConfig,
+/// }
+///
+/// #[derive(Clone, Debug, Serialize, Deserialize)]
+/// struct ScaleConfig {
+///     features: usize,
+/// }
+///
+/// impl<F: Element> Module<F> for Scale {
+///     fn forward<'g>(&self, cx: &mut Forward<'g, '_, F>, x: Var<'g, F>) -> Var<'g, F> {
+///         x * cx.param(self.a)
+///     }
+///     fn spec(&self) -> LayerSpec {
+///         LayerSpec::new("scale", &self.config)
+///     }
+///     fn parameters(&self) -> Vec<ParamId> {
+///         vec![self.a]
+///     }
+///     fn input_width(&self) -> Option<usize> {
+///         Some(self.config.features)
+///     }
+/// }
+///
+/// let mut registry = LayerRegistry::<f32>::standard();
+/// registry.register("scale", |config: ScaleConfig, cx| {
+///     let a = cx.param("weight", &[config.features], Fill::Ones);
+///     Ok(Scale { a, config })
+/// });
+/// assert!(registry.contains("scale") && registry.contains("linear"));
+/// ```
+pub struct LayerRegistry<F: Element = f32> {
+    builders: BTreeMap<String, Builder<F>>,
+}
+
+impl<F: Element> LayerRegistry<F> {
+    /// A registry that knows no kind.
+    pub fn empty() -> Self {
+        LayerRegistry {
+            builders: BTreeMap::new(),
+        }
+    }
+
+    /// A registry that knows the crate's kinds (see the table above).
+    pub fn standard() -> Self {
+        let mut r = Self::empty();
+        r.register(Linear::KIND, |config: LinearConfig, cx| {
+            config.validate()?;
+            Ok(Linear::new(cx.params, cx.prefix, config, cx.source))
+        });
+        r.register(BatchNorm1d::KIND, |config: BatchNorm1dConfig, cx| {
+            config.validate()?;
+            Ok(BatchNorm1d::new(cx.params, cx.prefix, config, cx.source))
+        });
+        r.register(Dropout::KIND, |dropout: Dropout, _| {
+            dropout.validate()?;
+            Ok(dropout)
+        });
+        for activation in [
+            Activation::Relu,
+            Activation::Tanh,
+            Activation::Sigmoid,
+            Activation::Identity,
+        ] {
+            r.register(activation.kind(), move |_: NoSettings, _| Ok(activation));
+        }
+        r.register("leaky_relu", |s: LeakyReluSettings, _| {
+            Error::check("leaky_relu slope", s.slope, true, "finite")?;
+            Ok(Activation::LeakyRelu(s.slope))
+        });
+        r.register(SequentialConfig::KIND, |config: SequentialConfig, cx| {
+            Sequential::new_with(&config, cx.registry, cx.params, cx.prefix, cx.source)
+        });
+        r.register(CosineHead::KIND, |config: CosineHeadConfig, cx| {
+            config.validate()?;
+            Ok(CosineHead::new(cx.params, cx.prefix, config, cx.source))
+        });
+        r
+    }
+
+    /// Registers `kind`: `build` receives the layer's settings, read as a `C`, and the
+    /// [`BuildContext`] to add its tensors through, and returns the layer. A kind registered
+    /// again replaces the earlier builder (so a standard kind can be overridden).
+    ///
+    /// Settings that do not read as a `C` become [`Error::LayerSettings`], naming the layer.
+    pub fn register<C, M, B>(&mut self, kind: impl Into<String>, build: B) -> &mut Self
+    where
+        C: DeserializeOwned,
+        M: Module<F> + 'static,
+        B: Fn(C, &mut BuildContext<'_, F>) -> Result<M, Error> + Send + Sync + 'static,
+    {
+        let builder: Builder<F> = Arc::new(move |spec, cx| {
+            let settings = spec.settings::<C>().map_err(|e| Error::LayerSettings {
+                layer: cx.prefix.to_string(),
+                kind: spec.kind.clone(),
+                message: e.to_string(),
+            })?;
+            let layer: Arc<dyn Module<F>> = Arc::new(build(settings, cx)?);
+            Ok(layer)
+        });
+        self.builders.insert(kind.into(), builder);
+        self
+    }
+
+    /// Whether `kind` is registered.
+    pub fn contains(&self, kind: &str) -> bool {
+        self.builders.contains_key(kind)
+    }
+
+    /// The registered kinds, sorted.
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.builders.keys().map(String::as_str)
+    }
+
+    /// Builds the layer `spec` describes at `prefix`, adding its tensors to `params`, drawn
+    /// from `source`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownLayerKind`] for a kind this registry does not know;
+    /// [`Error::LayerSettings`] for settings that do not read as the kind's; and what the
+    /// kind's builder refuses ([`Error::InvalidSetting`] for a width of zero, …).
+    pub fn build(
+        &self,
+        spec: &LayerSpec,
+        params: &mut Params<F>,
+        prefix: &str,
+        source: &mut dyn ParamSource<F>,
+    ) -> Result<Arc<dyn Module<F>>, Error> {
+        let Some(builder) = self.builders.get(&spec.kind) else {
+            return Err(Error::UnknownLayerKind {
+                layer: prefix.to_string(),
+                kind: spec.kind.clone(),
+                known: self.kinds().map(String::from).collect(),
+            });
+        };
+        builder(
+            spec,
+            &mut BuildContext {
+                params,
+                prefix,
+                source,
+                registry: self,
+            },
+        )
+    }
+}
+
+impl<F: Element> Default for LayerRegistry<F> {
+    /// [`LayerRegistry::standard`].
+    fn default() -> Self {
+        Self::standard()
+    }
+}
+
+impl<F: Element> Clone for LayerRegistry<F> {
+    fn clone(&self) -> Self {
+        LayerRegistry {
+            builders: self.builders.clone(),
+        }
+    }
+}
+
+impl<F: Element> fmt::Debug for LayerRegistry<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.kinds()).finish()
+    }
+}
+
+/// The settings of a kind that has none: `{}`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NoSettings {}
+
+/// `leaky_relu`'s settings.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LeakyReluSettings {
+    /// The slope for `x < 0`.
+    pub(super) slope: f64,
+}

@@ -1,0 +1,101 @@
+//! A trained head on its own, for inference on embeddings.
+
+use super::{Fill, HEAD_PREFIX, Head, HeadConfig, Model, ParamSource};
+use crate::{Element, Params, Tensor};
+use std::sync::Arc;
+
+/// The head of a trained model, on its own: class centres (or a linear classifier), its loss
+/// configuration, and a copy of only its tensors. Predicts classes from embeddings; pairs of
+/// embeddings are scored by [`pair_scores`](crate::metrics::pair_scores).
+#[derive(Clone, Debug)]
+pub struct TrainedHead<F: Element = f32> {
+    config: HeadConfig,
+    head: Arc<dyn Head<F>>,
+    params: Params<F>,
+}
+
+/// Hands a model's own tensors, by name, to the head's builder.
+struct CopyOf<'a, F: Element>(&'a Params<F>);
+
+impl<F: Element> ParamSource<F> for CopyOf<'_, F> {
+    fn tensor(&mut self, name: &str, shape: &[usize], _fill: Fill) -> Tensor<F> {
+        let id = self.0.find(name).unwrap_or_else(|| {
+            panic!("TrainedHead::new: the parameters lack {name:?}: not this model's")
+        });
+        let value = self.0.get(id);
+        assert_eq!(
+            value.shape(),
+            shape,
+            "TrainedHead::new: {name:?} does not have the shape the model gives it"
+        );
+        value.clone()
+    }
+}
+
+impl<F: Element> TrainedHead<F> {
+    /// The head of `model`, with a copy of its tensors from `params`: the head is rebuilt
+    /// from its configuration, taking each tensor by name.
+    ///
+    /// # Panics
+    /// When `params` are not `model`'s (a head tensor missing or of another shape).
+    #[track_caller]
+    pub fn new(model: &Model<F>, params: &Params<F>) -> Self {
+        let config = model.config().head.clone();
+        let mut own = Params::new();
+        let head = config
+            .build(
+                &mut own,
+                HEAD_PREFIX,
+                model.embedding_dim(),
+                &mut CopyOf(params),
+            )
+            .expect("a built model's head configuration is valid");
+        TrainedHead {
+            config,
+            head,
+            params: own,
+        }
+    }
+
+    /// The head's configuration (classes and, for a cosine head, the margin loss).
+    pub fn config(&self) -> &HeadConfig {
+        &self.config
+    }
+
+    /// The head.
+    pub fn head(&self) -> &dyn Head<F> {
+        &*self.head
+    }
+
+    /// The head's tensors (`head.weight`, …).
+    pub fn params(&self) -> &Params<F> {
+        &self.params
+    }
+
+    /// The class centres `[D, C]` of a cosine head.
+    pub fn centres(&self) -> Option<&Tensor<F>> {
+        match self.config {
+            HeadConfig::Cosine { .. } => Some(self.params.get(self.head.parameters()[0])),
+            HeadConfig::Linear { .. } => None,
+        }
+    }
+
+    /// Class scores without margin for `embeddings` (`[B, D]`): cosines to the centres, or the
+    /// linear classifier's logits ([`Module::infer`](super::Module::infer)).
+    ///
+    /// # Panics
+    /// When `embeddings` is not `[B, D]`.
+    #[track_caller]
+    pub fn scores(&self, embeddings: &Tensor<F>) -> Tensor<F> {
+        self.head.infer(&self.params, embeddings)
+    }
+
+    /// The predicted class of each embedding ([`Head::predict`]).
+    ///
+    /// # Panics
+    /// When `embeddings` is not `[B, D]`.
+    #[track_caller]
+    pub fn predict(&self, embeddings: &Tensor<F>) -> Vec<usize> {
+        self.head.predict(&self.params, embeddings)
+    }
+}
