@@ -1,5 +1,5 @@
-//! The reference training step of `../shared/bench/README.md`, on its data files, with its
-//! timing protocol, printing one `RESULT {json}` line for `compare.sh`:
+//! The reference training step of `docs/performance.md`, on its data files, with its timing
+//! protocol, printing one `RESULT {json}` line (the line the JAX comparison harness reads):
 //!
 //! h = relu(x W1 + b1); e = h W2 + b2; cos = (e / ‖e‖)(W / ‖W‖ per column);
 //! loss = AM-Softmax (s = 30, m = 0.35), mean; backward; SGD with lr 0.1.
