@@ -7,7 +7,7 @@ use margrad::checkpoint::{
 use margrad::loss::MarginLoss;
 use margrad::metrics::pair_scores;
 use margrad::nn::{Forward, HeadConfig, MlpConfig, Model, ModelConfig, SequentialConfig};
-use margrad::optim::{Method, Optimizer};
+use margrad::optim::{Method, Optimizer, ParamState};
 use margrad::{Element, Graph, Labels, Params, SeededRng, Tensor, seeded_rng};
 use rand::RngExt;
 use rand::seq::SliceRandom;
@@ -452,4 +452,98 @@ fn safetensors_export_has_names_shapes_offsets_and_raw_data() {
     }
     assert_eq!(covered, data.len());
     assert_eq!(header.as_object().unwrap().len(), params.len() + 1);
+}
+
+// ---- the format, pinned by committed files ----
+
+/// The model, parameters and training state of `tests/data/checkpoint-v{N}.bin`, built from
+/// seeded draws only (no kernel whose rounding depends on the CPU), so every machine builds
+/// the same bits: BatchNorm and dropout in the embedder, an Enhanced head, AdamW's moments.
+fn fixture() -> (Model<f32>, Params<f32>, TrainingState<f32>) {
+    let (model, params) = built::<f32>(cosine());
+    let mut rng = seeded_rng(11);
+    let mut optimizer = Optimizer::new(Method::adamw(), &params, 1e-2, 1e-4)
+        .unwrap()
+        .state()
+        .clone();
+    optimizer.lr_factor = 0.5;
+    optimizer.per_param = params
+        .ids()
+        .map(|id| {
+            let shape = params.get(id).shape();
+            params.is_trainable(id).then(|| ParamState {
+                steps: 3,
+                first: Tensor::randn(shape, 0.0, 0.1, &mut rng),
+                second: Tensor::rand_uniform(shape, 0.0, 0.01, &mut rng),
+            })
+        })
+        .collect();
+    let training = TrainingState {
+        optimizer,
+        epoch: 1,
+        rng: seeded_rng(12),
+    };
+    (model, params, training)
+}
+
+fn fixture_path(version: u32) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/checkpoint-v{version}.bin"))
+}
+
+/// Loads the committed checkpoint of the current format version, and checks that this build
+/// writes the same body: a change to the stored layout (a field added to a configuration, a
+/// type changed) fails here until `FORMAT_VERSION` is bumped and a file of the new version is
+/// committed. To write it: `MARGRAD_WRITE_FIXTURE=1 cargo test --release --test checkpoint`
+/// with the file absent.
+#[test]
+fn the_committed_checkpoint_of_this_format_version_loads_and_matches_what_we_write() {
+    let version = checkpoint::FORMAT_VERSION;
+    let path = fixture_path(version);
+    let (model, params, training) = fixture();
+    let written = checkpoint::encode(&model, &params, Some(&training));
+    if !path.exists() && std::env::var_os("MARGRAD_WRITE_FIXTURE").is_some() {
+        std::fs::write(&path, &written).unwrap();
+    }
+    let stored = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}. Every format version has a committed checkpoint: after bumping \
+             FORMAT_VERSION, write one with MARGRAD_WRITE_FIXTURE=1",
+            path.display()
+        )
+    });
+    let loaded: Checkpoint<f32> = checkpoint::decode(&stored).unwrap();
+    assert_eq!(loaded.model, model);
+    assert!(same_bits(&loaded.params, &params));
+    assert_eq!(loaded.training.as_ref(), Some(&training));
+    // the header but for the crate version (bytes 16..32), and the whole body
+    assert_eq!(stored[..16], written[..16]);
+    assert_eq!(
+        stored[32..],
+        written[32..],
+        "this build writes another checkpoint layout than format version {version}'s: bump \
+         checkpoint::FORMAT_VERSION and commit a file of the new version"
+    );
+}
+
+#[test]
+fn a_checkpoint_written_by_an_earlier_format_is_refused_naming_both_versions() {
+    let current = checkpoint::FORMAT_VERSION;
+    for version in 1..current {
+        let bytes = std::fs::read(fixture_path(version)).unwrap();
+        let err = checkpoint::decode::<f32>(&bytes).unwrap_err();
+        assert_eq!(
+            err,
+            CheckpointError::UnsupportedVersion {
+                found: version,
+                supported: current
+            }
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!(
+                "format version {version}, but this margrad reads version {current}"
+            )) && message.contains("older margrad"),
+            "{message}"
+        );
+    }
 }
