@@ -1,5 +1,6 @@
 //! Matrix multiply through a strided GEMM (our AVX-512 f32 kernel, or matrixmultiply's):
-//! transposes cost nothing, and `beta = 1` accumulates straight into a gradient buffer.
+//! transposes cost nothing; `beta = 0` writes a fresh gradient buffer (never zeroed first) and
+//! `beta = 1` adds straight into one that already holds a gradient.
 //!
 //! Two threads: the output is cut into blocks of whole rows (or columns, when it is wide and
 //! short), one single-threaded GEMM per rayon task. Cuts fall on multiples of [`SPLIT_ALIGN`],
