@@ -8,6 +8,7 @@ use margrad::checkpoint::{
 use margrad::loss::MarginLoss;
 use margrad::nn::{Forward, HeadConfig, MlpConfig, Model, ModelConfig};
 use margrad::optim::{Method, Optimizer};
+use margrad::train::model_step;
 use margrad::{Element, Graph, Labels, Params, SeededRng, Tensor, seeded_rng};
 use rand::RngExt;
 use rand::seq::SliceRandom;
@@ -90,14 +91,7 @@ fn epoch(model: &Model, params: &mut Params<f32>, opt: &mut Optimizer<f32>, rng:
     for batch in order.chunks(8) {
         let xb = Tensor::from_fn(&[batch.len(), 6], |k| x.data()[batch[k / 6] * 6 + k % 6]);
         let labels = Labels::new(batch.iter().map(|&i| y[i]).collect(), 3).unwrap();
-        let (grads, updates) = {
-            let g = Graph::new();
-            let mut cx = Forward::train(&g, params, rng);
-            let loss = model.loss(&mut cx, g.constant(xb), &labels).unwrap();
-            (loss.backward(), cx.into_updates())
-        };
-        params.apply(updates);
-        opt.step(params, &grads);
+        model_step(model, params, opt, rng, xb, &labels).unwrap();
     }
 }
 

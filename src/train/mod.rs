@@ -1,24 +1,27 @@
 //! The trainer: data, model, optimiser and evaluation wired together, as the `train` and
-//! `verify` examples run them.
+//! `verify` examples run them, and the training step they share with hand-written loops.
 //!
 //! [`train`] writes into its output folder the checkpoint (`model.bin`, with the training state,
 //! saved after every epoch so that a failure keeps the last good one), its safetensors export,
 //! `metrics.json`, and SVG figures. [`evaluate`] computes the final figures; `verify` calls the
-//! same function on a reloaded checkpoint, so the two report identical numbers.
+//! same function on a reloaded checkpoint, so the two report identical numbers. [`train_step`]
+//! is one step of any forward pass, [`model_step`] one step of a [`Model`].
 
 mod settings;
+mod step;
 
 pub use settings::{DataSettings, DataSource, LossKind, LossSettings, MethodName, TrainConfig};
+pub use step::{StepError, StepOutcome, model_step, train_step};
 
 use crate::checkpoint::{self, CheckpointError, TrainingState};
 use crate::data::{Dataset, MnistSplit, digits, load_mnist, synthetic};
 use crate::metrics::{
     Geometry, Roc, Verification, geometry, make_pairs, pair_scores, top1_accuracy, verification,
 };
-use crate::nn::{Forward, MlpConfig, Model, ModelConfig};
+use crate::nn::{MlpConfig, Model, ModelConfig};
 use crate::optim::{LrSchedule, Method, Optimizer, Schedule};
 use crate::plot::{Series, embedding_figure, line_chart};
-use crate::{Error, Graph, Params, seeded_rng};
+use crate::{Error, Params, seeded_rng};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -338,41 +341,27 @@ pub fn train(
         let order = data.train.shuffled_batches(config.batch, &mut rng);
         for (index, (x, labels)) in order.enumerate() {
             let step = index + 1;
-            let diverged =
-                |what: String, value: f64, last_good: &Option<PathBuf>| TrainError::Diverged {
-                    epoch,
-                    step,
-                    what,
-                    value,
-                    last_good: last_good.clone(),
+            let outcome =
+                match model_step(&model, &mut params, &mut optimizer, &mut rng, x, &labels) {
+                    Ok(outcome) => outcome,
+                    Err(StepError::Forward(e)) => return Err(TrainError::Input(e)),
+                    Err(StepError::NonFinite { what, value }) => {
+                        return Err(TrainError::Diverged {
+                            epoch,
+                            step,
+                            what,
+                            value,
+                            last_good,
+                        });
+                    }
                 };
-            let (grads, updates, loss) = {
-                let g = Graph::new();
-                let mut cx = Forward::train(&g, &params, &mut rng);
-                let (loss, logits) = model.loss_and_logits(&mut cx, g.constant(x), &labels)?;
-                let value = loss.item() as f64;
-                if !value.is_finite() {
-                    return Err(diverged("the loss".into(), value, &last_good));
-                }
-                let predicted = logits.value().argmax_rows();
-                correct += predicted
-                    .iter()
-                    .zip(labels.values())
-                    .filter(|(p, l)| p == l)
-                    .count();
-                (loss.backward(), cx.into_updates(), value)
-            };
-            if let Err(Error::NonFinite { what, value, .. }) = grads.ensure_finite() {
-                return Err(diverged(what, value, &last_good));
-            }
-            params.apply(updates);
-            optimizer.step(&mut params, &grads);
-            loss_sum += loss * labels.len() as f64;
+            correct += outcome.correct.unwrap_or(0);
+            loss_sum += outcome.loss * labels.len() as f64;
             on_event(Event::Step {
                 epoch,
                 step,
                 steps,
-                loss,
+                loss: outcome.loss,
             });
         }
         let seconds = start.elapsed().as_secs_f64();
