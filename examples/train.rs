@@ -40,7 +40,7 @@ MODEL AND TRAINING
   --momentum X       SGD momentum, Nesterov when > 0 (default 0.9)
   --weight-decay X   (default 0)
   --seed N           seeds initialisation, shuffling and dropout (default 0)
-  --threads N        worker threads (default: all cores)
+  --threads N        worker threads (default or 0: all cores; the result is the same on any)
   --out DIR          where the outputs go (default runs/latest)
 
 ";
@@ -136,18 +136,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // train on a worker of the pool, so that each op's parallel work joins the training thread
-    // instead of waking the pool from outside it (see docs/performance.md)
-    let pool = match rayon::ThreadPoolBuilder::new()
-        .num_threads(config.threads.unwrap_or(0))
-        .build()
-    {
-        Ok(pool) => pool,
-        Err(e) => {
-            eprintln!("error: cannot start the thread pool: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let terminal = std::io::stderr().is_terminal();
     println!(
         "training {} (s = {}, m = {}) for {} epochs; outputs in {}",
@@ -184,7 +172,7 @@ fn main() -> ExitCode {
             );
         }
     };
-    match pool.install(|| train(&config, &out, &mut on_event)) {
+    match train(&config, &out, &mut on_event) {
         Ok(metrics) => {
             let f = &metrics.final_metrics;
             print_final(f);

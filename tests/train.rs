@@ -1,13 +1,15 @@
-//! The trainer end to end on small data, the command-line programs' handling of bad input, and
-//! the data paths they rely on (IDX files, synthetic data, open-set splits).
+//! The trainer end to end on small data, its thread setting, the command-line programs'
+//! handling of bad input, and the data paths they rely on (IDX files, synthetic data, open-set
+//! splits).
 
 use margrad::checkpoint;
 use margrad::data::{MnistSplit, SyntheticConfig, load_mnist, parse_idx, synthetic};
+use margrad::optim::OptimizerState;
 use margrad::train::{
     DataSettings, DataSource, LossKind, MethodName, TrainConfig, TrainError, evaluate,
     prepare_data, train,
 };
-use margrad::{Error, Tensor};
+use margrad::{Error, Params, Tensor};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -178,6 +180,74 @@ fn bad_settings_are_errors_before_training() {
     };
     let err = train(&config, &temp("bad3"), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("train-images-idx3-ubyte"), "{err}");
+}
+
+// ---- threads ----
+
+/// A short run that exercises every part of the state: BatchNorm's running statistics,
+/// dropout's draws, Adam's moments and the cosine schedule.
+fn resumable() -> TrainConfig {
+    let mut config = small(LossKind::Am);
+    config.hidden = vec![32];
+    config.batch_norm = true;
+    config.epochs = 4;
+    config.data.pairs = 200;
+    config
+}
+
+fn bits(t: &Tensor<f32>) -> Vec<u32> {
+    t.data().iter().map(|v| v.to_bits()).collect()
+}
+
+fn assert_same_params(a: &Params<f32>, b: &Params<f32>) {
+    assert_eq!(a.len(), b.len());
+    for (i, j) in a.ids().zip(b.ids()) {
+        assert_eq!(a.name(i), b.name(j));
+        assert_eq!(a.get(i).shape(), b.get(j).shape(), "{}", a.name(i));
+        assert!(
+            bits(a.get(i)) == bits(b.get(j)),
+            "{} differs in its bits",
+            a.name(i)
+        );
+    }
+}
+
+fn assert_same_optimizer(a: &OptimizerState<f32>, b: &OptimizerState<f32>) {
+    assert_eq!((&a.method, &a.groups), (&b.method, &b.groups));
+    assert_eq!(a.lr_factor.to_bits(), b.lr_factor.to_bits());
+    assert_eq!(a.slots.len(), b.slots.len());
+    for (i, (x, y)) in a.slots.iter().zip(&b.slots).enumerate() {
+        let (Some(x), Some(y)) = (x, y) else {
+            assert!(x.is_none() && y.is_none(), "slot {i}");
+            continue;
+        };
+        assert_eq!(x.steps, y.steps, "slot {i}");
+        assert!(bits(&x.first) == bits(&y.first), "slot {i}: first moment");
+        assert!(
+            bits(&x.second) == bits(&y.second),
+            "slot {i}: second moment"
+        );
+    }
+}
+
+#[test]
+fn one_thread_and_two_give_the_same_bits() {
+    let run = |threads: usize| {
+        let mut config = resumable();
+        config.epochs = 2;
+        config.threads = Some(threads);
+        let out = temp(&format!("threads-{threads}"));
+        let mut seen = 0;
+        train(&config, &out, &mut |_| seen = rayon::current_num_threads()).unwrap();
+        assert_eq!(seen, threads, "the run is on a pool of {threads}");
+        checkpoint::load::<f32>(&out.join("model.bin")).unwrap()
+    };
+    let (one, two) = (run(1), run(2));
+    assert_same_params(&one.params, &two.params);
+    assert_same_optimizer(
+        &one.training.unwrap().optimizer,
+        &two.training.unwrap().optimizer,
+    );
 }
 
 // ---- the command-line programs ----

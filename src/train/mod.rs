@@ -223,6 +223,13 @@ pub enum TrainError {
     },
     /// A file could not be written.
     Output(CheckpointError),
+    /// The thread pool could not be started.
+    ThreadPool {
+        /// The threads asked for.
+        threads: Option<usize>,
+        /// rayon's message.
+        message: String,
+    },
 }
 
 impl fmt::Display for TrainError {
@@ -246,6 +253,10 @@ impl fmt::Display for TrainError {
                 }
             }
             TrainError::Output(e) => write!(f, "{e}"),
+            TrainError::ThreadPool { threads, message } => match threads {
+                Some(n) => write!(f, "cannot start a pool of {n} threads: {message}"),
+                None => write!(f, "cannot start the thread pool: {message}"),
+            },
         }
     }
 }
@@ -293,16 +304,36 @@ fn output(path: &Path, text: &str) -> Result<(), TrainError> {
 /// Trains as `config` says, writing the outputs into `out` and reporting progress to
 /// `on_event`; returns the final metrics.
 ///
+/// The run happens on a rayon pool of [`TrainConfig::threads`] threads, built for it: the
+/// training thread is one of its workers, so each op's parallel work joins it instead of waking
+/// the pool from outside. The result does not depend on the number of threads.
+///
 /// # Errors
 /// [`TrainError::Input`] for refused settings or data, [`TrainError::Diverged`] for a NaN or
 /// infinity (the last good checkpoint stays in `out`; no metrics.json is written),
-/// [`TrainError::Output`] when a file cannot be written.
+/// [`TrainError::Output`] when a file cannot be written, [`TrainError::ThreadPool`] when the
+/// threads cannot be started.
 pub fn train(
     config: &TrainConfig,
     out: &Path,
-    on_event: &mut dyn FnMut(Event),
+    on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Metrics, TrainError> {
     config.validate()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(config.threads.unwrap_or(0))
+        .build()
+        .map_err(|e| TrainError::ThreadPool {
+            threads: config.threads,
+            message: e.to_string(),
+        })?;
+    pool.install(|| run(config, out, on_event))
+}
+
+fn run(
+    config: &TrainConfig,
+    out: &Path,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<Metrics, TrainError> {
     let data = prepare_data(&config.data)?;
     std::fs::create_dir_all(out).map_err(|e| {
         TrainError::Output(CheckpointError::Io {

@@ -178,7 +178,9 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Seeds initialisation, shuffling and dropout.
     pub seed: u64,
-    /// Threads (recorded; the caller sets up the pool). `None`: all cores.
+    /// The threads [`train`](super::train) runs on (a rayon pool of its own). `None` or 0:
+    /// rayon's default (`RAYON_NUM_THREADS`, else one per logical core). The results do not
+    /// depend on it: the kernels give the same bits on any number of threads.
     pub threads: Option<usize>,
 }
 
@@ -238,12 +240,6 @@ impl TrainConfig {
             self.data.pairs as f64,
             self.data.pairs >= 20,
             "at least 20",
-        )?;
-        Error::check(
-            "threads",
-            self.threads.unwrap_or(1) as f64,
-            self.threads != Some(0),
-            "at least 1",
         )
     }
 }
