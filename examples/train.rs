@@ -42,6 +42,9 @@ MODEL AND TRAINING
   --seed N           seeds initialisation, shuffling and dropout (default 0)
   --threads N        worker threads (default or 0: all cores; the result is the same on any)
   --out DIR          where the outputs go (default runs/latest)
+  --resume PATH      continue the run saved in PATH (its model.bin) from the epoch after the
+                     ones it completed, up to --epochs, as if it had never stopped; pass the
+                     interrupted run's flags (model and optimiser flags are checked against it)
 
 ";
 
@@ -114,6 +117,7 @@ fn parse() -> Result<(TrainConfig, PathBuf), Usage> {
             "weight-decay" => config.weight_decay = args.value(&flag)?,
             "seed" => config.seed = args.value(&flag)?,
             "threads" => config.threads = Some(args.value(&flag)?),
+            "resume" => config.resume = Some(args.value::<String>(&flag)?.into()),
             "out" => out = args.value::<String>(&flag)?.into(),
             other => return Err(Usage(format!("unknown flag --{other}"))),
         }
@@ -157,6 +161,9 @@ fn main() -> ExitCode {
             let _ = std::io::stderr().flush();
         }
         Event::Step { .. } => {}
+        Event::Resumed { from, epoch } => {
+            println!("resumed from {} after epoch {epoch}", from.display());
+        }
         Event::Epoch(r) => {
             if terminal {
                 eprint!("\r{:60}\r", "");

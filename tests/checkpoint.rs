@@ -115,6 +115,7 @@ fn resuming_from_a_checkpoint_continues_exactly() {
         optimizer: opt.state().clone(),
         epoch: 1,
         rng: rng.clone(),
+        history: Vec::new(),
     };
     checkpoint::save(&path, &model, &params, Some(&state)).unwrap();
     drop((params, opt, rng));
@@ -306,6 +307,7 @@ fn the_loader_survives_thousands_of_seeded_mutations() {
             optimizer: opt.state().clone(),
             epoch: 3,
             rng: seeded_rng(5),
+            history: Vec::new(),
         };
         checkpoint::encode(&model, &params, Some(&state))
     };

@@ -30,6 +30,7 @@ pub use safetensors::{safetensors_bytes, save_safetensors};
 use crate::nn::CosineHead;
 use crate::nn::{Fill, Forward, Head, HeadConfig, Linear, Model, ModelConfig, ParamSource};
 use crate::optim::{Optimizer, OptimizerState};
+use crate::train::EpochRecord;
 use crate::{Element, Error, Graph, Params, SeededRng, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -55,6 +56,9 @@ pub struct TrainingState<F: Element> {
     pub epoch: u64,
     /// The generator as it stood (shuffling, dropout).
     pub rng: SeededRng,
+    /// One record per completed epoch, for a resumed run's history (empty when the loop that
+    /// saved the state keeps none).
+    pub history: Vec<EpochRecord>,
 }
 
 /// A loaded checkpoint: the rebuilt model, its parameters, and the training state if saved.
