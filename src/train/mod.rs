@@ -394,9 +394,10 @@ fn output(path: &Path, text: &str) -> Result<(), TrainError> {
 ///
 /// With [`TrainConfig::resume`], the run continues from that checkpoint: its parameters,
 /// optimiser state and generator, from the epoch after the ones it completed up to
-/// [`TrainConfig::epochs`], with the learning-rate schedule of the whole run. The parameters,
-/// optimiser state and history come out the same, bit for bit, as those of a run never
-/// interrupted; metrics.json holds the whole history.
+/// [`TrainConfig::epochs`], with the learning-rate schedule of the whole run. Given the
+/// interrupted run's settings, the parameters, the optimiser state and the history's losses and
+/// accuracies come out bit for bit as in a run never interrupted; metrics.json holds the whole
+/// history.
 ///
 /// # Errors
 /// [`TrainError::Input`] for refused settings or data, [`TrainError::Resume`] for a checkpoint
