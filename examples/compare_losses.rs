@@ -97,13 +97,7 @@ fn main() -> ExitCode {
             config.loss.kind = kind;
             config.seed = seed;
             let dir = out.join(format!("{}-seed{seed}", kind.name()));
-            match rayon::ThreadPoolBuilder::new()
-                .build()
-                .map_err(|e| e.to_string())
-                .and_then(|pool| {
-                    pool.install(|| train(&config, &dir, &mut |_| {}))
-                        .map_err(|e| e.to_string())
-                }) {
+            match train(&config, &dir, &mut |_| {}) {
                 Ok(m) => runs.push(m),
                 Err(e) => failures.push(format!("seed {seed}: {e}")),
             }

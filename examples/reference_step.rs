@@ -2,7 +2,8 @@
 //! protocol, printing one `RESULT {json}` line (the line the JAX comparison harness reads):
 //!
 //! h = relu(x W1 + b1); e = h W2 + b2; cos = (e / ‖e‖)(W / ‖W‖ per column);
-//! loss = AM-Softmax (s = 30, m = 0.35), mean; backward; SGD with lr 0.1.
+//! loss = AM-Softmax (s = 30, m = 0.35), mean; backward; SGD with lr 0.1. The step is the
+//! library's [`train_step`] (finite check, update) around this forward pass.
 //!
 //! `cargo run --release --example reference_step -- DATA_DIR B C THREADS [--profile]`
 //!
@@ -12,7 +13,8 @@
 use margrad::loss::{MarginLoss, margin_cross_entropy};
 use margrad::optim::{Method, Optimizer};
 use margrad::profile::{self, Phase};
-use margrad::{Graph, Labels, ParamId, Params, Tensor};
+use margrad::train::train_step;
+use margrad::{Labels, ParamId, Params, SeededRng, Tensor, seeded_rng};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +62,8 @@ struct Step {
     labels: Labels,
     loss: MarginLoss,
     optimizer: Optimizer<f32>,
+    /// The step's generator (the forward pass draws nothing from it: no dropout).
+    rng: SeededRng,
 }
 
 impl Step {
@@ -103,31 +107,35 @@ impl Step {
             labels,
             loss,
             optimizer,
+            rng: seeded_rng(0),
         })
     }
 
     /// One training step; returns the loss before the update.
     fn run(&mut self) -> f32 {
-        let (loss, grads) = {
-            let g = Graph::new();
-            let p = |id| g.param(&self.params, id);
-            let [w1, b1, w2, b2, w] = self.ids;
-            let h = p(self.x).matmul(p(w1)).add_relu(p(b1));
-            let e = h.matmul(p(w2)) + p(b2);
-            let cos = e.normalize_rows(1e-12).matmul(p(w).normalize_cols(1e-12));
-            let loss = margin_cross_entropy(cos, &self.labels, &self.loss).expect("a valid batch");
-            (loss.item(), loss.backward())
-        };
-        let started = profile::enabled().then(Instant::now);
-        self.optimizer.step(&mut self.params, &grads);
-        if let Some(started) = started {
-            OPTIMIZER_NS.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        }
-        loss
+        let ([w1, b1, w2, b2, w], x) = (self.ids, self.x);
+        let (labels, margin) = (&self.labels, &self.loss);
+        let outcome = train_step(
+            &mut self.params,
+            &mut self.optimizer,
+            &mut self.rng,
+            labels,
+            |cx| {
+                let h = cx.param(x).matmul(cx.param(w1)).add_relu(cx.param(b1));
+                let e = h.matmul(cx.param(w2)) + cx.param(b2);
+                let cos = e
+                    .normalize_rows(1e-12)
+                    .matmul(cx.param(w).normalize_cols(1e-12));
+                Ok((margin_cross_entropy(cos, labels, margin)?, None))
+            },
+        );
+        let outcome = outcome.unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(1)
+        });
+        outcome.loss as f32
     }
 }
-
-static OPTIMIZER_NS: AtomicU64 = AtomicU64::new(0);
 
 fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -226,7 +234,6 @@ fn run(dir: &str, b: usize, c: usize, threads: usize, profile_wanted: bool) {
     if profile_wanted {
         profile::enable(true);
         let _ = profile::take();
-        OPTIMIZER_NS.store(0, Ordering::Relaxed);
         let steps = iters.max(20);
         let t = Instant::now();
         for _ in 0..steps {
@@ -240,7 +247,11 @@ fn run(dir: &str, b: usize, c: usize, threads: usize, profile_wanted: bool) {
             "op", "forward", "backward", "share"
         );
         let mut accounted = 0.0;
-        let mut categories: Vec<&str> = entries.iter().map(|e| e.category).collect();
+        let mut categories: Vec<&str> = entries
+            .iter()
+            .filter(|e| e.phase != Phase::Update)
+            .map(|e| e.category)
+            .collect();
         categories.dedup();
         for cat in categories {
             let ms = |phase| {
@@ -257,15 +268,19 @@ fn run(dir: &str, b: usize, c: usize, threads: usize, profile_wanted: bool) {
                 100.0 * (f + bw) / total_ms
             );
         }
-        let opt = OPTIMIZER_NS.load(Ordering::Relaxed) as f64 / 1e6 / steps as f64;
-        accounted += opt;
-        println!(
-            "{:<16} {:>8.3}ms {:>10} {:>6.1}%",
-            "optimizer (SGD)",
-            opt,
-            "",
-            100.0 * opt / total_ms
-        );
+        for e in entries.iter().filter(|e| e.phase == Phase::Update) {
+            let ms = e.total.as_secs_f64() * 1e3 / steps as f64;
+            accounted += ms;
+            let name = match e.category {
+                "optimizer" => "optimizer (SGD)",
+                other => other,
+            };
+            println!(
+                "{name:<16} {ms:>8.3}ms {:>10} {:>6.1}%",
+                "",
+                100.0 * ms / total_ms
+            );
+        }
         let rest = total_ms - accounted;
         println!(
             "{:<16} {:>8.3}ms {:>10} {:>6.1}%",

@@ -43,8 +43,11 @@ MODEL AND TRAINING
   --momentum X       SGD momentum, Nesterov when > 0 (default 0.9)
   --weight-decay X   (default 0)
   --seed N           seeds initialisation, shuffling and dropout (default 0)
-  --threads N        worker threads (default: all cores)
+  --threads N        worker threads (default or 0: all cores; the result is the same on any)
   --out DIR          where the outputs go (default runs/latest)
+  --resume PATH      continue the run saved in PATH (its model.bin) from the epoch after the
+                     ones it completed, up to --epochs, as if it had never stopped; pass the
+                     interrupted run's flags (model and optimiser flags are checked against it)
 
 ";
 
@@ -118,6 +121,7 @@ fn parse() -> Result<(TrainConfig, PathBuf), Usage> {
             "weight-decay" => config.weight_decay = args.value(&flag)?,
             "seed" => config.seed = args.value(&flag)?,
             "threads" => config.threads = Some(args.value(&flag)?),
+            "resume" => config.resume = Some(args.value::<String>(&flag)?.into()),
             "out" => out = args.value::<String>(&flag)?.into(),
             other => return Err(Usage(format!("unknown flag --{other}"))),
         }
@@ -133,18 +137,6 @@ fn main() -> ExitCode {
         Ok(parsed) => parsed,
         Err(Usage(message)) => {
             eprintln!("error: {message}\n(run with --help for the flags)");
-            return ExitCode::from(2);
-        }
-    };
-    // train on a worker of the pool, so that each op's parallel work joins the training thread
-    // instead of waking the pool from outside it (see docs/performance.md)
-    let pool = match rayon::ThreadPoolBuilder::new()
-        .num_threads(config.threads.unwrap_or(0))
-        .build()
-    {
-        Ok(pool) => pool,
-        Err(e) => {
-            eprintln!("error: cannot start the thread pool: {e}");
             return ExitCode::from(2);
         }
     };
@@ -169,6 +161,9 @@ fn main() -> ExitCode {
             let _ = std::io::stderr().flush();
         }
         Event::Step { .. } => {}
+        Event::Resumed { from, epoch } => {
+            println!("resumed from {} after epoch {epoch}", from.display());
+        }
         Event::Epoch(r) => {
             if terminal {
                 eprint!("\r{:60}\r", "");
@@ -184,7 +179,7 @@ fn main() -> ExitCode {
             );
         }
     };
-    match pool.install(|| train(&config, &out, &mut on_event)) {
+    match train(&config, &out, &mut on_event) {
         Ok(metrics) => {
             let f = &metrics.final_metrics;
             print_final(f);

@@ -3,7 +3,8 @@
 //! Off by default (one relaxed atomic load per op). When on, each node's forward time is the
 //! time since the previous node was recorded (so it includes the kernel, the output allocation
 //! and the tape's bookkeeping), and each node's backward time is the time its gradient rule
-//! took (including its gradient buffers).
+//! took (including its gradient buffers). A training step adds the time of its finite check and
+//! of the optimiser's update.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -23,6 +24,9 @@ pub enum Phase {
     Forward,
     /// The op's gradient rule.
     Backward,
+    /// A training step's work after backward: its finite check and the optimiser's update
+    /// ([`train_step`](crate::train::train_step)).
+    Update,
 }
 
 /// One line of a profile.

@@ -1,13 +1,16 @@
-//! The trainer end to end on small data, the command-line programs' handling of bad input, and
-//! the data paths they rely on (IDX files, synthetic data, open-set splits).
+//! The trainer end to end on small data, its exact resume and its thread setting, the
+//! command-line programs' handling of bad input, and the data paths they rely on (IDX files,
+//! synthetic data, open-set splits).
 
-use margrad::checkpoint;
+use margrad::checkpoint::{self, Checkpoint, CheckpointError};
 use margrad::data::{MnistSplit, SyntheticConfig, load_mnist, parse_idx, synthetic};
 use margrad::loss::LossKind;
+use margrad::optim::OptimizerState;
 use margrad::train::{
-    DataSettings, DataSource, MethodName, TrainConfig, TrainError, evaluate, prepare_data, train,
+    DataSettings, DataSource, Event, MethodName, ResumeError, TrainConfig, TrainError, evaluate,
+    prepare_data, train,
 };
-use margrad::{Error, Tensor};
+use margrad::{Error, Params, Tensor};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -180,6 +183,261 @@ fn bad_settings_are_errors_before_training() {
     assert!(err.to_string().contains("train-images-idx3-ubyte"), "{err}");
 }
 
+// ---- resuming, threads ----
+
+/// A short run that exercises every part of the state: BatchNorm's running statistics,
+/// dropout's draws, Adam's moments and the cosine schedule.
+fn resumable() -> TrainConfig {
+    let mut config = small(LossKind::Am);
+    config.hidden = vec![32];
+    config.batch_norm = true;
+    config.epochs = 4;
+    config.data.pairs = 200;
+    config
+}
+
+fn bits(t: &Tensor<f32>) -> Vec<u32> {
+    t.data().iter().map(|v| v.to_bits()).collect()
+}
+
+fn assert_same_params(a: &Params<f32>, b: &Params<f32>) {
+    assert_eq!(a.len(), b.len());
+    for (i, j) in a.ids().zip(b.ids()) {
+        assert_eq!(a.name(i), b.name(j));
+        assert_eq!(a.get(i).shape(), b.get(j).shape(), "{}", a.name(i));
+        assert!(
+            bits(a.get(i)) == bits(b.get(j)),
+            "{} differs in its bits",
+            a.name(i)
+        );
+    }
+}
+
+fn assert_same_optimizer(a: &OptimizerState<f32>, b: &OptimizerState<f32>) {
+    assert_eq!((&a.method, &a.groups), (&b.method, &b.groups));
+    assert_eq!(a.lr_factor.to_bits(), b.lr_factor.to_bits());
+    assert_eq!(a.per_param.len(), b.per_param.len());
+    for (i, (x, y)) in a.per_param.iter().zip(&b.per_param).enumerate() {
+        let (Some(x), Some(y)) = (x, y) else {
+            assert!(x.is_none() && y.is_none(), "slot {i}");
+            continue;
+        };
+        assert_eq!(x.steps, y.steps, "slot {i}");
+        assert!(bits(&x.first) == bits(&y.first), "slot {i}: first moment");
+        assert!(
+            bits(&x.second) == bits(&y.second),
+            "slot {i}: second moment"
+        );
+    }
+}
+
+/// Trains `config`, keeping a copy of the checkpoint written after epoch `keep`.
+fn train_keeping(config: &TrainConfig, out: &Path, keep: usize) -> PathBuf {
+    let kept = out.with_extension(format!("epoch{keep}.bin"));
+    let model = out.join("model.bin");
+    train(config, out, &mut |e| {
+        if let Event::Epoch(r) = e
+            && r.epoch == keep
+        {
+            std::fs::copy(&model, &kept).unwrap();
+        }
+    })
+    .unwrap();
+    kept
+}
+
+#[test]
+fn a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does() {
+    let config = resumable();
+    let straight_dir = temp("straight");
+    let kept = train_keeping(&config, &straight_dir, 2);
+    let straight = checkpoint::load::<f32>(&straight_dir.join("model.bin")).unwrap();
+
+    // the same run, stopped after its second epoch and resumed from that checkpoint
+    let resumed_dir = temp("resumed");
+    let mut resumed_config = config.clone();
+    resumed_config.resume = Some(kept.clone());
+    let mut seen = Vec::new();
+    let metrics = train(&resumed_config, &resumed_dir, &mut |e| match e {
+        Event::Resumed { from, epoch } => seen.push(format!("resumed {} {epoch}", from.display())),
+        Event::Epoch(r) => seen.push(format!("epoch {}", r.epoch)),
+        Event::Step { .. } => {}
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        [
+            format!("resumed {} 2", kept.display()),
+            "epoch 3".into(),
+            "epoch 4".into()
+        ]
+    );
+    let resumed = checkpoint::load::<f32>(&resumed_dir.join("model.bin")).unwrap();
+    assert_eq!(resumed.model, straight.model);
+    assert_same_params(&resumed.params, &straight.params);
+    let (a, b) = (resumed.training.unwrap(), straight.training.unwrap());
+    assert_same_optimizer(&a.optimizer, &b.optimizer);
+    assert_eq!((a.epoch, &a.rng), (4, &b.rng));
+
+    // the whole history, the first two epochs' records carried over from the checkpoint
+    let figures = |h: &[margrad::metrics::EpochRecord]| -> Vec<(usize, u64, u64, u64)> {
+        h.iter()
+            .map(|r| {
+                let bits = f64::to_bits;
+                (
+                    r.epoch,
+                    bits(r.loss),
+                    bits(r.train_accuracy),
+                    bits(r.test_accuracy),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(figures(&a.history), figures(&b.history));
+    assert_eq!(figures(&metrics.history), figures(&b.history));
+    assert_eq!(a.history[..2], b.history[..2], "carried over as recorded");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(resumed_dir.join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["history"].as_array().unwrap().len(), 4);
+    assert_eq!(json["config"]["resume"], kept.display().to_string());
+    let straight_metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(straight_dir.join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["final"], straight_metrics["final"]);
+}
+
+fn resume_error(config: &TrainConfig, name: &str) -> (ResumeError, String) {
+    match train(config, &temp(name), &mut |_| {}) {
+        Err(e @ TrainError::Resume { .. }) => {
+            let message = e.to_string();
+            let TrainError::Resume { reason, .. } = e else {
+                unreachable!()
+            };
+            (reason, message)
+        }
+        Err(e) => panic!("expected a resume error, got {e}"),
+        Ok(_) => panic!("resumed"),
+    }
+}
+
+#[test]
+fn resuming_another_model_or_optimiser_is_refused_by_name() {
+    let mut config = resumable();
+    config.epochs = 2;
+    let kept = train_keeping(&config, &temp("to-resume"), 1);
+    let mut other = config.clone();
+    other.resume = Some(kept.clone());
+    other.hidden = vec![48];
+    let (reason, message) = resume_error(&other, "other-model");
+    assert_eq!(
+        reason,
+        ResumeError::Mismatch {
+            setting: "model.embedder.layers[0].config.outputs".into(),
+            checkpoint: "32".into(),
+            config: "48".into()
+        }
+    );
+    assert_eq!(
+        message,
+        format!(
+            "cannot resume from {}: it was trained with model.embedder.layers[0].config.outputs = 32, the \
+             configuration says 48 (resume with the interrupted run's settings)",
+            kept.display()
+        )
+    );
+    let mut other = config.clone();
+    other.resume = Some(kept.clone());
+    other.loss.margin = 0.2;
+    let (reason, _) = resume_error(&other, "other-margin");
+    assert!(
+        matches!(&reason, ResumeError::Mismatch { setting, .. } if setting.starts_with("model.head")),
+        "{reason}"
+    );
+    let mut other = config.clone();
+    other.resume = Some(kept.clone());
+    other.lr = 0.01;
+    let (reason, _) = resume_error(&other, "other-lr");
+    assert_eq!(
+        reason,
+        ResumeError::Mismatch {
+            setting: "optimizer.groups[0].lr".into(),
+            checkpoint: "0.005".into(),
+            config: "0.01".into()
+        }
+    );
+    // a run already as long as asked
+    let mut done = config.clone();
+    done.resume = Some(kept.clone());
+    done.epochs = 1;
+    let (reason, message) = resume_error(&done, "done");
+    assert_eq!(
+        reason,
+        ResumeError::Finished {
+            completed: 1,
+            epochs: 1
+        }
+    );
+    assert!(message.ends_with("nothing is left to train"), "{message}");
+    // a model saved without its training state
+    let bare = temp("bare.bin");
+    let Checkpoint { model, params, .. } = checkpoint::load::<f32>(&kept).unwrap();
+    checkpoint::save(&bare, &model, &params, None).unwrap();
+    let mut inference_only = config.clone();
+    inference_only.resume = Some(bare);
+    assert_eq!(
+        resume_error(&inference_only, "bare").0,
+        ResumeError::NoTrainingState
+    );
+}
+
+#[test]
+fn resuming_from_a_missing_or_truncated_file_is_a_clear_error() {
+    let mut config = resumable();
+    config.epochs = 2;
+    let kept = train_keeping(&config, &temp("to-truncate"), 1);
+    config.resume = Some(temp("nowhere").join("model.bin"));
+    let (reason, message) = resume_error(&config, "missing");
+    assert!(
+        matches!(reason, ResumeError::Checkpoint(CheckpointError::Io { .. })),
+        "{reason}"
+    );
+    assert!(message.starts_with("cannot resume from "), "{message}");
+
+    let bytes = std::fs::read(&kept).unwrap();
+    std::fs::write(&kept, &bytes[..bytes.len() / 2]).unwrap();
+    config.resume = Some(kept);
+    let (reason, message) = resume_error(&config, "truncated");
+    assert!(
+        matches!(
+            reason,
+            ResumeError::Checkpoint(CheckpointError::Truncated { part: "body", .. })
+        ),
+        "{reason}"
+    );
+    assert!(message.contains("truncated checkpoint"), "{message}");
+}
+
+#[test]
+fn one_thread_and_two_give_the_same_bits() {
+    let run = |threads: usize| {
+        let mut config = resumable();
+        config.epochs = 2;
+        config.threads = Some(threads);
+        let out = temp(&format!("threads-{threads}"));
+        let mut seen = 0;
+        train(&config, &out, &mut |_| seen = rayon::current_num_threads()).unwrap();
+        assert_eq!(seen, threads, "the run is on a pool of {threads}");
+        checkpoint::load::<f32>(&out.join("model.bin")).unwrap()
+    };
+    let (one, two) = (run(1), run(2));
+    assert_same_params(&one.params, &two.params);
+    assert_same_optimizer(
+        &one.training.unwrap().optimizer,
+        &two.training.unwrap().optimizer,
+    );
+}
+
 // ---- the command-line programs ----
 
 fn example(name: &str) -> PathBuf {
@@ -207,7 +465,7 @@ fn run(name: &str, args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn the_command_line_refuses_bad_input_clearly() {
-    let cases: [(&[&str], i32, &str); 7] = [
+    let cases: [(&[&str], i32, &str); 9] = [
         (&["--bogus"], 2, "unknown flag --bogus"),
         (
             &["--epochs", "ten"],
@@ -235,6 +493,12 @@ fn the_command_line_refuses_bad_input_clearly() {
             "invalid cosine margin m = -1: must be non-negative",
         ),
         (&["--epochs"], 2, "--epochs needs a value"),
+        (&["--resume"], 2, "--resume needs a value"),
+        (
+            &["--resume", "/nonexistent/model.bin", "--epochs", "1"],
+            1,
+            "cannot resume from /nonexistent/model.bin: /nonexistent/model.bin:",
+        ),
     ];
     for (args, code, message) in cases {
         let (status, _, stderr) = run("train", args);
@@ -244,6 +508,7 @@ fn the_command_line_refuses_bad_input_clearly() {
     let (status, stdout, _) = run("train", &["--help"]);
     assert_eq!(status, 0);
     assert!(stdout.contains("--holdout-classes N") && stdout.contains("--loss NAME"));
+    assert!(stdout.contains("--resume PATH"));
     let (status, _, stderr) = run("verify", &[]);
     assert_eq!(
         (status, stderr.contains("--model PATH is required")),

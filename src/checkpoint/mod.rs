@@ -1,12 +1,12 @@
 //! Checkpoints: a model's configuration, every named tensor, and optionally the training
 //! state, in one file that is checked before it is trusted; and the safetensors export.
 //!
-//! # The checkpoint format (version 2)
+//! # The checkpoint format (version 3)
 //!
 //! | bytes | content |
 //! |---|---|
 //! | 0..8 | magic `MARGRAD\0` |
-//! | 8..12 | format version, u32 little-endian (2) |
+//! | 8..12 | format version, u32 little-endian (3) |
 //! | 12..16 | element type, ASCII, zero-padded (`f32`, `f64`) |
 //! | 16..32 | version of the crate that wrote it, ASCII, zero-padded |
 //! | 32..40 | body length in bytes, u64 little-endian |
@@ -32,6 +32,7 @@ mod safetensors;
 use crate::bounded::read_str;
 pub use safetensors::{safetensors_bytes, save_safetensors};
 
+use crate::metrics::EpochRecord;
 use crate::nn::{Fill, LayerRegistry, Model, ModelConfig, ParamSource, TrainedHead};
 use crate::optim::OptimizerState;
 use crate::{Element, Error, Params, SeededRng, Tensor};
@@ -48,7 +49,7 @@ pub const MAGIC: [u8; 8] = *b"MARGRAD\0";
 /// layout (a field added to a stored configuration, a type changed) bumps it: the body is
 /// decoded by position, so an old file read as new would be misread. `tests/checkpoint.rs`
 /// holds a committed file of this version and fails when the layout moves without a bump.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Bytes before the body.
 pub const HEADER_LEN: usize = 48;
 
@@ -62,6 +63,9 @@ pub struct TrainingState<F: Element> {
     pub epoch: u64,
     /// The generator as it stood (shuffling, dropout).
     pub rng: SeededRng,
+    /// One record per completed epoch, for a resumed run's history (empty when the loop that
+    /// saved the state keeps none).
+    pub history: Vec<EpochRecord>,
 }
 
 /// A loaded checkpoint: the rebuilt model, its parameters, and the training state if saved.

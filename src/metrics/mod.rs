@@ -412,3 +412,21 @@ pub fn geometry<F: Element>(embeddings: &Tensor<F>, labels: &[usize]) -> Geometr
         inter_mean_angle_deg: if count > 0 { sum / count as f64 } else { 0.0 },
     }
 }
+
+/// One epoch's figures, as a training run's history records them (metrics.json's `history`,
+/// and a checkpoint's training state, so that a resumed run keeps the whole history).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's samples.
+    pub loss: f64,
+    /// Accuracy of the training batches as they were trained (scores without margin).
+    pub train_accuracy: f64,
+    /// Closed-set accuracy on the test split after the epoch.
+    pub test_accuracy: f64,
+    /// Training samples per second (evaluation not counted).
+    pub samples_per_sec: f64,
+    /// Seconds of training in the epoch.
+    pub seconds: f64,
+}

@@ -1,24 +1,30 @@
 //! The trainer: data, model, optimiser and evaluation wired together, as the `train` and
-//! `verify` examples run them.
+//! `verify` examples run them, and the training step they share with hand-written loops.
 //!
 //! [`train`] writes into its output folder the checkpoint (`model.bin`, with the training state,
 //! saved after every epoch so that a failure keeps the last good one), its safetensors export,
-//! `metrics.json`, and SVG figures. [`evaluate`] computes the final figures; `verify` calls the
-//! same function on a reloaded checkpoint, so the two report identical numbers.
+//! `metrics.json`, and SVG figures; given a checkpoint in [`TrainConfig::resume`], it continues
+//! that run where it stopped, with the same result as a run never interrupted. [`evaluate`]
+//! computes the final figures; `verify` calls the same function on a reloaded checkpoint, so the
+//! two report identical numbers. [`train_step`] is one step of any forward pass, [`model_step`]
+//! one step of a [`Model`].
 
 mod settings;
+mod step;
 
 pub use settings::{DataSettings, DataSource, LossSettings, MethodName, TrainConfig};
+pub use step::{StepError, StepOutcome, model_step, train_step};
 
-use crate::checkpoint::{self, CheckpointError, TrainingState};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, TrainingState};
 use crate::data::{Dataset, MnistSplit, digits, load_mnist, synthetic};
 use crate::metrics::{
-    Geometry, Roc, Verification, geometry, make_pairs, pair_scores, top1_accuracy, verification,
+    EpochRecord, Geometry, Roc, Verification, geometry, make_pairs, pair_scores, top1_accuracy,
+    verification,
 };
-use crate::nn::{Forward, MlpConfig, Model, ModelConfig};
+use crate::nn::{MlpConfig, Model, ModelConfig};
 use crate::optim::{LrSchedule, Method, Optimizer, Schedule};
 use crate::plot::{Series, embedding_figure, line_chart};
-use crate::{Error, Graph, Params, seeded_rng};
+use crate::{Error, Params, SeededRng, seeded_rng};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -128,23 +134,6 @@ pub fn evaluate(
     }
 }
 
-/// One epoch's line of the history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    /// 1-based.
-    pub epoch: usize,
-    /// Mean training loss over the epoch's samples.
-    pub loss: f64,
-    /// Accuracy of the training batches as they were trained (scores without margin).
-    pub train_accuracy: f64,
-    /// Closed-set accuracy on the test split after the epoch.
-    pub test_accuracy: f64,
-    /// Training samples per second (evaluation not counted).
-    pub samples_per_sec: f64,
-    /// Seconds of training in the epoch.
-    pub seconds: f64,
-}
-
 /// What [`train`] reports while it runs.
 #[derive(Clone, Debug)]
 pub enum Event<'a> {
@@ -161,6 +150,13 @@ pub enum Event<'a> {
     },
     /// An epoch finished (and its checkpoint is saved).
     Epoch(&'a EpochRecord),
+    /// The run continues from a checkpoint (reported before the first step).
+    Resumed {
+        /// The checkpoint.
+        from: &'a Path,
+        /// The epochs it had completed; training goes on from the next.
+        epoch: usize,
+    },
 }
 
 /// The data's sizes, for metrics.json.
@@ -220,6 +216,85 @@ pub enum TrainError {
     },
     /// A file could not be written.
     Output(CheckpointError),
+    /// The checkpoint to resume from cannot continue this run.
+    Resume {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Why not.
+        reason: ResumeError,
+    },
+    /// The thread pool could not be started.
+    ThreadPool {
+        /// The threads asked for.
+        threads: Option<usize>,
+        /// rayon's message.
+        message: String,
+    },
+}
+
+/// Why a checkpoint cannot continue a run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResumeError {
+    /// It cannot be read, or is damaged.
+    Checkpoint(CheckpointError),
+    /// It holds a model alone, without the training state needed to continue.
+    NoTrainingState,
+    /// Its model or optimiser is not the one the configuration describes.
+    Mismatch {
+        /// The first setting that differs, as a path into the configurations
+        /// (`model.embedder.layers[0].config.outputs`, `optimizer.groups[0].lr`).
+        setting: String,
+        /// Its value in the checkpoint (JSON).
+        checkpoint: String,
+        /// Its value in the configuration (JSON).
+        config: String,
+    },
+    /// It has already completed the epochs the configuration asks for.
+    Finished {
+        /// Epochs it completed.
+        completed: usize,
+        /// Epochs the configuration asks for.
+        epochs: usize,
+    },
+    /// Its history does not have one record per completed epoch.
+    History {
+        /// Epochs it completed.
+        completed: usize,
+        /// Records it holds.
+        records: usize,
+    },
+}
+
+impl fmt::Display for ResumeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResumeError::Checkpoint(e) => write!(f, "{e}"),
+            ResumeError::NoTrainingState => write!(
+                f,
+                "it holds no training state (optimiser, generator, epoch): it was saved for \
+                 inference only"
+            ),
+            ResumeError::Mismatch {
+                setting,
+                checkpoint,
+                config,
+            } => write!(
+                f,
+                "it was trained with {setting} = {checkpoint}, the configuration says {config} \
+                 (resume with the interrupted run's settings)"
+            ),
+            ResumeError::Finished { completed, epochs } => write!(
+                f,
+                "it has completed {completed} epochs and the run asks for {epochs}: nothing is \
+                 left to train"
+            ),
+            ResumeError::History { completed, records } => write!(
+                f,
+                "its training state has completed {completed} epochs but holds {records} \
+                 history records (not written by this trainer?)"
+            ),
+        }
+    }
 }
 
 impl fmt::Display for TrainError {
@@ -243,6 +318,13 @@ impl fmt::Display for TrainError {
                 }
             }
             TrainError::Output(e) => write!(f, "{e}"),
+            TrainError::Resume { path, reason } => {
+                write!(f, "cannot resume from {}: {reason}", path.display())
+            }
+            TrainError::ThreadPool { threads, message } => match threads {
+                Some(n) => write!(f, "cannot start a pool of {n} threads: {message}"),
+                None => write!(f, "cannot start the thread pool: {message}"),
+            },
         }
     }
 }
@@ -291,27 +373,49 @@ fn output(path: &Path, text: &str) -> Result<(), TrainError> {
 /// Trains as `config` says, writing the outputs into `out` and reporting progress to
 /// `on_event`; returns the final metrics.
 ///
+/// The run happens on a rayon pool of [`TrainConfig::threads`] threads, built for it: the
+/// training thread is one of its workers, so each op's parallel work joins it instead of waking
+/// the pool from outside. The result does not depend on the number of threads.
+///
+/// With [`TrainConfig::resume`], the run continues from that checkpoint: its parameters,
+/// optimiser state and generator, from the epoch after the ones it completed up to
+/// [`TrainConfig::epochs`], with the learning-rate schedule of the whole run. Given the
+/// interrupted run's settings, the parameters, the optimiser state and the history's losses and
+/// accuracies come out bit for bit as in a run never interrupted; metrics.json holds the whole
+/// history.
+///
 /// # Errors
-/// [`TrainError::Input`] for refused settings or data, [`TrainError::Diverged`] for a NaN or
-/// infinity (the last good checkpoint stays in `out`; no metrics.json is written),
-/// [`TrainError::Output`] when a file cannot be written.
+/// [`TrainError::Input`] for refused settings or data, [`TrainError::Resume`] for a checkpoint
+/// that cannot continue this run (unreadable or damaged, saved without training state, another
+/// model or optimiser, already at `epochs`), [`TrainError::Diverged`] for a NaN or infinity (the
+/// last good checkpoint stays in `out`; no metrics.json is written), [`TrainError::Output`] when
+/// a file cannot be written, [`TrainError::ThreadPool`] when the threads cannot be started.
 pub fn train(
     config: &TrainConfig,
     out: &Path,
-    on_event: &mut dyn FnMut(Event),
+    on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Metrics, TrainError> {
     config.validate()?;
-    let data = prepare_data(&config.data)?;
-    std::fs::create_dir_all(out).map_err(|e| {
-        TrainError::Output(CheckpointError::Io {
-            path: out.to_path_buf(),
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(config.threads.unwrap_or(0))
+        .build()
+        .map_err(|e| TrainError::ThreadPool {
+            threads: config.threads,
             message: e.to_string(),
-        })
-    })?;
-    let model_config = model_config(config, data.train.dim(), data.train.classes)?;
-    let mut rng = seeded_rng(config.seed);
-    let mut params = Params::<f32>::new();
-    let model = Model::new(model_config.clone(), &mut params, &mut rng)?;
+        })?;
+    pool.install(|| run(config, out, on_event))
+}
+
+/// Where a run starts: a fresh model, or a checkpoint's.
+struct Start {
+    model: Model,
+    params: Params<f32>,
+    optimizer: Optimizer<f32>,
+    rng: SeededRng,
+    history: Vec<EpochRecord>,
+}
+
+fn optimizer(config: &TrainConfig, params: &Params<f32>) -> Result<Optimizer<f32>, Error> {
     let method = match config.optimizer {
         MethodName::Sgd => Method::Sgd {
             momentum: config.momentum,
@@ -320,7 +424,128 @@ pub fn train(
         MethodName::Adam => Method::adam(),
         MethodName::AdamW => Method::adamw(),
     };
-    let mut optimizer = Optimizer::new(method, &params, config.lr, config.weight_decay)?;
+    Optimizer::new(method, params, config.lr, config.weight_decay)
+}
+
+fn fresh_start(config: &TrainConfig, model_config: ModelConfig) -> Result<Start, Error> {
+    let mut rng = seeded_rng(config.seed);
+    let mut params = Params::<f32>::new();
+    let model = Model::new(model_config, &mut params, &mut rng)?;
+    let optimizer = optimizer(config, &params)?;
+    Ok(Start {
+        model,
+        params,
+        optimizer,
+        rng,
+        history: Vec::new(),
+    })
+}
+
+/// The state of the run saved in `path`, checked against the run `config` describes.
+fn resumed_start(
+    path: &Path,
+    config: &TrainConfig,
+    model_config: &ModelConfig,
+) -> Result<Start, TrainError> {
+    let refuse = |reason| TrainError::Resume {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let Checkpoint {
+        model,
+        params,
+        training,
+    } = checkpoint::load::<f32>(path).map_err(|e| refuse(ResumeError::Checkpoint(e)))?;
+    if let Some(mismatch) = first_difference("model", model.config(), model_config) {
+        return Err(refuse(mismatch));
+    }
+    let training = training.ok_or_else(|| refuse(ResumeError::NoTrainingState))?;
+    let completed = usize::try_from(training.epoch).unwrap_or(usize::MAX);
+    if completed >= config.epochs {
+        return Err(refuse(ResumeError::Finished {
+            completed,
+            epochs: config.epochs,
+        }));
+    }
+    if training.history.len() != completed {
+        return Err(refuse(ResumeError::History {
+            completed,
+            records: training.history.len(),
+        }));
+    }
+    // the optimiser the configuration builds must be the one saved: the same rule, rates and
+    // decay over the same parameters (its moments and step counts come from the file)
+    let expected = optimizer(config, &params)?;
+    let (saved, wanted) = (&training.optimizer, expected.state());
+    let mismatch = first_difference("optimizer.method", &saved.method, &wanted.method)
+        .or_else(|| first_difference("optimizer.groups", &saved.groups, &wanted.groups));
+    if let Some(mismatch) = mismatch {
+        return Err(refuse(mismatch));
+    }
+    let optimizer = Optimizer::from_state(training.optimizer, &params)
+        .map_err(|e| refuse(ResumeError::Checkpoint(CheckpointError::Invalid(e))))?;
+    Ok(Start {
+        model,
+        params,
+        optimizer,
+        rng: training.rng,
+        history: training.history,
+    })
+}
+
+/// The first place where `saved` and `wanted` differ, as a path from `root`, with both values.
+fn first_difference<T: Serialize>(root: &str, saved: &T, wanted: &T) -> Option<ResumeError> {
+    use serde_json::Value;
+    fn walk(path: String, a: &Value, b: &Value) -> Option<(String, String, String)> {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) if x.len() == y.len() => {
+                x.iter().find_map(|(key, va)| match y.get(key) {
+                    Some(vb) => walk(format!("{path}.{key}"), va, vb),
+                    None => Some((path.clone(), a.to_string(), b.to_string())),
+                })
+            }
+            (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+                .iter()
+                .zip(y)
+                .enumerate()
+                .find_map(|(i, (va, vb))| walk(format!("{path}[{i}]"), va, vb)),
+            _ if a == b => None,
+            _ => Some((path, a.to_string(), b.to_string())),
+        }
+    }
+    let json = |v: &T| serde_json::to_value(v).expect("configurations serialise");
+    walk(root.to_string(), &json(saved), &json(wanted)).map(|(setting, checkpoint, config)| {
+        ResumeError::Mismatch {
+            setting,
+            checkpoint,
+            config,
+        }
+    })
+}
+
+fn run(
+    config: &TrainConfig,
+    out: &Path,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<Metrics, TrainError> {
+    let data = prepare_data(&config.data)?;
+    let model_config = model_config(config, data.train.dim(), data.train.classes)?;
+    let Start {
+        model,
+        mut params,
+        mut optimizer,
+        mut rng,
+        mut history,
+    } = match &config.resume {
+        None => fresh_start(config, model_config.clone())?,
+        Some(path) => resumed_start(path, config, &model_config)?,
+    };
+    std::fs::create_dir_all(out).map_err(|e| {
+        TrainError::Output(CheckpointError::Io {
+            path: out.to_path_buf(),
+            message: e.to_string(),
+        })
+    })?;
     let schedule = LrSchedule {
         schedule: Schedule::Cosine {
             total: config.epochs,
@@ -329,72 +554,63 @@ pub fn train(
         warmup: 0,
     };
     let checkpoint = out.join("model.bin");
-    let mut last_good = None;
-    let mut history = Vec::new();
+    let mut last_good = config.resume.clone();
+    if let Some(from) = &config.resume {
+        on_event(Event::Resumed {
+            from,
+            epoch: history.len(),
+        });
+    }
     let steps = data.train.len().div_ceil(config.batch);
-    for epoch in 1..=config.epochs {
+    for epoch in history.len() + 1..=config.epochs {
         optimizer.set_lr_factor(schedule.factor(epoch - 1));
         let start = Instant::now();
         let (mut loss_sum, mut correct) = (0.0, 0usize);
         let order = data.train.shuffled_batches(config.batch, &mut rng);
         for (index, (x, labels)) in order.enumerate() {
             let step = index + 1;
-            let diverged =
-                |what: String, value: f64, last_good: &Option<PathBuf>| TrainError::Diverged {
-                    epoch,
-                    step,
-                    what,
-                    value,
-                    last_good: last_good.clone(),
+            let outcome =
+                match model_step(&model, &mut params, &mut optimizer, &mut rng, x, &labels) {
+                    Ok(outcome) => outcome,
+                    Err(StepError::Forward(e)) => return Err(TrainError::Input(e)),
+                    Err(StepError::NonFinite { what, value }) => {
+                        return Err(TrainError::Diverged {
+                            epoch,
+                            step,
+                            what,
+                            value,
+                            last_good,
+                        });
+                    }
                 };
-            let (grads, updates, loss) = {
-                let g = Graph::new();
-                let mut cx = Forward::train(&g, &params, &mut rng);
-                let (loss, logits) = model.loss_and_logits(&mut cx, g.constant(x), &labels)?;
-                let value = loss.item() as f64;
-                if !value.is_finite() {
-                    return Err(diverged("the loss".into(), value, &last_good));
-                }
-                let predicted = logits.value().argmax_rows();
-                correct += predicted
-                    .iter()
-                    .zip(labels.values())
-                    .filter(|(p, l)| p == l)
-                    .count();
-                (loss.backward(), cx.into_updates(), value)
-            };
-            if let Err(Error::NonFinite { what, value, .. }) = grads.ensure_finite() {
-                return Err(diverged(what, value, &last_good));
-            }
-            params.apply(updates);
-            optimizer.step(&mut params, &grads);
-            loss_sum += loss * labels.len() as f64;
+            correct += outcome.correct.unwrap_or(0);
+            loss_sum += outcome.loss * labels.len() as f64;
             on_event(Event::Step {
                 epoch,
                 step,
                 steps,
-                loss,
+                loss: outcome.loss,
             });
         }
         let seconds = start.elapsed().as_secs_f64();
         let predictions = model.predict(&params, &data.test.features);
-        let record = EpochRecord {
+        history.push(EpochRecord {
             epoch,
             loss: loss_sum / data.train.len() as f64,
             train_accuracy: correct as f64 / data.train.len() as f64,
             test_accuracy: top1_accuracy(&predictions, &data.test.labels),
             samples_per_sec: data.train.len() as f64 / seconds,
             seconds,
-        };
+        });
         let state = TrainingState {
             optimizer: optimizer.state().clone(),
             epoch: epoch as u64,
             rng: rng.clone(),
+            history: history.clone(),
         };
         checkpoint::save(&checkpoint, &model, &params, Some(&state))?;
         last_good = Some(checkpoint.clone());
-        on_event(Event::Epoch(&record));
-        history.push(record);
+        on_event(Event::Epoch(history.last().expect("just pushed")));
     }
     let evaluation = evaluate(&model, &params, &data, &config.data);
     let metrics = Metrics {

@@ -123,8 +123,16 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Seeds initialisation, shuffling and dropout.
     pub seed: u64,
-    /// Threads (recorded; the caller sets up the pool). `None`: all cores.
+    /// The threads [`train`](super::train) runs on (a rayon pool of its own). `None` or 0:
+    /// rayon's default (`RAYON_NUM_THREADS`, else one per logical core). The results do not
+    /// depend on it: the kernels give the same bits on any number of threads.
     pub threads: Option<usize>,
+    /// A checkpoint to continue from (a `model.bin` the trainer wrote): its parameters,
+    /// optimiser state, generator and history, from the epoch after the ones it completed up to
+    /// `epochs`. Its model and optimiser must be the ones the other settings describe; the data
+    /// and batch settings should be the interrupted run's, so that the run continues exactly.
+    #[serde(default)]
+    pub resume: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -159,6 +167,7 @@ impl Default for TrainConfig {
             weight_decay: 0.0,
             seed: 0,
             threads: None,
+            resume: None,
         }
     }
 }
@@ -183,12 +192,6 @@ impl TrainConfig {
             self.data.pairs as f64,
             self.data.pairs >= 20,
             "at least 20",
-        )?;
-        Error::check(
-            "threads",
-            self.threads.unwrap_or(1) as f64,
-            self.threads != Some(0),
-            "at least 1",
         )
     }
 }

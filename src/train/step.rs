@@ -1,0 +1,232 @@
+//! One training step: forward in a training context, the loss, backward, a check that the loss
+//! and the gradients are finite, the buffer updates (BatchNorm's running statistics), and the
+//! optimiser's update.
+//!
+//! [`train_step`] takes the forward pass as a closure, so that any computation (a [`Model`], or
+//! hand-written ops on raw [`Params`]) trains through the same checks and updates;
+//! [`model_step`] is the step of a [`Model`] on a batch, as the trainer runs it.
+
+use crate::nn::{Forward, Model};
+use crate::optim::Optimizer;
+use crate::profile::{self, Phase};
+use crate::{Element, Error, Graph, Labels, Params, SeededRng, Tensor, Var};
+use std::fmt;
+use std::time::Instant;
+
+/// What one training step measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOutcome {
+    /// The batch's loss, before the update.
+    pub loss: f64,
+    /// The samples whose margin-free scores rank their own class first (`None` when the
+    /// forward pass returned no scores).
+    pub correct: Option<usize>,
+}
+
+/// Why a training step left the parameters, the buffers and the optimiser as they were.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepError {
+    /// The forward pass refused the batch (a label out of range, an empty batch, ...).
+    Forward(Error),
+    /// The loss or a gradient holds a NaN or an infinity.
+    NonFinite {
+        /// What is not finite: "the loss", or "the gradient of" a parameter, by name.
+        what: String,
+        /// The first offending value.
+        value: f64,
+    },
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepError::Forward(e) => write!(f, "{e}"),
+            StepError::NonFinite { what, value } => write!(f, "{what} is {value}"),
+        }
+    }
+}
+
+impl std::error::Error for StepError {}
+
+impl From<Error> for StepError {
+    fn from(e: Error) -> Self {
+        StepError::Forward(e)
+    }
+}
+
+/// One training step whose forward pass `forward` computes.
+///
+/// `forward` runs in a training [`Forward`] context on a fresh graph (dropout draws from `rng`,
+/// BatchNorm uses batch statistics) and returns the batch's scalar loss and, optionally, its
+/// class scores without margin, which are counted against `labels` for the training accuracy.
+/// The step then runs backward, checks that the loss and every parameter gradient are finite,
+/// stores the buffer updates the pass recorded, and applies `optimizer`'s update. The graph is
+/// gone before the parameters change, so no tensor is copied on write.
+///
+/// With profiling on ([`profile::enable`]), the finite check and the update are recorded in
+/// [`Phase::Update`] as "finite check" and "optimizer".
+///
+/// # Errors
+/// [`StepError::Forward`] for what `forward` returns; [`StepError::NonFinite`] naming the loss or
+/// the first parameter (by name) whose gradient is not finite. Either way nothing is updated.
+///
+/// # Panics
+/// When the loss is not a single element, or the scores are not `[B, C]` with one row per label.
+pub fn train_step<F, L>(
+    params: &mut Params<F>,
+    optimizer: &mut Optimizer<F>,
+    rng: &mut SeededRng,
+    labels: &Labels,
+    forward: L,
+) -> Result<StepOutcome, StepError>
+where
+    F: Element,
+    L: for<'g, 'p> FnOnce(
+        &mut Forward<'g, 'p, F>,
+    ) -> Result<(Var<'g, F>, Option<Var<'g, F>>), Error>,
+{
+    let (grads, updates, outcome) = {
+        let graph = Graph::new();
+        let mut cx = Forward::train(&graph, &*params, &mut *rng);
+        let (loss, scores) = forward(&mut cx)?;
+        let value = loss.item().to_f64();
+        if !value.is_finite() {
+            return Err(StepError::NonFinite {
+                what: "the loss".to_string(),
+                value,
+            });
+        }
+        let correct = scores.map(|scores| {
+            let predicted = scores.value().argmax_rows();
+            assert_eq!(
+                predicted.len(),
+                labels.len(),
+                "train_step: {} rows of scores for {} labels",
+                predicted.len(),
+                labels.len()
+            );
+            predicted
+                .iter()
+                .zip(labels.values())
+                .filter(|(p, l)| p == l)
+                .count()
+        });
+        let outcome = StepOutcome {
+            loss: value,
+            correct,
+        };
+        (loss.backward(), cx.into_updates(), outcome)
+    };
+    let started = profile::enabled().then(Instant::now);
+    for (id, g) in grads.params() {
+        if let Some(index) = first_non_finite(g.data()) {
+            return Err(StepError::NonFinite {
+                what: format!("the gradient of {}", params.name(id)),
+                value: g.data()[index].to_f64(),
+            });
+        }
+    }
+    let checked = started.map(|started| {
+        profile::record("finite check", Phase::Update, started.elapsed());
+        Instant::now()
+    });
+    params.apply(updates);
+    optimizer.step(params, &grads);
+    if let Some(checked) = checked {
+        profile::record("optimizer", Phase::Update, checked.elapsed());
+    }
+    Ok(outcome)
+}
+
+/// One training step of `model` on the batch `x` (`[B, features]`) with `labels`: its training
+/// loss, and the training accuracy from its margin-free scores ([`Model::loss_and_logits`]),
+/// through [`train_step`].
+///
+/// # Errors
+/// As [`train_step`].
+pub fn model_step<F: Element>(
+    model: &Model<F>,
+    params: &mut Params<F>,
+    optimizer: &mut Optimizer<F>,
+    rng: &mut SeededRng,
+    x: Tensor<F>,
+    labels: &Labels,
+) -> Result<StepOutcome, StepError> {
+    train_step(params, optimizer, rng, labels, |cx| {
+        let x = cx.graph().constant(x);
+        let (loss, scores) = model.loss_and_logits(cx, x, labels)?;
+        Ok((loss, Some(scores)))
+    })
+}
+
+/// The index of the first NaN or infinity in `data`. Whether there is one comes from vectorised
+/// sums of `v − v` (zero for a finite `v`, NaN otherwise) over fixed chunks, spread over the pool
+/// when `data` is large; only then is the index searched for.
+fn first_non_finite<F: Element>(data: &[F]) -> Option<usize> {
+    use crate::kernels::{CHUNK, parallel, simd};
+    use rayon::prelude::*;
+    let finite = |chunk: &[F]| {
+        simd(
+            #[inline(always)]
+            || all_finite(chunk),
+        )
+    };
+    let clean = if parallel(data.len()) {
+        data.par_chunks(CHUNK).all(finite)
+    } else {
+        data.chunks(CHUNK).all(finite)
+    };
+    if clean {
+        None
+    } else {
+        data.iter().position(|v| !v.is_finite())
+    }
+}
+
+#[inline(always)]
+#[allow(
+    clippy::eq_op,
+    reason = "v − v is 0 for a finite v and NaN otherwise: the test itself"
+)]
+fn all_finite<F: Element>(chunk: &[F]) -> bool {
+    const LANES: usize = 16;
+    let mut sums = [F::ZERO; LANES];
+    let mut blocks = chunk.chunks_exact(LANES);
+    for block in &mut blocks {
+        for (sum, &v) in sums.iter_mut().zip(block) {
+            *sum += v - v;
+        }
+    }
+    let tail = blocks
+        .remainder()
+        .iter()
+        .fold(F::ZERO, |sum, &v| sum + (v - v));
+    sums.iter().fold(tail, |total, &sum| total + sum) == F::ZERO
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_non_finite;
+
+    #[test]
+    fn finds_the_first_nan_or_infinity_anywhere() {
+        for len in [0usize, 1, 15, 16, 17, 100, 8192, 8193, 70_000] {
+            let clean: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 3e38).collect();
+            assert_eq!(first_non_finite(&clean), None, "len {len}");
+            for at in [0, len / 2, len.saturating_sub(1)]
+                .into_iter()
+                .filter(|&a| a < len)
+            {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut data = clean.clone();
+                    data[at] = bad;
+                    if at + 1 < len {
+                        data[len - 1] = f32::NAN;
+                    }
+                    assert_eq!(first_non_finite(&data), Some(at), "len {len}, at {at}");
+                }
+            }
+        }
+        assert_eq!(first_non_finite(&[1.0f64, f64::MAX, f64::NAN]), Some(2));
+    }
+}
