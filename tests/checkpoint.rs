@@ -674,10 +674,11 @@ fn a_directory_is_refused_naming_what_it_is() {
     assert_eq!(
         err,
         CheckpointError::NotRegularFile {
-            path: dir,
+            path: dir.clone(),
             kind: "a directory"
         }
     );
+    std::fs::remove_dir(&dir).unwrap();
 }
 
 #[test]
@@ -712,6 +713,7 @@ fn a_body_length_unlike_the_files_is_refused_before_the_body_is_read() {
             found: 0
         }
     );
+    std::fs::remove_file(&path).unwrap();
     // ... nor is the file read when it is a gigabyte
     let path = sparse("claims-max-gib.bin", &header, GIB);
     let err = in_little_memory("a 1 GiB file declaring u64::MAX", || {
@@ -725,6 +727,7 @@ fn a_body_length_unlike_the_files_is_refused_before_the_body_is_read() {
             found: GIB - HEADER_LEN as u64
         }
     );
+    std::fs::remove_file(&path).unwrap();
     // a whole checkpoint followed by a gigabyte: refused without reading either
     let path = sparse("trailing-gib.bin", &bytes, GIB);
     let err = in_little_memory("a checkpoint followed by 1 GiB", || {
@@ -761,4 +764,5 @@ fn a_body_length_unlike_the_files_is_refused_before_the_body_is_read() {
     // and the whole file still loads
     std::fs::write(&path, &bytes).unwrap();
     checkpoint::load::<f32>(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
 }
