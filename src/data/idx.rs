@@ -233,11 +233,13 @@ pub enum MnistSplit {
 }
 
 /// Reads an MNIST split from `dir` (the original file names, with or without `.gz`):
-/// features `[N, 784]` scaled to `[0, 1]`, labels `0..10`.
+/// features `[N, 784]` scaled to `[0, 1]`, labels `0..10`. Each file is read as [`load_idx`]
+/// reads it: header first, nothing allocated by a claim that is not checked.
 ///
 /// # Errors
-/// [`Error::Io`] for a missing or unreadable file; [`Error::Format`] for a malformed one,
-/// images that are not `[N, 28, 28]`, or image and label counts that differ;
+/// [`Error::Io`] for a missing or unreadable file, or one that is not a regular file (a
+/// directory, a named pipe, a device); [`Error::Format`] for a malformed one (as
+/// [`parse_idx`]), images that are not `[N, 28, 28]`, or image and label counts that differ;
 /// [`Error::LabelOutOfRange`] for a label above 9.
 pub fn load_mnist(dir: &Path, split: MnistSplit) -> Result<Dataset, Error> {
     let prefix = match split {
