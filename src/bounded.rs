@@ -1,8 +1,19 @@
 //! Reading what a file claims without trusting it: the helpers that keep a decoder from
-//! allocating by a length it has not checked.
+//! allocating by a length it has not checked, and a reader from blocking on or streaming
+//! without end from something that is not a file.
+//!
+//! A reader built on them opens with [`open_regular`] (a FIFO, a device or a directory is
+//! refused before a byte is read), reads a header of fixed size with [`read_prefix`], checks
+//! it, checks the length it claims against the file's size where that says anything, and
+//! only then reads the claimed bytes with [`read_claimed`], which sets aside no more than it
+//! is told to before the bytes arrive and sees whether more follow.
 
 use serde::de::{self, Deserializer, Visitor};
+use std::cmp::Ordering;
 use std::fmt;
+use std::fs::{self, File, FileType, OpenOptions};
+use std::io::{self, Read};
+use std::path::Path;
 
 /// Deserialises a `String` through `deserialize_str`, so that a decoder borrowing from its
 /// input reads a bounds-checked slice instead of allocating the length a file claims. Use it
@@ -22,4 +33,154 @@ pub(crate) fn read_str<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Str
         }
     }
     deserializer.deserialize_str(StrVisitor)
+}
+
+/// The most a reader sets aside for data that a file claims before that data has arrived:
+/// 64 MiB. Past it, a buffer grows only as bytes actually arrive.
+pub(crate) const PREALLOCATE_LIMIT: u64 = 64 << 20;
+
+/// Why a path could not be opened as a regular file.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    /// The system refused: no such file, no permission.
+    Io(io::Error),
+    /// The path names something else, said with its article: "a directory", "a named pipe
+    /// (FIFO)", "a character device", ...
+    NotRegular(&'static str),
+}
+
+/// `O_NONBLOCK` where its value is known without the `libc` crate: opening a FIFO with it
+/// returns at once instead of waiting for a writer. (It changes nothing for a regular file.)
+const NONBLOCK: Option<i32> = if cfg!(all(
+    any(target_os = "linux", target_os = "android"),
+    any(
+        target_arch = "x86",
+        target_arch = "x86_64",
+        target_arch = "arm",
+        target_arch = "aarch64",
+        target_arch = "riscv32",
+        target_arch = "riscv64",
+        target_arch = "powerpc",
+        target_arch = "powerpc64",
+        target_arch = "s390x",
+        target_arch = "loongarch64"
+    )
+)) {
+    Some(0o4000)
+} else if cfg!(any(
+    target_vendor = "apple",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+)) {
+    Some(0x4)
+} else {
+    None
+};
+
+/// Opens `path` for reading if it is a regular file (a symbolic link counts as what it points
+/// to), and returns the file with its length. A FIFO, a device (`/dev/zero`), a directory or a
+/// socket is refused, named, before a byte is read from it: a FIFO could block forever, a
+/// device could stream without end. The verdict comes from the opened file's own metadata, so
+/// the path cannot be swapped for something else between the check and the reads; the open
+/// itself does not wait for a FIFO's writer (`O_NONBLOCK`, or on a platform whose value for it
+/// is not known here, a check of the path first).
+pub(crate) fn open_regular(path: &Path) -> Result<(File, u64), OpenError> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    if let Some(flags) = NONBLOCK {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(flags);
+    }
+    if NONBLOCK.is_none() {
+        let kind = fs::metadata(path).map_err(OpenError::Io)?.file_type();
+        if !kind.is_file() {
+            return Err(OpenError::NotRegular(describe(kind)));
+        }
+    }
+    let file = options.open(path).map_err(OpenError::Io)?;
+    let metadata = file.metadata().map_err(OpenError::Io)?;
+    if !metadata.is_file() {
+        return Err(OpenError::NotRegular(describe(metadata.file_type())));
+    }
+    Ok((file, metadata.len()))
+}
+
+/// What a file that is not a regular file is, with its article.
+fn describe(kind: FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a named pipe (FIFO)";
+        }
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else {
+        "something other than a regular file"
+    }
+}
+
+/// Appends to `out` the first `len` bytes of `reader`, or all of them if it ends first, and
+/// returns how many it appended. Reads no further: what follows stays in `reader`.
+pub(crate) fn read_prefix(reader: impl Read, len: u64, out: &mut Vec<u8>) -> io::Result<u64> {
+    reader.take(len).read_to_end(out).map(|n| n as u64)
+}
+
+/// What came of reading the bytes a file claims.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Arrived {
+    /// Exactly the claimed bytes, then the end.
+    Exactly,
+    /// Fewer: the input ended after this many.
+    Short(u64),
+    /// More bytes follow the claimed ones.
+    More,
+}
+
+/// Appends to `out` the `claimed` bytes that `reader` should hold, and reads one byte further
+/// to see whether more follow (which also makes a gzip decoder read and check its trailer). No
+/// more than `preallocate` bytes are set aside before they arrive (pass the claim itself only
+/// once it has been checked against the file's size, else at most [`PREALLOCATE_LIMIT`]); past
+/// that, `out` grows only as data arrives, so a claim costs memory only for bytes that are
+/// really there. `out` ends with at most the claimed bytes. On an error, `out` keeps the bytes
+/// that arrived before it.
+///
+/// # Errors
+/// The reader's, and [`io::ErrorKind::OutOfMemory`] when even the preallocation cannot be had.
+pub(crate) fn read_claimed(
+    reader: impl Read,
+    claimed: u64,
+    preallocate: u64,
+    out: &mut Vec<u8>,
+) -> io::Result<Arrived> {
+    let start = out.len();
+    let reserve = usize::try_from(preallocate.min(claimed)).unwrap_or(usize::MAX);
+    out.try_reserve_exact(reserve).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!("cannot set aside {claimed} bytes: {e}"),
+        )
+    })?;
+    let arrived = reader.take(claimed.saturating_add(1)).read_to_end(out)? as u64;
+    Ok(match arrived.cmp(&claimed) {
+        Ordering::Less => Arrived::Short(arrived),
+        Ordering::Equal => Arrived::Exactly,
+        Ordering::Greater => {
+            out.truncate(start + claimed as usize);
+            Arrived::More
+        }
+    })
 }

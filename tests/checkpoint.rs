@@ -555,3 +555,222 @@ fn a_checkpoint_written_by_an_earlier_format_is_refused_naming_both_versions() {
         );
     }
 }
+
+// ---- reading a file without trusting it ----
+
+/// Runs `f` on its own thread and waits at most `seconds` for it, so that a regression that
+/// blocks (a FIFO waiting for its writer) fails the test instead of hanging the run.
+fn within<T: Send + 'static>(seconds: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::sync::mpsc::{RecvTimeoutError, channel};
+    let (send, receive) = channel();
+    std::thread::spawn(move || send.send(f()));
+    match receive.recv_timeout(std::time::Duration::from_secs(seconds)) {
+        Ok(value) => value,
+        Err(RecvTimeoutError::Timeout) => panic!("no answer within {seconds} s: it blocks"),
+        Err(RecvTimeoutError::Disconnected) => panic!("the thread panicked"),
+    }
+}
+
+/// The growth of this process's peak resident memory while `f` runs, in bytes; `None` where
+/// `/proc/self/status` does not say it (off Linux). The peak is reset to the present first
+/// (`/proc/self/clear_refs`) where allowed; the lock keeps two measurements from overlapping.
+fn peak_growth<T>(f: impl FnOnce() -> T) -> (T, Option<u64>) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    fn peak() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = peak();
+    let value = f();
+    let growth = before.zip(peak()).map(|(b, a)| a.saturating_sub(b));
+    (value, growth)
+}
+
+/// Asserts that `f` raised the peak memory by less than 64 MiB, where that can be measured.
+fn in_little_memory<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let (value, growth) = peak_growth(f);
+    match growth {
+        Some(bytes) => assert!(
+            bytes < 64 << 20,
+            "{what} raised the peak memory by {} MiB",
+            bytes >> 20
+        ),
+        None => eprintln!("note: {what}: peak memory not measurable here, not checked"),
+    }
+    value
+}
+
+/// A sparse file of `len` bytes (no disk used past `head`) that begins with `head`.
+fn sparse(name: &str, head: &[u8], len: u64) -> PathBuf {
+    use std::io::Write;
+    let path = temp(name);
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(head).unwrap();
+    file.set_len(len).unwrap();
+    path
+}
+
+const GIB: u64 = 1 << 30;
+
+#[cfg(unix)]
+#[test]
+fn a_named_pipe_is_refused_at_once_without_waiting_for_a_writer() {
+    let path = temp("pipe.bin");
+    let _ = std::fs::remove_file(&path);
+    match std::process::Command::new("mkfifo").arg(&path).status() {
+        Ok(status) if status.success() => {}
+        other => {
+            eprintln!("note: mkfifo unavailable ({other:?}); the FIFO test is skipped");
+            return;
+        }
+    }
+    let at = path.clone();
+    let err = within(10, move || checkpoint::load::<f32>(&at).unwrap_err());
+    assert_eq!(
+        err,
+        CheckpointError::NotRegularFile {
+            path: path.clone(),
+            kind: "a named pipe (FIFO)"
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{} is a named pipe (FIFO), not a regular file: a checkpoint is read from a file \
+             only",
+            path.display()
+        )
+    );
+    let at = path.clone();
+    let err = within(10, move || load_head::<f32>(&at).unwrap_err());
+    assert!(
+        matches!(err, CheckpointError::NotRegularFile { .. }),
+        "{err}"
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_symlink_to_dev_zero_is_refused_as_the_device_it_points_to() {
+    let path = temp("zero.bin");
+    let _ = std::fs::remove_file(&path);
+    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+    let at = path.clone();
+    let err = in_little_memory("loading /dev/zero", || {
+        within(10, move || checkpoint::load::<f32>(&at).unwrap_err())
+    });
+    assert_eq!(
+        err,
+        CheckpointError::NotRegularFile {
+            path: path.clone(),
+            kind: "a character device"
+        }
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_directory_is_refused_naming_what_it_is() {
+    let dir = temp("a-directory.bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = checkpoint::load::<f32>(&dir).unwrap_err();
+    assert_eq!(
+        err,
+        CheckpointError::NotRegularFile {
+            path: dir.clone(),
+            kind: "a directory"
+        }
+    );
+    std::fs::remove_dir(&dir).unwrap();
+}
+
+#[test]
+fn a_gigabyte_without_the_magic_is_refused_after_reading_its_header_only() {
+    let path = sparse("zeros.bin", b"NOTMARGR", GIB);
+    let err = in_little_memory("a 1 GiB file with a bad magic", || {
+        checkpoint::load::<f32>(&path).unwrap_err()
+    });
+    assert_eq!(
+        err,
+        CheckpointError::BadMagic {
+            found: *b"NOTMARGR"
+        }
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_body_length_unlike_the_files_is_refused_before_the_body_is_read() {
+    let bytes = valid_bytes();
+    let body = (bytes.len() - HEADER_LEN) as u64;
+    // a header declaring u64::MAX bytes: nothing is allocated by the claim
+    let mut header = bytes[..HEADER_LEN].to_vec();
+    header[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+    let path = temp("claims-max.bin");
+    std::fs::write(&path, &header).unwrap();
+    assert_eq!(
+        checkpoint::load::<f32>(&path).unwrap_err(),
+        CheckpointError::Truncated {
+            part: "body",
+            expected: u64::MAX,
+            found: 0
+        }
+    );
+    std::fs::remove_file(&path).unwrap();
+    // ... nor is the file read when it is a gigabyte
+    let path = sparse("claims-max-gib.bin", &header, GIB);
+    let err = in_little_memory("a 1 GiB file declaring u64::MAX", || {
+        checkpoint::load::<f32>(&path).unwrap_err()
+    });
+    assert_eq!(
+        err,
+        CheckpointError::Truncated {
+            part: "body",
+            expected: u64::MAX,
+            found: GIB - HEADER_LEN as u64
+        }
+    );
+    std::fs::remove_file(&path).unwrap();
+    // a whole checkpoint followed by a gigabyte: refused without reading either
+    let path = sparse("trailing-gib.bin", &bytes, GIB);
+    let err = in_little_memory("a checkpoint followed by 1 GiB", || {
+        checkpoint::load::<f32>(&path).unwrap_err()
+    });
+    assert_eq!(
+        err,
+        CheckpointError::TrailingBytes {
+            expected: body,
+            found: GIB - HEADER_LEN as u64
+        }
+    );
+    std::fs::remove_file(&path).unwrap();
+    // a header cut short, and one whose file ends inside the body, read from a file
+    let path = temp("short.bin");
+    std::fs::write(&path, &bytes[..30]).unwrap();
+    assert_eq!(
+        checkpoint::load::<f32>(&path).unwrap_err(),
+        CheckpointError::Truncated {
+            part: "header",
+            expected: HEADER_LEN as u64,
+            found: 30
+        }
+    );
+    std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+    assert_eq!(
+        checkpoint::load::<f32>(&path).unwrap_err(),
+        CheckpointError::Truncated {
+            part: "body",
+            expected: body,
+            found: body - 1
+        }
+    );
+    // and the whole file still loads
+    std::fs::write(&path, &bytes).unwrap();
+    checkpoint::load::<f32>(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+}

@@ -20,7 +20,10 @@
 //! any registered layer kind can stand in; version 1 stored the MLP's fixed fields.
 //!
 //! The header is read by hand and checked field by field (magic, version, element type, body
-//! length against the file's, checksum) before the body is decoded. The model is then rebuilt
+//! length against the file's, checksum) before the body is decoded. [`load`] reads the header
+//! alone first, from a file it has seen to be a regular one (never a FIFO or a device), and
+//! reads the body only when the file's size is exactly what the header declares, so a file can
+//! make it neither allocate by a claimed length nor wait. The model is then rebuilt
 //! from its configuration by the same constructors that made it, each taking its tensor from the
 //! file by name and shape, so a file can neither leave a parameter out nor smuggle one in.
 //! Writes go to a temporary file that is flushed, synced and renamed over the target: a crash
@@ -29,7 +32,7 @@
 mod codec;
 mod safetensors;
 
-use crate::bounded::read_str;
+use crate::bounded::{self, Arrived, OpenError, read_str};
 pub use safetensors::{safetensors_bytes, save_safetensors};
 
 use crate::metrics::EpochRecord;
@@ -88,6 +91,15 @@ pub enum CheckpointError {
         path: PathBuf,
         /// The system's message.
         message: String,
+    },
+    /// The path names no regular file (following symbolic links): a directory, a named pipe,
+    /// a device such as `/dev/zero`. Refused before anything is read from it.
+    NotRegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is, with its article: "a directory", "a named pipe (FIFO)", "a character
+        /// device", ...
+        kind: &'static str,
     },
     /// The file ends before its header or its declared body does.
     Truncated {
@@ -155,6 +167,11 @@ impl fmt::Display for CheckpointError {
         use CheckpointError::*;
         match self {
             Io { path, message } => write!(f, "{}: {message}", path.display()),
+            NotRegularFile { path, kind } => write!(
+                f,
+                "{} is {kind}, not a regular file: a checkpoint is read from a file only",
+                path.display()
+            ),
             Truncated {
                 part,
                 expected,
@@ -286,6 +303,19 @@ fn field<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
 
 /// Checks the header and returns the body.
 fn checked_body<F: Element>(bytes: &[u8]) -> Result<&[u8], CheckpointError> {
+    let declared = checked_header::<F>(bytes)?;
+    check_body_len(declared, (bytes.len() - HEADER_LEN) as u64)?;
+    let body = &bytes[HEADER_LEN..];
+    let (expected, found) = (u32::from_le_bytes(field(bytes, 40)), crc32fast::hash(body));
+    if expected != found {
+        return Err(CheckpointError::Checksum { expected, found });
+    }
+    Ok(body)
+}
+
+/// Checks the header at the start of `bytes` (which may hold nothing more): its length, magic,
+/// version and element type. Returns the body length it declares.
+fn checked_header<F: Element>(bytes: &[u8]) -> Result<u64, CheckpointError> {
     if bytes.len() < HEADER_LEN {
         return Err(CheckpointError::Truncated {
             part: "header",
@@ -312,8 +342,11 @@ fn checked_body<F: Element>(bytes: &[u8]) -> Result<&[u8], CheckpointError> {
             found: String::from_utf8_lossy(&element[..end]).into_owned(),
         });
     }
-    let declared = u64::from_le_bytes(field(bytes, 32));
-    let present = (bytes.len() - HEADER_LEN) as u64;
+    Ok(u64::from_le_bytes(field(bytes, 32)))
+}
+
+/// Checks the body length the header declares against the bytes `present` after the header.
+fn check_body_len(declared: u64, present: u64) -> Result<(), CheckpointError> {
     if present < declared {
         return Err(CheckpointError::Truncated {
             part: "body",
@@ -327,12 +360,7 @@ fn checked_body<F: Element>(bytes: &[u8]) -> Result<&[u8], CheckpointError> {
             found: present,
         });
     }
-    let body = &bytes[HEADER_LEN..];
-    let (expected, found) = (u32::from_le_bytes(field(bytes, 40)), crc32fast::hash(body));
-    if expected != found {
-        return Err(CheckpointError::Checksum { expected, found });
-    }
-    Ok(body)
+    Ok(())
 }
 
 /// Tensors read from a file, handed to the model's constructors by name.
@@ -433,8 +461,14 @@ pub fn save<F: Element>(
 /// Loads a checkpoint, building its layers with the crate's kinds
 /// ([`LayerRegistry::standard`]).
 ///
+/// The file is checked as it is read: it must be a regular file (a symbolic link counts as its
+/// target); its header is read and checked (magic, version, element type) before anything
+/// else; its body is read only when the file's size is exactly the header's declared length,
+/// so no claimed length is allocated before the file is seen to hold it.
+///
 /// # Errors
-/// [`CheckpointError::Io`] when the file cannot be read, and every error of [`decode`].
+/// [`CheckpointError::Io`] when the file cannot be read, [`CheckpointError::NotRegularFile`]
+/// for a directory, a named pipe or a device, and every error of [`decode`].
 pub fn load<F: Element>(path: &Path) -> Result<Checkpoint<F>, CheckpointError> {
     load_with(path, &LayerRegistry::standard())
 }
@@ -448,8 +482,39 @@ pub fn load_with<F: Element>(
     path: &Path,
     registry: &LayerRegistry<F>,
 ) -> Result<Checkpoint<F>, CheckpointError> {
-    let bytes = fs::read(path).map_err(|e| io_error(path, e))?;
-    decode_with(&bytes, registry)
+    decode_with(&read_file::<F>(path)?, registry)
+}
+
+/// A checkpoint file's bytes, read without trusting them: see [`load`]. The header is checked
+/// here; [`decode_with`] checks it again (cheaply) with the rest.
+fn read_file<F: Element>(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+    let (file, len) = bounded::open_regular(path).map_err(|e| match e {
+        OpenError::Io(e) => io_error(path, e),
+        OpenError::NotRegular(kind) => CheckpointError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind,
+        },
+    })?;
+    let mut bytes = Vec::with_capacity(HEADER_LEN);
+    bounded::read_prefix(&file, HEADER_LEN as u64, &mut bytes).map_err(|e| io_error(path, e))?;
+    let declared = checked_header::<F>(&bytes)?;
+    check_body_len(declared, len.saturating_sub(HEADER_LEN as u64))?;
+    // the claim now matches the file's size; the file may still change while it is read
+    match bounded::read_claimed(&file, declared, declared, &mut bytes) {
+        Ok(Arrived::Exactly) => Ok(bytes),
+        Ok(Arrived::Short(found)) => Err(CheckpointError::Truncated {
+            part: "body",
+            expected: declared,
+            found,
+        }),
+        Ok(Arrived::More) => Err(CheckpointError::TrailingBytes {
+            expected: declared,
+            found: file.metadata().map_or(declared.saturating_add(1), |m| {
+                m.len().saturating_sub(HEADER_LEN as u64)
+            }),
+        }),
+        Err(e) => Err(io_error(path, e)),
+    }
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> CheckpointError {

@@ -6,7 +6,7 @@ mod idx;
 mod synthetic;
 
 pub use digits::{digits, parse_digits_csv};
-pub use idx::{IdxArray, MnistSplit, load_mnist, parse_idx};
+pub use idx::{IdxArray, MnistSplit, load_idx, load_mnist, parse_idx};
 pub use synthetic::{SyntheticConfig, synthetic};
 
 use crate::{Error, Labels, Tensor};
