@@ -25,7 +25,8 @@
 //! Dependencies run one way, from the bottom up; a module never uses one above it
 //! (`tests/layering.rs` checks every `crate::` path):
 //!
-//! 1. foundations: [`Error`], [`Element`], [`profile`], bounded reading of stored strings;
+//! 1. foundations: [`Error`], [`Element`], [`profile`], bounded reading of files and stored
+//!    strings (nothing allocated by a length a file claims before the claim is checked);
 //! 2. storage: the buffer pool, [`Tensor`], [`Labels`], [`Params`];
 //! 3. kernels: plain functions over slices (private);
 //! 4. the engine: [`Graph`], [`Var`], backward ([`Gradients`]), fused-op plug-in
