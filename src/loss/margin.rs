@@ -80,6 +80,54 @@ impl LossKind {
     }
 }
 
+/// A loss by kind with every parameter a trainer takes from its flags; [`LossSettings::margin_loss`]
+/// turns it into its formula.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LossSettings {
+    /// The family.
+    pub kind: LossKind,
+    /// s.
+    pub scale: f64,
+    /// m: the cosine margin (AM, Enhanced) or the angular margin (ArcFace).
+    pub margin: f64,
+    /// Enhanced's non-target margin m_nt (default: m).
+    pub nontarget_margin: Option<f64>,
+    /// Enhanced's target divisor M (default: e^m).
+    pub target_divisor: Option<f64>,
+    /// The combined margin's (m1, m2, m3): angular multiplier, angular margin, cosine margin.
+    pub combined: (f64, f64, f64),
+    /// ArcFace's (and the combined margin's) fallback.
+    pub fallback: ArcFallback,
+}
+
+impl LossSettings {
+    /// The loss these settings describe: the one place a [`LossKind`] becomes its formula.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for a parameter out of its range.
+    pub fn margin_loss(&self) -> Result<MarginLoss, Error> {
+        let (s, m) = (self.scale, self.margin);
+        match self.kind {
+            LossKind::Softmax => Ok(MarginLoss::softmax()),
+            LossKind::NormFace => MarginLoss::normface(s),
+            LossKind::Am => MarginLoss::am(s, m),
+            LossKind::Enhanced => MarginLoss::enhanced_with(
+                s,
+                m,
+                self.nontarget_margin.unwrap_or(m),
+                self.target_divisor.unwrap_or(m.exp()),
+            ),
+            LossKind::EnhancedMarginOnly => MarginLoss::enhanced_margin_only(s, m),
+            LossKind::EnhancedScalingOnly => MarginLoss::enhanced_scaling_only(s, m),
+            LossKind::ArcFace => MarginLoss::arcface(s, m, self.fallback),
+            LossKind::Combined => {
+                let (m1, m2, m3) = self.combined;
+                MarginLoss::combined(s, m1, m2, m3, self.fallback)
+            }
+        }
+    }
+}
+
 /// A margin-softmax loss: the settings of one formula.
 ///
 /// For a sample with label `y` and cosines `c_j` to the class centres, every loss here is

@@ -9,7 +9,7 @@ pub mod composed;
 mod fused;
 mod margin;
 
-pub use margin::{ArcFallback, LossKind, MarginLoss};
+pub use margin::{ArcFallback, LossKind, LossSettings, MarginLoss};
 use margin::{CLAMP, LogitMap};
 
 use crate::{Element, Error, Labels, Var};

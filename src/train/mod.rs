@@ -12,7 +12,7 @@
 mod settings;
 mod step;
 
-pub use settings::{DataSettings, DataSource, LossSettings, MethodName, TrainConfig};
+pub use settings::{DataSettings, DataSource, MethodName, TrainConfig, head_config};
 pub use step::{StepError, StepOutcome, model_step, train_step};
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, TrainingState};
@@ -362,7 +362,7 @@ pub fn model_config(
             ..MlpConfig::new(&sizes)
         }
         .sequential()?,
-        head: config.loss.head_config(classes)?,
+        head: head_config(&config.loss, classes)?,
     })
 }
 

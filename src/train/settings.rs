@@ -2,7 +2,7 @@
 
 use crate::Error;
 use crate::data::SyntheticConfig;
-use crate::loss::{ArcFallback, LossKind, MarginLoss};
+use crate::loss::{ArcFallback, LossKind, LossSettings};
 use crate::nn::HeadConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -35,52 +35,19 @@ pub struct DataSettings {
     pub seed: u64,
 }
 
-/// The loss and its parameters.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LossSettings {
-    /// The family.
-    pub kind: LossKind,
-    /// s.
-    pub scale: f64,
-    /// m: the cosine margin (AM, Enhanced) or the angular margin (ArcFace).
-    pub margin: f64,
-    /// Enhanced's non-target margin m_nt (default: m).
-    pub nontarget_margin: Option<f64>,
-    /// Enhanced's target divisor M (default: e^m).
-    pub target_divisor: Option<f64>,
-    /// The combined margin's (m1, m2, m3): angular multiplier, angular margin, cosine margin.
-    pub combined: (f64, f64, f64),
-    /// ArcFace's (and the combined margin's) fallback.
-    pub fallback: ArcFallback,
-}
-
-impl LossSettings {
-    /// The head these settings describe, for `classes` classes.
-    ///
-    /// # Errors
-    /// [`Error::InvalidSetting`] for a parameter out of its range.
-    pub fn head_config(&self, classes: usize) -> Result<HeadConfig, Error> {
-        let (s, m) = (self.scale, self.margin);
-        let loss = match self.kind {
-            LossKind::Softmax => return Ok(HeadConfig::Linear { classes }),
-            LossKind::NormFace => MarginLoss::normface(s)?,
-            LossKind::Am => MarginLoss::am(s, m)?,
-            LossKind::Enhanced => MarginLoss::enhanced_with(
-                s,
-                m,
-                self.nontarget_margin.unwrap_or(m),
-                self.target_divisor.unwrap_or(m.exp()),
-            )?,
-            LossKind::EnhancedMarginOnly => MarginLoss::enhanced_margin_only(s, m)?,
-            LossKind::EnhancedScalingOnly => MarginLoss::enhanced_scaling_only(s, m)?,
-            LossKind::ArcFace => MarginLoss::arcface(s, m, self.fallback)?,
-            LossKind::Combined => {
-                let (m1, m2, m3) = self.combined;
-                MarginLoss::combined(s, m1, m2, m3, self.fallback)?
-            }
-        };
-        Ok(HeadConfig::Cosine { classes, loss })
-    }
+/// The head `loss` trains: a linear classifier for softmax on raw logits, a cosine head for
+/// every margin loss; `classes` classes.
+///
+/// # Errors
+/// [`Error::InvalidSetting`] for a loss setting out of its range.
+pub fn head_config(loss: &LossSettings, classes: usize) -> Result<HeadConfig, Error> {
+    Ok(match loss.kind {
+        LossKind::Softmax => HeadConfig::Linear { classes },
+        _ => HeadConfig::Cosine {
+            classes,
+            loss: loss.margin_loss()?,
+        },
+    })
 }
 
 /// The optimiser families a run can use.
