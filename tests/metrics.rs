@@ -1,7 +1,7 @@
 //! Evaluation metrics against cases worked out by hand.
 
 use margrad::metrics::{Roc, geometry, make_pairs, pair_scores, top1_accuracy, verification};
-use margrad::{Tensor, seeded_rng};
+use margrad::{Error, Tensor, seeded_rng};
 use rand::RngExt;
 
 #[test]
@@ -13,7 +13,7 @@ fn accuracy() {
 fn roc_auc_eer_tar_on_a_hand_example() {
     // scores 0.9 (same), 0.8 (diff), 0.7 (same), 0.1 (diff):
     // points (0,0) (0,.5) (.5,.5) (.5,1) (1,1); AUC = .5·.5 + .5·1 = .75
-    let roc = Roc::new(&[0.9, 0.8, 0.7, 0.1], &[true, false, true, false]);
+    let roc = Roc::new(&[0.9, 0.8, 0.7, 0.1], &[true, false, true, false]).unwrap();
     assert_eq!(roc.far, [0.0, 0.0, 0.5, 0.5, 1.0]);
     assert_eq!(roc.tar, [0.0, 0.5, 0.5, 1.0, 1.0]);
     assert_eq!(roc.auc(), 0.75);
@@ -25,7 +25,7 @@ fn roc_auc_eer_tar_on_a_hand_example() {
 #[test]
 fn tied_scores_form_one_point() {
     // all tied: the curve is the diagonal, AUC 0.5
-    let roc = Roc::new(&[0.3; 4], &[true, false, true, false]);
+    let roc = Roc::new(&[0.3; 4], &[true, false, true, false]).unwrap();
     assert_eq!(roc.far, [0.0, 1.0]);
     assert_eq!(roc.auc(), 0.5);
 }
@@ -38,7 +38,7 @@ fn separable_scores_verify_perfectly_and_random_ones_do_not() {
         .iter()
         .map(|&s| if s { 0.8 } else { 0.2 } + rng.random::<f64>() * 0.1)
         .collect();
-    let v = verification(&separable, &same, 10);
+    let v = verification(&separable, &same, 10).unwrap();
     assert_eq!(
         (v.accuracy_mean, v.accuracy_std, v.auc, v.eer),
         (1.0, 0.0, 1.0, 0.0)
@@ -48,7 +48,7 @@ fn separable_scores_verify_perfectly_and_random_ones_do_not() {
         (1.0, 6000, 3000)
     );
     let random: Vec<f64> = (0..6000).map(|_| rng.random::<f64>()).collect();
-    let v = verification(&random, &same, 10);
+    let v = verification(&random, &same, 10).unwrap();
     assert!((v.auc - 0.5).abs() < 0.03, "{}", v.auc);
     assert!((v.eer - 0.5).abs() < 0.03, "{}", v.eer);
     assert!(v.accuracy_mean < 0.55, "{}", v.accuracy_mean);
@@ -65,9 +65,66 @@ fn fold_thresholds_come_from_the_other_folds() {
             _ => 0.1,
         })
         .collect();
-    let v = verification(&scores, &same, 10);
+    let v = verification(&scores, &same, 10).unwrap();
     assert!((v.accuracy_mean - 0.9).abs() < 1e-12, "{}", v.accuracy_mean);
     assert!((v.accuracy_std - 0.3).abs() < 1e-12, "{}", v.accuracy_std);
+}
+
+#[test]
+fn non_finite_scores_are_errors() {
+    // same-class pairs first, as make_pairs returns them, every score NaN: once AUC 1, EER 0
+    let same: Vec<bool> = (0..600).map(|i| i < 300).collect();
+    let nan = vec![f64::NAN; 600];
+    let err = verification(&nan, &same, 10).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NonFiniteScores {
+                count: 600,
+                total: 600,
+                first: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(Roc::new(&nan, &same).is_err());
+    // a few among finite ones, infinities too: counted, the first named
+    let mut scores: Vec<f64> = (0..600).map(|i| i as f64 / 600.0).collect();
+    scores[7] = f64::INFINITY;
+    scores[300] = f64::NAN;
+    scores[599] = f64::NEG_INFINITY;
+    let err = verification(&scores, &same, 10).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NonFiniteScores {
+                count: 3,
+                total: 600,
+                first: 7,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("3 of 600"), "{err}");
+    let err = Roc::new(&scores, &same).unwrap_err();
+    assert!(err.to_string().contains("3 of 600"), "{err}");
+    // what a model with non-finite weights gives: NaN embeddings, NaN cosines
+    let e = Tensor::from_vec(vec![f32::NAN, 0.0, 1.0, 0.0, 0.0, 1.0], &[3, 2]).unwrap();
+    let scores = pair_scores(&e, &[(0, 1), (1, 2)]);
+    let err = verification(&scores, &[true, false], 2).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NonFiniteScores {
+                count: 1,
+                first: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]

@@ -4,9 +4,11 @@
 //! Verification follows the face-recognition protocol: pairs of samples, half of one class and
 //! half of two, scored by the cosine similarity of their normalised embeddings; 10-fold
 //! accuracy with the threshold chosen on the other nine folds (reported as mean ± population
-//! standard deviation over folds, as LFW tables do); ROC AUC; EER; TAR at a given FAR.
+//! standard deviation over folds, as LFW tables do); ROC AUC; EER; TAR at a given FAR. A score
+//! that is NaN or infinite is an error ([`Error::NonFiniteScores`]), never a perfect or a worst
+//! score.
 
-use crate::{Element, Tensor};
+use crate::{Element, Error, Tensor};
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -164,6 +166,20 @@ pub fn pair_scores<F: Element, P: RowPair>(embeddings: &Tensor<F>, pairs: &[P]) 
         .collect()
 }
 
+/// [`Error::NonFiniteScores`] when a score is NaN or infinite.
+fn check_finite(scores: &[f64]) -> Result<(), Error> {
+    let mut bad = scores.iter().enumerate().filter(|(_, s)| !s.is_finite());
+    match bad.next() {
+        Some((first, &value)) => Err(Error::NonFiniteScores {
+            count: 1 + bad.count(),
+            total: scores.len(),
+            first,
+            value,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// A ROC curve: false-accept and true-accept rates, from the strictest threshold to the
 /// loosest, starting at (0, 0) and ending at (1, 1).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -177,11 +193,15 @@ pub struct Roc {
 impl Roc {
     /// The curve of `scores` (higher = more alike) against `same`; tied scores form one point.
     ///
+    /// # Errors
+    /// [`Error::NonFiniteScores`] when a score is NaN or infinite.
+    ///
     /// # Panics
     /// When the slices differ in length.
     #[track_caller]
-    pub fn new(scores: &[f64], same: &[bool]) -> Roc {
+    pub fn new(scores: &[f64], same: &[bool]) -> Result<Roc, Error> {
         assert_eq!(scores.len(), same.len(), "Roc: one label per score");
+        check_finite(scores)?;
         let mut order: Vec<usize> = (0..scores.len()).collect();
         order.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]));
         let positives = same.iter().filter(|&&s| s).count().max(1) as f64;
@@ -200,7 +220,7 @@ impl Roc {
                 tar.push(tp / positives);
             }
         }
-        Roc { far, tar }
+        Ok(Roc { far, tar })
     }
 
     /// The area under the curve (trapezoids).
@@ -290,16 +310,20 @@ fn best_threshold(items: &mut [(f64, bool)]) -> f64 {
 /// Verification figures of `scores` (one per pair) against `same`, with `folds`-fold accuracy
 /// over contiguous blocks of pairs.
 ///
+/// # Errors
+/// [`Error::NonFiniteScores`] when a score is NaN or infinite.
+///
 /// # Panics
 /// When the slices differ in length or `folds` is 0.
 #[track_caller]
-pub fn verification(scores: &[f64], same: &[bool], folds: usize) -> Verification {
+pub fn verification(scores: &[f64], same: &[bool], folds: usize) -> Result<Verification, Error> {
     assert_eq!(
         scores.len(),
         same.len(),
         "verification: one label per score"
     );
     assert!(folds > 0, "verification: at least one fold");
+    check_finite(scores)?;
     let n = scores.len();
     let fold_of = |i: usize| i * folds / n.max(1);
     let accuracies: Vec<f64> = (0..folds)
@@ -331,8 +355,8 @@ pub fn verification(scores: &[f64], same: &[bool], folds: usize) -> Verification
     let k = accuracies.len().max(1) as f64;
     let mean = accuracies.iter().sum::<f64>() / k;
     let std = (accuracies.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / k).sqrt();
-    let roc = Roc::new(scores, same);
-    Verification {
+    let roc = Roc::new(scores, same)?;
+    Ok(Verification {
         accuracy_mean: mean,
         accuracy_std: std,
         auc: roc.auc(),
@@ -341,7 +365,7 @@ pub fn verification(scores: &[f64], same: &[bool], folds: usize) -> Verification
         tar_at_far_1e2: roc.tar_at_far(1e-2),
         pairs: n,
         positive_pairs: same.iter().filter(|&&s| s).count(),
-    }
+    })
 }
 
 /// What a margin loss claims to improve, measured on normalised embeddings, in degrees.

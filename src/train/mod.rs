@@ -101,12 +101,16 @@ pub struct Evaluation {
 
 /// Judges a model: test accuracy, verification on seeded pairs (`pairs` of them, seeded by the
 /// data seed), and embedding geometry.
+///
+/// # Errors
+/// [`Error::NonFiniteScores`] when the model's embeddings make a verification score NaN or
+/// infinite ([`train`] returns it as [`TrainError::Input`]).
 pub fn evaluate(
     model: &Model,
     params: &Params<f32>,
     data: &PreparedData,
     settings: &DataSettings,
-) -> Evaluation {
+) -> Result<Evaluation, Error> {
     let predictions = model.predict(params, &data.test.features);
     let test_accuracy = top1_accuracy(&predictions, &data.test.labels);
     let embeddings = model.embeddings(params, &data.verify.features);
@@ -117,15 +121,15 @@ pub fn evaluate(
     );
     let scores = pair_scores(&embeddings, &pairs);
     let same: Vec<bool> = pairs.iter().map(|p| p.same).collect();
-    Evaluation {
+    Ok(Evaluation {
         metrics: FinalMetrics {
             test_accuracy,
-            verification: verification(&scores, &same, 10),
+            verification: verification(&scores, &same, 10)?,
             geometry: geometry(&embeddings, &data.verify.labels),
             verification_set: data.verification_set.clone(),
         },
-        roc: Roc::new(&scores, &same),
-    }
+        roc: Roc::new(&scores, &same)?,
+    })
 }
 
 /// One epoch's line of the history.
@@ -396,7 +400,7 @@ pub fn train(
         on_event(Event::Epoch(&record));
         history.push(record);
     }
-    let evaluation = evaluate(&model, &params, &data, &config.data);
+    let evaluation = evaluate(&model, &params, &data, &config.data)?;
     let metrics = Metrics {
         margrad_version: env!("CARGO_PKG_VERSION").to_string(),
         status: "complete".to_string(),
