@@ -13,7 +13,8 @@ pub use settings::{DataSettings, DataSource, LossSettings, MethodName, TrainConf
 use crate::checkpoint::{self, CheckpointError, TrainingState};
 use crate::data::{Dataset, MnistSplit, digits, load_mnist, synthetic};
 use crate::metrics::{
-    Geometry, Roc, Verification, geometry, make_pairs, pair_scores, top1_accuracy, verification,
+    FOLDS, Geometry, Roc, Verification, geometry, make_pairs, pair_scores, top1_accuracy,
+    verification,
 };
 use crate::nn::{Forward, MlpConfig, Model, ModelConfig};
 use crate::optim::{LrSchedule, Method, Optimizer, Schedule};
@@ -99,8 +100,8 @@ pub struct Evaluation {
     pub roc: Roc,
 }
 
-/// Judges a model: test accuracy, verification on seeded pairs (`pairs` of them, seeded by the
-/// data seed), and embedding geometry.
+/// Judges a model: test accuracy, verification on seeded pairs (`pairs` of them, drawn and cut
+/// into folds by the data seed), and embedding geometry.
 ///
 /// # Errors
 /// [`Error::NonFiniteScores`] when the model's embeddings make a verification score NaN or
@@ -121,10 +122,11 @@ pub fn evaluate(
     );
     let scores = pair_scores(&embeddings, &pairs);
     let same: Vec<bool> = pairs.iter().map(|p| p.same).collect();
+    let fold_seed = settings.seed ^ 0x85eb_ca6b;
     Ok(Evaluation {
         metrics: FinalMetrics {
             test_accuracy,
-            verification: verification(&scores, &same, 10)?,
+            verification: verification(&pairs, &scores, FOLDS, fold_seed)?,
             geometry: geometry(&embeddings, &data.verify.labels),
             verification_set: data.verification_set.clone(),
         },
