@@ -1,7 +1,8 @@
 //! Evaluation metrics against cases worked out by hand.
 
 use margrad::metrics::{
-    Pair, Roc, balanced_folds, geometry, make_pairs, pair_scores, top1_accuracy, verification,
+    Pair, Roc, Verification, balanced_folds, geometry, make_pairs, pair_scores, top1_accuracy,
+    verification,
 };
 use margrad::{Error, Tensor, seeded_rng};
 use rand::RngExt;
@@ -19,10 +20,10 @@ fn roc_auc_eer_tar_on_a_hand_example() {
     let roc = Roc::new(&[0.9, 0.8, 0.7, 0.1], &[true, false, true, false]).unwrap();
     assert_eq!(roc.far, [0.0, 0.0, 0.5, 0.5, 1.0]);
     assert_eq!(roc.tar, [0.0, 0.5, 0.5, 1.0, 1.0]);
-    assert_eq!(roc.auc(), 0.75);
-    assert_eq!(roc.eer(), 0.5);
-    assert_eq!(roc.tar_at_far(0.0), 0.5);
-    assert_eq!(roc.tar_at_far(0.6), 1.0);
+    assert_eq!(roc.auc(), Some(0.75));
+    assert_eq!(roc.eer(), Some(0.5));
+    assert_eq!(roc.tar_at_far(0.0), Some(0.5));
+    assert_eq!(roc.tar_at_far(0.6), Some(1.0));
 }
 
 #[test]
@@ -30,7 +31,7 @@ fn tied_scores_form_one_point() {
     // all tied: the curve is the diagonal, AUC 0.5
     let roc = Roc::new(&[0.3; 4], &[true, false, true, false]).unwrap();
     assert_eq!(roc.far, [0.0, 1.0]);
-    assert_eq!(roc.auc(), 0.5);
+    assert_eq!(roc.auc(), Some(0.5));
 }
 
 /// Pairs of distinct samples labelled `same`, in the order given.
@@ -62,17 +63,17 @@ fn scores_without_information_verify_at_chance() {
         let mut rng = seeded_rng(100 + seed);
         let scores: Vec<f64> = pairs.iter().map(|_| rng.random::<f64>()).collect();
         let v = verification(&pairs, &scores, 10, seed).unwrap();
-        let (mean, std) = (v.accuracy_mean, v.accuracy_std);
+        let (mean, std) = (v.accuracy_mean.unwrap(), v.accuracy_std.unwrap());
         assert!((mean - 0.5).abs() < 0.03, "seed {seed}: {mean}");
         assert!(std < 0.05, "seed {seed}: {std}");
-        assert!((v.auc - 0.5).abs() < 0.03, "{}", v.auc);
-        assert!((v.eer - 0.5).abs() < 0.03, "{}", v.eer);
+        assert!((v.auc.unwrap() - 0.5).abs() < 0.03, "{:?}", v.auc);
+        assert!((v.eer.unwrap() - 0.5).abs() < 0.03, "{:?}", v.eer);
     }
     // constant scores: one tied point, every threshold predicts a single kind
     let pairs = drawn_pairs(6000, 0);
     let v = verification(&pairs, &vec![0.3; 6000], 10, 0).unwrap();
-    assert_eq!(v.accuracy_mean, 0.5);
-    assert_eq!(v.auc, 0.5);
+    assert_eq!(v.accuracy_mean, Some(0.5));
+    assert_eq!(v.auc, Some(0.5));
 }
 
 #[test]
@@ -155,7 +156,7 @@ fn fold_thresholds_come_from_the_other_folds() {
         })
         .collect();
     let v = verification(&pairs, &scores, 10, 3).unwrap();
-    let (mean, std) = (v.accuracy_mean, v.accuracy_std);
+    let (mean, std) = (v.accuracy_mean.unwrap(), v.accuracy_std.unwrap());
     assert!((mean - 0.9).abs() < 1e-12, "{mean}");
     assert!((std - 0.3).abs() < 1e-12, "{std}");
 }
@@ -171,10 +172,11 @@ fn a_perfect_separator_verifies_perfectly() {
     let v = verification(&pairs, &scores, 10, 0).unwrap();
     assert_eq!(
         (v.accuracy_mean, v.accuracy_std, v.auc, v.eer),
-        (1.0, 0.0, 1.0, 0.0)
+        (Some(1.0), Some(0.0), Some(1.0), Some(0.0))
     );
-    assert_eq!((v.tar_at_far_1e3, v.tar_at_far_1e2), (1.0, 1.0));
-    assert_eq!((v.pairs, v.positive_pairs), (6000, 3000));
+    assert_eq!((v.tar_at_far_1e3, v.tar_at_far_1e2), (Some(1.0), Some(1.0)));
+    assert_eq!((v.pairs, v.positive_pairs, v.folds), (6000, 3000, 10));
+    assert_eq!(v.undefined, None);
     // separated by the smallest gap there is: no float lies midway, the threshold must still
     // fall between the two kinds
     let (low, high) = (0.5, 0.5f64.next_up());
@@ -183,7 +185,7 @@ fn a_perfect_separator_verifies_perfectly() {
         .map(|p| if p.same { high } else { low })
         .collect();
     let v = verification(&pairs, &scores, 10, 0).unwrap();
-    assert_eq!((v.accuracy_mean, v.auc), (1.0, 1.0));
+    assert_eq!((v.accuracy_mean, v.auc), (Some(1.0), Some(1.0)));
 }
 
 #[test]
@@ -252,6 +254,62 @@ fn non_finite_scores_are_errors() {
             }
         ),
         "{err:?}"
+    );
+}
+
+#[test]
+fn figures_of_one_kind_of_pair_are_undefined() {
+    let mut rng = seeded_rng(8);
+    let scores: Vec<f64> = (0..600).map(|_| rng.random::<f64>()).collect();
+    for (kind, same) in [("no different-class", true), ("no same-class", false)] {
+        let pairs = pairs_of(&[same; 600]);
+        let v = verification(&pairs, &scores, 10, 0).unwrap();
+        assert_eq!(
+            [
+                v.accuracy_mean,
+                v.accuracy_std,
+                v.auc,
+                v.eer,
+                v.tar_at_far_1e3,
+                v.tar_at_far_1e2
+            ],
+            [None; 6],
+            "{v:?}"
+        );
+        assert!(v.undefined.as_deref().unwrap().contains(kind), "{v:?}");
+        let roc = Roc::new(&scores, &vec![same; 600]).unwrap();
+        assert_eq!(
+            (roc.auc(), roc.eer(), roc.tar_at_far(0.1)),
+            (None, None, None)
+        );
+        // null in metrics.json, with the reason
+        let json = serde_json::to_value(&v).unwrap();
+        for key in ["accuracy_mean", "auc", "eer", "tar_at_far_1e-3"] {
+            assert!(json[key].is_null(), "{key}: {json}");
+        }
+        assert!(json["undefined"].is_string());
+        assert_eq!(serde_json::from_value::<Verification>(json).unwrap(), v);
+    }
+    // no pairs at all
+    let v = verification(&[], &[], 10, 0).unwrap();
+    assert_eq!((v.accuracy_mean, v.auc, v.pairs), (None, None, 0));
+    assert_eq!(v.undefined.as_deref(), Some("no pairs"));
+    // both kinds, but too few of one for ten folds with both in each: only the accuracy
+    let same: Vec<bool> = (0..105).map(|i| i < 5).collect();
+    let scores: Vec<f64> = same.iter().map(|&s| if s { 0.9 } else { 0.1 }).collect();
+    let v = verification(&pairs_of(&same), &scores, 10, 0).unwrap();
+    assert_eq!((v.accuracy_mean, v.accuracy_std), (None, None));
+    assert_eq!((v.auc, v.eer), (Some(1.0), Some(0.0)));
+    assert!(
+        v.undefined.as_deref().unwrap().contains("5 same-class"),
+        "{v:?}"
+    );
+    // a defined run serialises numbers and no reason
+    let json =
+        serde_json::to_value(verification(&pairs_of(&same), &scores, 5, 0).unwrap()).unwrap();
+    assert!(
+        json["accuracy_mean"].is_number() && json["undefined"].is_null(),
+        "{json}"
     );
 }
 

@@ -24,6 +24,15 @@
 //!   the ten folds. Scores that carry no information come out near 50%.
 //! - **ROC** ([`Roc`]), over all pairs at once: AUC; EER (where the false-accept rate equals
 //!   the false-reject rate); TAR at FAR = 1e-3 and 1e-2.
+//!
+//! # Undefined figures
+//!
+//! With no same-class or no different-class pair, neither the ROC nor an accuracy over both
+//! kinds exists (scikit-learn's `roc_auc_score` refuses such labels); with fewer than ten of
+//! either kind, ten folds holding both kinds cannot be made. Rather than failing the whole
+//! evaluation (closed-set accuracy and geometry still mean something), [`verification`]
+//! reports such figures as `None`, `null` in metrics.json, and says why in
+//! [`Verification::undefined`].
 
 use crate::{Element, Error, Tensor, seeded_rng};
 use rand::seq::SliceRandom;
@@ -199,7 +208,8 @@ fn check_finite(scores: &[f64]) -> Result<(), Error> {
 }
 
 /// A ROC curve: false-accept and true-accept rates, from the strictest threshold to the
-/// loosest, starting at (0, 0) and ending at (1, 1).
+/// loosest, starting at (0, 0) and ending at (1, 1); empty when it is undefined (no same-class
+/// or no different-class pair: one of the two rates would divide by zero).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Roc {
     /// False-accept rate (FAR, false positive rate) at each point.
@@ -214,7 +224,9 @@ impl Roc {
     /// ```
     /// use margrad::metrics::Roc;
     /// let roc = Roc::new(&[0.9, 0.8, 0.7, 0.1], &[true, false, true, false]).unwrap();
-    /// assert_eq!(roc.auc(), 0.75);
+    /// assert_eq!(roc.auc(), Some(0.75));
+    /// // one kind of pair only: a curve, and its figures, do not exist
+    /// assert_eq!(Roc::new(&[0.9, 0.1], &[true, true]).unwrap().auc(), None);
     /// // a NaN score is an error, not the best or the worst score
     /// assert!(Roc::new(&[f64::NAN, 0.1], &[true, false]).is_err());
     /// ```
@@ -228,10 +240,17 @@ impl Roc {
     pub fn new(scores: &[f64], same: &[bool]) -> Result<Roc, Error> {
         assert_eq!(scores.len(), same.len(), "Roc: one label per score");
         check_finite(scores)?;
+        let positives = same.iter().filter(|&&s| s).count();
+        let negatives = same.len() - positives;
+        if positives == 0 || negatives == 0 {
+            return Ok(Roc {
+                far: Vec::new(),
+                tar: Vec::new(),
+            });
+        }
         let mut order: Vec<usize> = (0..scores.len()).collect();
         order.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]));
-        let positives = same.iter().filter(|&&s| s).count().max(1) as f64;
-        let negatives = same.iter().filter(|&&s| !s).count().max(1) as f64;
+        let (positives, negatives) = (positives as f64, negatives as f64);
         let (mut far, mut tar) = (vec![0.0], vec![0.0]);
         let (mut tp, mut fp) = (0.0, 0.0);
         for (k, &i) in order.iter().enumerate() {
@@ -249,37 +268,50 @@ impl Roc {
         Ok(Roc { far, tar })
     }
 
-    /// The area under the curve (trapezoids).
-    pub fn auc(&self) -> f64 {
-        self.far
-            .windows(2)
-            .zip(self.tar.windows(2))
-            .map(|(f, t)| (f[1] - f[0]) * (t[0] + t[1]) / 2.0)
-            .sum()
+    /// Whether the curve exists (the pairs held both kinds).
+    pub fn is_defined(&self) -> bool {
+        self.far.len() >= 2
+    }
+
+    /// The area under the curve (trapezoids); `None` when the curve is undefined.
+    pub fn auc(&self) -> Option<f64> {
+        self.is_defined().then(|| {
+            self.far
+                .windows(2)
+                .zip(self.tar.windows(2))
+                .map(|(f, t)| (f[1] - f[0]) * (t[0] + t[1]) / 2.0)
+                .sum()
+        })
     }
 
     /// The equal error rate: where the false-accept rate equals the false-reject rate
-    /// (1 − TAR), interpolated linearly between points.
-    pub fn eer(&self) -> f64 {
+    /// (1 − TAR), interpolated linearly between points; `None` when the curve is undefined.
+    pub fn eer(&self) -> Option<f64> {
+        if !self.is_defined() {
+            return None;
+        }
         for k in 1..self.far.len() {
             let gap = |i: usize| self.far[i] - (1.0 - self.tar[i]);
             let (g0, g1) = (gap(k - 1), gap(k));
             if g0 <= 0.0 && g1 >= 0.0 {
                 let t = if g1 == g0 { 0.0 } else { -g0 / (g1 - g0) };
-                return self.far[k - 1] + t * (self.far[k] - self.far[k - 1]);
+                return Some(self.far[k - 1] + t * (self.far[k] - self.far[k - 1]));
             }
         }
-        1.0
+        Some(1.0)
     }
 
-    /// The highest true-accept rate at a false-accept rate of at most `far`.
-    pub fn tar_at_far(&self, far: f64) -> f64 {
-        self.far
-            .iter()
-            .zip(&self.tar)
-            .filter(|(f, _)| **f <= far)
-            .map(|(_, t)| *t)
-            .fold(0.0, f64::max)
+    /// The highest true-accept rate at a false-accept rate of at most `far`; `None` when the
+    /// curve is undefined.
+    pub fn tar_at_far(&self, far: f64) -> Option<f64> {
+        self.is_defined().then(|| {
+            self.far
+                .iter()
+                .zip(&self.tar)
+                .filter(|(f, _)| **f <= far)
+                .map(|(_, t)| *t)
+                .fold(0.0, f64::max)
+        })
     }
 }
 
@@ -322,28 +354,56 @@ pub fn balanced_folds(pairs: &[Pair], folds: usize, seed: u64) -> Vec<usize> {
 }
 
 /// The verification figures of a set of scored pairs (the protocol is the
-/// [module's](self#verification)).
+/// [module's](self#verification)). A figure that is undefined is `None`, `null` in JSON, and
+/// `undefined` says why.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Verification {
     /// Mean accuracy over the test folds, each at the threshold best on the other folds.
-    pub accuracy_mean: f64,
+    pub accuracy_mean: Option<f64>,
     /// Population standard deviation of the test folds' accuracies.
-    pub accuracy_std: f64,
+    pub accuracy_std: Option<f64>,
     /// ROC area under the curve.
-    pub auc: f64,
+    pub auc: Option<f64>,
     /// Equal error rate.
-    pub eer: f64,
+    pub eer: Option<f64>,
     /// TAR at FAR = 1e-3 (meaningful only with well over 1,000 different-class pairs: see
     /// `pairs` and `positive_pairs`).
     #[serde(rename = "tar_at_far_1e-3")]
-    pub tar_at_far_1e3: f64,
+    pub tar_at_far_1e3: Option<f64>,
     /// TAR at FAR = 1e-2.
     #[serde(rename = "tar_at_far_1e-2")]
-    pub tar_at_far_1e2: f64,
+    pub tar_at_far_1e2: Option<f64>,
     /// The number of pairs.
     pub pairs: usize,
     /// How many of them are same-class pairs.
     pub positive_pairs: usize,
+    /// The number of folds of the accuracy.
+    #[serde(default = "default_folds")]
+    pub folds: usize,
+    /// Why some figures are undefined (`None` when none is): no pair of one kind (then none
+    /// is defined), or fewer than `folds` of one kind (then only the accuracy is undefined).
+    #[serde(default)]
+    pub undefined: Option<String>,
+}
+
+fn default_folds() -> usize {
+    FOLDS
+}
+
+/// Why figures over `positives` same-class and `negatives` different-class pairs are
+/// undefined, if they are.
+fn undefined_reason(positives: usize, negatives: usize, folds: usize) -> Option<String> {
+    let both = "the ROC and the fold accuracy need both kinds";
+    match (positives, negatives) {
+        (0, 0) => Some("no pairs".to_string()),
+        (0, n) => Some(format!("no same-class pairs, {n} different-class: {both}")),
+        (p, 0) => Some(format!("no different-class pairs, {p} same-class: {both}")),
+        (p, n) if p < folds || n < folds => Some(format!(
+            "{p} same-class and {n} different-class pairs: {folds} balanced folds need at least \
+             {folds} of each kind (the ROC figures are defined)"
+        )),
+        _ => None,
+    }
 }
 
 /// The threshold with the best accuracy on `(score, same)` items, predicting "same" at or
@@ -381,13 +441,17 @@ fn best_threshold(items: &mut [(f64, bool)]) -> f64 {
 /// protocol the [module](self#verification) describes: `folds`-fold accuracy over
 /// [`balanced_folds`]`(pairs, folds, seed)`, and the ROC figures over all pairs.
 ///
+/// A figure that cannot be computed is `None`, with the reason in
+/// [`undefined`](Verification::undefined): every figure when the pairs are of one kind, the
+/// accuracy alone when there are fewer than `folds` of either kind.
+///
 /// ```
 /// use margrad::metrics::{Pair, verification};
 /// // 20 same-class pairs scored 0.9, 20 different-class scored 0.1
 /// let pairs: Vec<Pair> = (0..40).map(|i| Pair { a: i, b: 40 + i, same: i % 2 == 0 }).collect();
 /// let scores: Vec<f64> = pairs.iter().map(|p| if p.same { 0.9 } else { 0.1 }).collect();
 /// let v = verification(&pairs, &scores, 10, 0).unwrap();
-/// assert_eq!((v.accuracy_mean, v.auc, v.eer), (1.0, 1.0, 0.0));
+/// assert_eq!((v.accuracy_mean, v.auc, v.eer), (Some(1.0), Some(1.0), Some(0.0)));
 /// ```
 ///
 /// # Errors
@@ -414,42 +478,45 @@ pub fn verification(
     );
     check_finite(scores)?;
     let same: Vec<bool> = pairs.iter().map(|p| p.same).collect();
-    let fold = balanced_folds(pairs, folds, seed);
-    let accuracies: Vec<f64> = (0..folds)
-        .filter_map(|k| {
-            let (mut train, mut test) = (Vec::new(), Vec::new());
-            for (i, &f) in fold.iter().enumerate() {
-                let item = (scores[i], same[i]);
-                if f == k {
-                    test.push(item)
-                } else {
-                    train.push(item)
-                }
-            }
-            if test.is_empty() {
-                return None;
-            }
-            let threshold = best_threshold(&mut train);
-            let correct = test
-                .iter()
-                .filter(|(s, same)| (*s >= threshold) == *same)
-                .count();
-            Some(correct as f64 / test.len() as f64)
-        })
-        .collect();
-    let k = accuracies.len().max(1) as f64;
-    let mean = accuracies.iter().sum::<f64>() / k;
-    let std = (accuracies.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / k).sqrt();
     let roc = Roc::new(scores, &same)?;
+    let positives = same.iter().filter(|&&s| s).count();
+    let undefined = undefined_reason(positives, pairs.len() - positives, folds);
+    let accuracy = undefined.is_none().then(|| {
+        let fold = balanced_folds(pairs, folds, seed);
+        let accuracies: Vec<f64> = (0..folds)
+            .map(|k| {
+                let (mut train, mut test) = (Vec::new(), Vec::new());
+                for (i, &f) in fold.iter().enumerate() {
+                    let item = (scores[i], same[i]);
+                    if f == k {
+                        test.push(item)
+                    } else {
+                        train.push(item)
+                    }
+                }
+                let threshold = best_threshold(&mut train);
+                let correct = test
+                    .iter()
+                    .filter(|(s, same)| (*s >= threshold) == *same)
+                    .count();
+                correct as f64 / test.len() as f64
+            })
+            .collect();
+        let mean = accuracies.iter().sum::<f64>() / folds as f64;
+        let var = accuracies.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / folds as f64;
+        (mean, var.sqrt())
+    });
     Ok(Verification {
-        accuracy_mean: mean,
-        accuracy_std: std,
+        accuracy_mean: accuracy.map(|a| a.0),
+        accuracy_std: accuracy.map(|a| a.1),
         auc: roc.auc(),
         eer: roc.eer(),
         tar_at_far_1e3: roc.tar_at_far(1e-3),
         tar_at_far_1e2: roc.tar_at_far(1e-2),
         pairs: pairs.len(),
-        positive_pairs: same.iter().filter(|&&s| s).count(),
+        positive_pairs: positives,
+        folds,
+        undefined,
     })
 }
 

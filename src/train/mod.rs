@@ -479,8 +479,12 @@ fn write_outputs(
         .copied()
         .zip(evaluation.roc.tar.iter().copied())
         .collect();
+    let figures = match (v.auc, v.eer) {
+        (Some(auc), Some(eer)) => format!("AUC {auc:.4}, EER {eer:.4}"),
+        _ => format!("undefined ({})", v.undefined.as_deref().unwrap_or("")),
+    };
     let roc = line_chart(
-        &format!("ROC, {} pairs: AUC {:.4}, EER {:.4}", v.pairs, v.auc, v.eer),
+        &format!("ROC, {} pairs: {figures}", v.pairs),
         "false accept rate (log)",
         "true accept rate",
         &[Series {
