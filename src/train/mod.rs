@@ -13,8 +13,7 @@ pub use settings::{DataSettings, DataSource, LossSettings, MethodName, TrainConf
 use crate::checkpoint::{self, CheckpointError, TrainingState};
 use crate::data::{Dataset, MnistSplit, digits, load_mnist, synthetic};
 use crate::metrics::{
-    FOLDS, Geometry, Roc, Verification, geometry, make_pairs, pair_scores, top1_accuracy,
-    verification,
+    Geometry, Roc, Verification, geometry, make_pairs, pair_scores, top1_accuracy, verification,
 };
 use crate::nn::{Forward, MlpConfig, Model, ModelConfig};
 use crate::optim::{LrSchedule, Method, Optimizer, Schedule};
@@ -126,7 +125,7 @@ pub fn evaluate(
     Ok(Evaluation {
         metrics: FinalMetrics {
             test_accuracy,
-            verification: verification(&pairs, &scores, FOLDS, fold_seed)?,
+            verification: verification(&pairs, &scores, crate::metrics::FOLDS, fold_seed)?,
             geometry: geometry(&embeddings, &data.verify.labels),
             verification_set: data.verification_set.clone(),
         },
