@@ -114,6 +114,14 @@ fn main() -> ExitCode {
             let (m, s) = mean_std(&runs.iter().map(|r| f(r) * scale).collect::<Vec<_>>());
             format!("{m:.digits$} ± {s:.digits$}")
         };
+        // a verification figure undefined in any run is undefined in the table
+        let vcol = |f: &dyn Fn(&Metrics) -> Option<f64>, scale: f64, digits: usize| {
+            if runs.iter().all(|r| f(r).is_some()) {
+                col(&|r| f(r).unwrap_or_default(), scale, digits)
+            } else {
+                "undefined".to_string()
+            }
+        };
         let fm = |r: &Metrics| r.final_metrics.clone();
         println!(
             "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -124,11 +132,11 @@ fn main() -> ExitCode {
                 format!(" ({} of {seeds} diverged)", failures.len())
             },
             col(&|r| fm(r).test_accuracy, 100.0, 2),
-            col(&|r| fm(r).verification.accuracy_mean, 100.0, 2),
-            col(&|r| fm(r).verification.auc, 1.0, 4),
-            col(&|r| fm(r).verification.eer, 1.0, 4),
-            col(&|r| fm(r).verification.tar_at_far_1e3, 1.0, 3),
-            col(&|r| fm(r).verification.tar_at_far_1e2, 1.0, 3),
+            vcol(&|r| fm(r).verification.accuracy_mean, 100.0, 2),
+            vcol(&|r| fm(r).verification.auc, 1.0, 4),
+            vcol(&|r| fm(r).verification.eer, 1.0, 4),
+            vcol(&|r| fm(r).verification.tar_at_far_1e3, 1.0, 3),
+            vcol(&|r| fm(r).verification.tar_at_far_1e2, 1.0, 3),
             col(&|r| fm(r).geometry.intra_angle_deg, 1.0, 1),
             col(&|r| fm(r).geometry.inter_min_angle_deg, 1.0, 1),
             col(&|r| fm(r).geometry.inter_mean_angle_deg, 1.0, 1),

@@ -79,7 +79,13 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let f = evaluate(&checkpoint.model, &checkpoint.params, &data, &settings).metrics;
+    let f = match evaluate(&checkpoint.model, &checkpoint.params, &data, &settings) {
+        Ok(evaluation) => evaluation.metrics,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if json {
         println!(
             "{}",

@@ -26,6 +26,19 @@ pub enum Error {
         /// The offending value.
         value: f64,
     },
+    /// Verification scores (one per pair) that are NaN or infinite: a ROC curve or a
+    /// threshold over them means nothing, so none is computed. A finite model's cosine
+    /// similarities are in `[-1, 1]`; NaN comes from embeddings that are not finite.
+    NonFiniteScores {
+        /// How many scores are not finite.
+        count: usize,
+        /// How many scores there are.
+        total: usize,
+        /// Index (pair) of the first one.
+        first: usize,
+        /// Its value.
+        value: f64,
+    },
     /// A class label not in `0..classes`.
     LabelOutOfRange {
         /// Position of the label in the batch.
@@ -98,6 +111,17 @@ impl fmt::Display for Error {
             Error::NonFinite { what, index, value } => {
                 write!(f, "non-finite value in {what}: element {index} is {value}")
             }
+            Error::NonFiniteScores {
+                count,
+                total,
+                first,
+                value,
+            } => write!(
+                f,
+                "{count} of {total} verification scores are not finite (the first, pair {first}, \
+                 is {value}): no ROC or threshold is computed over them; are the model's \
+                 embeddings finite?"
+            ),
             Error::LabelOutOfRange {
                 index,
                 label,

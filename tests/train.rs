@@ -89,7 +89,9 @@ fn a_run_writes_every_output_and_verify_reproduces_its_figures() {
     let checkpoint = checkpoint::load::<f32>(&out.join("model.bin")).unwrap();
     let settings = &small(LossKind::Enhanced).data;
     let data = prepare_data(settings).unwrap();
-    let again = evaluate(&checkpoint.model, &checkpoint.params, &data, settings).metrics;
+    let again = evaluate(&checkpoint.model, &checkpoint.params, &data, settings)
+        .unwrap()
+        .metrics;
     assert_eq!(again, metrics.final_metrics);
     assert!(
         std::fs::read_to_string(out.join("roc.svg"))

@@ -147,21 +147,29 @@ impl DataFlags {
     }
 }
 
-/// Prints the final figures as both examples report them.
+/// Prints the final figures as both examples report them; an undefined figure as
+/// "undefined", the accuracy (undefined whenever any figure is) with the reason.
 pub fn print_final(f: &FinalMetrics) {
     let (v, g) = (&f.verification, &f.geometry);
+    let accuracy = match (v.accuracy_mean, v.accuracy_std) {
+        (Some(m), Some(s)) => format!("{:.2}% ± {:.2}%", 100.0 * m, 100.0 * s),
+        _ => format!("undefined ({})", v.undefined.as_deref().unwrap_or("")),
+    };
+    let figure = |x: Option<f64>| x.map_or("undefined".to_string(), |x| format!("{x:.4}"));
     println!("test accuracy       {:.2}%", 100.0 * f.test_accuracy);
     println!("verification        {}", f.verification_set);
     println!(
-        "  10-fold accuracy  {:.2}% ± {:.2}%   AUC {:.4}   EER {:.4}",
-        100.0 * v.accuracy_mean,
-        100.0 * v.accuracy_std,
-        v.auc,
-        v.eer
+        "  {:<18}{accuracy}   AUC {}   EER {}",
+        format!("{}-fold accuracy", v.folds),
+        figure(v.auc),
+        figure(v.eer)
     );
     println!(
-        "  TAR@FAR=1e-3      {:.4}   TAR@FAR=1e-2 {:.4}   ({} pairs, {} same-class)",
-        v.tar_at_far_1e3, v.tar_at_far_1e2, v.pairs, v.positive_pairs
+        "  TAR@FAR=1e-3      {}   TAR@FAR=1e-2 {}   ({} pairs, {} same-class)",
+        figure(v.tar_at_far_1e3),
+        figure(v.tar_at_far_1e2),
+        v.pairs,
+        v.positive_pairs
     );
     println!(
         "geometry            intra {:.1}°   inter min {:.1}°   inter mean {:.1}°",

@@ -1,12 +1,41 @@
 //! How margin-loss models are judged: closed-set accuracy, open-set verification on pairs,
 //! and the geometry of the embedding.
 //!
-//! Verification follows the face-recognition protocol: pairs of samples, half of one class and
-//! half of two, scored by the cosine similarity of their normalised embeddings; 10-fold
-//! accuracy with the threshold chosen on the other nine folds (reported as mean ± population
-//! standard deviation over folds, as LFW tables do); ROC AUC; EER; TAR at a given FAR.
+//! # Verification
+//!
+//! The face-recognition protocol (LFW's: 6,000 pairs in ten folds, each of 300 same-class and
+//! 300 different-class pairs), on pairs half of one class and half of two ([`make_pairs`]):
+//!
+//! - **Score**: the cosine similarity of the pair's two embeddings ([`pair_scores`]); higher
+//!   means more alike. A score that is NaN or infinite is an error
+//!   ([`Error::NonFiniteScores`]), never a perfect or a worst score.
+//! - **Folds** ([`balanced_folds`]): the same-class pairs and the different-class pairs are each
+//!   put in a fixed order (by their sample indices: the order the pairs arrive in does not
+//!   matter), shuffled with the caller's seed, and cut into ten near-equal parts; fold `k` is
+//!   part `k` of both. Every fold holds the overall share of same-class pairs, to within one
+//!   pair, as scikit-learn's `StratifiedKFold(10, shuffle=True, random_state=seed)` would.
+//!   Every model judged on the same pairs and seed is judged on the same folds.
+//! - **Threshold**: for each fold, the one with the highest accuracy on the other nine folds
+//!   together, a pair being predicted same-class when its score is at or above it. The
+//!   candidates are "all same", a point midway between each two consecutive distinct scores,
+//!   and "all different"; of equally accurate candidates the lowest wins.
+//! - **Accuracy**: that threshold's accuracy on the held-out fold, reported as the mean and
+//!   the population standard deviation (`np.std`, as InsightFace and LFW tables report) over
+//!   the ten folds. Scores that carry no information come out near 50%.
+//! - **ROC** ([`Roc`]), over all pairs at once: AUC; EER (where the false-accept rate equals
+//!   the false-reject rate); TAR at FAR = 1e-3 and 1e-2.
+//!
+//! # Undefined figures
+//!
+//! With no same-class or no different-class pair, neither the ROC nor an accuracy over both
+//! kinds exists (scikit-learn's `roc_auc_score` refuses such labels); with fewer than ten of
+//! either kind, ten folds holding both kinds cannot be made. Rather than failing the whole
+//! evaluation (closed-set accuracy and geometry still mean something), [`verification`]
+//! reports such figures as `None`, `null` in metrics.json, and says why in
+//! [`Verification::undefined`].
 
-use crate::{Element, Tensor};
+use crate::{Element, Error, Tensor, seeded_rng};
+use rand::seq::SliceRandom;
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -164,8 +193,23 @@ pub fn pair_scores<F: Element, P: RowPair>(embeddings: &Tensor<F>, pairs: &[P]) 
         .collect()
 }
 
+/// [`Error::NonFiniteScores`] when a score is NaN or infinite.
+fn check_finite(scores: &[f64]) -> Result<(), Error> {
+    let mut bad = scores.iter().enumerate().filter(|(_, s)| !s.is_finite());
+    match bad.next() {
+        Some((first, &value)) => Err(Error::NonFiniteScores {
+            count: 1 + bad.count(),
+            total: scores.len(),
+            first,
+            value,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// A ROC curve: false-accept and true-accept rates, from the strictest threshold to the
-/// loosest, starting at (0, 0) and ending at (1, 1).
+/// loosest, starting at (0, 0) and ending at (1, 1); empty when it is undefined (no same-class
+/// or no different-class pair: one of the two rates would divide by zero).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Roc {
     /// False-accept rate (FAR, false positive rate) at each point.
@@ -177,15 +221,36 @@ pub struct Roc {
 impl Roc {
     /// The curve of `scores` (higher = more alike) against `same`; tied scores form one point.
     ///
+    /// ```
+    /// use margrad::metrics::Roc;
+    /// let roc = Roc::new(&[0.9, 0.8, 0.7, 0.1], &[true, false, true, false]).unwrap();
+    /// assert_eq!(roc.auc(), Some(0.75));
+    /// // one kind of pair only: a curve, and its figures, do not exist
+    /// assert_eq!(Roc::new(&[0.9, 0.1], &[true, true]).unwrap().auc(), None);
+    /// // a NaN score is an error, not the best or the worst score
+    /// assert!(Roc::new(&[f64::NAN, 0.1], &[true, false]).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NonFiniteScores`] when a score is NaN or infinite.
+    ///
     /// # Panics
     /// When the slices differ in length.
     #[track_caller]
-    pub fn new(scores: &[f64], same: &[bool]) -> Roc {
+    pub fn new(scores: &[f64], same: &[bool]) -> Result<Roc, Error> {
         assert_eq!(scores.len(), same.len(), "Roc: one label per score");
+        check_finite(scores)?;
+        let positives = same.iter().filter(|&&s| s).count();
+        let negatives = same.len() - positives;
+        if positives == 0 || negatives == 0 {
+            return Ok(Roc {
+                far: Vec::new(),
+                tar: Vec::new(),
+            });
+        }
         let mut order: Vec<usize> = (0..scores.len()).collect();
         order.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]));
-        let positives = same.iter().filter(|&&s| s).count().max(1) as f64;
-        let negatives = same.iter().filter(|&&s| !s).count().max(1) as f64;
+        let (positives, negatives) = (positives as f64, negatives as f64);
         let (mut far, mut tar) = (vec![0.0], vec![0.0]);
         let (mut tp, mut fp) = (0.0, 0.0);
         for (k, &i) in order.iter().enumerate() {
@@ -200,68 +265,151 @@ impl Roc {
                 tar.push(tp / positives);
             }
         }
-        Roc { far, tar }
+        Ok(Roc { far, tar })
     }
 
-    /// The area under the curve (trapezoids).
-    pub fn auc(&self) -> f64 {
-        self.far
-            .windows(2)
-            .zip(self.tar.windows(2))
-            .map(|(f, t)| (f[1] - f[0]) * (t[0] + t[1]) / 2.0)
-            .sum()
+    /// Whether the curve exists (the pairs held both kinds).
+    pub fn is_defined(&self) -> bool {
+        self.far.len() >= 2
+    }
+
+    /// The area under the curve (trapezoids); `None` when the curve is undefined.
+    pub fn auc(&self) -> Option<f64> {
+        self.is_defined().then(|| {
+            self.far
+                .windows(2)
+                .zip(self.tar.windows(2))
+                .map(|(f, t)| (f[1] - f[0]) * (t[0] + t[1]) / 2.0)
+                .sum()
+        })
     }
 
     /// The equal error rate: where the false-accept rate equals the false-reject rate
-    /// (1 − TAR), interpolated linearly between points.
-    pub fn eer(&self) -> f64 {
+    /// (1 − TAR), interpolated linearly between points; `None` when the curve is undefined.
+    pub fn eer(&self) -> Option<f64> {
+        if !self.is_defined() {
+            return None;
+        }
         for k in 1..self.far.len() {
             let gap = |i: usize| self.far[i] - (1.0 - self.tar[i]);
             let (g0, g1) = (gap(k - 1), gap(k));
             if g0 <= 0.0 && g1 >= 0.0 {
                 let t = if g1 == g0 { 0.0 } else { -g0 / (g1 - g0) };
-                return self.far[k - 1] + t * (self.far[k] - self.far[k - 1]);
+                return Some(self.far[k - 1] + t * (self.far[k] - self.far[k - 1]));
             }
         }
-        1.0
+        Some(1.0)
     }
 
-    /// The highest true-accept rate at a false-accept rate of at most `far`.
-    pub fn tar_at_far(&self, far: f64) -> f64 {
-        self.far
-            .iter()
-            .zip(&self.tar)
-            .filter(|(f, _)| **f <= far)
-            .map(|(_, t)| *t)
-            .fold(0.0, f64::max)
+    /// The highest true-accept rate at a false-accept rate of at most `far`; `None` when the
+    /// curve is undefined.
+    pub fn tar_at_far(&self, far: f64) -> Option<f64> {
+        self.is_defined().then(|| {
+            self.far
+                .iter()
+                .zip(&self.tar)
+                .filter(|(f, _)| **f <= far)
+                .map(|(_, t)| *t)
+                .fold(0.0, f64::max)
+        })
     }
 }
 
-/// The verification figures of a set of scored pairs.
+/// The number of folds of the LFW protocol.
+pub const FOLDS: usize = 10;
+
+/// The fold of each pair (`0..folds`, in the order of `pairs`), balanced by construction: the
+/// same-class pairs and the different-class pairs are each sorted by their two sample indices
+/// (so that the order of `pairs` does not matter), shuffled with a generator seeded by `seed`,
+/// and cut into `folds` parts whose sizes differ by at most one; fold `k` is part `k` of both.
+/// Each fold thus holds the overall share of same-class pairs to within one pair, and the
+/// folds' sizes differ by at most one (the larger parts of the same-class pairs go to the
+/// first folds, those of the different-class pairs to the last).
+///
+/// With 3,000 pairs of each kind and ten folds, every fold holds 300 of each, as LFW's do.
+///
+/// # Panics
+/// When `folds` is 0.
+#[track_caller]
+pub fn balanced_folds(pairs: &[Pair], folds: usize, seed: u64) -> Vec<usize> {
+    assert!(folds > 0, "balanced_folds: at least one fold");
+    let mut rng = seeded_rng(seed);
+    let mut fold = vec![0; pairs.len()];
+    for same in [true, false] {
+        let mut members: Vec<usize> = (0..pairs.len())
+            .filter(|&i| pairs[i].same == same)
+            .collect();
+        members.sort_by_key(|&i| (pairs[i].a.min(pairs[i].b), pairs[i].a.max(pairs[i].b)));
+        members.shuffle(&mut rng);
+        let (base, extra) = (members.len() / folds, members.len() % folds);
+        let mut rest = members.as_slice();
+        for k in 0..folds {
+            let larger = if same { k < extra } else { k >= folds - extra };
+            let (part, tail) = rest.split_at(base + usize::from(larger));
+            part.iter().for_each(|&i| fold[i] = k);
+            rest = tail;
+        }
+    }
+    fold
+}
+
+/// The verification figures of a set of scored pairs (the protocol is the
+/// [module's](self#verification)). A figure that is undefined is `None`, `null` in JSON, and
+/// `undefined` says why.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Verification {
-    /// Mean accuracy over the folds, each at the threshold best on the other folds.
-    pub accuracy_mean: f64,
-    /// Population standard deviation of the fold accuracies.
-    pub accuracy_std: f64,
+    /// Mean accuracy over the test folds, each at the threshold best on the other folds.
+    pub accuracy_mean: Option<f64>,
+    /// Population standard deviation of the test folds' accuracies.
+    pub accuracy_std: Option<f64>,
     /// ROC area under the curve.
-    pub auc: f64,
+    pub auc: Option<f64>,
     /// Equal error rate.
-    pub eer: f64,
-    /// TAR at FAR = 1e-3 (meaningful only with well over 1,000 negative pairs: see `pairs`).
+    pub eer: Option<f64>,
+    /// TAR at FAR = 1e-3 (meaningful only with well over 1,000 different-class pairs: see
+    /// `pairs` and `positive_pairs`).
     #[serde(rename = "tar_at_far_1e-3")]
-    pub tar_at_far_1e3: f64,
+    pub tar_at_far_1e3: Option<f64>,
     /// TAR at FAR = 1e-2.
     #[serde(rename = "tar_at_far_1e-2")]
-    pub tar_at_far_1e2: f64,
+    pub tar_at_far_1e2: Option<f64>,
     /// The number of pairs.
     pub pairs: usize,
     /// How many of them are same-class pairs.
     pub positive_pairs: usize,
+    /// The number of folds of the accuracy.
+    #[serde(default = "default_folds")]
+    pub folds: usize,
+    /// Why some figures are undefined (`None` when none is): no pair of one kind (then none
+    /// is defined), or fewer than `folds` of one kind (then only the accuracy is undefined).
+    #[serde(default)]
+    pub undefined: Option<String>,
 }
 
-/// The threshold with the best accuracy on `(score, same)` items: midway between the two scores
-/// where it changes, predicting "same" at or above it.
+fn default_folds() -> usize {
+    FOLDS
+}
+
+/// Why figures over `positives` same-class and `negatives` different-class pairs are
+/// undefined, if they are.
+fn undefined_reason(positives: usize, negatives: usize, folds: usize) -> Option<String> {
+    let both = "the ROC and the fold accuracy need both kinds";
+    match (positives, negatives) {
+        (0, 0) => Some("no pairs".to_string()),
+        (0, n) => Some(format!("no same-class pairs, {n} different-class: {both}")),
+        (p, 0) => Some(format!("no different-class pairs, {p} same-class: {both}")),
+        (p, n) if p < folds || n < folds => Some(format!(
+            "{p} same-class and {n} different-class pairs: {folds} balanced folds need at least \
+             {folds} of each kind (the ROC figures are defined)"
+        )),
+        _ => None,
+    }
+}
+
+/// The threshold with the best accuracy on `(score, same)` items, predicting "same" at or
+/// above it. The candidates are −∞ (all same), a point between each two consecutive distinct
+/// scores (their midpoint, or the higher one when no float lies between), and +∞ (all
+/// different); of equally accurate candidates, the lowest wins.
 fn best_threshold(items: &mut [(f64, bool)]) -> f64 {
     items.sort_by(|a, b| a.0.total_cmp(&b.0));
     let total_same = items.iter().filter(|i| i.1).count();
@@ -279,69 +427,97 @@ fn best_threshold(items: &mut [(f64, bool)]) -> f64 {
         let correct = total_same - same_below + diff_below;
         if correct > best {
             best = correct;
-            threshold = items
-                .get(k + 1)
-                .map_or(f64::INFINITY, |n| (items[k].0 + n.0) / 2.0);
+            threshold = items.get(k + 1).map_or(f64::INFINITY, |next| {
+                let (low, high) = (items[k].0, next.0);
+                let mid = low / 2.0 + high / 2.0;
+                if mid > low && mid <= high { mid } else { high }
+            });
         }
     }
     threshold
 }
 
-/// Verification figures of `scores` (one per pair) against `same`, with `folds`-fold accuracy
-/// over contiguous blocks of pairs.
+/// The verification figures of `pairs` scored by `scores` (higher = more alike), by the
+/// protocol the [module](self#verification) describes: `folds`-fold accuracy over
+/// [`balanced_folds`]`(pairs, folds, seed)`, and the ROC figures over all pairs.
+///
+/// A figure that cannot be computed is `None`, with the reason in
+/// [`undefined`](Verification::undefined): every figure when the pairs are of one kind, the
+/// accuracy alone when there are fewer than `folds` of either kind.
+///
+/// ```
+/// use margrad::metrics::{Pair, verification};
+/// // 20 same-class pairs scored 0.9, 20 different-class scored 0.1
+/// let pairs: Vec<Pair> = (0..40).map(|i| Pair { a: i, b: 40 + i, same: i % 2 == 0 }).collect();
+/// let scores: Vec<f64> = pairs.iter().map(|p| if p.same { 0.9 } else { 0.1 }).collect();
+/// let v = verification(&pairs, &scores, 10, 0).unwrap();
+/// assert_eq!((v.accuracy_mean, v.auc, v.eer), (Some(1.0), Some(1.0), Some(0.0)));
+/// ```
+///
+/// # Errors
+/// [`Error::NonFiniteScores`] when a score is NaN or infinite.
 ///
 /// # Panics
-/// When the slices differ in length or `folds` is 0.
+/// When the slices differ in length, or `folds` is below 2 (one fold to test, the others to
+/// choose the threshold).
 #[track_caller]
-pub fn verification(scores: &[f64], same: &[bool], folds: usize) -> Verification {
+pub fn verification(
+    pairs: &[Pair],
+    scores: &[f64],
+    folds: usize,
+    seed: u64,
+) -> Result<Verification, Error> {
     assert_eq!(
         scores.len(),
-        same.len(),
-        "verification: one label per score"
+        pairs.len(),
+        "verification: one score per pair"
     );
-    assert!(folds > 0, "verification: at least one fold");
-    let n = scores.len();
-    let fold_of = |i: usize| i * folds / n.max(1);
-    let accuracies: Vec<f64> = (0..folds)
-        .filter_map(|f| {
-            let (mut train, mut test) = (Vec::new(), Vec::new());
-            for i in 0..n {
-                let item = (scores[i], same[i]);
-                if fold_of(i) == f {
-                    test.push(item)
-                } else {
-                    train.push(item)
+    assert!(
+        folds >= 2,
+        "verification: at least two folds (one to test, the others to choose the threshold)"
+    );
+    check_finite(scores)?;
+    let same: Vec<bool> = pairs.iter().map(|p| p.same).collect();
+    let roc = Roc::new(scores, &same)?;
+    let positives = same.iter().filter(|&&s| s).count();
+    let undefined = undefined_reason(positives, pairs.len() - positives, folds);
+    let accuracy = undefined.is_none().then(|| {
+        let fold = balanced_folds(pairs, folds, seed);
+        let accuracies: Vec<f64> = (0..folds)
+            .map(|k| {
+                let (mut train, mut test) = (Vec::new(), Vec::new());
+                for (i, &f) in fold.iter().enumerate() {
+                    let item = (scores[i], same[i]);
+                    if f == k {
+                        test.push(item)
+                    } else {
+                        train.push(item)
+                    }
                 }
-            }
-            if test.is_empty() {
-                return None;
-            }
-            let threshold = if train.is_empty() {
-                0.5
-            } else {
-                best_threshold(&mut train)
-            };
-            let correct = test
-                .iter()
-                .filter(|(s, same)| (*s >= threshold) == *same)
-                .count();
-            Some(correct as f64 / test.len() as f64)
-        })
-        .collect();
-    let k = accuracies.len().max(1) as f64;
-    let mean = accuracies.iter().sum::<f64>() / k;
-    let std = (accuracies.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / k).sqrt();
-    let roc = Roc::new(scores, same);
-    Verification {
-        accuracy_mean: mean,
-        accuracy_std: std,
+                let threshold = best_threshold(&mut train);
+                let correct = test
+                    .iter()
+                    .filter(|(s, same)| (*s >= threshold) == *same)
+                    .count();
+                correct as f64 / test.len() as f64
+            })
+            .collect();
+        let mean = accuracies.iter().sum::<f64>() / folds as f64;
+        let var = accuracies.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / folds as f64;
+        (mean, var.sqrt())
+    });
+    Ok(Verification {
+        accuracy_mean: accuracy.map(|a| a.0),
+        accuracy_std: accuracy.map(|a| a.1),
         auc: roc.auc(),
         eer: roc.eer(),
         tar_at_far_1e3: roc.tar_at_far(1e-3),
         tar_at_far_1e2: roc.tar_at_far(1e-2),
-        pairs: n,
-        positive_pairs: same.iter().filter(|&&s| s).count(),
-    }
+        pairs: pairs.len(),
+        positive_pairs: positives,
+        folds,
+        undefined,
+    })
 }
 
 /// What a margin loss claims to improve, measured on normalised embeddings, in degrees.

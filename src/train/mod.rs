@@ -105,14 +105,18 @@ pub struct Evaluation {
     pub roc: Roc,
 }
 
-/// Judges a model: test accuracy, verification on seeded pairs (`pairs` of them, seeded by the
-/// data seed), and embedding geometry.
+/// Judges a model: test accuracy, verification on seeded pairs (`pairs` of them, drawn and cut
+/// into folds by the data seed), and embedding geometry.
+///
+/// # Errors
+/// [`Error::NonFiniteScores`] when the model's embeddings make a verification score NaN or
+/// infinite ([`train`] returns it as [`TrainError::Input`]).
 pub fn evaluate(
     model: &Model,
     params: &Params<f32>,
     data: &PreparedData,
     settings: &DataSettings,
-) -> Evaluation {
+) -> Result<Evaluation, Error> {
     let predictions = model.predict(params, &data.test.features);
     let test_accuracy = top1_accuracy(&predictions, &data.test.labels);
     let embeddings = model.embeddings(params, &data.verify.features);
@@ -123,15 +127,16 @@ pub fn evaluate(
     );
     let scores = pair_scores(&embeddings, &pairs);
     let same: Vec<bool> = pairs.iter().map(|p| p.same).collect();
-    Evaluation {
+    let fold_seed = settings.seed ^ 0x85eb_ca6b;
+    Ok(Evaluation {
         metrics: FinalMetrics {
             test_accuracy,
-            verification: verification(&scores, &same, 10),
+            verification: verification(&pairs, &scores, crate::metrics::FOLDS, fold_seed)?,
             geometry: geometry(&embeddings, &data.verify.labels),
             verification_set: data.verification_set.clone(),
         },
-        roc: Roc::new(&scores, &same),
-    }
+        roc: Roc::new(&scores, &same)?,
+    })
 }
 
 /// What [`train`] reports while it runs.
@@ -612,7 +617,7 @@ fn run(
         last_good = Some(checkpoint.clone());
         on_event(Event::Epoch(history.last().expect("just pushed")));
     }
-    let evaluation = evaluate(&model, &params, &data, &config.data);
+    let evaluation = evaluate(&model, &params, &data, &config.data)?;
     let metrics = Metrics {
         margrad_version: env!("CARGO_PKG_VERSION").to_string(),
         status: "complete".to_string(),
@@ -689,8 +694,12 @@ fn write_outputs(
         .copied()
         .zip(evaluation.roc.tar.iter().copied())
         .collect();
+    let figures = match (v.auc, v.eer) {
+        (Some(auc), Some(eer)) => format!("AUC {auc:.4}, EER {eer:.4}"),
+        _ => format!("undefined ({})", v.undefined.as_deref().unwrap_or("")),
+    };
     let roc = line_chart(
-        &format!("ROC, {} pairs: AUC {:.4}, EER {:.4}", v.pairs, v.auc, v.eer),
+        &format!("ROC, {} pairs: {figures}", v.pairs),
         "false accept rate (log)",
         "true accept rate",
         &[Series {
