@@ -56,12 +56,12 @@
 //! assert_eq!(grads.param(w).unwrap().shape(), &[4, 3]);
 //! ```
 
-mod bounded;
 pub mod checkpoint;
 pub mod data;
 mod element;
 mod engine;
 mod error;
+mod files;
 pub mod gradcheck;
 mod kernels;
 mod labels;

@@ -13,8 +13,8 @@ use std::path::Path;
 /// Every top-level module, lowest first: each may use only those before it. The groups are
 /// the layers `lib.rs` describes.
 const LAYERS: &[&[&str]] = &[
-    // foundations: the error type, the element type, the opt-in profile, bounded reading
-    &["error", "element", "profile", "bounded"],
+    // foundations: the error type, the element type, the opt-in profile, files read bounded and written atomically
+    &["error", "element", "profile", "files"],
     // storage: lent buffers, tensors, labels, the parameter store
     &["pool", "tensor", "labels", "params"],
     // plain functions over slices

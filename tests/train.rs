@@ -640,3 +640,28 @@ fn synthetic_data_is_seeded_and_the_holdout_is_disjoint() {
     ));
     let _ = Tensor::<f32>::zeros(&[1]);
 }
+
+#[test]
+fn an_output_that_cannot_be_written_is_named_as_such() {
+    // the folder itself: a file stands where it should be
+    let blocked = temp("blocked-folder");
+    std::fs::write(&blocked, b"a file").unwrap();
+    let mut config = small(LossKind::Am);
+    config.epochs = 1;
+    match train(&config, &blocked, &mut |_| {}) {
+        Err(TrainError::Output { path, .. }) => assert_eq!(path, blocked),
+        other => panic!("expected an output error, got {other:?}"),
+    }
+    // a figure: a folder stands where loss.svg goes, after the checkpoint was written
+    let out = temp("blocked-figure");
+    std::fs::create_dir_all(out.join("loss.svg")).unwrap();
+    let err = train(&config, &out, &mut |_| {}).unwrap_err();
+    let TrainError::Output { path, .. } = &err else {
+        panic!("expected an output error, got {err:?}")
+    };
+    assert_eq!(path, &out.join("loss.svg"));
+    assert!(err.to_string().starts_with("cannot write "), "{err}");
+    assert!(!err.to_string().contains("checkpoint"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_file(&blocked);
+}

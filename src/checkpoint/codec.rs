@@ -3,7 +3,7 @@
 //! says which codec wrote a body.
 //!
 //! Decoding never allocates by a length it has not checked: it borrows from the byte slice
-//! (strings read through `bounded::read_str` are bounds-checked slices of it, never buffers
+//! (strings read through `files::read_str` are bounds-checked slices of it, never buffers
 //! sized by a claimed length), and serde preallocates at most 1 MiB for a sequence before its
 //! elements have actually been read.
 

@@ -32,7 +32,7 @@
 mod codec;
 mod safetensors;
 
-use crate::bounded::{self, Arrived, OpenError, read_str};
+use crate::files::{self, Arrived, OpenError, read_str};
 pub use safetensors::{safetensors_bytes, save_safetensors};
 
 use crate::metrics::EpochRecord;
@@ -42,7 +42,7 @@ use crate::{Element, Error, Params, SeededRng, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -488,7 +488,7 @@ pub fn load_with<F: Element>(
 /// A checkpoint file's bytes, read without trusting them: see [`load`]. The header is checked
 /// here; [`decode_with`] checks it again (cheaply) with the rest.
 fn read_file<F: Element>(path: &Path) -> Result<Vec<u8>, CheckpointError> {
-    let (file, len) = bounded::open_regular(path).map_err(|e| match e {
+    let (file, len) = files::open_regular(path).map_err(|e| match e {
         OpenError::Io(e) => io_error(path, e),
         OpenError::NotRegular(kind) => CheckpointError::NotRegularFile {
             path: path.to_path_buf(),
@@ -496,11 +496,11 @@ fn read_file<F: Element>(path: &Path) -> Result<Vec<u8>, CheckpointError> {
         },
     })?;
     let mut bytes = Vec::with_capacity(HEADER_LEN);
-    bounded::read_prefix(&file, HEADER_LEN as u64, &mut bytes).map_err(|e| io_error(path, e))?;
+    files::read_prefix(&file, HEADER_LEN as u64, &mut bytes).map_err(|e| io_error(path, e))?;
     let declared = checked_header::<F>(&bytes)?;
     check_body_len(declared, len.saturating_sub(HEADER_LEN as u64))?;
     // the claim now matches the file's size; the file may still change while it is read
-    match bounded::read_claimed(&file, declared, declared, &mut bytes) {
+    match files::read_claimed(&file, declared, declared, &mut bytes) {
         Ok(Arrived::Exactly) => Ok(bytes),
         Ok(Arrived::Short(found)) => Err(CheckpointError::Truncated {
             part: "body",
@@ -524,43 +524,12 @@ fn io_error(path: &Path, e: std::io::Error) -> CheckpointError {
     }
 }
 
-/// Writes a text file atomically, as checkpoints are written.
-///
-/// # Errors
-/// [`CheckpointError::Io`] when the file cannot be written.
-pub fn write_text(path: &Path, text: &str) -> Result<(), CheckpointError> {
-    write_atomically(path, |file| file.write_all(text.as_bytes()))
-}
-
-/// Writes `path` through a temporary file in the same directory that is synced and then
-/// renamed over it, so readers see the old file or the new one, never a part.
+/// [`files::write_atomically`](crate::files), with the failure as a checkpoint error.
 pub(crate) fn write_atomically(
     path: &Path,
     write: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> Result<(), CheckpointError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        write(&mut file)?;
-        file.flush()?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // make the rename itself durable; not every platform can open a directory
-            if let Ok(dir) = File::open(dir) {
-                let _ = dir.sync_all();
-            }
-        }
-        Ok(())
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_error(path, e)
-    })
+    crate::files::write_atomically(path, write).map_err(|e| io_error(path, e))
 }
 
 /// Loads only the head of a checkpoint: its centres (or linear classifier) and loss.
@@ -587,6 +556,7 @@ pub fn load_head_with<F: Element>(
 mod tests {
     use super::*;
     use crate::nn::{HeadConfig, MlpConfig};
+    use std::fs;
 
     #[test]
     fn a_failed_save_leaves_the_previous_checkpoint_intact() {

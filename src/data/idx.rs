@@ -10,7 +10,7 @@
 //! arrive. A small gzip file claiming gigabytes costs only what it really inflates to.
 
 use super::Dataset;
-use crate::bounded::{self, Arrived, OpenError, PREALLOCATE_LIMIT};
+use crate::files::{self, Arrived, OpenError, PREALLOCATE_LIMIT};
 use crate::{Error, Tensor};
 use flate2::read::MultiGzDecoder;
 use std::io::{self, Cursor, Read};
@@ -47,7 +47,7 @@ pub fn parse_idx(bytes: &[u8], source: &str) -> Result<IdxArray, Error> {
 /// named pipe, a device); every error of [`parse_idx`].
 pub fn load_idx(path: &Path) -> Result<IdxArray, Error> {
     let source = path.display().to_string();
-    let (file, len) = bounded::open_regular(path).map_err(|e| Error::Io {
+    let (file, len) = files::open_regular(path).map_err(|e| Error::Io {
         source: source.clone(),
         message: match e {
             OpenError::Io(e) => e.to_string(),
@@ -60,7 +60,7 @@ pub fn load_idx(path: &Path) -> Result<IdxArray, Error> {
 /// Reads IDX from `input`, which holds `len` bytes, raw or gzip.
 fn read_idx(mut input: impl Read, len: u64, source: &str) -> Result<IdxArray, Error> {
     let mut magic = Vec::with_capacity(2);
-    bounded::read_prefix(&mut input, 2, &mut magic).map_err(|e| Error::Io {
+    files::read_prefix(&mut input, 2, &mut magic).map_err(|e| Error::Io {
         source: source.to_string(),
         message: e.to_string(),
     })?;
@@ -124,7 +124,7 @@ impl IdxReader<'_> {
     /// `len`).
     fn read_array(&self, mut input: impl Read, len: u64) -> Result<IdxArray, Error> {
         let mut header = Vec::with_capacity(4);
-        bounded::read_prefix(&mut input, 4, &mut header)
+        files::read_prefix(&mut input, 4, &mut header)
             .map_err(|e| self.failed(e, || "within the header".into()))?;
         if header.len() < 4 {
             return Err(self.bad(
@@ -152,7 +152,7 @@ impl IdxReader<'_> {
         }
         let rank = header[3] as usize;
         let header_len = 4 + 4 * rank;
-        bounded::read_prefix(&mut input, 4 * rank as u64, &mut header)
+        files::read_prefix(&mut input, 4 * rank as u64, &mut header)
             .map_err(|e| self.failed(e, || "within the header".into()))?;
         if header.len() < header_len {
             return Err(self.bad(
@@ -202,7 +202,7 @@ impl IdxReader<'_> {
             Some(_) => need.min(PREALLOCATE_LIMIT),
         };
         let mut data = Vec::new();
-        match bounded::read_claimed(&mut input, need, preallocate, &mut data) {
+        match files::read_claimed(&mut input, need, preallocate, &mut data) {
             Ok(Arrived::Exactly) => Ok(IdxArray { dims, data }),
             Ok(Arrived::Short(found)) => Err(size_error(found.to_string())),
             Ok(Arrived::More) => Err(size_error("more: the data go on past them".to_string())),

@@ -148,7 +148,7 @@ impl<F: Element> PartialEq for dyn Head<F> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerSpec {
     /// The registered kind: `"linear"`, `"relu"`, or one of yours.
-    #[serde(deserialize_with = "crate::bounded::read_str")]
+    #[serde(deserialize_with = "crate::files::read_str")]
     pub kind: String,
     /// The kind's settings.
     #[serde(with = "settings_codec")]
@@ -202,7 +202,7 @@ mod settings_codec {
         if deserializer.is_human_readable() {
             Value::deserialize(deserializer)
         } else {
-            let text = crate::bounded::read_str(deserializer)?;
+            let text = crate::files::read_str(deserializer)?;
             serde_json::from_str(&text).map_err(D::Error::custom)
         }
     }

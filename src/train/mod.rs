@@ -27,6 +27,7 @@ use crate::plot::{Series, embedding_figure, line_chart};
 use crate::{Error, Params, SeededRng, seeded_rng};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -219,8 +220,14 @@ pub enum TrainError {
         /// The last good checkpoint, if an epoch finished before.
         last_good: Option<PathBuf>,
     },
-    /// A file could not be written.
-    Output(CheckpointError),
+    /// An output (the folder, a checkpoint, the export, metrics.json, a figure) could not be
+    /// written.
+    Output {
+        /// The file or folder.
+        path: PathBuf,
+        /// The system's message.
+        message: String,
+    },
     /// The checkpoint to resume from cannot continue this run.
     Resume {
         /// The checkpoint.
@@ -322,7 +329,9 @@ impl fmt::Display for TrainError {
                     None => write!(f, "; no epoch finished, so no checkpoint was written"),
                 }
             }
-            TrainError::Output(e) => write!(f, "{e}"),
+            TrainError::Output { path, message } => {
+                write!(f, "cannot write {}: {message}", path.display())
+            }
             TrainError::Resume { path, reason } => {
                 write!(f, "cannot resume from {}: {reason}", path.display())
             }
@@ -343,8 +352,15 @@ impl From<Error> for TrainError {
 }
 
 impl From<CheckpointError> for TrainError {
+    /// A checkpoint or export that could not be written (the only error a save returns).
     fn from(e: CheckpointError) -> Self {
-        TrainError::Output(e)
+        match e {
+            CheckpointError::Io { path, message } => TrainError::Output { path, message },
+            other => TrainError::Output {
+                path: PathBuf::new(),
+                message: other.to_string(),
+            },
+        }
     }
 }
 
@@ -372,7 +388,12 @@ pub fn model_config(
 }
 
 fn output(path: &Path, text: &str) -> Result<(), TrainError> {
-    checkpoint::write_text(path, text).map_err(TrainError::Output)
+    crate::files::write_atomically(path, |file| file.write_all(text.as_bytes())).map_err(|e| {
+        TrainError::Output {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })
 }
 
 /// Trains as `config` says, writing the outputs into `out` and reporting progress to
@@ -545,11 +566,9 @@ fn run(
         None => fresh_start(config, model_config.clone())?,
         Some(path) => resumed_start(path, config, &model_config)?,
     };
-    std::fs::create_dir_all(out).map_err(|e| {
-        TrainError::Output(CheckpointError::Io {
-            path: out.to_path_buf(),
-            message: e.to_string(),
-        })
+    std::fs::create_dir_all(out).map_err(|e| TrainError::Output {
+        path: out.to_path_buf(),
+        message: e.to_string(),
     })?;
     let schedule = LrSchedule {
         schedule: Schedule::Cosine {

@@ -7,12 +7,15 @@
 //! it, checks the length it claims against the file's size where that says anything, and
 //! only then reads the claimed bytes with [`read_claimed`], which sets aside no more than it
 //! is told to before the bytes arrive and sees whether more follow.
+//!
+//! Every file the crate writes goes through [`write_atomically`]: readers see the old file or
+//! the new one, never a part.
 
 use serde::de::{self, Deserializer, Visitor};
 use std::cmp::Ordering;
 use std::fmt;
 use std::fs::{self, File, FileType, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 /// Deserialises a `String` through `deserialize_str`, so that a decoder borrowing from its
@@ -183,4 +186,36 @@ pub(crate) fn read_claimed(
             Arrived::More
         }
     })
+}
+
+/// Writes `path` through a temporary file in the same directory that is synced and then
+/// renamed over it, so readers see the old file or the new one, never a part. On failure the
+/// temporary file is removed and the previous file, if any, is left as it was.
+pub(crate) fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        write(&mut file)?;
+        file.flush()?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // make the rename itself durable; not every platform can open a directory
+            if let Ok(dir) = File::open(dir) {
+                let _ = dir.sync_all();
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
