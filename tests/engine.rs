@@ -539,3 +539,16 @@ fn a_custom_op_input_without_gradient_gets_no_buffer() {
     let grads = mul_add(a, b).sum().backward();
     assert_eq!(grads.wrt(a).unwrap().data(), &[4.0, 5.0]);
 }
+
+#[test]
+fn relu_keeps_nan_as_nan_instead_of_hiding_it() {
+    let g = Graph::<f32>::new();
+    let x = g.constant(Tensor::from_vec(vec![f32::NAN, -1.0, 2.0], &[1, 3]).unwrap());
+    let y = x.relu().to_tensor();
+    assert!(y.data()[0].is_nan());
+    assert_eq!(&y.data()[1..], &[0.0, 2.0]);
+    let bias = g.constant(Tensor::from_vec(vec![0.0, 0.5, f32::NAN], &[3]).unwrap());
+    let fused = x.add_relu(bias).to_tensor();
+    assert!(fused.data()[0].is_nan() && fused.data()[2].is_nan());
+    assert_eq!(fused.data()[1], 0.0);
+}

@@ -10,6 +10,13 @@ use super::Var;
 use crate::{Element, kernels};
 use std::marker::PhantomData;
 
+/// `max(x, 0)`, with NaN kept as NaN (as PyTorch's relu does): `f32::max` would send NaN to 0
+/// and hide a diverged input. The relu row below and the fused bias + ReLU both use it.
+#[inline(always)]
+pub(crate) fn relu<F: Element>(x: F) -> F {
+    if x < F::ZERO { F::ZERO } else { x }
+}
+
 /// A one-input elementwise op `y = f(x)`.
 pub(crate) trait Unary<F: Element>: Copy + Send + Sync + 'static {
     /// `f(x)`.
@@ -115,9 +122,9 @@ unary_ops! {
     pub fn abs() => Abs,
         value |x| x.abs(),
         derivative |x, y| if x > F::ZERO { F::ONE } else if x < F::ZERO { -F::ONE } else { F::ZERO };
-    /// `max(x, 0)` (derivative 0 at 0).
+    /// `max(x, 0)` (derivative 0 at 0; NaN stays NaN).
     pub fn relu() => Relu,
-        value |x| x.max(F::ZERO),
+        value |x| relu(x),
         derivative |x, y| if x > F::ZERO { F::ONE } else { F::ZERO };
     /// `x` for `x > 0`, `slope·x` otherwise.
     pub fn leaky_relu(slope) => LeakyRelu,

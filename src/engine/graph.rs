@@ -7,7 +7,7 @@
 
 use super::backward::{self, Gradients};
 use super::custom::CustomOp;
-use super::elementwise::{BinaryOp, UnaryRule};
+use super::elementwise::{BinaryOp, UnaryRule, relu};
 use crate::kernels::{self, Broadcast, MatRef};
 use crate::{Element, Labels, ParamId, Params, Tensor, profile};
 use std::cell::{Cell, RefCell};
@@ -579,7 +579,7 @@ impl<'g, F: Element> Var<'g, F> {
             Broadcast::Row,
             cols,
             out.data_mut(),
-            |x, b| (x + b).max(F::ZERO),
+            |x, b| relu(x + b),
         );
         let op = Op::AddRelu {
             x: self.id,
