@@ -20,8 +20,8 @@ USAGE
   cargo run --release --example train -- [FLAGS]
 
 LOSS
-  --loss NAME        softmax | normface | am | enhanced | enhanced-margin-only |
-                     enhanced-scaling-only | arcface | combined   (default am)
+  --loss NAME        the loss (default am), one of:
+LOSSES
   --scale S          logit scale s (default 30)
   --margin M         margin m: cosine margin (am, enhanced), angular margin (arcface) (default 0.35)
   --m-nt X           enhanced: margin added to every non-target cosine (default m)
@@ -64,7 +64,25 @@ fn parse() -> Result<(TrainConfig, PathBuf), Usage> {
         let loss = &mut config.loss;
         match flag.as_str() {
             "help" | "h" => {
-                println!("{HELP}{DATA_HELP}");
+                // the loss names come from the one list the library keeps
+                let (mut list, mut width) = (String::new(), 0);
+                for (i, kind) in LossKind::ALL.iter().enumerate() {
+                    let name = kind.name();
+                    if i > 0 && width + name.len() > 70 {
+                        list.push_str(" |\n");
+                        width = 0;
+                    } else if i > 0 {
+                        list.push_str(" | ");
+                    }
+                    if width == 0 {
+                        list.push_str(&" ".repeat(21));
+                        width = 21;
+                    }
+                    list.push_str(name);
+                    width += name.len() + 3;
+                }
+                let help = HELP.replace("LOSSES", &list);
+                println!("{help}{DATA_HELP}");
                 std::process::exit(0);
             }
             "loss" => {

@@ -25,10 +25,11 @@
 //! Dependencies run one way, from the bottom up; a module never uses one above it
 //! (`tests/layering.rs` checks every `crate::` path):
 //!
-//! 1. foundations: [`Error`], [`Element`], [`profile`], bounded reading of files and stored
-//!    strings (nothing allocated by a length a file claims before the claim is checked);
-//! 2. storage: the buffer pool, [`Tensor`], [`Labels`], [`Params`];
-//! 3. kernels: plain functions over slices (private);
+//! 1. foundations: [`Error`], [`Element`], [`profile`], [`SeededRng`]; files read bounded
+//!    (nothing allocated by a length a file claims before the claim is checked) and written
+//!    atomically;
+//! 2. kernels: plain functions over slices, which know no tensor (private);
+//! 3. storage: the buffer pool, [`Tensor`], [`Labels`], [`Params`];
 //! 4. the engine: [`Graph`], [`Var`], backward ([`Gradients`]), fused-op plug-in
 //!    ([`CustomOp`]); and [`gradcheck`](mod@gradcheck) on top of it;
 //! 5. [`loss`], then [`nn`], then [`optim`];
@@ -73,6 +74,7 @@ mod params;
 pub mod plot;
 mod pool;
 pub mod profile;
+mod rng;
 mod tensor;
 pub mod train;
 
@@ -82,17 +84,8 @@ pub use error::Error;
 pub use gradcheck::{GradcheckError, GradcheckOptions, GradcheckReport, gradcheck, gradcheck_with};
 pub use labels::Labels;
 pub use params::{ParamId, Params};
+pub use rng::{SeededRng, seeded_rng};
 pub use tensor::{Tensor, numel};
-
-/// The crate's seeded random generator (xoshiro256++): fast, the same stream on every
-/// platform and version, and serialisable, so a checkpoint can resume a run exactly.
-pub type SeededRng = rand::rngs::Xoshiro256PlusPlus;
-
-/// A [`SeededRng`] from a 64-bit seed.
-pub fn seeded_rng(seed: u64) -> SeededRng {
-    use rand::SeedableRng;
-    SeededRng::seed_from_u64(seed)
-}
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

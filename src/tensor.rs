@@ -239,7 +239,7 @@ impl<F: Element> Tensor<F> {
             )
         };
         let mut out = Tensor::for_overwrite(&[cols, rows]);
-        transpose_into(&self.data, rows, cols, &mut out.data);
+        crate::kernels::transpose(&self.data, rows, cols, &mut out.data);
         out
     }
 
@@ -274,7 +274,7 @@ impl<F: Element> Tensor<F> {
     /// # Errors
     /// [`Error::NonFinite`] naming `what` and the first NaN or infinity.
     pub fn ensure_finite(&self, what: &str) -> Result<(), Error> {
-        match self.data.iter().position(|v| !v.is_finite()) {
+        match crate::kernels::first_non_finite(&self.data) {
             None => Ok(()),
             Some(index) => Err(Error::NonFinite {
                 what: what.to_string(),
@@ -301,19 +301,5 @@ impl<F: Element> Tensor<F> {
             .zip(&other.data)
             .map(|(a, b)| (a.to_f64() - b.to_f64()).abs())
             .fold(0.0, f64::max)
-    }
-}
-
-/// Writes the transpose of the `rows×cols` matrix `x` into `out` (`cols×rows`), in tiles.
-pub(crate) fn transpose_into<F: Copy>(x: &[F], rows: usize, cols: usize, out: &mut [F]) {
-    const TILE: usize = 32;
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    out[c * rows + r] = x[r * cols + c];
-                }
-            }
-        }
     }
 }

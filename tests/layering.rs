@@ -13,12 +13,13 @@ use std::path::Path;
 /// Every top-level module, lowest first: each may use only those before it. The groups are
 /// the layers `lib.rs` describes.
 const LAYERS: &[&[&str]] = &[
-    // foundations: the error type, the element type, the opt-in profile, files read bounded and written atomically
-    &["error", "element", "profile", "files"],
+    // foundations: the error type, the element type, the opt-in profile, files read bounded and
+    // written atomically, the seeded generator
+    &["error", "element", "profile", "files", "rng"],
+    // plain functions over slices (they know no tensor)
+    &["kernels"],
     // storage: lent buffers, tensors, labels, the parameter store
     &["pool", "tensor", "labels", "params"],
-    // plain functions over slices
-    &["kernels"],
     // the tape, its backward, and the gradient checker built on it
     &["engine", "gradcheck"],
     // losses, then layers and models (which train with the losses)

@@ -11,7 +11,6 @@ use super::custom::InputGrad;
 use super::elementwise::BinaryOp;
 use super::graph::{Along, Graph, Node, Op, Reduce};
 use crate::kernels::{self, Broadcast, MatRef};
-use crate::tensor::transpose_into;
 use crate::{Element, ParamId, Tensor, Var, profile};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -368,10 +367,10 @@ pub(crate) fn run<F: Element>(graph: &Graph<F>, output: usize, seed: Tensor<F>) 
                 let (rows, cols) = node.value.matrix_dims().expect("rank 2");
                 match pending.slot_fresh(x) {
                     // a fresh buffer takes the transpose directly; otherwise add it in
-                    Some((dx, true)) => transpose_into(g, rows, cols, dx),
+                    Some((dx, true)) => kernels::transpose(g, rows, cols, dx),
                     Some((dx, false)) => {
                         let mut gt = vec![F::ZERO; g.len()];
-                        transpose_into(g, rows, cols, &mut gt);
+                        kernels::transpose(g, rows, cols, &mut gt);
                         dx.iter_mut().zip(&gt).for_each(|(d, &g)| *d += g);
                     }
                     None => {}

@@ -17,6 +17,7 @@ pub use elementwise::{
 };
 pub(crate) use matmul::GemmFn;
 pub use matmul::{MatRef, gemm};
+pub(crate) use reduce::first_non_finite;
 pub use reduce::{sum_all, sum_cols_acc, sum_rows_acc};
 pub use rowwise::{
     log_softmax_rows, log_softmax_rows_grad, normalize_cols, normalize_cols_grad, normalize_rows,
@@ -208,5 +209,19 @@ pub(crate) fn for_col_blocks<F: Send>(
             .par_chunks_mut(COL_BLOCK)
             .enumerate()
             .for_each(run);
+    }
+}
+
+/// Writes the transpose of the `rows×cols` matrix `x` into `out` (`cols×rows`), in tiles.
+pub fn transpose<F: Copy>(x: &[F], rows: usize, cols: usize, out: &mut [F]) {
+    const TILE: usize = 32;
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = x[r * cols + c];
+                }
+            }
+        }
     }
 }

@@ -119,7 +119,7 @@ where
     };
     let started = profile::enabled().then(Instant::now);
     for (id, g) in grads.params() {
-        if let Some(index) = first_non_finite(g.data()) {
+        if let Some(index) = crate::kernels::first_non_finite(g.data()) {
             return Err(StepError::NonFinite {
                 what: format!("the gradient of {}", params.name(id)),
                 value: g.data()[index].to_f64(),
@@ -157,76 +157,4 @@ pub fn model_step<F: Element>(
         let (loss, scores) = model.loss_and_logits(cx, x, labels)?;
         Ok((loss, Some(scores)))
     })
-}
-
-/// The index of the first NaN or infinity in `data`. Whether there is one comes from vectorised
-/// sums of `v − v` (zero for a finite `v`, NaN otherwise) over fixed chunks, spread over the pool
-/// when `data` is large; only then is the index searched for.
-fn first_non_finite<F: Element>(data: &[F]) -> Option<usize> {
-    use crate::kernels::{CHUNK, parallel, simd};
-    use rayon::prelude::*;
-    let finite = |chunk: &[F]| {
-        simd(
-            #[inline(always)]
-            || all_finite(chunk),
-        )
-    };
-    let clean = if parallel(data.len()) {
-        data.par_chunks(CHUNK).all(finite)
-    } else {
-        data.chunks(CHUNK).all(finite)
-    };
-    if clean {
-        None
-    } else {
-        data.iter().position(|v| !v.is_finite())
-    }
-}
-
-#[inline(always)]
-#[allow(
-    clippy::eq_op,
-    reason = "v − v is 0 for a finite v and NaN otherwise: the test itself"
-)]
-fn all_finite<F: Element>(chunk: &[F]) -> bool {
-    const LANES: usize = 16;
-    let mut sums = [F::ZERO; LANES];
-    let mut blocks = chunk.chunks_exact(LANES);
-    for block in &mut blocks {
-        for (sum, &v) in sums.iter_mut().zip(block) {
-            *sum += v - v;
-        }
-    }
-    let tail = blocks
-        .remainder()
-        .iter()
-        .fold(F::ZERO, |sum, &v| sum + (v - v));
-    sums.iter().fold(tail, |total, &sum| total + sum) == F::ZERO
-}
-
-#[cfg(test)]
-mod tests {
-    use super::first_non_finite;
-
-    #[test]
-    fn finds_the_first_nan_or_infinity_anywhere() {
-        for len in [0usize, 1, 15, 16, 17, 100, 8192, 8193, 70_000] {
-            let clean: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 3e38).collect();
-            assert_eq!(first_non_finite(&clean), None, "len {len}");
-            for at in [0, len / 2, len.saturating_sub(1)]
-                .into_iter()
-                .filter(|&a| a < len)
-            {
-                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-                    let mut data = clean.clone();
-                    data[at] = bad;
-                    if at + 1 < len {
-                        data[len - 1] = f32::NAN;
-                    }
-                    assert_eq!(first_non_finite(&data), Some(at), "len {len}, at {at}");
-                }
-            }
-        }
-        assert_eq!(first_non_finite(&[1.0f64, f64::MAX, f64::NAN]), Some(2));
-    }
 }
