@@ -161,6 +161,16 @@ impl<F: Element> Params<F> {
         self.values.is_empty()
     }
 
+    /// Checks that every tensor (parameters and buffers) is finite.
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`](crate::Error::NonFinite) naming the first tensor that is not, and
+    /// its first NaN or infinity.
+    pub fn ensure_finite(&self) -> Result<(), crate::Error> {
+        self.ids()
+            .try_for_each(|id| self.get(id).ensure_finite(self.name(id)))
+    }
+
     /// The total number of trainable scalars (buffers not counted).
     pub fn count(&self) -> usize {
         self.ids()

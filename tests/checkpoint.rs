@@ -774,3 +774,28 @@ fn a_body_length_unlike_the_files_is_refused_before_the_body_is_read() {
     checkpoint::load::<f32>(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn a_model_with_non_finite_weights_is_never_saved() {
+    let (model, mut params) = built::<f32>(cosine());
+    let path = temp("non-finite.bin");
+    checkpoint::save(&path, &model, &params, None).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let id = params.find("embed.0.weight").unwrap();
+    params.get_mut(id).data_mut()[3] = f32::NAN;
+    let err = checkpoint::save(&path, &model, &params, None).unwrap_err();
+    assert!(matches!(err, CheckpointError::NonFinite(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "refusing to save a model with non-finite value in embed.0.weight: element 3 is NaN"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the previous file stays"
+    );
+    let export = temp("non-finite.safetensors");
+    let err = checkpoint::save_safetensors(&export, &params, &BTreeMap::new()).unwrap_err();
+    assert!(matches!(err, CheckpointError::NonFinite(_)), "{err:?}");
+    assert!(!export.exists());
+}

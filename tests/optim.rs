@@ -330,3 +330,21 @@ fn a_large_parameter_updated_on_two_threads_matches_one_element_at_a_time() {
         }
     }
 }
+
+#[test]
+fn rates_are_checked_in_the_element_type_they_are_used_in() {
+    let mut params = Params::<f32>::new();
+    params.add("w", Tensor::ones(&[2]));
+    // 1e39 is a finite f64 but an infinite f32
+    match Optimizer::new(Method::adam(), &params, 1e39, 0.0) {
+        Err(Error::InvalidSetting { name, .. }) => assert_eq!(name, "learning rate"),
+        other => panic!("expected an invalid learning rate, got {other:?}"),
+    }
+    match Optimizer::new(Method::adam(), &params, 1e-3, 1e39) {
+        Err(Error::InvalidSetting { name, .. }) => assert_eq!(name, "weight decay"),
+        other => panic!("expected an invalid weight decay, got {other:?}"),
+    }
+    let mut wide = Params::<f64>::new();
+    wide.add("w", Tensor::ones(&[2]));
+    assert!(Optimizer::new(Method::adam(), &wide, 1e39, 0.0).is_ok());
+}

@@ -665,3 +665,46 @@ fn an_output_that_cannot_be_written_is_named_as_such() {
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_file(&blocked);
 }
+
+#[test]
+fn a_step_that_overflows_the_weights_is_refused_after_the_update() {
+    use margrad::optim::{Method, Optimizer};
+    use margrad::train::{StepError, train_step};
+    let mut params = margrad::Params::<f32>::new();
+    let w = params.add("w", Tensor::ones(&[1, 4]));
+    let sgd = Method::Sgd {
+        momentum: 0.0,
+        nesterov: false,
+    };
+    // a finite rate and finite gradients (100 each) whose product overflows f32
+    let mut optimizer = Optimizer::new(sgd, &params, 3e38, 0.0).unwrap();
+    let labels = margrad::Labels::new(vec![0], 1).unwrap();
+    let mut rng = margrad::seeded_rng(0);
+    let x = Tensor::full(&[1, 4], 100.0);
+    let err = train_step(&mut params, &mut optimizer, &mut rng, &labels, |cx| {
+        let loss = (cx.graph().constant(x) * cx.param(w)).sum();
+        Ok((loss, None))
+    })
+    .unwrap_err();
+    match err {
+        StepError::NonFinite { what, value } => {
+            assert_eq!(what, "w after the update");
+            assert!(value.is_infinite(), "{value}");
+        }
+        other => panic!("expected a non-finite parameter, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_learning_rate_infinite_in_f32_is_refused_before_training() {
+    let mut config = small(LossKind::Am);
+    config.lr = 1e39;
+    let out = temp("lr-1e39");
+    match train(&config, &out, &mut |_| {}) {
+        Err(TrainError::Input(Error::InvalidSetting { name, .. })) => {
+            assert_eq!(name, "learning rate")
+        }
+        other => panic!("expected an invalid learning rate, got {other:?}"),
+    }
+    assert!(!out.join("model.bin").exists());
+}

@@ -160,6 +160,8 @@ pub enum CheckpointError {
     },
     /// The stored configuration or training state is invalid.
     Invalid(Error),
+    /// A save was refused: a tensor holds a NaN or an infinity.
+    NonFinite(Error),
 }
 
 impl fmt::Display for CheckpointError {
@@ -235,6 +237,7 @@ impl fmt::Display for CheckpointError {
                  {expected:?}"
             ),
             Invalid(e) => write!(f, "checkpoint holds an invalid configuration: {e}"),
+            NonFinite(e) => write!(f, "refusing to save a model with {e}"),
         }
     }
 }
@@ -446,14 +449,16 @@ pub fn decode_with<F: Element>(
 /// Saves a checkpoint atomically (temporary file, flush, sync, rename).
 ///
 /// # Errors
-/// [`CheckpointError::Io`] when the file cannot be written; the previous file, if any, is
-/// left as it was.
+/// [`CheckpointError::NonFinite`] when a parameter or buffer holds a NaN or an infinity (a
+/// checkpoint is never a diverged model); [`CheckpointError::Io`] when the file cannot be
+/// written. Either way the previous file, if any, is left as it was.
 pub fn save<F: Element>(
     path: &Path,
     model: &Model<F>,
     params: &Params<F>,
     training: Option<&TrainingState<F>>,
 ) -> Result<(), CheckpointError> {
+    params.ensure_finite().map_err(CheckpointError::NonFinite)?;
     let bytes = encode(model, params, training);
     write_atomically(path, |file| file.write_all(&bytes))
 }

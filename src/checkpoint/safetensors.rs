@@ -50,12 +50,14 @@ pub fn safetensors_bytes<F: Element>(
 /// Writes [`safetensors_bytes`] to `path` atomically.
 ///
 /// # Errors
+/// [`CheckpointError::NonFinite`] when a tensor holds a NaN or an infinity;
 /// [`CheckpointError::Io`] when the file cannot be written.
 pub fn save_safetensors<F: Element>(
     path: &Path,
     params: &Params<F>,
     metadata: &BTreeMap<String, String>,
 ) -> Result<(), CheckpointError> {
+    params.ensure_finite().map_err(CheckpointError::NonFinite)?;
     let bytes = safetensors_bytes(params, metadata);
     write_atomically(path, |file| file.write_all(&bytes))
 }

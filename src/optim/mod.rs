@@ -141,7 +141,7 @@ impl<F: Element> OptimizerState<F> {
             message,
         };
         for group in &self.groups {
-            check_rate(group.lr, group.weight_decay)?;
+            check_rate::<F>(group.lr, group.weight_decay)?;
             if let Some(id) = group
                 .params
                 .iter()
@@ -187,13 +187,21 @@ pub struct Optimizer<F: Element = f32> {
     state: OptimizerState<F>,
 }
 
-fn check_rate(lr: f64, weight_decay: f64) -> Result<(), Error> {
-    Error::check("learning rate", lr, lr > 0.0, "positive and finite")?;
+/// Checks a group's rate and decay, finite in the element type they will be used in (1e39 is a
+/// finite f64 but an infinite f32).
+fn check_rate<F: Element>(lr: f64, weight_decay: f64) -> Result<(), Error> {
+    let fits = |v: f64| F::from_f64(v).is_finite();
+    Error::check(
+        "learning rate",
+        lr,
+        lr > 0.0 && fits(lr),
+        "positive and finite in the element type",
+    )?;
     Error::check(
         "weight decay",
         weight_decay,
-        weight_decay >= 0.0,
-        "non-negative and finite",
+        weight_decay >= 0.0 && fits(weight_decay),
+        "non-negative and finite in the element type",
     )
 }
 
@@ -210,7 +218,7 @@ impl<F: Element> Optimizer<F> {
         weight_decay: f64,
     ) -> Result<Self, Error> {
         method.validate()?;
-        check_rate(lr, weight_decay)?;
+        check_rate::<F>(lr, weight_decay)?;
         let ids = params.ids().filter(|&id| params.is_trainable(id)).collect();
         Ok(Optimizer {
             state: OptimizerState {
@@ -236,7 +244,7 @@ impl<F: Element> Optimizer<F> {
         lr: f64,
         weight_decay: f64,
     ) -> Result<Self, Error> {
-        check_rate(lr, weight_decay)?;
+        check_rate::<F>(lr, weight_decay)?;
         for group in &mut self.state.groups {
             group.params.retain(|id| !ids.contains(id));
         }

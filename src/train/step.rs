@@ -68,7 +68,11 @@ impl From<Error> for StepError {
 ///
 /// # Errors
 /// [`StepError::Forward`] for what `forward` returns; [`StepError::NonFinite`] naming the loss or
-/// the first parameter (by name) whose gradient is not finite. Either way nothing is updated.
+/// the first parameter (by name) whose gradient is not finite, in which cases nothing is
+/// updated; and [`StepError::NonFinite`] naming a parameter or buffer that the update itself
+/// made non-finite (finite gradients and an overflowing step): the parameters then hold it, and
+/// a caller stops, as the trainer does, keeping its last checkpoint (saves refuse non-finite
+/// weights, so that one is finite).
 ///
 /// # Panics
 /// When the loss is not a single element, or the scores are not `[B, C]` with one row per label.
@@ -132,6 +136,12 @@ where
     });
     params.apply(updates);
     optimizer.step(params, &grads);
+    if let Err(Error::NonFinite { what, value, .. }) = params.ensure_finite() {
+        return Err(StepError::NonFinite {
+            what: format!("{what} after the update"),
+            value,
+        });
+    }
     if let Some(checked) = checked {
         profile::record("optimizer", Phase::Update, checked.elapsed());
     }
