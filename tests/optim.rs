@@ -23,7 +23,7 @@ fn run(method: Method, lr: f64, decay: f64, p0: f64, gs: &[f64]) -> Vec<f64> {
     gs.iter()
         .map(|&g| {
             let grads = grads_of(&params, id, g);
-            opt.step(&mut params, &grads);
+            opt.step(&mut params, &grads).unwrap();
             params.get(id).data()[0]
         })
         .collect()
@@ -130,7 +130,7 @@ fn every_method_converges_on_a_quadratic() {
                     .sum()
                     .backward()
             };
-            opt.step(&mut params, &grads);
+            opt.step(&mut params, &grads).unwrap();
         }
         let p = params.get(id).data();
         for (x, target) in p.iter().zip(&c) {
@@ -161,7 +161,7 @@ fn groups_have_their_own_rate_and_decay() {
             .sum()
             .backward()
     };
-    opt.step(&mut params, &grads);
+    opt.step(&mut params, &grads).unwrap();
     assert!((params.get(body).data()[0] - 0.9).abs() < 1e-12);
     // head: d = 1 + 0.5·1, lr 1
     assert!((params.get(head).data()[0] - (1.0 - 1.5)).abs() < 1e-12);
@@ -255,13 +255,13 @@ fn saved_state_resumes_and_is_checked_against_the_parameters() {
     let (mut params, id) = setup(1.0);
     let mut opt = Optimizer::new(Method::adam(), &params, 0.1, 0.0).unwrap();
     let grads = grads_of(&params, id, 0.5);
-    opt.step(&mut params, &grads);
+    opt.step(&mut params, &grads).unwrap();
     // resume from the saved state: the same second step as without the interruption
     let mut resumed = Optimizer::from_state(opt.state().clone(), &params).unwrap();
     let mut p2 = params.clone();
     let grads = grads_of(&params, id, 0.2);
-    opt.step(&mut params, &grads);
-    resumed.step(&mut p2, &grads);
+    opt.step(&mut params, &grads).unwrap();
+    resumed.step(&mut p2, &grads).unwrap();
     assert_eq!(params.get(id), p2.get(id));
     // a state for other parameters is refused
     let mut other = Params::<f64>::new();
@@ -317,7 +317,7 @@ fn a_large_parameter_updated_on_two_threads_matches_one_element_at_a_time() {
                     let coef = graph.constant(Tensor::from_vec(g.clone(), &[len]).unwrap());
                     (graph.param(&params, id) * coef).sum().backward()
                 };
-                opt.step(&mut params, &grads);
+                opt.step(&mut params, &grads).unwrap();
             }
         });
         for i in (0..len).step_by(997).chain([len - 1]) {
@@ -347,4 +347,41 @@ fn rates_are_checked_in_the_element_type_they_are_used_in() {
     let mut wide = Params::<f64>::new();
     wide.add("w", Tensor::ones(&[2]));
     assert!(Optimizer::new(Method::adam(), &wide, 1e39, 0.0).is_ok());
+}
+
+#[test]
+fn a_step_that_overflows_names_the_parameter_and_still_updates_every_chunk() {
+    let len = 40_000; // several chunks, spread over the pool
+    let mut params = Params::<f32>::new();
+    let id = params.add("p", Tensor::ones(&[len]));
+    let sgd = Method::Sgd {
+        momentum: 0.0,
+        nesterov: false,
+    };
+    let mut opt = Optimizer::new(sgd, &params, 3e38, 0.0).unwrap();
+    // ∂(Σ p ⊙ c)/∂p = c: 100 overflows at element 0, 1e-38 moves the others by about 3
+    let mut coef = vec![1e-38f32; len];
+    coef[0] = 100.0;
+    let grads = {
+        let g = Graph::new();
+        let c = g.constant(Tensor::from_vec(coef, &[len]).unwrap());
+        (g.param(&params, id) * c).sum().backward()
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let err = pool.install(|| opt.step(&mut params, &grads)).unwrap_err();
+    match err {
+        Error::NonFinite { what, index, value } => {
+            assert_eq!((what.as_str(), index), ("p after the update", 0));
+            assert!(value.is_infinite());
+        }
+        other => panic!("expected a non-finite parameter, got {other:?}"),
+    }
+    let last = params.get(id).data()[len - 1];
+    assert!(
+        (last - (1.0 - 3.0)).abs() < 0.1,
+        "the last chunk was updated: {last}"
+    );
 }

@@ -17,7 +17,7 @@ pub use elementwise::{
 };
 pub(crate) use matmul::GemmFn;
 pub use matmul::{MatRef, gemm};
-pub(crate) use reduce::first_non_finite;
+pub(crate) use reduce::{all_finite, first_non_finite};
 pub use reduce::{sum_all, sum_cols_acc, sum_rows_acc};
 pub use rowwise::{
     log_softmax_rows, log_softmax_rows_grad, normalize_cols, normalize_cols_grad, normalize_rows,

@@ -78,12 +78,14 @@ pub(crate) fn first_non_finite<F: Element>(data: &[F]) -> Option<usize> {
     }
 }
 
+/// Whether every element of `chunk` is finite: a vectorised sum of `v − v`, for a caller that
+/// has the chunk in cache anyway (the optimiser, right after updating it).
 #[inline(always)]
 #[allow(
     clippy::eq_op,
     reason = "v − v is 0 for a finite v and NaN otherwise: the test itself"
 )]
-fn all_finite<F: Element>(chunk: &[F]) -> bool {
+pub(crate) fn all_finite<F: Element>(chunk: &[F]) -> bool {
     const LANES: usize = 16;
     let mut sums = [F::ZERO; LANES];
     let mut blocks = chunk.chunks_exact(LANES);

@@ -286,12 +286,19 @@ impl<F: Element> Optimizer<F> {
         Ok(Optimizer { state })
     }
 
-    /// Applies one update to every parameter that has a gradient.
+    /// Applies one update to every parameter that has a gradient, and checks that every
+    /// updated element is finite (in the same pass, while each chunk is in cache).
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`] naming the first parameter the update made non-finite
+    /// (`"embed.0.weight after the update"`): finite gradients times a rate too large for the
+    /// element type. Every parameter is updated all the same; the caller stops training.
     ///
     /// # Panics
     /// When a gradient's shape differs from its parameter's.
     #[track_caller]
-    pub fn step(&mut self, params: &mut Params<F>, grads: &Gradients<F>) {
+    pub fn step(&mut self, params: &mut Params<F>, grads: &Gradients<F>) -> Result<(), Error> {
+        let mut overflowed = None;
         let OptimizerState {
             method,
             groups,
@@ -324,7 +331,22 @@ impl<F: Element> Optimizer<F> {
                     },
                 });
                 param_state.steps += 1;
-                update(*method, lr, decay, p.data_mut(), grad.data(), param_state);
+                let finite = update(*method, lr, decay, p.data_mut(), grad.data(), param_state);
+                if !finite && overflowed.is_none() {
+                    overflowed = Some(id);
+                }
+            }
+        }
+        match overflowed {
+            None => Ok(()),
+            Some(id) => {
+                let data = params.get(id).data();
+                let index = crate::kernels::first_non_finite(data).expect("found by the update");
+                Err(Error::NonFinite {
+                    what: format!("{} after the update", params.name(id)),
+                    index,
+                    value: data[index].to_f64(),
+                })
             }
         }
     }
@@ -332,7 +354,7 @@ impl<F: Element> Optimizer<F> {
 
 /// One parameter's update (the equations of [`Method`]), over fixed chunks of its elements,
 /// spread over the pool when the parameter is large (each element's update is independent, so
-/// the result does not depend on the threads).
+/// the result does not depend on the threads). Returns whether every updated element is finite.
 fn update<F: Element>(
     method: Method,
     lr: F,
@@ -340,8 +362,8 @@ fn update<F: Element>(
     p: &mut [F],
     g: &[F],
     param_state: &mut ParamState<F>,
-) {
-    use crate::kernels::{CHUNK, parallel, simd};
+) -> bool {
+    use crate::kernels::{CHUNK, all_finite, parallel, simd};
     use rayon::prelude::*;
     let steps = param_state.steps;
     let chunks = p.len().div_ceil(CHUNK);
@@ -355,21 +377,31 @@ fn update<F: Element>(
     let run = |(((p, g), m), v): Chunk<F>| {
         simd(
             #[inline(always)]
-            || update_chunk(method, lr, decay, steps, p, g, m, v),
+            || {
+                update_chunk(method, lr, decay, steps, p, g, m, v);
+                all_finite(p)
+            },
         )
     };
+    // every chunk is updated (counting does not stop early), and none may be non-finite
     if parallel(p.len()) {
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .zip(first)
             .zip(second)
-            .for_each(run);
+            .map(run)
+            .filter(|&finite| !finite)
+            .count()
+            == 0
     } else {
         p.chunks_mut(CHUNK)
             .zip(g.chunks(CHUNK))
             .zip(first)
             .zip(second)
-            .for_each(run);
+            .map(run)
+            .filter(|&finite| !finite)
+            .count()
+            == 0
     }
 }
 

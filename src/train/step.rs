@@ -135,17 +135,15 @@ where
         Instant::now()
     });
     params.apply(updates);
-    optimizer.step(params, &grads);
-    if let Err(Error::NonFinite { what, value, .. }) = params.ensure_finite() {
-        return Err(StepError::NonFinite {
-            what: format!("{what} after the update"),
-            value,
-        });
-    }
+    let stepped = optimizer.step(params, &grads);
     if let Some(checked) = checked {
         profile::record("optimizer", Phase::Update, checked.elapsed());
     }
-    Ok(outcome)
+    match stepped {
+        Ok(()) => Ok(outcome),
+        Err(Error::NonFinite { what, value, .. }) => Err(StepError::NonFinite { what, value }),
+        Err(other) => Err(StepError::Forward(other)),
+    }
 }
 
 /// One training step of `model` on the batch `x` (`[B, features]`) with `labels`: its training
