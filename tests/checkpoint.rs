@@ -15,6 +15,9 @@ use rand::seq::SliceRandom;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+mod common;
+use common::in_little_memory;
+
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("margrad-ckpt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -569,38 +572,6 @@ fn within<T: Send + 'static>(seconds: u64, f: impl FnOnce() -> T + Send + 'stati
         Err(RecvTimeoutError::Timeout) => panic!("no answer within {seconds} s: it blocks"),
         Err(RecvTimeoutError::Disconnected) => panic!("the thread panicked"),
     }
-}
-
-/// The growth of this process's peak resident memory while `f` runs, in bytes; `None` where
-/// `/proc/self/status` does not say it (off Linux). The peak is reset to the present first
-/// (`/proc/self/clear_refs`) where allowed; the lock keeps two measurements from overlapping.
-fn peak_growth<T>(f: impl FnOnce() -> T) -> (T, Option<u64>) {
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    fn peak() -> Option<u64> {
-        let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-    }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let before = peak();
-    let value = f();
-    let growth = before.zip(peak()).map(|(b, a)| a.saturating_sub(b));
-    (value, growth)
-}
-
-/// Asserts that `f` raised the peak memory by less than 64 MiB, where that can be measured.
-fn in_little_memory<T>(what: &str, f: impl FnOnce() -> T) -> T {
-    let (value, growth) = peak_growth(f);
-    match growth {
-        Some(bytes) => assert!(
-            bytes < 64 << 20,
-            "{what} raised the peak memory by {} MiB",
-            bytes >> 20
-        ),
-        None => eprintln!("note: {what}: peak memory not measurable here, not checked"),
-    }
-    value
 }
 
 /// A sparse file of `len` bytes (no disk used past `head`) that begins with `head`.

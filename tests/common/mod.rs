@@ -51,3 +51,28 @@ where
         }
     }
 }
+
+/// Asserts that `f` raises this process's peak resident memory by less than 64 MiB, where
+/// `/proc/self/status` says it (Linux). The peak is reset to the present first
+/// (`/proc/self/clear_refs`) where allowed; the lock keeps two measurements from overlapping.
+pub fn in_little_memory<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    fn peak() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = peak();
+    let value = f();
+    match before.zip(peak()) {
+        Some((before, after)) => assert!(
+            after.saturating_sub(before) < 64 << 20,
+            "{what} raised the peak memory by {} MiB",
+            (after - before) >> 20
+        ),
+        None => eprintln!("note: {what}: peak memory not measurable here, not checked"),
+    }
+    value
+}
