@@ -552,3 +552,18 @@ fn relu_keeps_nan_as_nan_instead_of_hiding_it() {
     assert!(fused.data()[0].is_nan() && fused.data()[2].is_nan());
     assert_eq!(fused.data()[1], 0.0);
 }
+
+#[test]
+fn every_name_of_a_large_store_finds_its_own_id() {
+    let mut params = Params::<f32>::new();
+    let ids: Vec<_> = (0..20_000)
+        .map(|i| params.add(format!("layer.{i}.weight"), Tensor::zeros(&[1])))
+        .collect();
+    for (i, &id) in ids.iter().enumerate() {
+        assert_eq!(params.find(&format!("layer.{i}.weight")), Some(id));
+        assert_eq!(params.name(id), format!("layer.{i}.weight"));
+    }
+    assert_eq!(params.find("layer.20000.weight"), None);
+    let copy = params.clone();
+    assert_eq!(copy.find("layer.19999.weight"), Some(ids[19_999]));
+}
