@@ -50,6 +50,11 @@ pub enum Error {
     },
     /// A batch with no samples where at least one is needed.
     EmptyBatch,
+    /// A data set (or one split of it) with no samples where a run needs some.
+    EmptyData {
+        /// Which set ("training samples", "test samples", ...).
+        what: String,
+    },
     /// A data file that does not follow its format.
     Format {
         /// Which file or data set.
@@ -131,6 +136,12 @@ impl fmt::Display for Error {
                 "label out of range: sample {index} has label {label}, expected 0..{classes}"
             ),
             Error::EmptyBatch => write!(f, "empty batch: at least one sample is needed"),
+            Error::EmptyData { what } => {
+                write!(
+                    f,
+                    "no {what}: a run needs at least one (is the data set empty?)"
+                )
+            }
             Error::Format {
                 source,
                 location,

@@ -708,3 +708,25 @@ fn a_learning_rate_infinite_in_f32_is_refused_before_training() {
     }
     assert!(!out.join("model.bin").exists());
 }
+
+#[test]
+fn an_empty_data_set_is_refused_before_training() {
+    let dir = temp("mnist-empty");
+    write_mnist(&dir, 0, &[]);
+    // a test split with samples, so that only the training split is empty
+    let pixels = vec![7u8; 3 * 784];
+    let test_images = idx([0, 0, 8, 3], &[3, 28, 28], &pixels);
+    std::fs::write(dir.join("t10k-images-idx3-ubyte"), test_images).unwrap();
+    let test_labels = idx([0, 0, 8, 1], &[3], &[1, 2, 3]);
+    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), test_labels).unwrap();
+    let mut config = small(LossKind::Am);
+    config.data.source = DataSource::Mnist { dir: dir.clone() };
+    let out = temp("mnist-empty-out");
+    let err = train(&config, &out, &mut |_| {}).unwrap_err();
+    match &err {
+        TrainError::Input(Error::EmptyData { what }) => assert_eq!(what, "training samples"),
+        other => panic!("expected empty training data, got {other:?}"),
+    }
+    assert!(err.to_string().starts_with("no training samples"), "{err}");
+    assert!(!out.join("metrics.json").exists() && !out.join("model.bin").exists());
+}

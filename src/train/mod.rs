@@ -48,8 +48,24 @@ pub struct PreparedData {
 ///
 /// # Errors
 /// What the loader returns for missing or malformed files; [`Error::InvalidSetting`] for a
-/// holdout that leaves no class to train on or none to verify.
+/// holdout that leaves no class to train on or none to verify; [`Error::EmptyData`] when the
+/// training, test or verification samples come out empty (a data set of 0 images trains 0
+/// steps and would report undefined figures as a finished run).
 pub fn prepare_data(settings: &DataSettings) -> Result<PreparedData, Error> {
+    let data = split_data(settings)?;
+    for (set, what) in [
+        (&data.train, "training samples"),
+        (&data.test, "test samples"),
+        (&data.verify, "samples to verify"),
+    ] {
+        if set.is_empty() {
+            return Err(Error::EmptyData { what: what.into() });
+        }
+    }
+    Ok(data)
+}
+
+fn split_data(settings: &DataSettings) -> Result<PreparedData, Error> {
     let (train, test) = match &settings.source {
         DataSource::Digits => digits().split(0.2, &mut seeded_rng(settings.seed)),
         DataSource::Mnist { dir } => (
