@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 mod common;
-use common::in_little_memory;
+use common::{in_little_memory, within, write_sparse};
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("margrad-ckpt-{}", std::process::id()));
@@ -561,26 +561,10 @@ fn a_checkpoint_written_by_an_earlier_format_is_refused_naming_both_versions() {
 
 // ---- reading a file without trusting it ----
 
-/// Runs `f` on its own thread and waits at most `seconds` for it, so that a regression that
-/// blocks (a FIFO waiting for its writer) fails the test instead of hanging the run.
-fn within<T: Send + 'static>(seconds: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
-    use std::sync::mpsc::{RecvTimeoutError, channel};
-    let (send, receive) = channel();
-    std::thread::spawn(move || send.send(f()));
-    match receive.recv_timeout(std::time::Duration::from_secs(seconds)) {
-        Ok(value) => value,
-        Err(RecvTimeoutError::Timeout) => panic!("no answer within {seconds} s: it blocks"),
-        Err(RecvTimeoutError::Disconnected) => panic!("the thread panicked"),
-    }
-}
-
-/// A sparse file of `len` bytes (no disk used past `head`) that begins with `head`.
+/// A sparse file `name` of `len` bytes that begins with `head`.
 fn sparse(name: &str, head: &[u8], len: u64) -> PathBuf {
-    use std::io::Write;
     let path = temp(name);
-    let mut file = std::fs::File::create(&path).unwrap();
-    file.write_all(head).unwrap();
-    file.set_len(len).unwrap();
+    write_sparse(&path, head, len);
     path
 }
 

@@ -1,7 +1,7 @@
 //! The embedded digits, and clear errors for malformed data.
 
 mod common;
-use common::in_little_memory;
+use common::{in_little_memory, within, write_sparse};
 use margrad::data::{Dataset, digits, parse_digits_csv};
 use margrad::{Error, Tensor};
 
@@ -122,26 +122,6 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap()
 }
 
-/// A sparse file of `len` bytes (no disk used past `head`) that begins with `head`.
-fn sparse(path: &PathBuf, head: &[u8], len: u64) {
-    let mut file = std::fs::File::create(path).unwrap();
-    file.write_all(head).unwrap();
-    file.set_len(len).unwrap();
-}
-
-/// Runs `f` on its own thread and waits at most `seconds` for it, so that a regression that
-/// blocks (a FIFO waiting for its writer) fails the test instead of hanging the run.
-fn within<T: Send + 'static>(seconds: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
-    use std::sync::mpsc::{RecvTimeoutError, channel};
-    let (send, receive) = channel();
-    std::thread::spawn(move || send.send(f()));
-    match receive.recv_timeout(std::time::Duration::from_secs(seconds)) {
-        Ok(value) => value,
-        Err(RecvTimeoutError::Timeout) => panic!("no answer within {seconds} s: it blocks"),
-        Err(RecvTimeoutError::Disconnected) => panic!("the thread panicked"),
-    }
-}
-
 fn format_message<T: std::fmt::Debug>(result: Result<T, Error>) -> String {
     match result {
         Err(e @ Error::Format { .. }) => e.to_string(),
@@ -155,7 +135,7 @@ const GIB: u64 = 1 << 30;
 fn a_raw_idx_file_claiming_more_than_it_holds_is_refused_before_its_data_are_read() {
     // 2^40 elements claimed by a gigabyte that is all zeros past the header
     let path = temp("claims-2-40.idx");
-    sparse(&path, &idx(&[1 << 20, 1 << 20], &[]), GIB);
+    write_sparse(&path, &idx(&[1 << 20, 1 << 20], &[]), GIB);
     let message = in_little_memory("a 1 GiB IDX file claiming 2^40 elements", || {
         format_message(load_idx(&path))
     });
@@ -172,7 +152,7 @@ fn a_raw_idx_file_claiming_more_than_it_holds_is_refused_before_its_data_are_rea
     // the same through load_mnist: u32::MAX images of 28x28 claimed by a gigabyte
     let dir = temp("mnist-huge");
     std::fs::create_dir_all(&dir).unwrap();
-    sparse(
+    write_sparse(
         &dir.join("train-images-idx3-ubyte"),
         &idx(&[u32::MAX, 28, 28], &[]),
         GIB,

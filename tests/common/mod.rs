@@ -76,3 +76,24 @@ pub fn in_little_memory<T>(what: &str, f: impl FnOnce() -> T) -> T {
     }
     value
 }
+
+/// Runs `f` on its own thread and waits at most `seconds` for it, so that a regression that
+/// blocks (a FIFO waiting for its writer) fails the test instead of hanging the run.
+pub fn within<T: Send + 'static>(seconds: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::sync::mpsc::{RecvTimeoutError, channel};
+    let (send, receive) = channel();
+    std::thread::spawn(move || send.send(f()));
+    match receive.recv_timeout(std::time::Duration::from_secs(seconds)) {
+        Ok(value) => value,
+        Err(RecvTimeoutError::Timeout) => panic!("no answer within {seconds} s: it blocks"),
+        Err(RecvTimeoutError::Disconnected) => panic!("the thread panicked"),
+    }
+}
+
+/// Writes a sparse file of `len` bytes (no disk used past `head`) that begins with `head`.
+pub fn write_sparse(path: &std::path::Path, head: &[u8], len: u64) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    file.write_all(head).unwrap();
+    file.set_len(len).unwrap();
+}
