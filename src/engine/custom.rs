@@ -80,10 +80,6 @@ impl<'a, F: Element> InputGrad<'a, F> {
     /// fresh buffer must receive a value for every element.
     #[inline]
     pub fn store(&mut self, i: usize, v: F) {
-        if self.fresh {
-            self.data[i] = v;
-        } else {
-            self.data[i] += v;
-        }
+        crate::kernels::store_grad(&mut self.data[i], v, self.fresh);
     }
 }
