@@ -42,6 +42,9 @@ const MAX_DOTTED_POINTS: usize = 30;
 /// The radius of the embedding figure's circle or sphere, px.
 const RADIUS: f64 = 210.0;
 
+/// Points along each great circle drawn on the sphere.
+const GREAT_CIRCLE_STEPS: usize = 120;
+
 /// Ten distinguishable colours (matplotlib's tab10), cycled for more classes.
 const PALETTE: [&str; 10] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -284,7 +287,8 @@ fn emptiest_corner(
 }
 
 /// Normalised embeddings coloured by class: on the unit circle for 2-D points; for 3-D, the
-/// sphere seen from a fixed oblique direction (near hemisphere solid, far hemisphere pale).
+/// sphere seen from a fixed oblique direction (near hemisphere solid, far hemisphere pale), with
+/// its three coordinate great circles for depth.
 /// A legend headed `legend_heading` (say `"digit"`) names each class by its label, in its
 /// colour; with classes sharing a colour (more than ten), it says so instead.
 ///
@@ -368,6 +372,38 @@ pub fn embedding_figure(
         let (x, z) = (x * b.cos() + z * b.sin(), -x * b.sin() + z * b.cos());
         (x, y, z)
     };
+    let to_page = |x: f64, y: f64| (cx + RADIUS * x, cy - RADIUS * y);
+    if dim == 3 {
+        // the three coordinate great circles, near halves solid and far halves dashed, for depth
+        for (i, j) in [(0, 1), (1, 2), (0, 2)] {
+            let circle: Vec<(f64, f64, f64)> = (0..=GREAT_CIRCLE_STEPS)
+                .map(|k| {
+                    let t = std::f64::consts::TAU * k as f64 / GREAT_CIRCLE_STEPS as f64;
+                    let mut p = [0.0; 3];
+                    (p[i], p[j]) = (t.cos(), t.sin());
+                    project(&p)
+                })
+                .collect();
+            for half in circle.chunk_by(|p, q| (p.2 >= 0.0) == (q.2 >= 0.0)) {
+                let path: Vec<String> = half
+                    .iter()
+                    .map(|&(x, y, _)| {
+                        let (a, b) = to_page(x, y);
+                        format!("{a:.1},{b:.1}")
+                    })
+                    .collect();
+                let style = if half[0].2 >= 0.0 {
+                    "stroke=\"#c8c8c8\""
+                } else {
+                    "stroke=\"#dcdcdc\" stroke-dasharray=\"3 3\""
+                };
+                svg.raw(&format!(
+                    "<polyline fill=\"none\" {style} points=\"{}\"/>",
+                    path.join(" ")
+                ));
+            }
+        }
+    }
     let mut order: Vec<(f64, f64, f64, usize)> = points
         .iter()
         .zip(labels)
@@ -379,7 +415,7 @@ pub fn embedding_figure(
     order.sort_by(|p, q| p.2.total_cmp(&q.2)); // back to front
     for (x, y, z, l) in order {
         let opacity = if z >= 0.0 { 0.85 } else { 0.25 };
-        svg.dot((cx + RADIUS * x, cy - RADIUS * y), 2.2, colour(l), opacity);
+        svg.dot(to_page(x, y), 2.2, colour(l), opacity);
     }
     svg.legend(&legend, (cx + RADIUS + 40.0, cy - RADIUS));
     svg.finish(cy + RADIUS + 30.0)
@@ -573,9 +609,18 @@ mod tests {
             let fill = before.rsplit("fill=\"").next().unwrap();
             assert!(fill.starts_with(colour(d)), "class {d}: {fill}");
         }
-        // only the classes present, and no far side on the circle
+        // the sphere's three great circles, each in a near (solid) and a far (dashed) part
+        // (a part that wraps past the circle's starting point comes in two pieces)
+        let far = svg.matches("stroke-dasharray").count();
+        let near = svg.matches("<polyline").count() - far;
+        assert!(
+            (3..=6).contains(&far) && (3..=6).contains(&near),
+            "{near} {far}"
+        );
+        // only the classes present, and neither far side nor great circles on the circle
         let svg = embedding_figure("e", &[vec![1.0, 0.0], vec![0.0, 1.0]], &[7, 2], "digit");
         assert_eq!(texts(&svg, "legend"), ["2", "7"]);
+        assert!(!svg.contains("<polyline"));
     }
 
     #[test]
