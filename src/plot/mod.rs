@@ -158,7 +158,7 @@ pub fn line_chart(title: &str, x: Axis, y: Axis, series: &[Series]) -> String {
         let at = px(t.value);
         svg.line((at, top), (at, bottom), "#e6e6e6", 1.0);
         svg.line((at, bottom), (at, bottom + 5.0), "#444", 1.0);
-        svg.text("tick", (at, bottom + 19.0), Anchor::Middle, &t.label);
+        svg.text("x-tick", (at, bottom + 19.0), Anchor::Middle, &t.label);
     }
     for &m in &x_axis.minor {
         svg.line((px(m), bottom), (px(m), bottom + 3.0), "#444", 1.0);
@@ -167,7 +167,7 @@ pub fn line_chart(title: &str, x: Axis, y: Axis, series: &[Series]) -> String {
         let at = py(t.value);
         svg.line((left, at), (right, at), "#e6e6e6", 1.0);
         svg.line((left - 5.0, at), (left, at), "#444", 1.0);
-        svg.text("tick", (left - 8.0, at + 4.0), Anchor::End, &t.label);
+        svg.text("y-tick", (left - 8.0, at + 4.0), Anchor::End, &t.label);
     }
     for &m in &y_axis.minor {
         svg.line((left - 3.0, py(m)), (left, py(m)), "#444", 1.0);
@@ -438,11 +438,9 @@ mod tests {
             .collect()
     }
 
-    /// The tick labels of an axis: the first `n_x` are the x axis'.
-    fn split_ticks(svg: &str, x_values: usize) -> (Vec<String>, Vec<String>) {
-        let all = texts(svg, "tick");
-        let (x, y) = all.split_at(x_values);
-        (x.to_vec(), y.to_vec())
+    /// The tick labels of the x axis and of the y axis.
+    fn ticks(svg: &str) -> (Vec<String>, Vec<String>) {
+        (texts(svg, "x-tick"), texts(svg, "y-tick"))
     }
 
     fn curve(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
@@ -460,7 +458,7 @@ mod tests {
             Axis::linear("y"),
             &[Series::new("a", epochs)],
         );
-        let (x, y) = split_ticks(&svg, 4);
+        let (x, y) = ticks(&svg);
         assert_eq!(x, ["10", "20", "30", "40"]);
         assert_eq!(y, ["0.05", "0.10", "0.15", "0.20", "0.25"]);
         // the losses of a run of the trainer: no 27.83, 24.35, ...
@@ -478,10 +476,45 @@ mod tests {
                     .collect(),
             )],
         );
-        let (x, y) = split_ticks(&svg, 5);
+        let (x, y) = ticks(&svg);
         assert_eq!(x, ["1", "2", "3", "4", "5"]);
         assert!(round_labels(&y), "{y:?}");
         assert!(y.len() >= 4, "{y:?}");
+    }
+
+    #[test]
+    fn every_number_on_any_axis_is_round_whatever_the_data() {
+        // a seeded stream of ranges: offsets and spans from 1e-6 to 1e6, some constant
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for case in 0..500 {
+            let magnitude = 10f64.powf(next() * 12.0 - 6.0);
+            let offset = (next() - 0.5) * magnitude * 10.0;
+            let span = if case % 10 == 0 {
+                0.0
+            } else {
+                magnitude * next()
+            };
+            let epochs = 1 + (next() * 300.0) as usize;
+            let points: Vec<(f64, f64)> = (0..epochs)
+                .map(|e| (e as f64 + 1.0, offset + span * next()))
+                .collect();
+            let svg = line_chart(
+                "t",
+                Axis::integer("epoch"),
+                Axis::linear("y"),
+                &[Series::new("a", points)],
+            );
+            let (x, y) = ticks(&svg);
+            assert!(round_labels(&x) && !x.is_empty(), "case {case}: {x:?}");
+            assert!(round_labels(&y) && y.len() >= 3, "case {case}: {y:?}");
+            assert!(x.iter().all(|l| !l.contains('.')), "case {case}: {x:?}");
+        }
     }
 
     #[test]
@@ -495,7 +528,7 @@ mod tests {
                 Series::new("test", curve(&[(1.0, 17.27)])),
             ],
         );
-        let (x, y) = split_ticks(&svg, 1);
+        let (x, y) = ticks(&svg);
         assert_eq!(x, ["1"]);
         assert!(round_labels(&y), "{y:?}");
         assert_eq!(svg.matches("<circle").count(), 2 + 2); // the two points, the legend's dots
@@ -513,7 +546,7 @@ mod tests {
                 curve(&[(1.0, 0.5), (2.0, 0.5), (3.0, 0.5)]),
             )],
         );
-        let (x, y) = split_ticks(&svg, 3);
+        let (x, y) = ticks(&svg);
         assert_eq!(x, ["1", "2", "3"]);
         assert_eq!(y, ["0.46", "0.48", "0.50", "0.52", "0.54"]);
         assert!(!svg.contains("NaN") && !svg.contains("inf"));
@@ -535,7 +568,7 @@ mod tests {
             Axis::linear("true accept rate"),
             &[Series::new("ROC", roc), Series::reference("chance", chance)],
         );
-        let (x, y) = split_ticks(&svg, 5);
+        let (x, y) = ticks(&svg);
         assert_eq!(x, ["10⁻⁴", "10⁻³", "10⁻²", "10⁻¹", "10⁰"]);
         assert!(round_labels(&y), "{y:?}");
         // the points at FAR 0 are drawn at the axis' left end, not dropped and not at -inf
