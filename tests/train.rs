@@ -135,7 +135,17 @@ fn holdout_verifies_on_unseen_classes_and_draws_the_sphere() {
             .verification_set
             .contains("unseen classes 6..=9")
     );
-    assert!(out.join("embedding.svg").exists());
+    // the legend names the six trained digits the test split holds, each once
+    let figure = std::fs::read_to_string(out.join("embedding.svg")).unwrap();
+    let named: Vec<&str> = figure
+        .split("<text class=\"legend\"")
+        .skip(1)
+        .map(|t| &t[t.find('>').unwrap() + 1..t.find("</text>").unwrap()])
+        .collect();
+    assert_eq!(
+        named,
+        ["0", "1", "2", "3", "4", "5", "far hemisphere (pale)"]
+    );
 }
 
 #[test]
