@@ -567,7 +567,7 @@ mod tests {
     fn a_failed_save_leaves_the_previous_checkpoint_intact() {
         let dir = std::env::temp_dir().join(format!("margrad-atomic-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("model.bin");
+        let path = dir.join("checkpoint.margrad");
         let mut params = Params::<f32>::new();
         let config = ModelConfig {
             embedder: MlpConfig::new(&[3, 4]).sequential().unwrap(),

@@ -1,8 +1,9 @@
 //! The trainer: data, model, optimiser and evaluation wired together, as the `train` and
 //! `verify` examples run them, and the training step they share with hand-written loops.
 //!
-//! [`train`] writes into its output folder the checkpoint (`model.bin`, with the training state,
-//! saved after every epoch so that a failure keeps the last good one), its safetensors export,
+//! [`train`] writes into its output folder the checkpoint ([`CHECKPOINT_FILE`], with the
+//! training state, saved after every epoch so that a failure keeps the last good one), its
+//! safetensors export for PyTorch ([`EXPORT_FILE`]),
 //! `metrics.json`, and SVG figures; given a checkpoint in [`TrainConfig::resume`], it continues
 //! that run where it stopped, with the same result as a run never interrupted. [`evaluate`]
 //! computes the final figures; `verify` calls the same function on a reloaded checkpoint, so the
@@ -30,6 +31,13 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// The checkpoint's name in a run's output folder: margrad's own format
+/// ([`checkpoint`]), not PyTorch's, hence not `model.bin`.
+pub const CHECKPOINT_FILE: &str = "checkpoint.margrad";
+/// The safetensors export's name in a run's output folder, for PyTorch
+/// ([`checkpoint::save_safetensors`]).
+pub const EXPORT_FILE: &str = "model.safetensors";
 
 /// The data a run trains and is judged on.
 #[derive(Clone, Debug)]
@@ -593,7 +601,7 @@ fn run(
         },
         warmup: 0,
     };
-    let checkpoint = out.join("model.bin");
+    let checkpoint = out.join(CHECKPOINT_FILE);
     let mut last_good = config.resume.clone();
     if let Some(from) = &config.resume {
         on_event(Event::Resumed {

@@ -94,10 +94,11 @@ pub struct TrainConfig {
     /// rayon's default (`RAYON_NUM_THREADS`, else one per logical core). The results do not
     /// depend on it: the kernels give the same bits on any number of threads.
     pub threads: Option<usize>,
-    /// A checkpoint to continue from (a `model.bin` the trainer wrote): its parameters,
-    /// optimiser state, generator and history, from the epoch after the ones it completed up to
-    /// `epochs`. Its model and optimiser must be the ones the other settings describe; the data
-    /// and batch settings should be the interrupted run's, so that the run continues exactly.
+    /// A checkpoint to continue from (a [`CHECKPOINT_FILE`](super::CHECKPOINT_FILE) the trainer
+    /// wrote): its parameters, optimiser state, generator and history, from the epoch after the
+    /// ones it completed up to `epochs`. Its model and optimiser must be the ones the other
+    /// settings describe; the data and batch settings should be the interrupted run's, so that
+    /// the run continues exactly.
     #[serde(default)]
     pub resume: Option<PathBuf>,
 }
