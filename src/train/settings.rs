@@ -1,7 +1,7 @@
 //! The settings of a training run, as `examples/train.rs` takes them from its flags.
 
 use crate::Error;
-use crate::data::SyntheticConfig;
+use crate::data::{InputScaling, SyntheticConfig};
 use crate::loss::{ArcFallback, LossKind, LossSettings};
 use crate::nn::HeadConfig;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,17 @@ pub enum DataSource {
     },
     /// The synthetic open-set generator (its seed is the data seed).
     Synthetic(SyntheticConfig),
+}
+
+impl DataSource {
+    /// How the source's loader scales raw samples into features (an export records it).
+    pub fn input_scaling(&self) -> InputScaling {
+        match self {
+            DataSource::Digits => InputScaling::digits(),
+            DataSource::Mnist { .. } => InputScaling::mnist(),
+            DataSource::Synthetic(_) => InputScaling::none(),
+        }
+    }
 }
 
 /// What the data is and how it is split; `verify` takes the same settings.
