@@ -689,15 +689,8 @@ fn write_outputs(
     metrics: &Metrics,
     evaluation: &Evaluation,
 ) -> Result<(), TrainError> {
-    let mut meta = std::collections::BTreeMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    meta.insert(
-        "producer".to_string(),
-        format!("margrad {}", env!("CARGO_PKG_VERSION")),
-    );
-    let model_json = serde_json::to_string(model.config()).expect("configurations serialise");
-    meta.insert("margrad.model".to_string(), model_json);
-    checkpoint::save_safetensors(&out.join("model.safetensors"), params, &meta)?;
+    let scaling = metrics.config.data.source.input_scaling();
+    checkpoint::save_safetensors(&out.join(EXPORT_FILE), model, params, &scaling)?;
     let history = &metrics.history;
     let curve =
         |f: fn(&EpochRecord) -> f64| history.iter().map(|r| (r.epoch as f64, f(r))).collect();
