@@ -717,3 +717,44 @@ fn a_damaged_file_is_refused_before_its_claims_are_allocated() {
         "{err}"
     );
 }
+
+#[test]
+fn the_reader_survives_thousands_of_seeded_mutations() {
+    use rand::RngExt;
+    let (model, params) = seeded_model::<f32>(mlp(&[6, 5, 3], cosine(4)), 0);
+    let bytes = safetensors_bytes(&model, &params, &InputScaling::none());
+    let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut rng = seeded_rng(9);
+    let (mut refused, mut read) = (0, 0);
+    for _ in 0..3000 {
+        let mut mutated = bytes.clone();
+        match rng.random_range(0..4) {
+            // a byte of the header (lengths, names, shapes, offsets, metadata) changed
+            0 | 1 => {
+                let at = rng.random_range(0..header_end);
+                mutated[at] = rng.random();
+            }
+            // a digit of the header swapped for another
+            2 => {
+                let digits: Vec<usize> = (8..header_end)
+                    .filter(|&i| mutated[i].is_ascii_digit())
+                    .collect();
+                let at = digits[rng.random_range(0..digits.len())];
+                mutated[at] = b'0' + rng.random_range(0..10u8);
+            }
+            // cut anywhere
+            _ => mutated.truncate(rng.random_range(0..bytes.len())),
+        }
+        match decode_safetensors::<f32>(&mutated, None) {
+            Ok(loaded) => {
+                read += 1;
+                assert_eq!(loaded.params.len(), params.len());
+            }
+            Err(e) => {
+                refused += 1;
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+    assert!(refused > 1000, "{refused} refused, {read} read");
+}
