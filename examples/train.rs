@@ -8,7 +8,7 @@ mod cli;
 use cli::{Args, DATA_HELP, DataFlags, Usage, print_final};
 use margrad::loss::ArcFallback;
 use margrad::loss::LossKind;
-use margrad::train::{Event, MethodName, TrainConfig, train};
+use margrad::train::{CHECKPOINT_FILE, EXPORT_FILE, Event, MethodName, TrainConfig, train};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,9 +45,10 @@ MODEL AND TRAINING
   --seed N           seeds initialisation, shuffling and dropout (default 0)
   --threads N        worker threads (default or 0: all cores; the result is the same on any)
   --out DIR          where the outputs go (default runs/latest)
-  --resume PATH      continue the run saved in PATH (its model.bin) from the epoch after the
-                     ones it completed, up to --epochs, as if it had never stopped; pass the
-                     interrupted run's flags (model and optimiser flags are checked against it)
+  --resume PATH      continue the run saved in PATH (its checkpoint.margrad) from the epoch
+                     after the ones it completed, up to --epochs, as if it had never stopped;
+                     pass the interrupted run's flags (model and optimiser flags are checked
+                     against it)
 
 ";
 
@@ -202,7 +203,7 @@ fn main() -> ExitCode {
             let f = &metrics.final_metrics;
             print_final(f);
             println!(
-                "wrote model.bin, model.safetensors, metrics.json and figures to {}",
+                "wrote {CHECKPOINT_FILE}, {EXPORT_FILE}, metrics.json and figures to {}",
                 out.display()
             );
             ExitCode::SUCCESS

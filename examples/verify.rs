@@ -2,7 +2,7 @@
 //! the same data (the same function computes them, so they are identical). `--help` lists the
 //! flags.
 //!
-//! `cargo run --release --example verify -- --model runs/latest/model.bin`
+//! `cargo run --release --example verify -- --model runs/latest/checkpoint.margrad`
 
 mod cli;
 
@@ -18,7 +18,7 @@ Evaluate a trained checkpoint: closed-set accuracy, verification, embedding geom
 USAGE
   cargo run --release --example verify -- --model PATH [FLAGS]
 
-  --model PATH       the checkpoint (model.bin) written by the train example
+  --model PATH       the checkpoint (checkpoint.margrad) written by the train example
   --json             print metrics.json's `final` object instead of text
   (pass the same data flags the model was trained with)
 

@@ -1,9 +1,10 @@
 //! Checkpoints: bit-exact round trips, an exact resume, a clear error for every kind of damage,
-//! a seeded mutation fuzzer over the loader, head-only loading, and the safetensors export.
+//! a seeded mutation fuzzer over the loader, head-only loading, and a refused non-finite save.
 
 use margrad::checkpoint::{
-    self, Checkpoint, CheckpointError, HEADER_LEN, TrainingState, load_head, safetensors_bytes,
+    self, Checkpoint, CheckpointError, HEADER_LEN, TrainingState, load_head,
 };
+use margrad::data::InputScaling;
 use margrad::loss::MarginLoss;
 use margrad::metrics::{EpochRecord, pair_scores};
 use margrad::nn::{Forward, HeadConfig, MlpConfig, Model, ModelConfig, SequentialConfig};
@@ -12,7 +13,6 @@ use margrad::train::model_step;
 use margrad::{Element, Graph, Labels, Params, SeededRng, Tensor, seeded_rng};
 use rand::RngExt;
 use rand::seq::SliceRandom;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 mod common;
@@ -424,38 +424,6 @@ fn the_head_alone_predicts_and_scores_pairs() {
     );
 }
 
-// ---- safetensors ----
-
-#[test]
-fn safetensors_export_has_names_shapes_offsets_and_raw_data() {
-    let (_, params) = built::<f32>(cosine());
-    let mut meta = BTreeMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    let bytes = safetensors_bytes(&params, &meta);
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    assert_eq!(header_len % 8, 0);
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
-    let data = &bytes[8 + header_len..];
-    assert_eq!(header["__metadata__"]["format"], "pt");
-    let mut covered = 0;
-    for id in params.ids() {
-        let entry = &header[params.name(id)];
-        assert_eq!(entry["dtype"], "F32");
-        let shape: Vec<usize> = serde_json::from_value(entry["shape"].clone()).unwrap();
-        assert_eq!(shape, params.get(id).shape());
-        let offsets: Vec<usize> = serde_json::from_value(entry["data_offsets"].clone()).unwrap();
-        assert_eq!(offsets[0], covered, "tensors are back to back");
-        let values: Vec<f32> = data[offsets[0]..offsets[1]]
-            .chunks(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        assert_eq!(values, params.get(id).data());
-        covered = offsets[1];
-    }
-    assert_eq!(covered, data.len());
-    assert_eq!(header.as_object().unwrap().len(), params.len() + 1);
-}
-
 // ---- the format, pinned by committed files ----
 
 /// The model, parameters and training state of `tests/data/checkpoint-v{N}.bin`, built from
@@ -750,7 +718,8 @@ fn a_model_with_non_finite_weights_is_never_saved() {
         "the previous file stays"
     );
     let export = temp("non-finite.safetensors");
-    let err = checkpoint::save_safetensors(&export, &params, &BTreeMap::new()).unwrap_err();
+    let err =
+        checkpoint::save_safetensors(&export, &model, &params, &InputScaling::none()).unwrap_err();
     assert!(matches!(err, CheckpointError::NonFinite(_)), "{err:?}");
     assert!(!export.exists());
 }

@@ -7,8 +7,8 @@ use margrad::data::{MnistSplit, SyntheticConfig, load_mnist, parse_idx, syntheti
 use margrad::loss::LossKind;
 use margrad::optim::OptimizerState;
 use margrad::train::{
-    DataSettings, DataSource, Event, MethodName, ResumeError, TrainConfig, TrainError, evaluate,
-    prepare_data, train,
+    CHECKPOINT_FILE, DataSettings, DataSource, EXPORT_FILE, Event, MethodName, ResumeError,
+    TrainConfig, TrainError, evaluate, prepare_data, train,
 };
 use margrad::{Error, Params, Tensor};
 use std::path::{Path, PathBuf};
@@ -44,8 +44,8 @@ fn a_run_writes_every_output_and_verify_reproduces_its_figures() {
     .unwrap();
     assert_eq!(epochs_seen, 8);
     for file in [
-        "model.bin",
-        "model.safetensors",
+        CHECKPOINT_FILE,
+        EXPORT_FILE,
         "metrics.json",
         "loss.svg",
         "accuracy.svg",
@@ -86,7 +86,7 @@ fn a_run_writes_every_output_and_verify_reproduces_its_figures() {
     }
     assert!(f["test_accuracy"].is_number());
     // what verify does: reload, re-prepare the data, evaluate: the same figures
-    let checkpoint = checkpoint::load::<f32>(&out.join("model.bin")).unwrap();
+    let checkpoint = checkpoint::load::<f32>(&out.join(CHECKPOINT_FILE)).unwrap();
     let settings = &small(LossKind::Enhanced).data;
     let data = prepare_data(settings).unwrap();
     let again = evaluate(&checkpoint.model, &checkpoint.params, &data, settings)
@@ -246,7 +246,7 @@ fn assert_same_optimizer(a: &OptimizerState<f32>, b: &OptimizerState<f32>) {
 /// Trains `config`, keeping a copy of the checkpoint written after epoch `keep`.
 fn train_keeping(config: &TrainConfig, out: &Path, keep: usize) -> PathBuf {
     let kept = out.with_extension(format!("epoch{keep}.bin"));
-    let model = out.join("model.bin");
+    let model = out.join(CHECKPOINT_FILE);
     train(config, out, &mut |e| {
         if let Event::Epoch(r) = e
             && r.epoch == keep
@@ -263,7 +263,7 @@ fn a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does() {
     let config = resumable();
     let straight_dir = temp("straight");
     let kept = train_keeping(&config, &straight_dir, 2);
-    let straight = checkpoint::load::<f32>(&straight_dir.join("model.bin")).unwrap();
+    let straight = checkpoint::load::<f32>(&straight_dir.join(CHECKPOINT_FILE)).unwrap();
 
     // the same run, stopped after its second epoch and resumed from that checkpoint
     let resumed_dir = temp("resumed");
@@ -284,7 +284,7 @@ fn a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does() {
             "epoch 4".into()
         ]
     );
-    let resumed = checkpoint::load::<f32>(&resumed_dir.join("model.bin")).unwrap();
+    let resumed = checkpoint::load::<f32>(&resumed_dir.join(CHECKPOINT_FILE)).unwrap();
     assert_eq!(resumed.model, straight.model);
     assert_same_params(&resumed.params, &straight.params);
     let (a, b) = (resumed.training.unwrap(), straight.training.unwrap());
@@ -408,7 +408,7 @@ fn resuming_from_a_missing_or_truncated_file_is_a_clear_error() {
     let mut config = resumable();
     config.epochs = 2;
     let kept = train_keeping(&config, &temp("to-truncate"), 1);
-    config.resume = Some(temp("nowhere").join("model.bin"));
+    config.resume = Some(temp("nowhere").join(CHECKPOINT_FILE));
     let (reason, message) = resume_error(&config, "missing");
     assert!(
         matches!(reason, ResumeError::Checkpoint(CheckpointError::Io { .. })),
@@ -440,7 +440,7 @@ fn one_thread_and_two_give_the_same_bits() {
         let mut seen = 0;
         train(&config, &out, &mut |_| seen = rayon::current_num_threads()).unwrap();
         assert_eq!(seen, threads, "the run is on a pool of {threads}");
-        checkpoint::load::<f32>(&out.join("model.bin")).unwrap()
+        checkpoint::load::<f32>(&out.join(CHECKPOINT_FILE)).unwrap()
     };
     let (one, two) = (run(1), run(2));
     assert_same_params(&one.params, &two.params);
@@ -507,9 +507,14 @@ fn the_command_line_refuses_bad_input_clearly() {
         (&["--epochs"], 2, "--epochs needs a value"),
         (&["--resume"], 2, "--resume needs a value"),
         (
-            &["--resume", "/nonexistent/model.bin", "--epochs", "1"],
+            &[
+                "--resume",
+                "/nonexistent/checkpoint.margrad",
+                "--epochs",
+                "1",
+            ],
             1,
-            "cannot resume from /nonexistent/model.bin: /nonexistent/model.bin:",
+            "cannot resume from /nonexistent/checkpoint.margrad: /nonexistent/checkpoint.margrad:",
         ),
     ];
     for (args, code, message) in cases {
@@ -526,7 +531,7 @@ fn the_command_line_refuses_bad_input_clearly() {
         (status, stderr.contains("--model PATH is required")),
         (2, true)
     );
-    let (status, _, stderr) = run("verify", &["--model", "/nonexistent/model.bin"]);
+    let (status, _, stderr) = run("verify", &["--model", "/nonexistent/checkpoint.margrad"]);
     assert_eq!(status, 1, "{stderr}");
 }
 
@@ -716,7 +721,7 @@ fn a_learning_rate_infinite_in_f32_is_refused_before_training() {
         }
         other => panic!("expected an invalid learning rate, got {other:?}"),
     }
-    assert!(!out.join("model.bin").exists());
+    assert!(!out.join(CHECKPOINT_FILE).exists());
 }
 
 #[test]
@@ -738,5 +743,5 @@ fn an_empty_data_set_is_refused_before_training() {
         other => panic!("expected empty training data, got {other:?}"),
     }
     assert!(err.to_string().starts_with("no training samples"), "{err}");
-    assert!(!out.join("metrics.json").exists() && !out.join("model.bin").exists());
+    assert!(!out.join("metrics.json").exists() && !out.join(CHECKPOINT_FILE).exists());
 }

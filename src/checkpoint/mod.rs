@@ -1,5 +1,6 @@
 //! Checkpoints: a model's configuration, every named tensor, and optionally the training
-//! state, in one file that is checked before it is trusted; and the safetensors export.
+//! state, in one file that is checked before it is trusted; and safetensors files for PyTorch,
+//! written and read ([`save_safetensors`], [`load_safetensors`]).
 //!
 //! # The checkpoint format (version 3)
 //!
@@ -32,15 +33,18 @@
 mod codec;
 mod safetensors;
 
+pub use self::safetensors::{
+    EXPORT_VERSION, decode_safetensors, decode_safetensors_with, export_metadata, load_safetensors,
+    load_safetensors_with, safetensors_bytes, save_safetensors,
+};
 use crate::files::{self, Arrived, OpenError, read_str};
-pub use safetensors::{safetensors_bytes, save_safetensors};
 
 use crate::metrics::EpochRecord;
 use crate::nn::{Fill, LayerRegistry, Model, ModelConfig, ParamSource, TrainedHead};
 use crate::optim::OptimizerState;
 use crate::{Element, Error, Params, SeededRng, Tensor};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::io::Write;
@@ -158,6 +162,24 @@ pub enum CheckpointError {
         /// In the file.
         found: Vec<usize>,
     },
+    /// A tensor's element type is not the one asked for (a safetensors file's `dtype`).
+    TensorDtype {
+        /// The tensor's name.
+        name: String,
+        /// The type asked for (`F32`, `F64`).
+        expected: &'static str,
+        /// The file's (`F16`, `I64`, …).
+        found: String,
+    },
+    /// The bytes are not a safetensors file: its header, its offsets or its size.
+    Safetensors(String),
+    /// A safetensors file's metadata (`__metadata__`) cannot say what is needed.
+    Metadata {
+        /// The key.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The stored configuration or training state is invalid.
     Invalid(Error),
     /// A save was refused: a tensor holds a NaN or an infinity.
@@ -236,6 +258,16 @@ impl fmt::Display for CheckpointError {
                 "checkpoint tensor {name:?} has shape {found:?}, its configuration says \
                  {expected:?}"
             ),
+            TensorDtype {
+                name,
+                expected,
+                found,
+            } => write!(
+                f,
+                "tensor {name:?} holds {found} elements, expected {expected}"
+            ),
+            Safetensors(message) => write!(f, "not a valid safetensors file: {message}"),
+            Metadata { key, message } => write!(f, "safetensors metadata {key:?}: {message}"),
             Invalid(e) => write!(f, "checkpoint holds an invalid configuration: {e}"),
             NonFinite(e) => write!(f, "refusing to save a model with {e}"),
         }
@@ -369,18 +401,29 @@ fn check_body_len(declared: u64, present: u64) -> Result<(), CheckpointError> {
 /// Tensors read from a file, handed to the model's constructors by name.
 struct Stored<F: Element> {
     tensors: HashMap<String, Tensor<F>>,
+    /// Names the file stores as the transpose of the model's layout (the safetensors export's
+    /// `[C, D]` class centres): their shape is checked transposed, and they are handed over
+    /// transposed back.
+    transposed: HashSet<String>,
     error: Option<CheckpointError>,
 }
 
 impl<F: Element> ParamSource<F> for Stored<F> {
     fn tensor(&mut self, name: &str, shape: &[usize], _fill: Fill) -> Tensor<F> {
+        let transposed = self.transposed.contains(name) && shape.len() == 2;
+        let expected: Vec<usize> = if transposed {
+            shape.iter().rev().copied().collect()
+        } else {
+            shape.to_vec()
+        };
         match self.tensors.remove(name) {
-            Some(t) if t.shape() == shape => t,
+            Some(t) if t.shape() == expected && transposed => t.transpose(),
+            Some(t) if t.shape() == expected => t,
             found => {
                 let error = match &found {
                     Some(t) => CheckpointError::TensorShape {
                         name: name.to_string(),
-                        expected: shape.to_vec(),
+                        expected,
                         found: t.shape().to_vec(),
                     },
                     None => CheckpointError::MissingTensor(name.to_string()),
@@ -391,6 +434,38 @@ impl<F: Element> ParamSource<F> for Stored<F> {
             }
         }
     }
+}
+
+/// Rebuilds the model `config` describes through `registry`, each layer taking its tensors
+/// from `tensors` by name and shape (those named in `transposed` stored transposed). Every
+/// tensor the configuration needs must be there, and no other.
+fn rebuild<F: Element>(
+    config: ModelConfig,
+    registry: &LayerRegistry<F>,
+    tensors: impl IntoIterator<Item = (String, Tensor<F>)>,
+    transposed: HashSet<String>,
+) -> Result<(Model<F>, Params<F>), CheckpointError> {
+    let mut stored = Stored {
+        tensors: HashMap::new(),
+        transposed,
+        error: None,
+    };
+    for (name, tensor) in tensors {
+        if stored.tensors.contains_key(&name) {
+            return Err(CheckpointError::UnexpectedTensor(name));
+        }
+        stored.tensors.insert(name, tensor);
+    }
+    let mut params = Params::new();
+    let model = Model::new_with(config, registry, &mut params, &mut stored)
+        .map_err(CheckpointError::Invalid)?;
+    if let Some(error) = stored.error {
+        return Err(error);
+    }
+    if let Some(name) = stored.tensors.into_keys().min() {
+        return Err(CheckpointError::UnexpectedTensor(name));
+    }
+    Ok((model, params))
 }
 
 /// Reads a checkpoint from its bytes, building its layers with the crate's kinds
@@ -414,25 +489,8 @@ pub fn decode_with<F: Element>(
     registry: &LayerRegistry<F>,
 ) -> Result<Checkpoint<F>, CheckpointError> {
     let body: Body<F> = codec::decode(checked_body::<F>(bytes)?).map_err(CheckpointError::Body)?;
-    let mut stored = Stored {
-        tensors: HashMap::with_capacity(body.tensors.len()),
-        error: None,
-    };
-    for NamedTensor { name, tensor } in body.tensors {
-        if stored.tensors.contains_key(&name) {
-            return Err(CheckpointError::UnexpectedTensor(name));
-        }
-        stored.tensors.insert(name, tensor);
-    }
-    let mut params = Params::new();
-    let model = Model::new_with(body.config, registry, &mut params, &mut stored)
-        .map_err(CheckpointError::Invalid)?;
-    if let Some(error) = stored.error {
-        return Err(error);
-    }
-    if let Some(name) = stored.tensors.into_keys().min() {
-        return Err(CheckpointError::UnexpectedTensor(name));
-    }
+    let tensors = body.tensors.into_iter().map(|t| (t.name, t.tensor));
+    let (model, params) = rebuild(body.config, registry, tensors, HashSet::new())?;
     if let Some(training) = &body.training {
         training
             .optimizer
@@ -567,7 +625,7 @@ mod tests {
     fn a_failed_save_leaves_the_previous_checkpoint_intact() {
         let dir = std::env::temp_dir().join(format!("margrad-atomic-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("model.bin");
+        let path = dir.join("checkpoint.margrad");
         let mut params = Params::<f32>::new();
         let config = ModelConfig {
             embedder: MlpConfig::new(&[3, 4]).sequential().unwrap(),

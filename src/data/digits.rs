@@ -10,7 +10,7 @@ const DIGITS_GZ: &[u8] = include_bytes!("../../data/digits.csv.gz");
 /// Pixels per image (8x8).
 const PIXELS: usize = 64;
 /// The largest pixel value in the data set.
-const PIXEL_MAX: f32 = 16.0;
+pub(super) const PIXEL_MAX: f32 = 16.0;
 
 /// The embedded UCI digits: features `[1797, 64]` scaled to `[0, 1]`, labels `0..10`.
 pub fn digits() -> Dataset {

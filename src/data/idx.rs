@@ -16,6 +16,9 @@ use flate2::read::MultiGzDecoder;
 use std::io::{self, Cursor, Read};
 use std::path::Path;
 
+/// The largest MNIST pixel value: features are pixels divided by it.
+pub(super) const MNIST_PIXEL_MAX: f32 = 255.0;
+
 /// The most bytes deflate inflates to per compressed byte: a 258-byte match coded in 2 bits.
 const MAX_INFLATE_RATIO: u64 = 1032;
 
@@ -273,7 +276,11 @@ pub fn load_mnist(dir: &Path, split: MnistSplit) -> Result<Dataset, Error> {
             ),
         });
     }
-    let features: Vec<f32> = images.data.iter().map(|&p| p as f32 / 255.0).collect();
+    let features: Vec<f32> = images
+        .data
+        .iter()
+        .map(|&p| p as f32 / MNIST_PIXEL_MAX)
+        .collect();
     let features = Tensor::from_vec(features, &[n, 784])?;
     Dataset::new(
         features,

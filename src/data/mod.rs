@@ -12,6 +12,44 @@ pub use synthetic::{SyntheticConfig, synthetic};
 use crate::{Error, Labels, Tensor};
 use rand::Rng;
 use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+/// How a loader turns raw samples into a model's input features: `x = raw / divide_by`. A
+/// model trained on one loader's features expects its inputs scaled the same way, so an
+/// export records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputScaling {
+    /// What a raw sample is.
+    pub raw: String,
+    /// The divisor applied to every raw value.
+    pub divide_by: f64,
+}
+
+impl InputScaling {
+    /// The embedded digits: pixel values `0..=16`, divided by 16 ([`digits`]).
+    pub fn digits() -> Self {
+        InputScaling {
+            raw: "UCI 8x8 digits: 64 pixel values in 0..=16, row by row".to_string(),
+            divide_by: f64::from(digits::PIXEL_MAX),
+        }
+    }
+
+    /// MNIST: pixel values `0..=255`, divided by 255 ([`load_mnist`]).
+    pub fn mnist() -> Self {
+        InputScaling {
+            raw: "MNIST: 784 pixel values in 0..=255, row by row".to_string(),
+            divide_by: f64::from(idx::MNIST_PIXEL_MAX),
+        }
+    }
+
+    /// Features used as given (the synthetic data, or features scaled by their user).
+    pub fn none() -> Self {
+        InputScaling {
+            raw: "features used as given".to_string(),
+            divide_by: 1.0,
+        }
+    }
+}
 
 /// Samples as rows of a feature matrix, with one class label per row.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,8 +1,9 @@
 //! The trainer: data, model, optimiser and evaluation wired together, as the `train` and
 //! `verify` examples run them, and the training step they share with hand-written loops.
 //!
-//! [`train`] writes into its output folder the checkpoint (`model.bin`, with the training state,
-//! saved after every epoch so that a failure keeps the last good one), its safetensors export,
+//! [`train`] writes into its output folder the checkpoint ([`CHECKPOINT_FILE`], with the
+//! training state, saved after every epoch so that a failure keeps the last good one), its
+//! safetensors export for PyTorch ([`EXPORT_FILE`]),
 //! `metrics.json`, and SVG figures; given a checkpoint in [`TrainConfig::resume`], it continues
 //! that run where it stopped, with the same result as a run never interrupted. [`evaluate`]
 //! computes the final figures; `verify` calls the same function on a reloaded checkpoint, so the
@@ -30,6 +31,13 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// The checkpoint's name in a run's output folder: margrad's own format
+/// ([`checkpoint`]), not PyTorch's, hence not `model.bin`.
+pub const CHECKPOINT_FILE: &str = "checkpoint.margrad";
+/// The safetensors export's name in a run's output folder, for PyTorch
+/// ([`checkpoint::save_safetensors`]).
+pub const EXPORT_FILE: &str = "model.safetensors";
 
 /// The data a run trains and is judged on.
 #[derive(Clone, Debug)]
@@ -593,7 +601,7 @@ fn run(
         },
         warmup: 0,
     };
-    let checkpoint = out.join("model.bin");
+    let checkpoint = out.join(CHECKPOINT_FILE);
     let mut last_good = config.resume.clone();
     if let Some(from) = &config.resume {
         on_event(Event::Resumed {
@@ -681,15 +689,8 @@ fn write_outputs(
     metrics: &Metrics,
     evaluation: &Evaluation,
 ) -> Result<(), TrainError> {
-    let mut meta = std::collections::BTreeMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    meta.insert(
-        "producer".to_string(),
-        format!("margrad {}", env!("CARGO_PKG_VERSION")),
-    );
-    let model_json = serde_json::to_string(model.config()).expect("configurations serialise");
-    meta.insert("margrad.model".to_string(), model_json);
-    checkpoint::save_safetensors(&out.join("model.safetensors"), params, &meta)?;
+    let scaling = metrics.config.data.source.input_scaling();
+    checkpoint::save_safetensors(&out.join(EXPORT_FILE), model, params, &scaling)?;
     for (name, svg) in figures::figures(model, params, data, metrics, evaluation) {
         output(&out.join(name), &svg)?;
     }

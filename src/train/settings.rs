@@ -1,7 +1,7 @@
 //! The settings of a training run, as `examples/train.rs` takes them from its flags.
 
 use crate::Error;
-use crate::data::SyntheticConfig;
+use crate::data::{InputScaling, SyntheticConfig};
 use crate::loss::{ArcFallback, LossKind, LossSettings};
 use crate::nn::HeadConfig;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,17 @@ pub enum DataSource {
     },
     /// The synthetic open-set generator (its seed is the data seed).
     Synthetic(SyntheticConfig),
+}
+
+impl DataSource {
+    /// How the source's loader scales raw samples into features (an export records it).
+    pub fn input_scaling(&self) -> InputScaling {
+        match self {
+            DataSource::Digits => InputScaling::digits(),
+            DataSource::Mnist { .. } => InputScaling::mnist(),
+            DataSource::Synthetic(_) => InputScaling::none(),
+        }
+    }
 }
 
 /// What the data is and how it is split; `verify` takes the same settings.
@@ -94,10 +105,11 @@ pub struct TrainConfig {
     /// rayon's default (`RAYON_NUM_THREADS`, else one per logical core). The results do not
     /// depend on it: the kernels give the same bits on any number of threads.
     pub threads: Option<usize>,
-    /// A checkpoint to continue from (a `model.bin` the trainer wrote): its parameters,
-    /// optimiser state, generator and history, from the epoch after the ones it completed up to
-    /// `epochs`. Its model and optimiser must be the ones the other settings describe; the data
-    /// and batch settings should be the interrupted run's, so that the run continues exactly.
+    /// A checkpoint to continue from (a [`CHECKPOINT_FILE`](super::CHECKPOINT_FILE) the trainer
+    /// wrote): its parameters, optimiser state, generator and history, from the epoch after the
+    /// ones it completed up to `epochs`. Its model and optimiser must be the ones the other
+    /// settings describe; the data and batch settings should be the interrupted run's, so that
+    /// the run continues exactly.
     #[serde(default)]
     pub resume: Option<PathBuf>,
 }
