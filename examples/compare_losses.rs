@@ -1,6 +1,8 @@
 //! The honest comparison: the same network, data, epochs, optimiser and seeds for every loss;
 //! only the loss changes. Prints a markdown table of mean ± std over the seeds for every metric
-//! (what docs/results.md holds) and keeps each run's outputs under `--out`.
+//! (what docs/results.md holds) and keeps each run's outputs under `--out`, one folder per run,
+//! refused if not empty unless `--overwrite`. Settings are checked for every loss before the
+//! first run; any failure other than a divergence stops the comparison with a non-zero exit.
 //!
 //! `cargo run --release --example compare_losses -- --data mnist --data-dir PATH --seeds 3`
 
