@@ -377,7 +377,11 @@ fn every_example_checks_its_settings_as_the_library_does() {
 #[test]
 fn values_too_large_for_memory_are_errors_naming_the_flag_not_panics() {
     let out = temp("too-large");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--threads", "100000000"],
+            "threads = 100000000 is too large",
+        ),
         (
             &["--embed-dim", "10000000000"],
             "embed_dim = 10000000000 is too large",

@@ -717,7 +717,8 @@ fn fewer_than_20_pairs_are_refused_by_train_and_by_prepare_data_alike() {
 fn settings_too_large_for_memory_are_refused_before_anything_is_allocated() {
     /// A case's name, its change to a small run, the setting named, whether the bytes counted.
     type Case = (&'static str, fn(&mut TrainConfig), &'static str, bool);
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
+        ("threads", |c| c.threads = Some(1 << 40), "threads", true),
         (
             "embed_dim",
             |c| c.embed_dim = 10_000_000_000,

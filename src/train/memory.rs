@@ -230,6 +230,20 @@ impl Footprint {
     }
 }
 
+impl Footprint {
+    /// The stacks of a pool of `threads` threads (`None` or 0: one per core, not counted),
+    /// 2 MiB each (the standard library's default): a thread count too large for the machine
+    /// is refused before the pool is started.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] when the count overflows.
+    pub fn of_threads(threads: Option<usize>) -> Result<Footprint, Error> {
+        let mut footprint = Footprint::new();
+        footprint.add(2 << 20, &[("threads", threads.unwrap_or(0))])?;
+        Ok(footprint)
+    }
+}
+
 /// The memory available to a new allocation: `MemAvailable` of `/proc/meminfo` where it exists
 /// (Linux), `None` elsewhere.
 pub fn available_memory() -> Option<u64> {

@@ -467,6 +467,7 @@ pub fn train(
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Metrics, TrainError> {
     config.validate()?;
+    Footprint::of_threads(config.threads)?.check(available_memory())?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(config.threads.unwrap_or(0))
         .build()
