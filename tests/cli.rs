@@ -4,6 +4,7 @@
 //! Each run is small (the digits, one epoch) and takes well under a second.
 
 use margrad::loss::LossKind;
+use margrad::train::CHECKPOINT_FILE;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
@@ -440,9 +441,9 @@ fn a_closed_stdout_stops_the_printing_not_the_run() {
     assert_eq!(status, 0, "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(status_of(&out), "complete");
-    assert!(out.join("model.bin").exists());
+    assert!(out.join(CHECKPOINT_FILE).exists());
 
-    let model = out.join("model.bin");
+    let model = out.join(CHECKPOINT_FILE);
     let result = command("verify", &["--model", model.to_str().unwrap()])
         .stdout(closed_pipe())
         .output()
@@ -485,7 +486,7 @@ fn a_full_stdout_is_reported_once_and_fails_after_the_run_is_saved() {
         "{stderr}"
     );
     assert_eq!(status_of(&out), "complete");
-    let model = out.join("model.bin");
+    let model = out.join(CHECKPOINT_FILE);
     for (name, args) in [
         ("verify", vec!["--model", model.to_str().unwrap()]),
         ("verify", vec!["--model", model.to_str().unwrap(), "--json"]),
@@ -520,18 +521,18 @@ fn a_run_owns_its_output_folder() {
     let out = temp("owned");
     let first = small_run(&out, &[]);
     assert_eq!(run("train", &strs(&first)).0, 0);
-    let model = std::fs::read(out.join("model.bin")).unwrap();
+    let model = std::fs::read(out.join(CHECKPOINT_FILE)).unwrap();
     // the same command again: refused, the first run's files untouched
     let (status, _, stderr) = run("train", &strs(&first));
     assert_eq!(status, 1, "{stderr}");
     assert!(stderr.contains("is not empty"), "{stderr}");
     assert!(stderr.contains("--overwrite"), "{stderr}");
-    assert_eq!(std::fs::read(out.join("model.bin")).unwrap(), model);
+    assert_eq!(std::fs::read(out.join(CHECKPOINT_FILE)).unwrap(), model);
     // told to overwrite, it replaces them
     let overwrite = small_run(&out, &["--overwrite", "--seed", "1"]);
     let (status, _, stderr) = run("train", &strs(&overwrite));
     assert_eq!(status, 0, "{stderr}");
-    assert_ne!(std::fs::read(out.join("model.bin")).unwrap(), model);
+    assert_ne!(std::fs::read(out.join(CHECKPOINT_FILE)).unwrap(), model);
     // a user's file in the folder: the overwrite is refused and deletes nothing
     std::fs::write(out.join("notes.txt"), b"mine").unwrap();
     let (status, _, stderr) = run("train", &strs(&overwrite));
@@ -543,7 +544,7 @@ fn a_run_owns_its_output_folder() {
     assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"mine");
     assert!(out.join("metrics.json").exists());
     // resuming continues in the folder
-    let checkpoint = out.join("model.bin");
+    let checkpoint = out.join(CHECKPOINT_FILE);
     let resume = small_run(
         &out,
         &[

@@ -9,8 +9,8 @@ use margrad::data::{MnistSplit, SyntheticConfig, load_mnist, parse_idx, syntheti
 use margrad::loss::LossKind;
 use margrad::optim::OptimizerState;
 use margrad::train::{
-    DataSettings, DataSource, Event, MethodName, ResumeError, TrainConfig, TrainError, evaluate,
-    prepare_data, train,
+    CHECKPOINT_FILE, DataSettings, DataSource, Event, MethodName, ResumeError, TrainConfig,
+    TrainError, evaluate, prepare_data, train,
 };
 use margrad::{Error, Params, Tensor};
 use std::path::{Path, PathBuf};
@@ -837,7 +837,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 
 #[test]
 fn every_file_a_run_writes_is_listed_as_a_run_file() {
-    use margrad::train::{CHECKPOINT_FILE, EXPORT_FILE, METRICS_FILE, RUN_FILES};
+    use margrad::train::{EXPORT_FILE, METRICS_FILE, RUN_FILES};
     let mut config = quick();
     config.embed_dim = 2; // draws the embedding too
     let out = temp("listed");
@@ -932,7 +932,7 @@ fn an_overwrite_removes_only_a_runs_files_and_refuses_a_folder_with_others() {
     // overwriting while resuming would remove the checkpoint it continues
     let mut resuming = again.clone();
     resuming.epochs = 2;
-    resuming.resume = Some(out.join("model.bin"));
+    resuming.resume = Some(out.join(CHECKPOINT_FILE));
     assert!(matches!(
         train(&resuming, &out, &mut |_| {}),
         Err(TrainError::OutputFolder {
@@ -940,7 +940,7 @@ fn an_overwrite_removes_only_a_runs_files_and_refuses_a_folder_with_others() {
             ..
         })
     ));
-    assert!(out.join("model.bin").exists());
+    assert!(out.join(CHECKPOINT_FILE).exists());
 }
 
 #[test]
@@ -969,7 +969,7 @@ fn a_failed_run_leaves_nothing_that_passes_as_complete() {
     let mut config = quick();
     train(&config, &out, &mut |_| {}).unwrap();
     config.epochs = 3;
-    config.resume = Some(out.join("model.bin"));
+    config.resume = Some(out.join(CHECKPOINT_FILE));
     let mut outputs_during_training = Vec::new();
     train(&config, &out, &mut |e| {
         if let Event::Epoch(_) = e {
@@ -977,7 +977,7 @@ fn a_failed_run_leaves_nothing_that_passes_as_complete() {
         }
     })
     .unwrap();
-    assert_eq!(outputs_during_training, ["model.bin"]);
+    assert_eq!(outputs_during_training, [CHECKPOINT_FILE]);
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(json["history"].as_array().unwrap().len(), 3);
