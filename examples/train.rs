@@ -13,7 +13,9 @@
 mod cli;
 
 use clap::{Parser, ValueEnum};
-use cli::{DataFlags, Stdout, describe, loss_parser, parse, print_final, refuse_unread, usage};
+use cli::{
+    DataFlags, Stdout, describe, given, loss_parser, parse, print_final, refuse_unread, usage,
+};
 use margrad::loss::{ArcFallback, LossKind};
 use margrad::train::{
     CHECKPOINT_FILE, Event, MethodName, OutputPolicy, Setting, TrainConfig, train,
@@ -205,6 +207,14 @@ fn configure() -> (TrainConfig, PathBuf) {
     let checked = refuse_unread(&matches, &READ_BY_SOME, &[cli.loss], optimizer)
         .and_then(|()| cli.data.settings(&matches));
     let data = checked.unwrap_or_else(|message| usage::<Cli>(message));
+    // dropout and BatchNorm follow each hidden layer: with none, nothing reads them
+    for (id, flag) in [("dropout", "--dropout"), ("batch_norm", "--batch-norm")] {
+        if cli.hidden.0.is_empty() && given(&matches, id) {
+            usage::<Cli>(format!(
+                "{flag} is read only with hidden layers, and --hidden is empty"
+            ));
+        }
+    }
     let config = TrainConfig {
         data,
         loss: margrad::loss::LossSettings {

@@ -255,6 +255,18 @@ fn a_flag_the_run_would_not_read_is_refused_naming_the_conflict() {
     }
     assert_refused(
         "train",
+        &["--hidden", "", "--dropout", "0.1"],
+        2,
+        "--dropout is read only with hidden layers, and --hidden is empty",
+    );
+    assert_refused(
+        "train",
+        &["--hidden=", "--batch-norm"],
+        2,
+        "--batch-norm is read only with hidden layers",
+    );
+    assert_refused(
+        "train",
         &["--loss", "softmax", "--margin", "0.2"],
         2,
         "--margin is not read by --loss softmax",
