@@ -66,7 +66,7 @@ struct Cli {
           default_value_t = TrainConfig::default().loss.combined.2)]
     m3: f64,
     /// Arcface and combined: the target past the monotonic range
-    #[arg(long, value_enum, help_heading = "Loss", default_value_t = Fallback::Threshold)]
+    #[arg(long, value_enum, help_heading = "Loss", default_value_t = TrainConfig::default().loss.fallback.into())]
     fallback: Fallback,
 
     /// Hidden layer widths, comma-separated (empty for none)
@@ -94,7 +94,7 @@ struct Cli {
     batch: usize,
     /// The optimiser
     #[arg(long, value_enum, value_name = "NAME", help_heading = "Model and training",
-          default_value_t = Optimizer::Adam)]
+          default_value_t = TrainConfig::default().optimizer.into())]
     optimizer: Optimizer,
     /// Learning rate, annealed by a cosine to 1% of it
     #[arg(long, value_name = "X", help_heading = "Model and training",
@@ -157,6 +157,24 @@ enum Optimizer {
     Adamw,
 }
 
+/// The flags' names and the library's values, both ways (the defaults come from the library).
+macro_rules! names {
+    ($flag:ident <-> $library:ident { $($a:ident <-> $b:ident),* }) => {
+        impl From<$flag> for $library {
+            fn from(value: $flag) -> Self {
+                match value { $($flag::$a => $library::$b),* }
+            }
+        }
+        impl From<$library> for $flag {
+            fn from(value: $library) -> Self {
+                match value { $($library::$b => $flag::$a),* }
+            }
+        }
+    };
+}
+names!(Fallback <-> ArcFallback { None <-> None, Threshold <-> Threshold, Easy <-> EasyMargin });
+names!(Optimizer <-> MethodName { Sgd <-> Sgd, Adam <-> Adam, Adamw <-> AdamW });
+
 /// Layer widths as `512,256` (empty: none).
 #[derive(Clone, Debug)]
 struct Widths(Vec<usize>);
@@ -199,11 +217,7 @@ const READ_BY_SOME: [(&str, &str, Setting); 9] = [
 /// The run's configuration and output folder, every flag checked; a usage error otherwise.
 fn configure() -> (TrainConfig, PathBuf) {
     let (cli, matches) = parse::<Cli>();
-    let optimizer = match cli.optimizer {
-        Optimizer::Sgd => MethodName::Sgd,
-        Optimizer::Adam => MethodName::Adam,
-        Optimizer::Adamw => MethodName::AdamW,
-    };
+    let optimizer = MethodName::from(cli.optimizer);
     let checked = refuse_unread(&matches, &READ_BY_SOME, &[cli.loss], optimizer)
         .and_then(|()| cli.data.settings(&matches));
     let data = checked.unwrap_or_else(|message| usage::<Cli>(message));
@@ -224,11 +238,7 @@ fn configure() -> (TrainConfig, PathBuf) {
             nontarget_margin: cli.m_nt,
             target_divisor: cli.big_m,
             combined: (cli.m1, cli.m2, cli.m3),
-            fallback: match cli.fallback {
-                Fallback::None => ArcFallback::None,
-                Fallback::Threshold => ArcFallback::Threshold,
-                Fallback::Easy => ArcFallback::EasyMargin,
-            },
+            fallback: cli.fallback.into(),
         },
         hidden: cli.hidden.0,
         embed_dim: cli.embed_dim,

@@ -4,7 +4,9 @@
 //! [`train`] writes into its output folder the checkpoint (`model.bin`, with the training state,
 //! saved after every epoch so that a failure keeps the last good one), its safetensors export,
 //! `metrics.json`, and SVG figures; given a checkpoint in [`TrainConfig::resume`], it continues
-//! that run where it stopped, with the same result as a run never interrupted. [`evaluate`]
+//! that run where it stopped, with the same result as a run never interrupted. Each run owns its
+//! folder ([`OutputPolicy`]), and counts the memory it will hold before it allocates any
+//! ([`Footprint`]). [`evaluate`]
 //! computes the final figures; `verify` calls the same function on a reloaded checkpoint, so the
 //! two report identical numbers. [`train_step`] is one step of any forward pass, [`model_step`]
 //! one step of a [`Model`].
