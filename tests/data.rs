@@ -142,8 +142,8 @@ fn a_raw_idx_file_claiming_more_than_it_holds_is_refused_before_its_data_are_rea
     assert_eq!(
         message,
         format!(
-            "malformed {} at data: dimensions [1048576, 1048576] need Some(1099511627776) \
-             bytes, found {}",
+            "malformed {} at data: dimensions [1048576, 1048576] need 1099511627776 \
+             bytes of data, found {}",
             path.display(),
             GIB - 12
         )
@@ -161,14 +161,14 @@ fn a_raw_idx_file_claiming_more_than_it_holds_is_refused_before_its_data_are_rea
         format_message(load_mnist(&dir, MnistSplit::Train))
     });
     assert!(
-        message.contains("dimensions [4294967295, 28, 28] need Some(3367254359280) bytes"),
+        message.contains("dimensions [4294967295, 28, 28] need 3367254359280 bytes of data"),
         "{message}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
     // dimensions whose product overflows: an error, never an allocation
     let message = format_message(parse_idx(&idx(&[u32::MAX; 3], &[1, 2]), "t"));
     assert!(
-        message.starts_with("malformed t at data: dimensions [4294967295, 4294967295, 4294967295] need None bytes: their product overflows"),
+        message.starts_with("malformed t at data: dimensions [4294967295, 4294967295, 4294967295] hold more elements than a 64-bit count can number"),
         "{message}"
     );
 }
@@ -192,7 +192,7 @@ fn a_gzip_file_claiming_more_than_it_holds_is_refused() {
     let bytes = gzip(&idx(&[10, 100], &[3; 600]));
     assert_eq!(
         format_message(parse_idx(&bytes, "t")),
-        "malformed t at data: dimensions [10, 100] need Some(1000) bytes, found 600"
+        "malformed t at data: dimensions [10, 100] need 1000 bytes of data, found 600"
     );
 }
 
@@ -211,13 +211,13 @@ fn a_gzip_stream_longer_than_its_claim_is_read_only_up_to_the_claim() {
     });
     assert_eq!(
         message,
-        "malformed t at data: dimensions [4, 4] need Some(16) bytes, found more: the data go on \
+        "malformed t at data: dimensions [4, 4] need 16 bytes of data, found more: the data go on \
          past them"
     );
     // a raw file with one byte too many
     assert_eq!(
         format_message(parse_idx(&idx(&[4, 4], &[0; 17]), "t")),
-        "malformed t at data: dimensions [4, 4] need Some(16) bytes, found 17"
+        "malformed t at data: dimensions [4, 4] need 16 bytes of data, found 17"
     );
 }
 
@@ -345,4 +345,54 @@ fn an_idx_path_that_is_no_regular_file_is_refused_without_reading() {
         other => eprintln!("note: mkfifo unavailable ({other:?}); the FIFO case is skipped"),
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Seeded mutations of a valid IDX file, raw and gzip-compressed: every one parses to the
+/// claimed size or is an error; none panics or allocates more than the claim allows.
+#[test]
+fn the_idx_reader_survives_thousands_of_seeded_mutations() {
+    use margrad::seeded_rng;
+    use rand::RngExt;
+    let pixels: Vec<u8> = (0..3 * 5 * 4).map(|i| (i * 37 % 251) as u8).collect();
+    let original = idx(&[3, 5, 4], &pixels);
+    let mut rng = seeded_rng(11);
+    let (mut accepted, mut rejected) = (0, 0);
+    for round in 0..6000 {
+        let mut bytes = original.clone();
+        for _ in 0..rng.random_range(1..4) {
+            if bytes.is_empty() {
+                break;
+            }
+            let at = rng.random_range(0..bytes.len());
+            match rng.random_range(0..5) {
+                0 => bytes[at] ^= 1 << rng.random_range(0..8),
+                1 => bytes[at] = rng.random(),
+                2 => bytes.truncate(at),
+                3 => {
+                    // a huge dimension where a dimension may stand
+                    let end = (at + 4).min(bytes.len());
+                    bytes[at..end].fill(0xff);
+                }
+                _ => {
+                    let chunk = bytes[at..(at + 8).min(bytes.len())].to_vec();
+                    bytes.splice(at..at, chunk);
+                }
+            }
+        }
+        // half the rounds go through gzip, so that the damage reaches the inflating reader
+        let input = if round % 2 == 0 { gzip(&bytes) } else { bytes };
+        match std::panic::catch_unwind(|| parse_idx(&input, "t")) {
+            Ok(Ok(array)) => {
+                assert_eq!(array.data.len(), array.dims.iter().product::<usize>());
+                accepted += 1;
+            }
+            Ok(Err(Error::Format { .. })) => rejected += 1,
+            Ok(Err(other)) => panic!("round {round}: not a format error: {other:?}"),
+            Err(_) => panic!("the IDX reader panicked on mutation round {round}"),
+        }
+    }
+    assert!(
+        rejected > 4000 && accepted > 100,
+        "{rejected} rejected, {accepted} accepted"
+    );
 }

@@ -136,7 +136,17 @@ fn holdout_verifies_on_unseen_classes_and_draws_the_sphere() {
             .verification_set
             .contains("unseen classes 6..=9")
     );
-    assert!(out.join("embedding.svg").exists());
+    // the legend names the six trained digits the test split holds, each once
+    let figure = std::fs::read_to_string(out.join("embedding.svg")).unwrap();
+    let named: Vec<&str> = figure
+        .split("<text class=\"legend\"")
+        .skip(1)
+        .map(|t| &t[t.find('>').unwrap() + 1..t.find("</text>").unwrap()])
+        .collect();
+    assert_eq!(
+        named,
+        ["0", "1", "2", "3", "4", "5", "far hemisphere (pale)"]
+    );
 }
 
 #[test]
@@ -464,13 +474,13 @@ fn idx_files_are_validated() {
     assert!(message(&idx([1, 0, 8, 1], &[1], &[0])).contains("expected bytes 0-1 to be zero"));
     assert_eq!(
         message(&idx([0, 0, 8, 2], &[2, 3], &[1, 2, 3])),
-        "malformed t at data: dimensions [2, 3] need Some(6) bytes, found 3"
+        "malformed t at data: dimensions [2, 3] need 6 bytes of data, found 3"
     );
     assert!(message(&[0, 0, 8, 3, 0, 0]).contains("3 dimensions need 16 header bytes"));
     // a header whose dimensions overflow claims no allocation, only an error
     assert!(
         message(&idx([0, 0, 8, 3], &[u32::MAX, u32::MAX, u32::MAX], &[]))
-            .contains("need None bytes")
+            .contains("hold more elements than a 64-bit count can number")
     );
 }
 

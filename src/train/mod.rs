@@ -11,6 +11,7 @@
 //! two report identical numbers. [`train_step`] is one step of any forward pass, [`model_step`]
 //! one step of a [`Model`].
 
+mod figures;
 mod memory;
 mod output;
 mod settings;
@@ -31,7 +32,6 @@ use crate::metrics::{
 };
 use crate::nn::{MlpConfig, Model, ModelConfig};
 use crate::optim::{LrSchedule, Method, Optimizer, Schedule};
-use crate::plot::{Series, embedding_figure, line_chart};
 use crate::{Error, Params, SeededRng, seeded_rng};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -720,80 +720,8 @@ fn write_outputs(
     let model_json = serde_json::to_string(model.config()).expect("configurations serialise");
     meta.insert("margrad.model".to_string(), model_json);
     checkpoint::save_safetensors(&out.join(EXPORT_FILE), params, &meta)?;
-    let history = &metrics.history;
-    let curve =
-        |f: fn(&EpochRecord) -> f64| history.iter().map(|r| (r.epoch as f64, f(r))).collect();
-    let loss = line_chart(
-        "training loss",
-        "epoch",
-        "mean loss",
-        &[Series {
-            name: "loss",
-            points: curve(|r| r.loss),
-        }],
-        false,
-    );
-    output(&out.join("loss.svg"), &loss)?;
-    let accuracy = line_chart(
-        "accuracy",
-        "epoch",
-        "top-1 accuracy",
-        &[
-            Series {
-                name: "train (batches)",
-                points: curve(|r| r.train_accuracy),
-            },
-            Series {
-                name: "test",
-                points: curve(|r| r.test_accuracy),
-            },
-        ],
-        false,
-    );
-    output(&out.join("accuracy.svg"), &accuracy)?;
-    let v = &metrics.final_metrics.verification;
-    let roc_points = evaluation
-        .roc
-        .far
-        .iter()
-        .copied()
-        .zip(evaluation.roc.tar.iter().copied())
-        .collect();
-    let figures = match (v.auc, v.eer) {
-        (Some(auc), Some(eer)) => format!("AUC {auc:.4}, EER {eer:.4}"),
-        _ => format!("undefined ({})", v.undefined.as_deref().unwrap_or("")),
-    };
-    let roc = line_chart(
-        &format!("ROC, {} pairs: {figures}", v.pairs),
-        "false accept rate (log)",
-        "true accept rate",
-        &[Series {
-            name: &metrics.final_metrics.verification_set,
-            points: roc_points,
-        }],
-        true,
-    );
-    output(&out.join("roc.svg"), &roc)?;
-    let dim = model.embedding_dim();
-    if dim == 2 || dim == 3 {
-        let shown = data.test.len().min(3000);
-        let idx: Vec<usize> = (0..shown).collect();
-        let (x, labels) = data.test.batch(&idx);
-        let e = model.embeddings(params, &x);
-        let points: Vec<Vec<f64>> = e
-            .data()
-            .chunks(dim)
-            .map(|r| r.iter().map(|&v| v as f64).collect())
-            .collect();
-        let figure = embedding_figure(
-            &format!(
-                "normalised {dim}-D embeddings, test split ({})",
-                metrics.config.loss.kind.name()
-            ),
-            &points,
-            labels.values(),
-        );
-        output(&out.join("embedding.svg"), &figure)?;
+    for (name, svg) in figures::figures(model, params, data, metrics, evaluation) {
+        output(&out.join(name), &svg)?;
     }
     let json = serde_json::to_string_pretty(metrics).expect("metrics serialise");
     output(&out.join(METRICS_FILE), &json)?;
