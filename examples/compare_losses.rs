@@ -1,32 +1,60 @@
 //! The honest comparison: the same network, data, epochs, optimiser and seeds for every loss;
 //! only the loss changes. Prints a markdown table of mean ± std over the seeds for every metric
-//! (what docs/results.md holds) and keeps each run's outputs under `--out`.
+//! (what docs/results.md holds) and keeps each run's outputs under `--out`, one folder per run,
+//! refused if not empty unless `--overwrite`. Settings are checked for every loss before the
+//! first run; any failure other than a divergence stops the comparison with a non-zero exit.
 //!
 //! `cargo run --release --example compare_losses -- --data mnist --data-dir PATH --seeds 3`
 
+#[macro_use]
 mod cli;
 
-use cli::{Args, DATA_HELP, DataFlags, Usage};
+use clap::Parser;
+use cli::{DataFlags, Stdout, describe, loss_parser, parse, refuse_unread, usage};
 use margrad::loss::LossKind;
-use margrad::train::{Metrics, TrainConfig, train};
+use margrad::train::{Metrics, OutputPolicy, Setting, TrainConfig, TrainError, train};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const HELP: &str = "\
-Train every loss with the same settings and seeds; print a markdown table of the results.
-
-USAGE
-  cargo run --release --example compare_losses -- [FLAGS]
-
-  --seeds N          seeds 0..N per loss (default 3)
-  --epochs N         (default 10)
-  --losses LIST      comma-separated loss names (default: all)
-  --embed-dim N      (default 128)
-  --dropout P        (default 0.2)
-  --scale S, --margin M   (defaults 30, 0.35)
-  --out DIR          run outputs (default runs/compare)
-
-";
+/// Train every loss with the same settings and seeds; print a markdown table of the results.
+#[derive(Parser, Debug)]
+#[command(
+    name = "compare_losses",
+    allow_negative_numbers = true,
+    args_override_self = true
+)]
+struct Cli {
+    /// Seeds 0..N per loss
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    seeds: u64,
+    /// Epochs
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    epochs: usize,
+    /// Comma-separated loss names [default: all]
+    #[arg(long, value_name = "LIST", value_parser = loss_parser(), value_delimiter = ',')]
+    losses: Vec<LossKind>,
+    /// Embedding dimension
+    #[arg(long, value_name = "N", default_value_t = TrainConfig::default().embed_dim)]
+    embed_dim: usize,
+    /// Dropout probability after the hidden layer
+    #[arg(long, value_name = "P", default_value_t = TrainConfig::default().dropout)]
+    dropout: f64,
+    /// Logit scale s (for the losses that have one)
+    #[arg(long, value_name = "S", default_value_t = TrainConfig::default().loss.scale)]
+    scale: f64,
+    /// Margin m (for the losses that have one)
+    #[arg(long, value_name = "M", default_value_t = TrainConfig::default().loss.margin)]
+    margin: f64,
+    /// Where each run's outputs go (a folder LOSS-seedN per run, each refused if not empty)
+    #[arg(long, value_name = "DIR", default_value = "runs/compare")]
+    out: PathBuf,
+    /// Remove the previous runs' outputs from their folders first (refused for a folder that
+    /// holds any other file)
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    data: DataFlags,
+}
 
 fn mean_std(values: &[f64]) -> (f64, f64) {
     let n = values.len().max(1) as f64;
@@ -35,59 +63,59 @@ fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-fn main() -> ExitCode {
-    let mut args = Args::from_env();
-    let mut data = DataFlags::default();
-    let mut base = TrainConfig {
-        epochs: 10,
-        dropout: 0.2,
-        ..TrainConfig::default()
+/// The base configuration, the losses and the seeds, every flag checked for every loss; a
+/// usage error otherwise.
+fn configure() -> (TrainConfig, Vec<LossKind>, Cli) {
+    let (cli, matches) = parse::<Cli>();
+    let losses = if cli.losses.is_empty() {
+        LossKind::ALL.to_vec()
+    } else {
+        cli.losses.clone()
     };
-    let (mut seeds, mut out, mut losses) =
-        (3u64, PathBuf::from("runs/compare"), LossKind::ALL.to_vec());
-    let parsed: Result<(), Usage> = (|| {
-        while let Some(flag) = args.next_flag()? {
-            if data.take(&flag, &mut args)? {
-                continue;
-            }
-            match flag.as_str() {
-                "help" | "h" => {
-                    println!("{HELP}{DATA_HELP}");
-                    std::process::exit(0);
-                }
-                "seeds" => seeds = args.value(&flag)?,
-                "epochs" => base.epochs = args.value(&flag)?,
-                "embed-dim" => base.embed_dim = args.value(&flag)?,
-                "dropout" => base.dropout = args.value(&flag)?,
-                "scale" => base.loss.scale = args.value(&flag)?,
-                "margin" => base.loss.margin = args.value(&flag)?,
-                "out" => out = args.value::<String>(&flag)?.into(),
-                "losses" => {
-                    let names: String = args.value(&flag)?;
-                    losses = names
-                        .split(',')
-                        .map(|n| {
-                            LossKind::from_name(n.trim())
-                                .ok_or_else(|| Usage(format!("--losses: unknown {n:?}")))
-                        })
-                        .collect::<Result<_, _>>()?;
-                }
-                other => return Err(Usage(format!("unknown flag --{other}"))),
-            }
-        }
-        Ok(())
-    })();
-    if let Err(Usage(message)) = parsed.and_then(|()| {
-        base.data = std::mem::take(&mut data).settings()?;
-        Ok(())
-    }) {
-        eprintln!("error: {message}\n(run with --help for the flags)");
-        return ExitCode::from(2);
+    let base = TrainConfig::default();
+    let flags = [
+        ("scale", "--scale", Setting::Scale),
+        ("margin", "--margin", Setting::Margin),
+    ];
+    let data = refuse_unread(&matches, &flags, &losses, base.optimizer)
+        .and_then(|()| cli.data.settings(&matches))
+        .unwrap_or_else(|message| usage::<Cli>(message));
+    let mut base = TrainConfig {
+        data,
+        epochs: cli.epochs,
+        embed_dim: cli.embed_dim,
+        dropout: cli.dropout,
+        output: if cli.overwrite {
+            OutputPolicy::Overwrite
+        } else {
+            OutputPolicy::New
+        },
+        ..base
+    };
+    base.loss.scale = cli.scale;
+    base.loss.margin = cli.margin;
+    if cli.seeds == 0 {
+        usage::<Cli>("invalid seeds = 0: must be at least 1");
     }
-    println!(
+    for &kind in &losses {
+        let mut config = base.clone();
+        config.loss.kind = kind;
+        if let Err(e) = config.validate() {
+            usage::<Cli>(format!("{}: {e}", kind.name()));
+        }
+    }
+    (base, losses, cli)
+}
+
+fn main() -> ExitCode {
+    let (base, losses, cli) = configure();
+    let (seeds, out) = (cli.seeds, cli.out);
+    let mut stdout = Stdout::new();
+    say!(
+        stdout,
         "| loss | test acc. % | verif. acc. % | AUC | EER | TAR@1e-3 | TAR@1e-2 | intra ° | inter min ° | inter mean ° | epoch s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    say!(stdout, "|---|---|---|---|---|---|---|---|---|---|---|");
     let mut pairs_line = String::new();
     for kind in losses {
         let mut runs: Vec<Metrics> = Vec::new();
@@ -99,11 +127,17 @@ fn main() -> ExitCode {
             let dir = out.join(format!("{}-seed{seed}", kind.name()));
             match train(&config, &dir, &mut |_| {}) {
                 Ok(m) => runs.push(m),
-                Err(e) => failures.push(format!("seed {seed}: {e}")),
+                Err(e @ TrainError::Diverged { .. }) => failures.push(format!("seed {seed}: {e}")),
+                Err(e) => {
+                    // not the loss's doing: the table would misreport it
+                    complain!("error: {} seed {seed}: {}", kind.name(), describe(&e));
+                    return ExitCode::FAILURE;
+                }
             }
         }
         if runs.is_empty() {
-            println!(
+            say!(
+                stdout,
                 "| {} | did not converge: {} |",
                 kind.name(),
                 failures.join("; ")
@@ -123,7 +157,8 @@ fn main() -> ExitCode {
             }
         };
         let fm = |r: &Metrics| r.final_metrics.clone();
-        println!(
+        say!(
+            stdout,
             "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             kind.name(),
             if failures.is_empty() {
@@ -152,9 +187,9 @@ fn main() -> ExitCode {
             v.verification_set, v.verification.pairs, v.verification.positive_pairs
         );
         for f in failures {
-            eprintln!("{}: {f}", kind.name());
+            complain!("{}: {f}", kind.name());
         }
     }
-    println!("\n{pairs_line}");
-    ExitCode::SUCCESS
+    say!(stdout, "\n{pairs_line}");
+    stdout.exit_code()
 }

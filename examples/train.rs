@@ -2,165 +2,275 @@
 //! are judged, saves it, and draws what it learned. `--help` lists the flags.
 //!
 //! `cargo run --release --example train` trains on the UCI digits shipped in the crate.
+//!
+//! Each run owns its `--out` folder: a folder that is not empty is refused unless the run is
+//! told `--overwrite` (which removes only a previous run's files) or `--resume`. A flag the run
+//! would not read (`--m-nt` with `--loss am`, `--momentum` with adam, `--data-dir` without
+//! `--data mnist`...) is refused, naming the conflict. A closed standard output (`| head`)
+//! stops the printing, not the run.
 
+#[macro_use]
 mod cli;
 
-use cli::{Args, DATA_HELP, DataFlags, Usage, print_final};
-use margrad::loss::ArcFallback;
-use margrad::loss::LossKind;
-use margrad::train::{CHECKPOINT_FILE, EXPORT_FILE, Event, MethodName, TrainConfig, train};
+use clap::{Parser, ValueEnum};
+use cli::{
+    DataFlags, Stdout, describe, given, loss_parser, parse, print_final, refuse_unread, usage,
+};
+use margrad::loss::{ArcFallback, LossKind};
+use margrad::train::{
+    CHECKPOINT_FILE, EXPORT_FILE, Event, MethodName, OutputPolicy, Setting, TrainConfig, train,
+};
+use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
 
-const HELP: &str = "\
-Train an embedding model with a margin-based softmax loss.
+/// Train an embedding model with a margin-based softmax loss; evaluate it (closed-set accuracy,
+/// verification, embedding geometry), save it and draw it.
+#[derive(Parser, Debug)]
+#[command(
+    name = "train",
+    allow_negative_numbers = true,
+    args_override_self = true
+)]
+struct Cli {
+    /// The loss
+    #[arg(long, value_name = "NAME", value_parser = loss_parser(), help_heading = "Loss",
+          default_value = TrainConfig::default().loss.kind.name())]
+    loss: LossKind,
+    /// Logit scale s
+    #[arg(long, value_name = "S", help_heading = "Loss",
+          default_value_t = TrainConfig::default().loss.scale)]
+    scale: f64,
+    /// Margin m: the cosine margin (am, enhanced family), the angular margin (arcface)
+    #[arg(long, value_name = "M", help_heading = "Loss",
+          default_value_t = TrainConfig::default().loss.margin)]
+    margin: f64,
+    /// Enhanced: the margin added to every non-target cosine [default: m]
+    #[arg(long, value_name = "X", help_heading = "Loss")]
+    m_nt: Option<f64>,
+    /// Enhanced: the target divisor M [default: e^m]
+    #[arg(long, value_name = "X", help_heading = "Loss")]
+    big_m: Option<f64>,
+    /// Combined: the angular multiplier m1
+    #[arg(long, value_name = "X", help_heading = "Loss",
+          default_value_t = TrainConfig::default().loss.combined.0)]
+    m1: f64,
+    /// Combined: the angular margin m2
+    #[arg(long, value_name = "X", help_heading = "Loss",
+          default_value_t = TrainConfig::default().loss.combined.1)]
+    m2: f64,
+    /// Combined: the cosine margin m3
+    #[arg(long, value_name = "X", help_heading = "Loss",
+          default_value_t = TrainConfig::default().loss.combined.2)]
+    m3: f64,
+    /// Arcface and combined: the target past the monotonic range
+    #[arg(long, value_enum, help_heading = "Loss", default_value_t = TrainConfig::default().loss.fallback.into())]
+    fallback: Fallback,
 
-USAGE
-  cargo run --release --example train -- [FLAGS]
+    /// Hidden layer widths, comma-separated (empty for none)
+    #[arg(long, value_name = "LIST", help_heading = "Model and training",
+          default_value_t = Widths(TrainConfig::default().hidden))]
+    hidden: Widths,
+    /// Embedding dimension (2 or 3 also draws the circle or sphere)
+    #[arg(long, value_name = "N", help_heading = "Model and training",
+          default_value_t = TrainConfig::default().embed_dim)]
+    embed_dim: usize,
+    /// BatchNorm1d after each hidden layer
+    #[arg(long, help_heading = "Model and training")]
+    batch_norm: bool,
+    /// Dropout probability after each hidden layer
+    #[arg(long, value_name = "P", help_heading = "Model and training",
+          default_value_t = TrainConfig::default().dropout)]
+    dropout: f64,
+    /// Epochs
+    #[arg(long, value_name = "N", help_heading = "Model and training",
+          default_value_t = TrainConfig::default().epochs)]
+    epochs: usize,
+    /// Batch size
+    #[arg(long, value_name = "N", help_heading = "Model and training",
+          default_value_t = TrainConfig::default().batch)]
+    batch: usize,
+    /// The optimiser
+    #[arg(long, value_enum, value_name = "NAME", help_heading = "Model and training",
+          default_value_t = TrainConfig::default().optimizer.into())]
+    optimizer: Optimizer,
+    /// Learning rate, annealed by a cosine to 1% of it
+    #[arg(long, value_name = "X", help_heading = "Model and training",
+          default_value_t = TrainConfig::default().lr)]
+    lr: f64,
+    /// SGD's momentum (Nesterov when > 0)
+    #[arg(long, value_name = "X", help_heading = "Model and training",
+          default_value_t = TrainConfig::default().momentum)]
+    momentum: f64,
+    /// Weight decay
+    #[arg(long, value_name = "X", help_heading = "Model and training",
+          default_value_t = TrainConfig::default().weight_decay)]
+    weight_decay: f64,
+    /// Seeds initialisation, shuffling and dropout
+    #[arg(long, value_name = "N", help_heading = "Model and training",
+          default_value_t = TrainConfig::default().seed)]
+    seed: u64,
+    /// Worker threads [default: all cores; 0 too]; the result is the same on any number
+    #[arg(long, value_name = "N", help_heading = "Model and training")]
+    threads: Option<usize>,
 
-LOSS
-  --loss NAME        the loss (default am), one of:
-LOSSES
-  --scale S          logit scale s (default 30)
-  --margin M         margin m: cosine margin (am, enhanced), angular margin (arcface) (default 0.35)
-  --m-nt X           enhanced: margin added to every non-target cosine (default m)
-  --big-m X          enhanced: target divisor M (default e^m)
-  --m1 X, --m2 X, --m3 X
-                     combined: angular multiplier (default 1), angular margin (default 0.3),
-                     cosine margin (default 0.2)
-  --fallback F       arcface/combined past the monotonic range: none | threshold | easy (default threshold)
+    /// Where the outputs go; a new run refuses a folder that is not empty
+    #[arg(
+        long,
+        value_name = "DIR",
+        help_heading = "Output",
+        default_value = "runs/latest"
+    )]
+    out: PathBuf,
+    /// Remove a previous run's outputs from --out first (refused if the folder holds any other
+    /// file)
+    #[arg(long, help_heading = "Output", conflicts_with = "resume")]
+    overwrite: bool,
+    /// Continue the run saved in PATH (its checkpoint) from the epoch after the ones it
+    /// completed, up to --epochs, as if it had never stopped; pass the interrupted run's flags
+    /// (model and optimiser flags are checked against it)
+    #[arg(long, value_name = "PATH", help_heading = "Output")]
+    resume: Option<PathBuf>,
 
-MODEL AND TRAINING
-  --hidden LIST      hidden layer widths, comma-separated (default 512)
-  --embed-dim N      embedding dimension (default 128; 2 or 3 also draws the sphere)
-  --batch-norm       BatchNorm1d after each hidden layer
-  --dropout P        dropout after each hidden layer (default 0.2)
-  --epochs N         (default 20)
-  --batch N          (default 128)
-  --optimizer NAME   sgd | adam | adamw (default adam)
-  --lr X             learning rate, annealed by a cosine to 1% (default 0.001)
-  --momentum X       SGD momentum, Nesterov when > 0 (default 0.9)
-  --weight-decay X   (default 0)
-  --seed N           seeds initialisation, shuffling and dropout (default 0)
-  --threads N        worker threads (default or 0: all cores; the result is the same on any)
-  --out DIR          where the outputs go (default runs/latest)
-  --resume PATH      continue the run saved in PATH (its checkpoint.margrad) from the epoch
-                     after the ones it completed, up to --epochs, as if it had never stopped;
-                     pass the interrupted run's flags (model and optimiser flags are checked
-                     against it)
+    #[command(flatten)]
+    data: DataFlags,
+}
 
-";
+/// ArcFace's fallback past the monotonic range, by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Fallback {
+    /// cos(m1·θ + m2) at every angle
+    None,
+    /// InsightFace's: c − mm past the threshold
+    Threshold,
+    /// The margin only where c > 0
+    Easy,
+}
 
-fn parse() -> Result<(TrainConfig, PathBuf), Usage> {
-    let mut args = Args::from_env();
-    let mut config = TrainConfig::default();
-    let mut data = DataFlags::default();
-    let mut out = PathBuf::from("runs/latest");
-    let (mut m2, mut m1, mut m3) = (None, None, None);
-    while let Some(flag) = args.next_flag()? {
-        if data.take(&flag, &mut args)? {
-            continue;
+/// An optimiser by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Optimizer {
+    Sgd,
+    Adam,
+    Adamw,
+}
+
+/// The flags' names and the library's values, both ways (the defaults come from the library).
+macro_rules! names {
+    ($flag:ident <-> $library:ident { $($a:ident <-> $b:ident),* }) => {
+        impl From<$flag> for $library {
+            fn from(value: $flag) -> Self {
+                match value { $($flag::$a => $library::$b),* }
+            }
         }
-        let loss = &mut config.loss;
-        match flag.as_str() {
-            "help" | "h" => {
-                // the loss names come from the one list the library keeps
-                let (mut list, mut width) = (String::new(), 0);
-                for (i, kind) in LossKind::ALL.iter().enumerate() {
-                    let name = kind.name();
-                    if i > 0 && width + name.len() > 70 {
-                        list.push_str(" |\n");
-                        width = 0;
-                    } else if i > 0 {
-                        list.push_str(" | ");
-                    }
-                    if width == 0 {
-                        list.push_str(&" ".repeat(21));
-                        width = 21;
-                    }
-                    list.push_str(name);
-                    width += name.len() + 3;
-                }
-                let help = HELP.replace("LOSSES", &list);
-                println!("{help}{DATA_HELP}");
-                std::process::exit(0);
+        impl From<$library> for $flag {
+            fn from(value: $library) -> Self {
+                match value { $($library::$b => $flag::$a),* }
             }
-            "loss" => {
-                let name: String = args.value(&flag)?;
-                loss.kind = LossKind::from_name(&name).ok_or_else(|| {
-                    let names: Vec<_> = LossKind::ALL.iter().map(|k| k.name()).collect();
-                    Usage(format!(
-                        "--loss: unknown loss {name:?} ({})",
-                        names.join(", ")
-                    ))
-                })?;
-            }
-            "scale" => loss.scale = args.value(&flag)?,
-            "margin" => loss.margin = args.value(&flag)?,
-            "m-nt" => loss.nontarget_margin = Some(args.value(&flag)?),
-            "m2" => m2 = Some(args.value(&flag)?),
-            "big-m" => loss.target_divisor = Some(args.value(&flag)?),
-            "m1" => m1 = Some(args.value(&flag)?),
-            "m3" => m3 = Some(args.value(&flag)?),
-            "fallback" => {
-                let name: String = args.value(&flag)?;
-                loss.fallback = match name.as_str() {
-                    "none" => ArcFallback::None,
-                    "threshold" => ArcFallback::Threshold,
-                    "easy" => ArcFallback::EasyMargin,
-                    _ => {
-                        return Err(Usage(format!(
-                            "--fallback: unknown {name:?} (none, threshold, easy)"
-                        )));
-                    }
-                };
-            }
-            "hidden" => config.hidden = args.list(&flag)?,
-            "embed-dim" => config.embed_dim = args.value(&flag)?,
-            "batch-norm" => config.batch_norm = true,
-            "dropout" => config.dropout = args.value(&flag)?,
-            "epochs" => config.epochs = args.value(&flag)?,
-            "batch" => config.batch = args.value(&flag)?,
-            "optimizer" => {
-                let name: String = args.value(&flag)?;
-                config.optimizer = match name.as_str() {
-                    "sgd" => MethodName::Sgd,
-                    "adam" => MethodName::Adam,
-                    "adamw" => MethodName::AdamW,
-                    _ => {
-                        return Err(Usage(format!(
-                            "--optimizer: unknown {name:?} (sgd, adam, adamw)"
-                        )));
-                    }
-                };
-            }
-            "lr" => config.lr = args.value(&flag)?,
-            "momentum" => config.momentum = args.value(&flag)?,
-            "weight-decay" => config.weight_decay = args.value(&flag)?,
-            "seed" => config.seed = args.value(&flag)?,
-            "threads" => config.threads = Some(args.value(&flag)?),
-            "resume" => config.resume = Some(args.value::<String>(&flag)?.into()),
-            "out" => out = args.value::<String>(&flag)?.into(),
-            other => return Err(Usage(format!("unknown flag --{other}"))),
+        }
+    };
+}
+names!(Fallback <-> ArcFallback { None <-> None, Threshold <-> Threshold, Easy <-> EasyMargin });
+names!(Optimizer <-> MethodName { Sgd <-> Sgd, Adam <-> Adam, Adamw <-> AdamW });
+
+/// Layer widths as `512,256` (empty: none).
+#[derive(Clone, Debug)]
+struct Widths(Vec<usize>);
+
+impl FromStr for Widths {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.split(',')
+            .filter(|w| !w.trim().is_empty())
+            .map(|w| {
+                w.trim()
+                    .parse()
+                    .map_err(|_| format!("{w:?} is not a whole number"))
+            })
+            .collect::<Result<_, _>>()
+            .map(Widths)
+    }
+}
+
+impl fmt::Display for Widths {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let widths: Vec<String> = self.0.iter().map(usize::to_string).collect();
+        write!(f, "{}", widths.join(","))
+    }
+}
+
+/// The flags that only some runs read, by their ids.
+const READ_BY_SOME: [(&str, &str, Setting); 9] = [
+    ("scale", "--scale", Setting::Scale),
+    ("margin", "--margin", Setting::Margin),
+    ("m_nt", "--m-nt", Setting::NontargetMargin),
+    ("big_m", "--big-m", Setting::TargetDivisor),
+    ("m1", "--m1", Setting::Combined),
+    ("m2", "--m2", Setting::Combined),
+    ("m3", "--m3", Setting::Combined),
+    ("fallback", "--fallback", Setting::Fallback),
+    ("momentum", "--momentum", Setting::Momentum),
+];
+
+/// The run's configuration and output folder, every flag checked; a usage error otherwise.
+fn configure() -> (TrainConfig, PathBuf) {
+    let (cli, matches) = parse::<Cli>();
+    let optimizer = MethodName::from(cli.optimizer);
+    let checked = refuse_unread(&matches, &READ_BY_SOME, &[cli.loss], optimizer)
+        .and_then(|()| cli.data.settings(&matches));
+    let data = checked.unwrap_or_else(|message| usage::<Cli>(message));
+    // dropout and BatchNorm follow each hidden layer: with none, nothing reads them
+    for (id, flag) in [("dropout", "--dropout"), ("batch_norm", "--batch-norm")] {
+        if cli.hidden.0.is_empty() && given(&matches, id) {
+            usage::<Cli>(format!(
+                "{flag} is read only with hidden layers, and --hidden is empty"
+            ));
         }
     }
-    let loss = &mut config.loss;
-    loss.combined = (m1.unwrap_or(1.0), m2.unwrap_or(0.3), m3.unwrap_or(0.2));
-    config.data = data.settings()?;
-    Ok((config, out))
+    let config = TrainConfig {
+        data,
+        loss: margrad::loss::LossSettings {
+            kind: cli.loss,
+            scale: cli.scale,
+            margin: cli.margin,
+            nontarget_margin: cli.m_nt,
+            target_divisor: cli.big_m,
+            combined: (cli.m1, cli.m2, cli.m3),
+            fallback: cli.fallback.into(),
+        },
+        hidden: cli.hidden.0,
+        embed_dim: cli.embed_dim,
+        batch_norm: cli.batch_norm,
+        dropout: cli.dropout,
+        epochs: cli.epochs,
+        batch: cli.batch,
+        optimizer,
+        lr: cli.lr,
+        momentum: cli.momentum,
+        weight_decay: cli.weight_decay,
+        seed: cli.seed,
+        threads: cli.threads,
+        resume: cli.resume,
+        output: if cli.overwrite {
+            OutputPolicy::Overwrite
+        } else {
+            OutputPolicy::New
+        },
+    };
+    if let Err(e) = config.validate() {
+        usage::<Cli>(e);
+    }
+    (config, cli.out)
 }
 
 fn main() -> ExitCode {
-    let (config, out) = match parse() {
-        Ok(parsed) => parsed,
-        Err(Usage(message)) => {
-            eprintln!("error: {message}\n(run with --help for the flags)");
-            return ExitCode::from(2);
-        }
-    };
+    let (config, out) = configure();
+    let mut stdout = Stdout::new();
     let terminal = std::io::stderr().is_terminal();
-    println!(
+    say!(
+        stdout,
         "training {} (s = {}, m = {}) for {} epochs; outputs in {}",
         config.loss.kind.name(),
         config.loss.scale,
@@ -176,18 +286,27 @@ fn main() -> ExitCode {
             steps,
             loss,
         } if terminal && (step % 10 == 0 || step == steps) => {
-            eprint!("\r  epoch {epoch}/{epochs}  step {step}/{steps}  loss {loss:.4}   ");
-            let _ = std::io::stderr().flush();
+            let mut stderr = std::io::stderr();
+            let _ = write!(
+                stderr,
+                "\r  epoch {epoch}/{epochs}  step {step}/{steps}  loss {loss:.4}   "
+            );
+            let _ = stderr.flush();
         }
         Event::Step { .. } => {}
         Event::Resumed { from, epoch } => {
-            println!("resumed from {} after epoch {epoch}", from.display());
+            say!(
+                stdout,
+                "resumed from {} after epoch {epoch}",
+                from.display()
+            );
         }
         Event::Epoch(r) => {
             if terminal {
-                eprint!("\r{:60}\r", "");
+                let _ = write!(std::io::stderr(), "\r{:60}\r", "");
             }
-            println!(
+            say!(
+                stdout,
                 "epoch {:>3}/{epochs}  loss {:.4}  train {:.2}%  test {:.2}%  {:.0} samples/s  ({:.2} s)",
                 r.epoch,
                 r.loss,
@@ -200,16 +319,16 @@ fn main() -> ExitCode {
     };
     match train(&config, &out, &mut on_event) {
         Ok(metrics) => {
-            let f = &metrics.final_metrics;
-            print_final(f);
-            println!(
+            print_final(&mut stdout, &metrics.final_metrics);
+            say!(
+                stdout,
                 "wrote {CHECKPOINT_FILE}, {EXPORT_FILE}, metrics.json and figures to {}",
                 out.display()
             );
-            ExitCode::SUCCESS
+            stdout.exit_code()
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            complain!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }

@@ -1,98 +1,76 @@
 //! Loads a trained checkpoint, embeds a data set and prints the figures the trainer reported for
 //! the same data (the same function computes them, so they are identical). `--help` lists the
-//! flags.
+//! flags; the data flags are checked as `train` checks them.
 //!
 //! `cargo run --release --example verify -- --model runs/latest/checkpoint.margrad`
 
+#[macro_use]
 mod cli;
 
-use cli::{Args, DATA_HELP, DataFlags, Usage, print_final};
+use clap::Parser;
+use cli::{DataFlags, Stdout, parse, print_final, usage};
 use margrad::checkpoint;
 use margrad::train::{evaluate, prepare_data};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const HELP: &str = "\
-Evaluate a trained checkpoint: closed-set accuracy, verification, embedding geometry.
-
-USAGE
-  cargo run --release --example verify -- --model PATH [FLAGS]
-
-  --model PATH       the checkpoint (checkpoint.margrad) written by the train example
-  --json             print metrics.json's `final` object instead of text
-  (pass the same data flags the model was trained with)
-
-";
-
-fn parse() -> Result<(PathBuf, bool, margrad::train::DataSettings), Usage> {
-    let mut args = Args::from_env();
-    let (mut model, mut json, mut data) = (None, false, DataFlags::default());
-    while let Some(flag) = args.next_flag()? {
-        if data.take(&flag, &mut args)? {
-            continue;
-        }
-        match flag.as_str() {
-            "help" | "h" => {
-                println!("{HELP}{DATA_HELP}");
-                std::process::exit(0);
-            }
-            "model" => model = Some(PathBuf::from(args.value::<String>(&flag)?)),
-            "json" => json = true,
-            other => return Err(Usage(format!("unknown flag --{other}"))),
-        }
-    }
-    let model = model.ok_or_else(|| Usage("--model PATH is required".into()))?;
-    Ok((model, json, data.settings()?))
+/// Evaluate a trained checkpoint: closed-set accuracy, verification, embedding geometry. Pass
+/// the data flags the model was trained with.
+#[derive(Parser, Debug)]
+#[command(
+    name = "verify",
+    allow_negative_numbers = true,
+    args_override_self = true
+)]
+struct Cli {
+    /// The checkpoint written by the train example (checkpoint.margrad in its --out folder)
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// Print metrics.json's `final` object instead of text
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    data: DataFlags,
 }
 
 fn main() -> ExitCode {
-    let (path, json, settings) = match parse() {
-        Ok(parsed) => parsed,
-        Err(Usage(message)) => {
-            eprintln!("error: {message}\n(run with --help for the flags)");
-            return ExitCode::from(2);
-        }
-    };
-    let checkpoint = match checkpoint::load::<f32>(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (cli, matches) = parse::<Cli>();
+    let settings = cli
+        .data
+        .settings(&matches)
+        .unwrap_or_else(|message| usage::<Cli>(message));
+    let fail = |e: &dyn std::fmt::Display| {
+        complain!("error: {e}");
+        ExitCode::FAILURE
     };
     let data = match prepare_data(&settings) {
         Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(&e),
+    };
+    let checkpoint = match checkpoint::load::<f32>(&cli.model) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
     };
     let expected = checkpoint.model.input_dim();
-    if data.test.dim() != expected || data.train.classes != checkpoint.model.config().head.classes()
-    {
-        eprintln!(
-            "error: the model takes {expected} features and {} classes, the data has {} features \
-             and {} classes: pass the data flags it was trained with",
-            checkpoint.model.config().head.classes(),
+    let classes = checkpoint.model.config().head.classes();
+    if data.test.dim() != expected || data.train.classes != classes {
+        return fail(&format!(
+            "the model takes {expected} features and {classes} classes, the data has {} \
+             features and {} classes: pass the data flags it was trained with",
             data.test.dim(),
             data.train.classes
-        );
-        return ExitCode::FAILURE;
+        ));
     }
     let f = match evaluate(&checkpoint.model, &checkpoint.params, &data, &settings) {
         Ok(evaluation) => evaluation.metrics,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(&e),
     };
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&f).expect("metrics serialise")
-        );
-        return ExitCode::SUCCESS;
+    let mut stdout = Stdout::new();
+    if cli.json {
+        let json = serde_json::to_string_pretty(&f).expect("metrics serialise");
+        say!(stdout, "{json}");
+    } else {
+        print_final(&mut stdout, &f);
     }
-    print_final(&f);
-    ExitCode::SUCCESS
+    stdout.exit_code()
 }

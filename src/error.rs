@@ -100,6 +100,18 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A setting so large that the memory a run would hold cannot be counted in 64 bits, or
+    /// exceeds the memory the machine has available: refused before anything is allocated.
+    TooLarge {
+        /// The setting that sizes the largest share of the memory.
+        setting: &'static str,
+        /// Its value.
+        value: u64,
+        /// The bytes the run would hold; `None` when the count overflows.
+        needed: Option<u64>,
+        /// The bytes available (`MemAvailable`); `None` where it cannot be read.
+        available: Option<u64>,
+    },
 }
 
 impl fmt::Display for Error {
@@ -167,11 +179,40 @@ impl fmt::Display for Error {
                 f,
                 "invalid settings for layer {layer} ({kind:?}): {message}"
             ),
+            Error::TooLarge {
+                setting,
+                value,
+                needed,
+                available,
+            } => match (needed, available) {
+                (None, _) => write!(
+                    f,
+                    "{setting} = {value} is too large: the memory it needs overflows a 64-bit \
+                     count of bytes"
+                ),
+                (Some(needed), Some(available)) => write!(
+                    f,
+                    "{setting} = {value} is too large: the run would hold {needed} bytes ({}), \
+                     more than the {available} bytes ({}) available",
+                    gib(*needed),
+                    gib(*available)
+                ),
+                (Some(needed), None) => write!(
+                    f,
+                    "{setting} = {value} is too large: the run would hold {needed} bytes ({})",
+                    gib(*needed)
+                ),
+            },
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+/// `bytes` in GiB, for messages.
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
 
 impl Error {
     /// `Ok` when `value` is finite and `ok` holds; otherwise [`Error::InvalidSetting`] naming

@@ -1,6 +1,8 @@
-//! The trainer end to end on small data, its exact resume and its thread setting, the
-//! command-line programs' handling of bad input, and the data paths they rely on (IDX files,
-//! synthetic data, open-set splits).
+//! The trainer end to end on small data, its exact resume and its thread setting, its output
+//! folder and memory checks, and the data paths it relies on (IDX files, synthetic data,
+//! open-set splits). The command-line programs are tested in `tests/cli.rs`.
+
+mod common;
 
 use margrad::checkpoint::{self, Checkpoint, CheckpointError};
 use margrad::data::{MnistSplit, SyntheticConfig, load_mnist, parse_idx, synthetic};
@@ -12,7 +14,6 @@ use margrad::train::{
 };
 use margrad::{Error, Params, Tensor};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("margrad-train-{}-{name}", std::process::id()));
@@ -450,91 +451,6 @@ fn one_thread_and_two_give_the_same_bits() {
     );
 }
 
-// ---- the command-line programs ----
-
-fn example(name: &str) -> PathBuf {
-    // target/<profile>/deps/<test> → target/<profile>/examples/<name>
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name)
-}
-
-fn run(name: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(example(name))
-        .args(args)
-        .output()
-        .expect("the example is built");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[test]
-fn the_command_line_refuses_bad_input_clearly() {
-    let cases: [(&[&str], i32, &str); 9] = [
-        (&["--bogus"], 2, "unknown flag --bogus"),
-        (
-            &["--epochs", "ten"],
-            2,
-            "--epochs: cannot read \"ten\" as a whole number",
-        ),
-        (
-            &["--loss", "triplet"],
-            2,
-            "--loss: unknown loss \"triplet\"",
-        ),
-        (
-            &["--data", "mnist"],
-            2,
-            "--data mnist needs --data-dir PATH",
-        ),
-        (
-            &["--data", "mnist", "--data-dir", "/nonexistent"],
-            1,
-            "/nonexistent/train-images-idx3-ubyte",
-        ),
-        (
-            &["--margin", "-1", "--epochs", "1"],
-            1,
-            "invalid cosine margin m = -1: must be non-negative",
-        ),
-        (&["--epochs"], 2, "--epochs needs a value"),
-        (&["--resume"], 2, "--resume needs a value"),
-        (
-            &[
-                "--resume",
-                "/nonexistent/checkpoint.margrad",
-                "--epochs",
-                "1",
-            ],
-            1,
-            "cannot resume from /nonexistent/checkpoint.margrad: /nonexistent/checkpoint.margrad:",
-        ),
-    ];
-    for (args, code, message) in cases {
-        let (status, _, stderr) = run("train", args);
-        assert_eq!(status, code, "{args:?}: {stderr}");
-        assert!(stderr.contains(message), "{args:?}: {stderr}");
-    }
-    let (status, stdout, _) = run("train", &["--help"]);
-    assert_eq!(status, 0);
-    assert!(stdout.contains("--holdout-classes N") && stdout.contains("--loss NAME"));
-    assert!(stdout.contains("--resume PATH"));
-    let (status, _, stderr) = run("verify", &[]);
-    assert_eq!(
-        (status, stderr.contains("--model PATH is required")),
-        (2, true)
-    );
-    let (status, _, stderr) = run("verify", &["--model", "/nonexistent/checkpoint.margrad"]);
-    assert_eq!(status, 1, "{stderr}");
-}
-
 // ---- data ----
 
 fn idx(magic: [u8; 4], dims: &[u32], data: &[u8]) -> Vec<u8> {
@@ -667,10 +583,14 @@ fn an_output_that_cannot_be_written_is_named_as_such() {
         Err(TrainError::Output { path, .. }) => assert_eq!(path, blocked),
         other => panic!("expected an output error, got {other:?}"),
     }
-    // a figure: a folder stands where loss.svg goes, after the checkpoint was written
+    // a figure: a folder stands where loss.svg goes, put there after the checkpoint was written
     let out = temp("blocked-figure");
-    std::fs::create_dir_all(out.join("loss.svg")).unwrap();
-    let err = train(&config, &out, &mut |_| {}).unwrap_err();
+    let err = train(&config, &out, &mut |e| {
+        if let Event::Epoch(_) = e {
+            std::fs::create_dir_all(out.join("loss.svg")).unwrap();
+        }
+    })
+    .unwrap_err();
     let TrainError::Output { path, .. } = &err else {
         panic!("expected an output error, got {err:?}")
     };
@@ -744,4 +664,331 @@ fn an_empty_data_set_is_refused_before_training() {
     }
     assert!(err.to_string().starts_with("no training samples"), "{err}");
     assert!(!out.join("metrics.json").exists() && !out.join(CHECKPOINT_FILE).exists());
+}
+
+// ---- settings that only some runs read ----
+
+#[test]
+fn the_settings_each_loss_reads_are_the_ones_its_formula_uses() {
+    use margrad::loss::ArcFallback;
+    use margrad::train::Setting;
+    // a setting is read when changing it changes the loss a kind builds
+    let base = TrainConfig::default().loss;
+    for kind in LossKind::ALL {
+        let settings = margrad::loss::LossSettings {
+            kind,
+            ..base.clone()
+        };
+        let built = settings.margin_loss().unwrap();
+        for setting in Setting::ALL {
+            let mut changed = settings.clone();
+            match setting {
+                Setting::Scale => changed.scale = 17.0,
+                Setting::Margin => changed.margin = 0.11,
+                Setting::NontargetMargin => changed.nontarget_margin = Some(0.07),
+                Setting::TargetDivisor => changed.target_divisor = Some(1.3),
+                Setting::Combined => changed.combined = (1.2, 0.1, 0.05),
+                Setting::Fallback => changed.fallback = ArcFallback::EasyMargin,
+                Setting::Momentum => continue,
+            }
+            let read = changed.margin_loss().unwrap() != built;
+            assert_eq!(
+                setting.read_by(kind, MethodName::Adam),
+                read,
+                "{setting:?} for {}",
+                kind.name()
+            );
+        }
+    }
+    for (method, reads) in [
+        (MethodName::Sgd, true),
+        (MethodName::Adam, false),
+        (MethodName::AdamW, false),
+    ] {
+        assert_eq!(Setting::Momentum.read_by(LossKind::Am, method), reads);
+    }
+}
+
+#[test]
+fn fewer_than_20_pairs_are_refused_by_train_and_by_prepare_data_alike() {
+    let mut config = small(LossKind::Am);
+    config.data.pairs = 10;
+    let refused = |e: &Error| matches!(e, Error::InvalidSetting { name: "pairs", .. });
+    assert!(refused(&prepare_data(&config.data).unwrap_err()));
+    match train(&config, &temp("pairs-10"), &mut |_| {}) {
+        Err(TrainError::Input(e)) => assert!(refused(&e), "{e}"),
+        other => panic!("expected too few pairs, got {other:?}"),
+    }
+}
+
+// ---- memory ----
+
+#[test]
+fn settings_too_large_for_memory_are_refused_before_anything_is_allocated() {
+    /// A case's name, its change to a small run, the setting named, whether the bytes counted.
+    type Case = (&'static str, fn(&mut TrainConfig), &'static str, bool);
+    let cases: [Case; 6] = [
+        ("threads", |c| c.threads = Some(1 << 40), "threads", true),
+        (
+            "embed_dim",
+            |c| c.embed_dim = 10_000_000_000,
+            "embed_dim",
+            true,
+        ),
+        ("hidden", |c| c.hidden = vec![usize::MAX], "hidden", false),
+        (
+            "hidden-wide",
+            |c| c.hidden = vec![100_000_000],
+            "hidden",
+            true,
+        ),
+        ("pairs", |c| c.data.pairs = usize::MAX, "pairs", false),
+        (
+            "test-per-identity",
+            |c| {
+                c.data.source = DataSource::Synthetic(SyntheticConfig {
+                    test_per_identity: usize::MAX,
+                    ..SyntheticConfig::default()
+                })
+            },
+            "test_per_identity",
+            false,
+        ),
+    ];
+    for (name, change, setting, counted) in cases {
+        let mut config = small(LossKind::Am);
+        change(&mut config);
+        let out = temp(&format!("too-large-{name}"));
+        let err =
+            common::in_little_memory(name, || train(&config, &out, &mut |_| {})).expect_err(name);
+        let message = err.to_string();
+        match err {
+            TrainError::Input(Error::TooLarge {
+                setting: named,
+                needed,
+                ..
+            }) => {
+                assert_eq!(named, setting, "{message}");
+                assert_eq!(needed.is_some(), counted, "{message}");
+            }
+            other => panic!("{name}: expected too large, got {other:?}"),
+        }
+        assert!(message.starts_with(&format!("{setting} = ")), "{message}");
+        assert!(!out.exists(), "{name}: the folder is not touched");
+    }
+}
+
+#[test]
+fn a_footprint_names_its_largest_share_and_the_bytes_needed_and_available() {
+    use margrad::train::{DataShape, Footprint};
+    let shape = DataShape {
+        train: 1000,
+        test: 200,
+        verify: 200,
+        input_dim: 64,
+        classes: 10,
+    };
+    let mut config = small(LossKind::Am);
+    config.embed_dim = 1 << 20;
+    let footprint = Footprint::of_run(&config, &shape).unwrap();
+    let needed = footprint.bytes().unwrap();
+    // at least the weights of the last layer and the head, their gradients and Adam's moments
+    assert!(needed > (4 * 4 * (64 + 10)) << 20, "{needed}");
+    assert_eq!(footprint.check(Some(needed)), Ok(needed));
+    assert_eq!(footprint.check(None), Ok(needed));
+    let err = footprint.check(Some(needed - 1)).unwrap_err();
+    assert_eq!(
+        err,
+        Error::TooLarge {
+            setting: "embed_dim",
+            value: 1 << 20,
+            needed: Some(needed),
+            available: Some(needed - 1),
+        }
+    );
+    let message = err.to_string();
+    assert!(
+        message.starts_with("embed_dim = 1048576 is too large: the run would hold ")
+            && message.contains(&format!("{needed} bytes"))
+            && message.contains(&format!("the {} bytes", needed - 1)),
+        "{message}"
+    );
+    // an overflow anywhere is refused, naming the setting
+    let mut total = Footprint::new();
+    total.add(8, &[("a", usize::MAX / 16)]).unwrap();
+    total.add(8, &[("b", usize::MAX / 16)]).unwrap();
+    assert!(total.bytes().is_ok());
+    total.add(8, &[("c", usize::MAX / 8)]).unwrap();
+    assert!(matches!(
+        total.bytes(),
+        Err(Error::TooLarge { needed: None, .. })
+    ));
+    assert!(margrad::train::available_memory().is_none_or(|bytes| bytes > 0));
+}
+
+// ---- the output folder ----
+
+/// A one-epoch run.
+fn quick() -> TrainConfig {
+    TrainConfig {
+        epochs: 1,
+        ..small(LossKind::Am)
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn every_file_a_run_writes_is_listed_as_a_run_file() {
+    use margrad::train::{EXPORT_FILE, METRICS_FILE, RUN_FILES};
+    let mut config = quick();
+    config.embed_dim = 2; // draws the embedding too
+    let out = temp("listed");
+    train(&config, &out, &mut |_| {}).unwrap();
+    let written = files_in(&out);
+    for name in &written {
+        assert!(RUN_FILES.contains(&name.as_str()), "{name} is not listed");
+    }
+    assert_eq!(written.len(), RUN_FILES.len(), "{written:?}");
+    for name in [CHECKPOINT_FILE, EXPORT_FILE, METRICS_FILE] {
+        assert!(written.contains(&name.to_string()));
+    }
+}
+
+#[test]
+fn a_new_run_refuses_a_folder_that_is_not_empty() {
+    use margrad::train::FolderError;
+    let out = temp("not-empty");
+    train(&quick(), &out, &mut |_| {}).unwrap();
+    let before = files_in(&out);
+    let metrics_before = std::fs::read(out.join("metrics.json")).unwrap();
+    let err = train(&quick(), &out, &mut |_| {}).unwrap_err();
+    match &err {
+        TrainError::OutputFolder {
+            dir,
+            reason: FolderError::NotEmpty { found },
+        } => {
+            assert_eq!((dir, found.as_str()), (&out, "accuracy.svg"));
+        }
+        other => panic!("expected the folder refused, got {other:?}"),
+    }
+    assert!(err.to_string().contains("is not empty"), "{err}");
+    assert_eq!(files_in(&out), before);
+    assert_eq!(
+        std::fs::read(out.join("metrics.json")).unwrap(),
+        metrics_before
+    );
+    // a folder with a user's file in it alone is refused too
+    let mine = temp("not-empty-mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), b"mine").unwrap();
+    assert!(matches!(
+        train(&quick(), &mine, &mut |_| {}),
+        Err(TrainError::OutputFolder { .. })
+    ));
+    assert_eq!(files_in(&mine), ["notes.txt"]);
+    // an empty folder is a new run's
+    let empty = temp("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    train(&quick(), &empty, &mut |_| {}).unwrap();
+}
+
+#[test]
+fn an_overwrite_removes_only_a_runs_files_and_refuses_a_folder_with_others() {
+    use margrad::train::{FolderError, OutputPolicy};
+    let out = temp("overwrite");
+    let mut config = quick();
+    config.embed_dim = 2;
+    train(&config, &out, &mut |_| {}).unwrap();
+    assert!(out.join("embedding.svg").exists());
+    // the new run draws no embedding: the previous one's is gone, not left behind
+    let mut again = quick();
+    again.output = OutputPolicy::Overwrite;
+    train(&again, &out, &mut |_| {}).unwrap();
+    assert!(!out.join("embedding.svg").exists());
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(json["config"]["embed_dim"], 16);
+    // a user's file (or folder) in it: refused, and nothing removed
+    for foreign in ["notes.txt", "figures"] {
+        let path = out.join(foreign);
+        if foreign == "figures" {
+            std::fs::create_dir(&path).unwrap();
+        } else {
+            std::fs::write(&path, b"mine").unwrap();
+        }
+        let before = files_in(&out);
+        match train(&again, &out, &mut |_| {}).unwrap_err() {
+            TrainError::OutputFolder {
+                reason: FolderError::Foreign { found },
+                ..
+            } => assert_eq!(found, foreign),
+            other => panic!("expected a foreign file, got {other:?}"),
+        }
+        assert_eq!(files_in(&out), before);
+        if foreign == "figures" {
+            std::fs::remove_dir(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    // overwriting while resuming would remove the checkpoint it continues
+    let mut resuming = again.clone();
+    resuming.epochs = 2;
+    resuming.resume = Some(out.join(CHECKPOINT_FILE));
+    assert!(matches!(
+        train(&resuming, &out, &mut |_| {}),
+        Err(TrainError::OutputFolder {
+            reason: FolderError::OverwriteWhileResuming,
+            ..
+        })
+    ));
+    assert!(out.join(CHECKPOINT_FILE).exists());
+}
+
+#[test]
+fn a_failed_run_leaves_nothing_that_passes_as_complete() {
+    use margrad::train::OutputPolicy;
+    // a completed run, then a diverging one told to overwrite it
+    let out = temp("overwrite-diverged");
+    train(&quick(), &out, &mut |_| {}).unwrap();
+    let mut diverging = quick();
+    diverging.loss.kind = LossKind::Softmax;
+    diverging.optimizer = MethodName::Sgd;
+    diverging.momentum = 0.0;
+    diverging.lr = 1e30;
+    diverging.output = OutputPolicy::Overwrite;
+    let err = train(&diverging, &out, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, TrainError::Diverged { .. }), "{err}");
+    for stale in ["metrics.json", "model.safetensors", "loss.svg", "roc.svg"] {
+        assert!(
+            !out.join(stale).exists(),
+            "{stale} of the previous run left"
+        );
+    }
+    // a resumed run continues in the folder: the final outputs of the run it continues go
+    // before it trains, and come back only if it completes
+    let out = temp("resume-in-place");
+    let mut config = quick();
+    train(&config, &out, &mut |_| {}).unwrap();
+    config.epochs = 3;
+    config.resume = Some(out.join(CHECKPOINT_FILE));
+    let mut outputs_during_training = Vec::new();
+    train(&config, &out, &mut |e| {
+        if let Event::Epoch(_) = e {
+            outputs_during_training = files_in(&out);
+        }
+    })
+    .unwrap();
+    assert_eq!(outputs_during_training, [CHECKPOINT_FILE]);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(json["history"].as_array().unwrap().len(), 3);
 }

@@ -1,178 +1,291 @@
-//! Flag parsing shared by the `train` and `verify` examples: `--name value`, `--name=value`,
-//! and switches, with a clear message (and exit code 2) for anything unknown or malformed.
+//! What the `train`, `verify` and `compare_losses` examples share: the data flags, the rule that
+//! refuses a flag the run would not read, a standard output that survives a closed pipe, and the
+//! final figures as they print them.
+//!
+//! Flags are parsed by clap: a malformed or misspelt flag, or an argument that is not UTF-8, is
+//! a usage error (exit code 2) with clap's hint; so is a setting the library refuses
+//! ([`usage`]).
 
 #![allow(dead_code)] // each example uses its own subset
 
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, ValueEnum};
 use margrad::data::SyntheticConfig;
-use margrad::train::{DataSettings, DataSource, FinalMetrics};
-use std::collections::VecDeque;
-use std::str::FromStr;
+use margrad::loss::LossKind;
+use margrad::train::{
+    DataSettings, DataSource, FinalMetrics, FolderError, MethodName, Setting, TrainError,
+};
+use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-/// The command line, consumed flag by flag.
-pub struct Args {
-    rest: VecDeque<String>,
+/// Reports a usage error as clap does (`error: ...`, the usage line, a pointer to `--help`) and
+/// exits with code 2.
+pub fn usage<C: CommandFactory>(message: impl fmt::Display) -> ! {
+    C::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, message)
+        .exit()
 }
 
-/// A usage error: printed with a hint, exit code 2.
-pub struct Usage(pub String);
-
-impl Args {
-    pub fn from_env() -> Args {
-        Args {
-            rest: std::env::args().skip(1).collect(),
-        }
-    }
-
-    /// The next flag's name (without `--`), splitting `--name=value` in two.
-    pub fn next_flag(&mut self) -> Result<Option<String>, Usage> {
-        let Some(arg) = self.rest.pop_front() else {
-            return Ok(None);
-        };
-        let Some(flag) = arg.strip_prefix("--") else {
-            return Err(Usage(format!(
-                "unexpected argument {arg:?} (flags start with --)"
-            )));
-        };
-        match flag.split_once('=') {
-            Some((name, value)) => {
-                self.rest.push_front(value.to_string());
-                Ok(Some(name.to_string()))
-            }
-            None => Ok(Some(flag.to_string())),
-        }
-    }
-
-    /// The value of flag `name`, parsed.
-    pub fn value<T: FromStr>(&mut self, name: &str) -> Result<T, Usage> {
-        let raw = self
-            .rest
-            .pop_front()
-            .ok_or_else(|| Usage(format!("--{name} needs a value")))?;
-        raw.parse().map_err(|_| {
-            Usage(format!(
-                "--{name}: cannot read {raw:?} as a {}",
-                kind::<T>()
-            ))
-        })
-    }
-
-    /// A comma-separated list of numbers (`--hidden 512,256`; empty for none).
-    pub fn list(&mut self, name: &str) -> Result<Vec<usize>, Usage> {
-        let raw: String = self.value(name)?;
-        raw.split(',')
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| {
-                s.trim()
-                    .parse()
-                    .map_err(|_| Usage(format!("--{name}: {s:?} is not a whole number")))
-            })
-            .collect()
-    }
+/// Parses the command line into `C`, keeping clap's matches to tell which flags were given.
+/// Exits with code 2 on a usage error, 0 after `--help`.
+pub fn parse<C: CommandFactory + clap::FromArgMatches>() -> (C, ArgMatches) {
+    let matches = C::command().get_matches();
+    let cli = C::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    (cli, matches)
 }
 
-fn kind<T>() -> &'static str {
-    let name = std::any::type_name::<T>();
-    if name.contains("f64") {
-        "number"
-    } else if name.contains("usize") || name.contains("u64") {
-        "whole number"
-    } else {
-        "value"
-    }
+/// Whether flag `id` (its field's name) was given on the command line, not defaulted.
+pub fn given(matches: &ArgMatches, id: &str) -> bool {
+    matches.value_source(id) == Some(ValueSource::CommandLine)
 }
 
-/// The data flags both examples take.
-pub const DATA_HELP: &str = "\
-DATA
-  --data digits|mnist|synthetic   data set (default digits, shipped in the crate)
-  --data-dir PATH                 folder of MNIST's IDX files (for --data mnist)
-  --data-seed N                   seeds the digits split, synthetic data and pairs (default 0)
-  --holdout-classes N             never train on the last N classes; verify on them (open set)
-  --pairs N                       verification pairs (default 6000)
-  --identities N                  synthetic identities (default 400)
-  --train-per-identity N          synthetic training samples per identity (default 40)
-  --test-per-identity N           synthetic test samples per identity (default 10)";
+/// Writes a line to standard error, ignoring a closed stderr (nowhere left to report it).
+macro_rules! complain {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
-/// Data flags, gathered before the source is known.
-#[derive(Default)]
+/// A data set the examples can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DataName {
+    /// The UCI digits shipped in the crate.
+    Digits,
+    /// MNIST's IDX files, from --data-dir.
+    Mnist,
+    /// Synthetic open-set identities.
+    Synthetic,
+}
+
+/// The data flags of every example.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Data")]
 pub struct DataFlags {
-    data: Option<String>,
-    dir: Option<String>,
-    seed: u64,
-    holdout: usize,
-    pairs: Option<usize>,
-    synthetic: SyntheticConfig,
+    /// The data set
+    #[arg(long, value_enum, default_value_t = DataName::Digits)]
+    pub data: DataName,
+    /// Folder of MNIST's IDX files, raw or gzip (with --data mnist)
+    #[arg(long, value_name = "PATH", required_if_eq("data", "mnist"))]
+    pub data_dir: Option<PathBuf>,
+    /// Seeds the digits split, the synthetic data and the pairs
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub data_seed: u64,
+    /// Never train on the last N classes; verify on pairs of them (open set)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub holdout_classes: usize,
+    /// Verification pairs (at least 20)
+    #[arg(long, value_name = "N", default_value_t = 6000)]
+    pub pairs: usize,
+    /// Synthetic identities (with --data synthetic)
+    #[arg(long, value_name = "N", default_value_t = SyntheticConfig::default().identities)]
+    pub identities: usize,
+    /// Synthetic training samples per identity (with --data synthetic)
+    #[arg(long, value_name = "N",
+          default_value_t = SyntheticConfig::default().train_per_identity)]
+    pub train_per_identity: usize,
+    /// Synthetic test samples per identity (with --data synthetic)
+    #[arg(long, value_name = "N",
+          default_value_t = SyntheticConfig::default().test_per_identity)]
+    pub test_per_identity: usize,
 }
 
 impl DataFlags {
-    /// Takes flag `name` if it is a data flag; `Ok(false)` otherwise.
-    pub fn take(&mut self, name: &str, args: &mut Args) -> Result<bool, Usage> {
-        match name {
-            "data" => self.data = Some(args.value(name)?),
-            "data-dir" => self.dir = Some(args.value(name)?),
-            "data-seed" => self.seed = args.value(name)?,
-            "holdout-classes" => self.holdout = args.value(name)?,
-            "pairs" => self.pairs = Some(args.value(name)?),
-            "identities" => self.synthetic.identities = args.value(name)?,
-            "train-per-identity" => self.synthetic.train_per_identity = args.value(name)?,
-            "test-per-identity" => self.synthetic.test_per_identity = args.value(name)?,
-            _ => return Ok(false),
+    /// The settings, checked: a flag for another data set than the one chosen is refused, and
+    /// so is a setting [`DataSettings::validate`] refuses.
+    pub fn settings(&self, matches: &ArgMatches) -> Result<DataSettings, String> {
+        let synthetic_flags = ["identities", "train_per_identity", "test_per_identity"];
+        if self.data != DataName::Mnist && given(matches, "data_dir") {
+            return Err("--data-dir is read only with --data mnist".into());
         }
-        Ok(true)
+        if self.data != DataName::Synthetic
+            && let Some(id) = synthetic_flags.iter().find(|id| given(matches, id))
+        {
+            return Err(format!(
+                "--{} is read only with --data synthetic",
+                id.replace('_', "-")
+            ));
+        }
+        let source = match self.data {
+            DataName::Digits => DataSource::Digits,
+            DataName::Mnist => DataSource::Mnist {
+                dir: self.data_dir.clone().unwrap_or_default(),
+            },
+            DataName::Synthetic => DataSource::Synthetic(SyntheticConfig {
+                identities: self.identities,
+                train_per_identity: self.train_per_identity,
+                test_per_identity: self.test_per_identity,
+                ..SyntheticConfig::default()
+            }),
+        };
+        let settings = DataSettings {
+            source,
+            holdout_classes: self.holdout_classes,
+            pairs: self.pairs,
+            seed: self.data_seed,
+        };
+        settings.validate().map_err(|e| e.to_string())?;
+        Ok(settings)
+    }
+}
+
+/// Refuses a flag that no run would read: each of `flags` (its field's id, its flag, the
+/// setting it sets) given on the command line must be read by at least one of the `losses`
+/// trained with `optimizer`.
+pub fn refuse_unread(
+    matches: &ArgMatches,
+    flags: &[(&str, &str, Setting)],
+    losses: &[LossKind],
+    optimizer: MethodName,
+) -> Result<(), String> {
+    for &(id, flag, setting) in flags {
+        if !given(matches, id) || losses.iter().any(|&k| setting.read_by(k, optimizer)) {
+            continue;
+        }
+        if setting == Setting::Momentum {
+            return Err(format!(
+                "{flag} is read only by --optimizer sgd, not {}",
+                optimizer_name(optimizer)
+            ));
+        }
+        let readers: Vec<&str> = LossKind::ALL
+            .iter()
+            .filter(|&&k| setting.read_by(k, optimizer))
+            .map(|k| k.name())
+            .collect();
+        let chosen: Vec<&str> = losses.iter().map(|k| k.name()).collect();
+        let chosen = match chosen[..] {
+            [one] => format!("--loss {one}"),
+            _ => format!("any of --losses {}", chosen.join(",")),
+        };
+        return Err(format!(
+            "{flag} is not read by {chosen}: only by {}",
+            readers.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// An optimiser's name on the command line.
+pub fn optimizer_name(method: MethodName) -> &'static str {
+    match method {
+        MethodName::Sgd => "sgd",
+        MethodName::Adam => "adam",
+        MethodName::AdamW => "adamw",
+    }
+}
+
+/// A loss by name, from the one list the library keeps ([`LossKind::ALL`]); clap lists the
+/// names in `--help` and suggests the nearest for a misspelt one.
+pub fn loss_parser() -> impl clap::builder::TypedValueParser<Value = LossKind> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(LossKind::ALL.map(LossKind::name))
+        .map(|name| LossKind::from_name(&name).expect("one of the possible values"))
+}
+
+/// A train error, with the flags that resolve it when a new run finds its folder in use.
+pub fn describe(e: &TrainError) -> String {
+    match e {
+        TrainError::OutputFolder {
+            reason: FolderError::NotEmpty { .. },
+            ..
+        } => format!(
+            "{e}\n(--overwrite replaces a previous run's outputs, --resume PATH continues it, \
+             --out DIR chooses another folder)"
+        ),
+        _ => e.to_string(),
+    }
+}
+
+/// Standard output that notices when writing fails. A closed pipe (`| head`) stops the printing
+/// and nothing else: the run goes on and saves its outputs. Any other error (a full disk) is
+/// reported on standard error once, the printing stops, and [`Stdout::exit_code`] fails.
+pub struct Stdout {
+    state: State,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    Closed,
+    Failed,
+}
+
+impl Stdout {
+    /// Standard output, open.
+    pub fn new() -> Stdout {
+        Stdout { state: State::Open }
     }
 
-    /// The settings, checked for consistency.
-    pub fn settings(self) -> Result<DataSettings, Usage> {
-        let source = match self.data.as_deref().unwrap_or("digits") {
-            "digits" => DataSource::Digits,
-            "mnist" => DataSource::Mnist {
-                dir: self
-                    .dir
-                    .ok_or_else(|| Usage("--data mnist needs --data-dir PATH".into()))?
-                    .into(),
-            },
-            "synthetic" => DataSource::Synthetic(self.synthetic),
-            other => {
-                return Err(Usage(format!(
-                    "--data: unknown data set {other:?} (digits, mnist, synthetic)"
-                )));
+    /// Writes one line (and flushes it), unless an earlier write failed.
+    pub fn line(&mut self, args: fmt::Arguments) {
+        if self.state != State::Open {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        let written = out
+            .write_fmt(args)
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush());
+        if let Err(e) = written {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                self.state = State::Closed;
+            } else {
+                complain!("error: cannot write to standard output: {e}");
+                self.state = State::Failed;
             }
-        };
-        Ok(DataSettings {
-            source,
-            holdout_classes: self.holdout,
-            pairs: self.pairs.unwrap_or(6000),
-            seed: self.seed,
-        })
+        }
     }
+
+    /// Success, unless writing failed other than by a closed pipe.
+    pub fn exit_code(&self) -> ExitCode {
+        match self.state {
+            State::Failed => ExitCode::FAILURE,
+            State::Open | State::Closed => ExitCode::SUCCESS,
+        }
+    }
+}
+
+/// `say!(out, "format", args...)`: one line to a [`Stdout`].
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {
+        $out.line(format_args!($($arg)*))
+    };
 }
 
 /// Prints the final figures as both examples report them; an undefined figure as
 /// "undefined", the accuracy (undefined whenever any figure is) with the reason.
-pub fn print_final(f: &FinalMetrics) {
+pub fn print_final(out: &mut Stdout, f: &FinalMetrics) {
     let (v, g) = (&f.verification, &f.geometry);
     let accuracy = match (v.accuracy_mean, v.accuracy_std) {
         (Some(m), Some(s)) => format!("{:.2}% ± {:.2}%", 100.0 * m, 100.0 * s),
         _ => format!("undefined ({})", v.undefined.as_deref().unwrap_or("")),
     };
     let figure = |x: Option<f64>| x.map_or("undefined".to_string(), |x| format!("{x:.4}"));
-    println!("test accuracy       {:.2}%", 100.0 * f.test_accuracy);
-    println!("verification        {}", f.verification_set);
-    println!(
+    say!(out, "test accuracy       {:.2}%", 100.0 * f.test_accuracy);
+    say!(out, "verification        {}", f.verification_set);
+    say!(
+        out,
         "  {:<18}{accuracy}   AUC {}   EER {}",
         format!("{}-fold accuracy", v.folds),
         figure(v.auc),
         figure(v.eer)
     );
-    println!(
+    say!(
+        out,
         "  TAR@FAR=1e-3      {}   TAR@FAR=1e-2 {}   ({} pairs, {} same-class)",
         figure(v.tar_at_far_1e3),
         figure(v.tar_at_far_1e2),
         v.pairs,
         v.positive_pairs
     );
-    println!(
+    say!(
+        out,
         "geometry            intra {:.1}°   inter min {:.1}°   inter mean {:.1}°",
-        g.intra_angle_deg, g.inter_min_angle_deg, g.inter_mean_angle_deg
+        g.intra_angle_deg,
+        g.inter_min_angle_deg,
+        g.inter_mean_angle_deg
     );
 }

@@ -5,16 +5,24 @@
 //! training state, saved after every epoch so that a failure keeps the last good one), its
 //! safetensors export for PyTorch ([`EXPORT_FILE`]),
 //! `metrics.json`, and SVG figures; given a checkpoint in [`TrainConfig::resume`], it continues
-//! that run where it stopped, with the same result as a run never interrupted. [`evaluate`]
+//! that run where it stopped, with the same result as a run never interrupted. Each run owns its
+//! folder ([`OutputPolicy`]), and counts the memory it will hold before it allocates any
+//! ([`Footprint`]). [`evaluate`]
 //! computes the final figures; `verify` calls the same function on a reloaded checkpoint, so the
 //! two report identical numbers. [`train_step`] is one step of any forward pass, [`model_step`]
 //! one step of a [`Model`].
 
 mod figures;
+mod memory;
+mod output;
 mod settings;
 mod step;
 
-pub use settings::{DataSettings, DataSource, MethodName, TrainConfig, head_config};
+pub use memory::{DataShape, Footprint, available_memory};
+pub use output::{
+    CHECKPOINT_FILE, EXPORT_FILE, FIGURE_FILES, FolderError, METRICS_FILE, OutputPolicy, RUN_FILES,
+};
+pub use settings::{DataSettings, DataSource, MethodName, Setting, TrainConfig, head_config};
 pub use step::{StepError, StepOutcome, model_step, train_step};
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, TrainingState};
@@ -31,13 +39,6 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// The checkpoint's name in a run's output folder: margrad's own format
-/// ([`checkpoint`]), not PyTorch's, hence not `model.bin`.
-pub const CHECKPOINT_FILE: &str = "checkpoint.margrad";
-/// The safetensors export's name in a run's output folder, for PyTorch
-/// ([`checkpoint::save_safetensors`]).
-pub const EXPORT_FILE: &str = "model.safetensors";
 
 /// The data a run trains and is judged on.
 #[derive(Clone, Debug)]
@@ -56,10 +57,15 @@ pub struct PreparedData {
 ///
 /// # Errors
 /// What the loader returns for missing or malformed files; [`Error::InvalidSetting`] for a
-/// holdout that leaves no class to train on or none to verify; [`Error::EmptyData`] when the
-/// training, test or verification samples come out empty (a data set of 0 images trains 0
-/// steps and would report undefined figures as a finished run).
+/// setting out of range ([`DataSettings::validate`]) or a holdout that leaves no class to train
+/// on or none to verify; [`Error::TooLarge`], before anything is generated, when the synthetic
+/// data or the pairs would not fit in the memory available
+/// ([`Footprint::of_data_settings`]); [`Error::EmptyData`] when the training, test or
+/// verification samples come out empty (a data set of 0 images trains 0 steps and would report
+/// undefined figures as a finished run).
 pub fn prepare_data(settings: &DataSettings) -> Result<PreparedData, Error> {
+    settings.validate()?;
+    Footprint::of_data_settings(settings)?.check(available_memory())?;
     let data = split_data(settings)?;
     for (set, what) in [
         (&data.train, "training samples"),
@@ -229,6 +235,13 @@ pub struct Metrics {
 /// Why a run stopped early.
 #[derive(Debug)]
 pub enum TrainError {
+    /// The output folder holds files this run may not replace ([`OutputPolicy`]).
+    OutputFolder {
+        /// The folder.
+        dir: PathBuf,
+        /// Why it is refused.
+        reason: FolderError,
+    },
     /// A setting or the data was refused.
     Input(Error),
     /// The loss or a gradient became NaN or infinite.
@@ -336,6 +349,9 @@ impl fmt::Display for ResumeError {
 impl fmt::Display for TrainError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            TrainError::OutputFolder { dir, reason } => {
+                write!(f, "output folder {} refused: {reason}", dir.display())
+            }
             TrainError::Input(e) => write!(f, "{e}"),
             TrainError::Diverged {
                 epoch,
@@ -434,8 +450,16 @@ fn output(path: &Path, text: &str) -> Result<(), TrainError> {
 /// accuracies come out bit for bit as in a run never interrupted; metrics.json holds the whole
 /// history.
 ///
+/// The run owns `out` as [`TrainConfig::output`] says ([`OutputPolicy`]): a new run refuses a
+/// folder that is not empty, an overwrite removes only a previous run's files ([`RUN_FILES`]),
+/// a resumed run continues in the folder; all settings, the data and the memory the run needs
+/// ([`Footprint::of_run`]) are checked before the folder is touched. `metrics.json` is written
+/// last, by a completed run only.
+///
 /// # Errors
-/// [`TrainError::Input`] for refused settings or data, [`TrainError::Resume`] for a checkpoint
+/// [`TrainError::Input`] for refused settings or data (a configuration too large for the memory
+/// available is [`Error::TooLarge`]), [`TrainError::OutputFolder`] for an output folder the run
+/// may not use, [`TrainError::Resume`] for a checkpoint
 /// that cannot continue this run (unreadable or damaged, saved without training state, another
 /// model or optimiser, already at `epochs`), [`TrainError::Diverged`] for a NaN or infinity (the
 /// last good checkpoint stays in `out`; no metrics.json is written), [`TrainError::Output`] when
@@ -446,6 +470,7 @@ pub fn train(
     on_event: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Metrics, TrainError> {
     config.validate()?;
+    Footprint::of_threads(config.threads)?.check(available_memory())?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(config.threads.unwrap_or(0))
         .build()
@@ -580,6 +605,7 @@ fn run(
 ) -> Result<Metrics, TrainError> {
     let data = prepare_data(&config.data)?;
     let model_config = model_config(config, data.train.dim(), data.train.classes)?;
+    Footprint::of_run(config, &DataShape::of(&data))?.check(available_memory())?;
     let Start {
         model,
         mut params,
@@ -590,10 +616,7 @@ fn run(
         None => fresh_start(config, model_config.clone())?,
         Some(path) => resumed_start(path, config, &model_config)?,
     };
-    std::fs::create_dir_all(out).map_err(|e| TrainError::Output {
-        path: out.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    output::claim(out, config.output, config.resume.is_some())?;
     let schedule = LrSchedule {
         schedule: Schedule::Cosine {
             total: config.epochs,
@@ -695,6 +718,6 @@ fn write_outputs(
         output(&out.join(name), &svg)?;
     }
     let json = serde_json::to_string_pretty(metrics).expect("metrics serialise");
-    output(&out.join("metrics.json"), &json)?;
+    output(&out.join(METRICS_FILE), &json)?;
     Ok(())
 }

@@ -4,6 +4,7 @@ use crate::Error;
 use crate::data::{InputScaling, SyntheticConfig};
 use crate::loss::{ArcFallback, LossKind, LossSettings};
 use crate::nn::HeadConfig;
+use crate::train::output::OutputPolicy;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -44,6 +45,17 @@ pub struct DataSettings {
     pub pairs: usize,
     /// Seeds the digits split, the synthetic data and the pairs.
     pub seed: u64,
+}
+
+impl DataSettings {
+    /// Checks the settings that no loader checks: at least 20 verification pairs (two per
+    /// fold of the 10-fold protocol, and enough for a ROC curve to mean something).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] naming the setting out of range.
+    pub fn validate(&self) -> Result<(), Error> {
+        Error::check("pairs", self.pairs as f64, self.pairs >= 20, "at least 20")
+    }
 }
 
 /// The head `loss` trains: a linear classifier for softmax on raw logits, a cosine head for
@@ -112,6 +124,9 @@ pub struct TrainConfig {
     /// the run continues exactly.
     #[serde(default)]
     pub resume: Option<PathBuf>,
+    /// What the run may find in its output folder: by default nothing (see [`OutputPolicy`]).
+    #[serde(default)]
+    pub output: OutputPolicy,
 }
 
 impl Default for TrainConfig {
@@ -147,16 +162,23 @@ impl Default for TrainConfig {
             seed: 0,
             threads: None,
             resume: None,
+            output: OutputPolicy::New,
         }
     }
 }
 
 impl TrainConfig {
-    /// Checks the settings that no constructor checks later.
+    /// Checks every setting before anything is loaded or allocated: the ones no constructor
+    /// checks later, the loss's ([`LossSettings::margin_loss`]), the embedder's widths and
+    /// dropout, and the data's ([`DataSettings::validate`]). The memory the settings need is
+    /// checked once the data's size is known ([`Footprint`](super::Footprint)).
     ///
     /// # Errors
     /// [`Error::InvalidSetting`] naming the first setting out of range.
     pub fn validate(&self) -> Result<(), Error> {
+        self.loss.margin_loss()?;
+        super::model_config(self, 1, 1)?;
+        self.data.validate()?;
         Error::check("epochs", self.epochs as f64, self.epochs > 0, "at least 1")?;
         Error::check("batch", self.batch as f64, self.batch > 0, "at least 1")?;
         Error::check(
@@ -165,12 +187,53 @@ impl TrainConfig {
             self.embed_dim > 0,
             "at least 1",
         )?;
-        Error::check("learning rate", self.lr, self.lr > 0.0, "positive")?;
-        Error::check(
-            "pairs",
-            self.data.pairs as f64,
-            self.data.pairs >= 20,
-            "at least 20",
-        )
+        Error::check("learning rate", self.lr, self.lr > 0.0, "positive")
+    }
+}
+
+/// The settings of a [`TrainConfig`] that only some losses or optimisers read. A command line
+/// refuses one that was given for a run that would not read it, rather than ignore it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    /// [`LossSettings::scale`]: every loss but softmax (raw logits).
+    Scale,
+    /// [`LossSettings::margin`]: AM, the Enhanced family and ArcFace.
+    Margin,
+    /// [`LossSettings::nontarget_margin`]: Enhanced.
+    NontargetMargin,
+    /// [`LossSettings::target_divisor`]: Enhanced.
+    TargetDivisor,
+    /// [`LossSettings::combined`]: the combined margin.
+    Combined,
+    /// [`LossSettings::fallback`]: the losses with an angular margin (ArcFace, combined).
+    Fallback,
+    /// [`TrainConfig::momentum`]: SGD.
+    Momentum,
+}
+
+impl Setting {
+    /// Every setting that only some runs read.
+    pub const ALL: [Setting; 7] = [
+        Setting::Scale,
+        Setting::Margin,
+        Setting::NontargetMargin,
+        Setting::TargetDivisor,
+        Setting::Combined,
+        Setting::Fallback,
+        Setting::Momentum,
+    ];
+
+    /// Whether a run of `loss` trained with `optimizer` reads this setting (as
+    /// [`LossSettings::margin_loss`] and the optimiser's construction do).
+    pub fn read_by(self, loss: LossKind, optimizer: MethodName) -> bool {
+        use LossKind as K;
+        match self {
+            Setting::Scale => loss != K::Softmax,
+            Setting::Margin => !matches!(loss, K::Softmax | K::NormFace | K::Combined),
+            Setting::NontargetMargin | Setting::TargetDivisor => loss == K::Enhanced,
+            Setting::Combined => loss == K::Combined,
+            Setting::Fallback => matches!(loss, K::ArcFace | K::Combined),
+            Setting::Momentum => optimizer == MethodName::Sgd,
+        }
     }
 }

@@ -1,0 +1,602 @@
+//! The command-line programs (`train`, `verify`, `compare_losses`) as a careless or hostile user
+//! meets them, through real processes: malformed, misspelt, non-UTF-8 and conflicting flags,
+//! values too large for memory, a closed or full standard output, and an output folder in use.
+//! Each run is small (the digits, one epoch) and takes well under a second.
+
+use margrad::loss::LossKind;
+use margrad::train::CHECKPOINT_FILE;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The built example `name`: `cargo test` builds the examples beside the tests
+/// (target/<profile>/deps/<test> → target/<profile>/examples/<name>).
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo test` without --test, or `cargo build --examples` first",
+        path.display()
+    );
+    path
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("margrad-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn command(name: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(example(name));
+    command.args(args).stdin(Stdio::null());
+    command
+}
+
+/// The exit code, standard output and standard error of `name` run with `args`.
+fn finish(out: Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn run(name: &str, args: &[&str]) -> (i32, String, String) {
+    finish(command(name, args).output().unwrap())
+}
+
+/// The flags of a run that takes a fraction of a second.
+const SMALL: [&str; 6] = ["--epochs", "1", "--hidden", "16", "--embed-dim", "8"];
+
+fn small_run(out: &Path, more: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = SMALL.iter().map(|s| s.to_string()).collect();
+    args.extend(["--out".to_string(), out.display().to_string()]);
+    args.extend(more.iter().map(|s| s.to_string()));
+    args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// Asserts exit code `code` and that standard error contains `message`, and no panic.
+fn assert_refused(name: &str, args: &[&str], code: i32, message: &str) {
+    let (status, _, stderr) = run(name, args);
+    assert_eq!(status, code, "{name} {args:?}: {stderr}");
+    assert!(stderr.contains(message), "{name} {args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{name} {args:?}: {stderr}");
+}
+
+fn status_of(out: &Path) -> String {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    json["status"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn malformed_and_misspelt_flags_are_usage_errors_with_a_hint() {
+    let cases: [(&[&str], &str); 8] = [
+        (&["--bogus"], "unexpected argument '--bogus'"),
+        (&["--epoch", "3"], "a similar argument exists: '--epochs'"),
+        (
+            &["--epochs", "ten"],
+            "invalid value 'ten' for '--epochs <N>'",
+        ),
+        (&["--loss", "arcfce"], "a similar value exists: 'arcface'"),
+        (&["--data", "mnist"], "--data-dir <PATH>"),
+        (&["--epochs"], "a value is required for '--epochs <N>'"),
+        (&["--resume"], "a value is required for '--resume <PATH>'"),
+        (&["--hidden", "64,x"], "\"x\" is not a whole number"),
+    ];
+    for (args, message) in cases {
+        assert_refused("train", args, 2, message);
+    }
+    assert_refused("verify", &[], 2, "--model <PATH>");
+    assert_refused("verify", &["--model", "m", "--jsn"], 2, "'--json'");
+    assert_refused("compare_losses", &["--seed", "2"], 2, "'--seeds'");
+    assert_refused(
+        "compare_losses",
+        &["--losses", "am,tripplet"],
+        2,
+        "'tripplet'",
+    );
+    // runtime failures are not usage errors
+    assert_refused(
+        "train",
+        &[
+            "--data",
+            "mnist",
+            "--data-dir",
+            "/nonexistent",
+            "--epochs",
+            "1",
+        ],
+        1,
+        "/nonexistent/train-images-idx3-ubyte",
+    );
+    assert_refused(
+        "train",
+        &[
+            "--resume",
+            "/nonexistent/checkpoint.margrad",
+            "--epochs",
+            "1",
+        ],
+        1,
+        "cannot resume from /nonexistent/checkpoint.margrad: /nonexistent/checkpoint.margrad:",
+    );
+    assert_refused(
+        "verify",
+        &["--model", "/nonexistent/checkpoint.margrad"],
+        1,
+        "error:",
+    );
+}
+
+#[test]
+fn an_argument_that_is_not_utf8_is_a_clear_error() {
+    for name in ["train", "verify", "compare_losses"] {
+        let (status, _, stderr) = finish(
+            Command::new(example(name))
+                .arg("--pairs")
+                .arg(OsString::from_vec(b"6\xff00".to_vec()))
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(status, 2, "{name}: {stderr}");
+        assert!(stderr.contains("invalid UTF-8"), "{name}: {stderr}");
+    }
+    // a path need not be UTF-8
+    let (status, _, stderr) = finish(
+        Command::new(example("verify"))
+            .arg("--model")
+            .arg(OsString::from_vec(b"/nonexistent/\xff.bin".to_vec()))
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(status, 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn help_lists_every_loss_and_every_flag_with_its_default() {
+    let (status, stdout, _) = run("train", &["--help"]);
+    assert_eq!(status, 0);
+    for kind in LossKind::ALL {
+        assert!(stdout.contains(kind.name()), "{}: {stdout}", kind.name());
+    }
+    for flag in [
+        "--loss <NAME>",
+        "--m-nt <X>",
+        "--big-m <X>",
+        "--m1 <X>",
+        "--fallback",
+        "--hidden <LIST>",
+        "--embed-dim <N>",
+        "--batch-norm",
+        "--momentum <X>",
+        "--threads <N>",
+        "--out <DIR>",
+        "--overwrite",
+        "--resume <PATH>",
+        "--data <DATA>",
+        "--holdout-classes <N>",
+        "--test-per-identity <N>",
+        "[default: runs/latest]",
+        "[default: 6000]",
+        "[default: 0.35]",
+    ] {
+        assert!(stdout.contains(flag), "{flag}: {stdout}");
+    }
+    for name in ["verify", "compare_losses"] {
+        let (status, stdout, _) = run(name, &["--help"]);
+        assert_eq!(status, 0);
+        assert!(stdout.contains("--data-dir <PATH>"), "{name}: {stdout}");
+    }
+}
+
+#[test]
+fn a_flag_the_run_would_not_read_is_refused_naming_the_conflict() {
+    let cases: [(&[&str], &str); 10] = [
+        (
+            &["--data-dir", "/tmp"],
+            "--data-dir is read only with --data mnist",
+        ),
+        (
+            &["--data", "synthetic", "--data-dir", "/tmp"],
+            "--data-dir is read only with --data mnist",
+        ),
+        (
+            &["--identities", "50"],
+            "--identities is read only with --data synthetic",
+        ),
+        (
+            &[
+                "--data",
+                "mnist",
+                "--data-dir",
+                "/tmp",
+                "--test-per-identity",
+                "5",
+            ],
+            "--test-per-identity is read only with --data synthetic",
+        ),
+        (
+            &["--m1", "1.2"],
+            "--m1 is not read by --loss am: only by combined",
+        ),
+        (
+            &["--loss", "arcface", "--m3", "0.1"],
+            "--m3 is not read by --loss arcface: only by combined",
+        ),
+        (
+            &["--m-nt", "0.1"],
+            "--m-nt is not read by --loss am: only by enhanced",
+        ),
+        (
+            &["--loss", "enhanced-margin-only", "--big-m", "2"],
+            "--big-m is not read by --loss enhanced-margin-only: only by enhanced",
+        ),
+        (
+            &["--fallback", "easy"],
+            "--fallback is not read by --loss am: only by arcface, combined",
+        ),
+        (
+            &["--momentum", "0.5"],
+            "--momentum is read only by --optimizer sgd, not adam",
+        ),
+    ];
+    for (args, message) in cases {
+        assert_refused("train", args, 2, message);
+    }
+    assert_refused(
+        "train",
+        &["--hidden", "", "--dropout", "0.1"],
+        2,
+        "--dropout is read only with hidden layers, and --hidden is empty",
+    );
+    assert_refused(
+        "train",
+        &["--hidden=", "--batch-norm"],
+        2,
+        "--batch-norm is read only with hidden layers",
+    );
+    assert_refused(
+        "train",
+        &["--loss", "softmax", "--margin", "0.2"],
+        2,
+        "--margin is not read by --loss softmax",
+    );
+    assert_refused(
+        "train",
+        &["--overwrite", "--resume", "x"],
+        2,
+        "'--overwrite' cannot be used with '--resume <PATH>'",
+    );
+    assert_refused(
+        "verify",
+        &["--model", "m", "--identities", "3"],
+        2,
+        "--identities is read only with --data synthetic",
+    );
+    assert_refused(
+        "compare_losses",
+        &["--losses", "softmax,normface", "--margin", "0.2"],
+        2,
+        "--margin is not read by any of --losses softmax,normface",
+    );
+    // a flag meaningful to some of the losses compared is accepted: the runs below start
+    let out = temp("compare-some-read");
+    let (status, _, stderr) = run(
+        "compare_losses",
+        &[
+            "--losses",
+            "normface,am",
+            "--margin",
+            "0.2",
+            "--seeds",
+            "1",
+            "--epochs",
+            "1",
+            "--out",
+        ]
+        .iter()
+        .copied()
+        .chain([out.to_str().unwrap()])
+        .collect::<Vec<_>>(),
+    );
+    assert_eq!(status, 0, "{stderr}");
+    // and every flag a run reads is accepted with its loss
+    let out = temp("read");
+    for (loss, flags) in [
+        ("enhanced", &["--m-nt", "0.2", "--big-m", "1.5"][..]),
+        (
+            "combined",
+            &[
+                "--m1",
+                "1.1",
+                "--m2",
+                "0.2",
+                "--m3",
+                "0.1",
+                "--fallback",
+                "easy",
+            ],
+        ),
+        ("arcface", &["--fallback", "none", "--margin", "0.3"]),
+    ] {
+        let dir = out.join(loss);
+        let mut args = small_run(&dir, &["--loss", loss]);
+        args.extend(flags.iter().map(|s| s.to_string()));
+        let (status, _, stderr) = run("train", &strs(&args));
+        assert_eq!(status, 0, "{loss}: {stderr}");
+    }
+    let sgd = small_run(
+        &out.join("sgd"),
+        &["--optimizer", "sgd", "--momentum", "0.5"],
+    );
+    assert_eq!(run("train", &strs(&sgd)).0, 0);
+}
+
+#[test]
+fn every_example_checks_its_settings_as_the_library_does() {
+    // one rule for the pairs, wherever they are given
+    assert_refused(
+        "train",
+        &["--pairs", "10"],
+        2,
+        "invalid pairs = 10: must be at least 20",
+    );
+    assert_refused(
+        "verify",
+        &[
+            "--model",
+            "/nonexistent/checkpoint.margrad",
+            "--pairs",
+            "10",
+        ],
+        2,
+        "invalid pairs = 10: must be at least 20",
+    );
+    assert_refused(
+        "compare_losses",
+        &["--pairs", "10"],
+        2,
+        "invalid pairs = 10: must be at least 20",
+    );
+    assert_refused(
+        "train",
+        &["--margin", "-1"],
+        2,
+        "invalid cosine margin m = -1: must be non-negative",
+    );
+    assert_refused("train", &["--dropout", "1"], 2, "invalid dropout = 1");
+    assert_refused("train", &["--hidden", "64,0"], 2, "error:");
+    // compare_losses used to print a table of "did not converge" and exit 0
+    assert_refused(
+        "compare_losses",
+        &["--margin", "-1", "--losses", "am"],
+        2,
+        "invalid cosine margin m = -1",
+    );
+    assert_refused("compare_losses", &["--seeds", "0"], 2, "invalid seeds = 0");
+    assert_refused(
+        "compare_losses",
+        &["--epochs", "0"],
+        2,
+        "invalid epochs = 0",
+    );
+}
+
+#[test]
+fn values_too_large_for_memory_are_errors_naming_the_flag_not_panics() {
+    let out = temp("too-large");
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--threads", "100000000"],
+            "threads = 100000000 is too large",
+        ),
+        (
+            &["--embed-dim", "10000000000"],
+            "embed_dim = 10000000000 is too large",
+        ),
+        (
+            &["--hidden", "18446744073709551615"],
+            "hidden = 18446744073709551615 is too large",
+        ),
+        (
+            &[
+                "--data",
+                "synthetic",
+                "--test-per-identity",
+                "18446744073709551615",
+            ],
+            "test_per_identity = 18446744073709551615 is too large",
+        ),
+        (
+            &["--pairs", "18446744073709551615"],
+            "pairs = 18446744073709551615 is too large",
+        ),
+        (&["--pairs", "1000000000000"], "GiB) available"),
+    ];
+    for (args, message) in cases {
+        let mut all = args.to_vec();
+        all.extend(["--epochs", "1", "--out", out.to_str().unwrap()]);
+        assert_refused("train", &all, 1, message);
+        assert!(!out.exists(), "{args:?}: nothing written");
+    }
+    let mut verify = vec!["--model", "/nonexistent/checkpoint.margrad"];
+    verify.extend(["--pairs", "18446744073709551615"]);
+    assert_refused(
+        "verify",
+        &verify,
+        1,
+        "pairs = 18446744073709551615 is too large",
+    );
+}
+
+/// A pipe whose reading end is already closed, as `| head -1` leaves it.
+fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    writer
+}
+
+#[test]
+fn a_closed_stdout_stops_the_printing_not_the_run() {
+    let out = temp("closed-pipe");
+    let args = small_run(&out, &[]);
+    let result = command("train", &strs(&args))
+        .stdout(closed_pipe())
+        .output()
+        .unwrap();
+    let (status, _, stderr) = finish(result);
+    assert_eq!(status, 0, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status_of(&out), "complete");
+    assert!(out.join(CHECKPOINT_FILE).exists());
+
+    let model = out.join(CHECKPOINT_FILE);
+    let result = command("verify", &["--model", model.to_str().unwrap()])
+        .stdout(closed_pipe())
+        .output()
+        .unwrap();
+    let (status, _, stderr) = finish(result);
+    assert_eq!((status, stderr.as_str()), (0, ""));
+
+    let compared = temp("closed-pipe-compare");
+    let result = command(
+        "compare_losses",
+        &["--losses", "am", "--seeds", "1", "--epochs", "1", "--out"],
+    )
+    .arg(&compared)
+    .stdout(closed_pipe())
+    .output()
+    .unwrap();
+    let (status, _, stderr) = finish(result);
+    assert_eq!((status, stderr.as_str()), (0, ""));
+    assert_eq!(status_of(&compared.join("am-seed0")), "complete");
+}
+
+#[test]
+fn a_full_stdout_is_reported_once_and_fails_after_the_run_is_saved() {
+    let Ok(full) = std::fs::File::create("/dev/full") else {
+        eprintln!("note: no /dev/full here, not checked");
+        return;
+    };
+    let out = temp("dev-full");
+    let args = small_run(&out, &[]);
+    let result = command("train", &strs(&args))
+        .stdout(full.try_clone().unwrap())
+        .output()
+        .unwrap();
+    let (status, _, stderr) = finish(result);
+    assert_eq!(status, 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        stderr.matches("cannot write to standard output").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(status_of(&out), "complete");
+    let model = out.join(CHECKPOINT_FILE);
+    for (name, args) in [
+        ("verify", vec!["--model", model.to_str().unwrap()]),
+        ("verify", vec!["--model", model.to_str().unwrap(), "--json"]),
+    ] {
+        let result = command(name, &args)
+            .stdout(full.try_clone().unwrap())
+            .output()
+            .unwrap();
+        let (status, _, stderr) = finish(result);
+        assert_eq!(status, 1, "{name}: {stderr}");
+        assert!(
+            stderr.contains("cannot write to standard output"),
+            "{stderr}"
+        );
+    }
+    let compared = temp("dev-full-compare");
+    let result = command(
+        "compare_losses",
+        &["--losses", "am", "--seeds", "1", "--epochs", "1", "--out"],
+    )
+    .arg(&compared)
+    .stdout(full)
+    .output()
+    .unwrap();
+    let (status, _, stderr) = finish(result);
+    assert_eq!(status, 1, "{stderr}");
+    assert_eq!(status_of(&compared.join("am-seed0")), "complete");
+}
+
+#[test]
+fn a_run_owns_its_output_folder() {
+    let out = temp("owned");
+    let first = small_run(&out, &[]);
+    assert_eq!(run("train", &strs(&first)).0, 0);
+    let model = std::fs::read(out.join(CHECKPOINT_FILE)).unwrap();
+    // the same command again: refused, the first run's files untouched
+    let (status, _, stderr) = run("train", &strs(&first));
+    assert_eq!(status, 1, "{stderr}");
+    assert!(stderr.contains("is not empty"), "{stderr}");
+    assert!(stderr.contains("--overwrite"), "{stderr}");
+    assert_eq!(std::fs::read(out.join(CHECKPOINT_FILE)).unwrap(), model);
+    // told to overwrite, it replaces them
+    let overwrite = small_run(&out, &["--overwrite", "--seed", "1"]);
+    let (status, _, stderr) = run("train", &strs(&overwrite));
+    assert_eq!(status, 0, "{stderr}");
+    assert_ne!(std::fs::read(out.join(CHECKPOINT_FILE)).unwrap(), model);
+    // a user's file in the folder: the overwrite is refused and deletes nothing
+    std::fs::write(out.join("notes.txt"), b"mine").unwrap();
+    let (status, _, stderr) = run("train", &strs(&overwrite));
+    assert_eq!(status, 1, "{stderr}");
+    assert!(
+        stderr.contains("it holds notes.txt, which no run writes"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"mine");
+    assert!(out.join("metrics.json").exists());
+    // resuming continues in the folder
+    let checkpoint = out.join(CHECKPOINT_FILE);
+    let resume = small_run(
+        &out,
+        &[
+            "--seed",
+            "1",
+            "--epochs",
+            "2",
+            "--resume",
+            checkpoint.to_str().unwrap(),
+        ],
+    );
+    let (status, stdout, stderr) = run("train", &strs(&resume));
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stdout.contains("resumed from"), "{stdout}");
+    assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"mine");
+    // compare_losses' runs own theirs too
+    let compared = temp("owned-compare");
+    let args = ["--losses", "am", "--seeds", "1", "--epochs", "1", "--out"];
+    let compare = |more: &[&str]| {
+        let result = command("compare_losses", &args)
+            .arg(&compared)
+            .args(more)
+            .output()
+            .unwrap();
+        finish(result)
+    };
+    assert_eq!(compare(&[]).0, 0);
+    let (status, stdout, stderr) = compare(&[]);
+    assert_eq!(status, 1, "{stderr}");
+    assert!(stderr.contains("is not empty"), "{stderr}");
+    assert!(!stdout.contains("did not converge"), "{stdout}");
+    assert_eq!(compare(&["--overwrite"]).0, 0);
+}
