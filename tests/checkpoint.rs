@@ -754,3 +754,89 @@ fn a_model_with_non_finite_weights_is_never_saved() {
     assert!(matches!(err, CheckpointError::NonFinite(_)), "{err:?}");
     assert!(!export.exists());
 }
+
+// ---- saving: atomic, concurrent, and cleaning up after killed writers ----
+
+#[test]
+fn threads_saving_to_one_path_at_once_leave_one_whole_save() {
+    let path = temp("concurrent.bin");
+    // four different models, each thread saving its own again and again
+    let saves: Vec<(Model<f32>, Params<f32>)> = (0..4)
+        .map(|seed| {
+            let mut params = Params::new();
+            let model = Model::new(config(cosine()), &mut params, &mut seeded_rng(seed)).unwrap();
+            (model, params)
+        })
+        .collect();
+    let encoded: Vec<Vec<u8>> = saves
+        .iter()
+        .map(|(model, params)| checkpoint::encode(model, params, None))
+        .collect();
+    std::thread::scope(|scope| {
+        for (model, params) in &saves {
+            let path = &path;
+            scope.spawn(move || {
+                for _ in 0..25 {
+                    checkpoint::save(path, model, params, None).unwrap();
+                }
+            });
+        }
+    });
+    let written = std::fs::read(&path).unwrap();
+    assert!(
+        encoded.contains(&written),
+        "the file is not any one thread's save ({} bytes)",
+        written.len()
+    );
+    checkpoint::load::<f32>(&path).unwrap();
+    let dir = path.parent().unwrap();
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".concurrent.bin.tmp-"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_save_removes_the_temporary_files_of_dead_writers_only() {
+    let dir = temp("stale").with_extension("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.bin");
+    // a writer killed mid-save: a process that has exited (and been reaped)
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    // a writer still at work
+    let mut live = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let stale = [
+        dir.join(format!(".model.bin.tmp-{dead_pid}-3")),
+        dir.join(format!(".model.bin.tmp-{dead_pid}")), // the name older builds used
+    ];
+    let kept = [
+        dir.join(format!(".model.bin.tmp-{}-0", live.id())),
+        dir.join(format!(".model.bin.tmp-{}-99", std::process::id())),
+        dir.join(format!(".other.bin.tmp-{dead_pid}-0")), // another target's
+        dir.join(format!(".model.bin.tmp-{dead_pid}-x")), // not a name a save makes
+    ];
+    for p in stale.iter().chain(&kept) {
+        std::fs::write(p, b"half a checkpoint").unwrap();
+    }
+    let (model, params) = built::<f32>(cosine());
+    checkpoint::save(&path, &model, &params, None).unwrap();
+    live.kill().unwrap();
+    live.wait().unwrap();
+    for p in &stale {
+        assert!(!p.exists(), "{} was left", p.display());
+    }
+    for p in &kept {
+        assert!(p.exists(), "{} was removed", p.display());
+    }
+    checkpoint::load::<f32>(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
