@@ -249,16 +249,25 @@ fn flipped_bits_fail_the_checksum() {
 #[test]
 fn wrong_magic_future_version_wrong_element_type() {
     let mut bytes = valid_bytes();
-    bytes[..8].copy_from_slice(b"PK\x03\x04abcd");
+    bytes[..8].copy_from_slice(b"NOTMARGR");
     assert_eq!(
         decode_err(&bytes).to_string(),
-        "not a margrad checkpoint: expected magic \"MARGRAD\\0\", found \"PK\\u{3}\\u{4}abcd\""
+        "not a margrad checkpoint: it begins with the bytes 4e 4f 54 4d 41 52 47 52, where a \
+         checkpoint begins with 4d 41 52 47 52 41 44 00 (\"MARGRAD\" and a zero byte)"
     );
     let current = checkpoint::FORMAT_VERSION;
+    let ours = Some(env!("CARGO_PKG_VERSION").to_string());
     for (version, says) in [
-        (current + 5, "written by a newer margrad"),
-        (current - 1, "written by an older margrad"),
-        (0, "the header is damaged"),
+        (
+            current + 5,
+            "written by a newer margrad (0.1.0); upgrade to read it",
+        ),
+        (current - 1, "written by an older margrad (0.1.0)"),
+        (
+            0,
+            "0 is not a version margrad ever wrote; the header is damaged or the file was not \
+             written by margrad",
+        ),
     ] {
         let mut bytes = valid_bytes();
         bytes[8..12].copy_from_slice(&version.to_le_bytes());
@@ -267,7 +276,8 @@ fn wrong_magic_future_version_wrong_element_type() {
             err,
             CheckpointError::UnsupportedVersion {
                 found: version,
-                supported: current
+                supported: current,
+                written_by: ours.clone(),
             }
         );
         let message = err.to_string();
@@ -276,12 +286,132 @@ fn wrong_magic_future_version_wrong_element_type() {
             message.contains(&both) && message.contains(says),
             "{message}"
         );
+        assert!(version != 0 || !message.contains("newer"), "{message}");
     }
     let err = checkpoint::decode::<f64>(&valid_bytes()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "checkpoint holds f32 tensors, expected f64"
     );
+    let mut bytes = valid_bytes();
+    bytes[12..16].copy_from_slice(&[0xff, 1, 0, 0]);
+    assert_eq!(
+        decode_err(&bytes).to_string(),
+        "checkpoint holds bytes ff 01 00 00 tensors, expected f32"
+    );
+}
+
+#[test]
+fn a_file_without_the_magic_is_not_a_checkpoint_whatever_its_length_and_says_what_it_looks_like() {
+    let (model, params) = built::<f32>(cosine());
+    let mut pickle = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.".to_vec(); // torch.save, legacy
+    pickle.resize(200, 0);
+    let cases: Vec<(Vec<u8>, Option<&str>)> = vec![
+        (b"{\"a\": 1}\n".to_vec(), Some("JSON text")), // nine bytes
+        (b"  [1, 2]".to_vec(), Some("JSON text")),
+        (
+            safetensors_bytes(&params, &BTreeMap::new()),
+            Some("a safetensors file"),
+        ),
+        (
+            b"PK\x03\x04\x14\x00\x00\x00".repeat(10),
+            Some("a zip archive"),
+        ),
+        (pickle, Some("a Python pickle")),
+        (
+            b"\x1f\x8b\x08\x00rest".to_vec(),
+            Some("gzip-compressed data"),
+        ),
+        (b"\x93NUMPY\x01\x00".to_vec(), Some("a NumPy .npy file")),
+        (b"hello".to_vec(), None),
+        (
+            b"MARGRAD\x01 and more than a header's worth of bytes after it".to_vec(),
+            None,
+        ),
+    ];
+    for (bytes, kind) in cases {
+        let err = decode_err(&bytes);
+        let first = bytes[..bytes.len().min(8)].to_vec();
+        assert!(
+            matches!(&err, CheckpointError::BadMagic { found, looks_like }
+                if *found == first && looks_like.is_some() == kind.is_some()),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.starts_with("not a margrad checkpoint: "),
+            "{message}"
+        );
+        if let Some(kind) = kind {
+            assert!(
+                message.contains(&format!("it looks like {kind}")),
+                "{message}"
+            );
+        }
+        assert!(!message.contains("\\u{"), "{message}");
+    }
+    // from a file too, a short one included
+    let path = temp("metrics.json");
+    std::fs::write(&path, b"{\"a\": 1}\n").unwrap();
+    let err = checkpoint::load::<f32>(&path).unwrap_err();
+    assert!(err.to_string().contains("it looks like JSON text"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+    // a file that begins as a checkpoint and stops is truncated, the empty file included
+    let whole = checkpoint::encode(&model, &params, None);
+    for len in [0, 5, 8, 47] {
+        assert_eq!(
+            decode_err(&whole[..len]),
+            CheckpointError::Truncated {
+                part: "header",
+                expected: HEADER_LEN as u64,
+                found: len as u64
+            }
+        );
+    }
+}
+
+#[test]
+fn reserved_header_bytes_must_be_zero_and_the_crate_version_readable() {
+    let mut bytes = valid_bytes();
+    bytes[45] = 1;
+    let err = decode_err(&bytes);
+    assert_eq!(
+        err,
+        CheckpointError::HeaderField {
+            field: "reserved",
+            start: 44,
+            found: vec![0, 1, 0, 0],
+            requirement: "zero",
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "damaged checkpoint header: bytes 44..48 (reserved) are 00 01 00 00, but must be zero"
+    );
+    for crate_version in [
+        [0u8; 16],                                              // empty
+        *b"0.1.0\0\0\0\0x\0\0\0\0\0\0",                         // text after the padding
+        *b"0.1.0\n\0\0\0\0\0\0\0\0\0\0",                        // not printable
+        [0xc3, 0xa9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], // not ASCII
+    ] {
+        let mut bytes = valid_bytes();
+        bytes[16..32].copy_from_slice(&crate_version);
+        let err = decode_err(&bytes);
+        assert!(
+            matches!(&err, CheckpointError::HeaderField { field: "crate version", start: 16, found, .. }
+                if found[..] == crate_version[..]),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("damaged checkpoint header: bytes 16..32 (crate version) are "),
+            "{err}"
+        );
+    }
+    // any printable version text is accepted: it is for people, not for the reader
+    let mut bytes = valid_bytes();
+    bytes[16..32].copy_from_slice(b"9.99.0-beta.1+ab");
+    checkpoint::decode::<f32>(&bytes).unwrap();
 }
 
 #[test]
@@ -546,7 +676,8 @@ fn a_checkpoint_written_by_an_earlier_format_is_refused_naming_both_versions() {
             err,
             CheckpointError::UnsupportedVersion {
                 found: version,
-                supported: current
+                supported: current,
+                written_by: Some("0.1.0".into()),
             }
         );
         let message = err.to_string();
@@ -653,7 +784,8 @@ fn a_gigabyte_without_the_magic_is_refused_after_reading_its_header_only() {
     assert_eq!(
         err,
         CheckpointError::BadMagic {
-            found: *b"NOTMARGR"
+            found: b"NOTMARGR".to_vec(),
+            looks_like: None,
         }
     );
     std::fs::remove_file(&path).unwrap();

@@ -14,13 +14,29 @@
 //! | 44..48 | reserved, zero |
 //! | 48.. | body: the model configuration, the named tensors, the training state (bincode 2) |
 //!
+//! What each header field decides:
+//! - the magic says the file is a margrad checkpoint at all: a file that does not begin with
+//!   it is "not a margrad checkpoint" whatever its length (and the error says what it looks
+//!   like when that is plain: JSON, safetensors, a PyTorch zip or pickle, gzip);
+//! - the format version alone says how the rest is laid out, and only [`FORMAT_VERSION`] is
+//!   read: a lower one was written by an older margrad, a higher one by a newer margrad, and
+//!   0 by none (versions count from 1);
+//! - the crate version is for people, not for the reader: it is named in the messages (a file
+//!   from a newer margrad says which), and must be one or more printable ASCII characters then
+//!   zero bytes, else the header is damaged;
+//! - the element type must be the one asked for;
+//! - the body length must be the file's, and the checksum the body's;
+//! - the reserved bytes must be zero: a later format version that gives them a meaning bumps
+//!   the format version, so a reader of this version never meets them otherwise.
+//!
 //! The model configuration is the embedder's layers, in order, each as its kind name and its
 //! settings as JSON text (`"linear"`, `{"bias":true,"init":"KaimingNormal","inputs":64,…}`),
 //! then the head's configuration. Version 2 stores the embedder this way, as an open list that
 //! any registered layer kind can stand in; version 1 stored the MLP's fixed fields.
 //!
-//! The header is read by hand and checked field by field (magic, version, element type, body
-//! length against the file's, checksum) before the body is decoded. [`load`] reads the header
+//! The header is read by hand and checked field by field (magic, version, reserved bytes,
+//! crate version, element type, body length against the file's, checksum) before the body is
+//! decoded. [`load`] reads the header
 //! alone first, from a file it has seen to be a regular one (never a FIFO or a device), and
 //! reads the body only when the file's size is exactly what the header declares, so a file can
 //! make it neither allocate by a claimed length nor wait. The model is then rebuilt
@@ -117,10 +133,14 @@ pub enum CheckpointError {
         /// The bytes after the header.
         found: u64,
     },
-    /// Not a margrad checkpoint.
+    /// Not a margrad checkpoint: the file does not begin with [`MAGIC`].
     BadMagic {
-        /// The first eight bytes.
-        found: [u8; 8],
+        /// Its first bytes (up to eight).
+        found: Vec<u8>,
+        /// What the file looks like instead, when that is plain from its first bytes: "JSON
+        /// text", "a safetensors file (...)", "a zip archive (...)", "a Python pickle (...)",
+        /// "gzip-compressed data (...)".
+        looks_like: Option<&'static str>,
     },
     /// Written in a format version this crate cannot read.
     UnsupportedVersion {
@@ -128,13 +148,28 @@ pub enum CheckpointError {
         found: u32,
         /// The one this crate reads and writes ([`FORMAT_VERSION`]).
         supported: u32,
+        /// The version of the crate that wrote the file, when its header field reads as one.
+        written_by: Option<String>,
     },
     /// Written with another element type.
     ElementType {
         /// The type asked for.
         expected: &'static str,
-        /// The file's.
+        /// The file's (its bytes in hex when they are not a type name).
         found: String,
+    },
+    /// A header field that the format fixes holds something else: the reserved bytes are not
+    /// zero, or the writer's crate version is not printable ASCII padded with zeros. The
+    /// header is damaged, or was not written by margrad.
+    HeaderField {
+        /// The field: "crate version", "reserved".
+        field: &'static str,
+        /// Its first byte in the header.
+        start: usize,
+        /// The bytes found there.
+        found: Vec<u8>,
+        /// What the format requires of them.
+        requirement: &'static str,
     },
     /// The body's checksum does not match: the file is corrupt.
     Checksum {
@@ -186,33 +221,67 @@ impl fmt::Display for CheckpointError {
                 f,
                 "checkpoint has {found} bytes after its header, but its body is {expected}"
             ),
-            BadMagic { found } => write!(
-                f,
-                "not a margrad checkpoint: expected magic {:?}, found {:?}",
-                String::from_utf8_lossy(&MAGIC),
-                String::from_utf8_lossy(found)
-            ),
-            UnsupportedVersion { found, supported } => {
+            BadMagic { found, looks_like } => {
+                write!(f, "not a margrad checkpoint: ")?;
+                if let Some(kind) = looks_like {
+                    write!(f, "it looks like {kind}; ")?;
+                }
+                write!(
+                    f,
+                    "it begins with the bytes {}, where a checkpoint begins with {} \
+                     (\"MARGRAD\" and a zero byte)",
+                    hex(found),
+                    hex(&MAGIC)
+                )
+            }
+            UnsupportedVersion {
+                found,
+                supported,
+                written_by,
+            } => {
                 write!(
                     f,
                     "checkpoint format version {found}, but this margrad reads version \
                      {supported} only: "
                 )?;
-                if found > supported {
-                    write!(f, "it was written by a newer margrad; upgrade to read it")
-                } else if *found == 0 {
-                    write!(f, "no margrad writes version 0; the header is damaged")
+                let by = written_by
+                    .as_ref()
+                    .map(|v| format!(" ({v})"))
+                    .unwrap_or_default();
+                if *found == 0 {
+                    write!(
+                        f,
+                        "0 is not a version margrad ever wrote; the header is damaged or the \
+                         file was not written by margrad"
+                    )
+                } else if found > supported {
+                    write!(
+                        f,
+                        "it was written by a newer margrad{by}; upgrade to read it"
+                    )
                 } else {
                     write!(
                         f,
-                        "it was written by an older margrad; load it there and train or save \
-                         again with this one"
+                        "it was written by an older margrad{by}; load it there and train or \
+                         save again with this one"
                     )
                 }
             }
             ElementType { expected, found } => {
                 write!(f, "checkpoint holds {found} tensors, expected {expected}")
             }
+            HeaderField {
+                field,
+                start,
+                found,
+                requirement,
+            } => write!(
+                f,
+                "damaged checkpoint header: bytes {start}..{} ({field}) are {}, but must be \
+                 {requirement}",
+                start + found.len(),
+                hex(found)
+            ),
             Checksum { expected, found } => write!(
                 f,
                 "corrupt checkpoint: body checksum {found:#010x}, header says {expected:#010x}"
@@ -316,9 +385,18 @@ fn checked_body<F: Element>(bytes: &[u8]) -> Result<&[u8], CheckpointError> {
     Ok(body)
 }
 
-/// Checks the header at the start of `bytes` (which may hold nothing more): its length, magic,
-/// version and element type. Returns the body length it declares.
+/// Checks the header at the start of `bytes` (which may hold nothing more): the magic first
+/// (a file that does not begin with it is not a checkpoint, whatever its length), then its
+/// length, version, reserved bytes, the writer's crate version and the element type. Returns
+/// the body length it declares.
 fn checked_header<F: Element>(bytes: &[u8]) -> Result<u64, CheckpointError> {
+    let start = &bytes[..bytes.len().min(MAGIC.len())];
+    if start != &MAGIC[..start.len()] {
+        return Err(CheckpointError::BadMagic {
+            found: start.to_vec(),
+            looks_like: looks_like(bytes),
+        });
+    }
     if bytes.len() < HEADER_LEN {
         return Err(CheckpointError::Truncated {
             part: "header",
@@ -326,26 +404,82 @@ fn checked_header<F: Element>(bytes: &[u8]) -> Result<u64, CheckpointError> {
             found: bytes.len() as u64,
         });
     }
-    let magic = field::<8>(bytes, 0);
-    if magic != MAGIC {
-        return Err(CheckpointError::BadMagic { found: magic });
-    }
+    let written_by = writer_version(&field::<16>(bytes, 16));
     let version = u32::from_le_bytes(field(bytes, 8));
     if version != FORMAT_VERSION {
         return Err(CheckpointError::UnsupportedVersion {
             found: version,
             supported: FORMAT_VERSION,
+            written_by,
+        });
+    }
+    let reserved = field::<4>(bytes, 44);
+    if reserved != [0; 4] {
+        return Err(CheckpointError::HeaderField {
+            field: "reserved",
+            start: 44,
+            found: reserved.to_vec(),
+            requirement: "zero",
+        });
+    }
+    if written_by.is_none() {
+        return Err(CheckpointError::HeaderField {
+            field: "crate version",
+            start: 16,
+            found: bytes[16..32].to_vec(),
+            requirement: "the version of the crate that wrote the file: printable ASCII, then \
+                          zero bytes to the end of the field",
         });
     }
     let element = field::<4>(bytes, 12);
     if element != padded::<4>(F::NAME) {
-        let end = element.iter().position(|&b| b == 0).unwrap_or(4);
         return Err(CheckpointError::ElementType {
             expected: F::NAME,
-            found: String::from_utf8_lossy(&element[..end]).into_owned(),
+            found: writer_version(&element).unwrap_or_else(|| format!("bytes {}", hex(&element))),
         });
     }
     Ok(u64::from_le_bytes(field(bytes, 32)))
+}
+
+/// The text of a zero-padded ASCII field (the writer's crate version, the element type): one
+/// or more printable ASCII characters, then zero bytes only. `None` for anything else.
+fn writer_version(field: &[u8]) -> Option<String> {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    let (text, padding) = field.split_at(end);
+    let printable = !text.is_empty() && text.iter().all(|b| b.is_ascii_graphic());
+    (printable && padding.iter().all(|&b| b == 0))
+        .then(|| String::from_utf8_lossy(text).into_owned())
+}
+
+/// Bytes as hex pairs: `50 4b 03 04`.
+fn hex(bytes: &[u8]) -> String {
+    let pairs: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    pairs.join(" ")
+}
+
+/// What a file that is not a checkpoint looks like, from its first bytes, when that is plain:
+/// the files most often given by mistake (the run's `metrics.json`, a safetensors export, a
+/// PyTorch checkpoint, a gzip-compressed file).
+fn looks_like(bytes: &[u8]) -> Option<&'static str> {
+    let text = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes); // a UTF-8 byte-order mark
+    let first_visible = text.iter().find(|b| !b.is_ascii_whitespace());
+    if matches!(first_visible, Some(b'{' | b'[')) {
+        return Some("JSON text");
+    }
+    if bytes.len() > 8 && bytes[8] == b'{' {
+        // safetensors: an 8-byte little-endian header length, then the JSON header
+        return Some("a safetensors file (load it with a safetensors reader)");
+    }
+    match bytes {
+        [b'P', b'K', 3, 4, ..] => Some(
+            "a zip archive (a PyTorch .pt or .pth file saved by torch.save is one; margrad \
+             reads only its own checkpoints)",
+        ),
+        [0x80, 2..=5, ..] => Some("a Python pickle (an older PyTorch .pt or .pth file is one)"),
+        [0x1f, 0x8b, ..] => Some("gzip-compressed data (decompress it first)"),
+        [0x93, b'N', b'U', b'M', b'P', b'Y', ..] => Some("a NumPy .npy file"),
+        _ => None,
+    }
 }
 
 /// Checks the body length the header declares against the bytes `present` after the header.
