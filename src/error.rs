@@ -152,7 +152,11 @@ impl fmt::Display for Error {
                 name,
                 value,
                 requirement,
-            } => write!(f, "invalid {name} = {value}: must be {requirement}"),
+            } => write!(
+                f,
+                "invalid {name} = {}: must be {requirement}",
+                Number(*value)
+            ),
             Error::UnknownLayerKind { layer, kind, known } => write!(
                 f,
                 "unknown layer kind {kind:?} at {layer} (the registry knows: {}): register it in \
@@ -172,6 +176,22 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// A number as a person reads it: `0.001`, `250`, and in scientific notation (`1e-50`,
+/// `1e42`) where the plain form would run to dozens of digits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Number(pub(crate) f64);
+
+impl fmt::Display for Number {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        if v == 0.0 || !v.is_finite() || (1e-5..1e16).contains(&v.abs()) {
+            write!(f, "{v}")
+        } else {
+            write!(f, "{v:e}")
+        }
+    }
+}
 
 impl Error {
     /// `Ok` when `value` is finite and `ok` holds; otherwise [`Error::InvalidSetting`] naming

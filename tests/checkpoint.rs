@@ -972,3 +972,51 @@ fn a_save_removes_the_temporary_files_of_dead_writers_only() {
     checkpoint::load::<f32>(&path).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// ---- sizes read from a file ----
+
+/// A source that hands out an empty tensor whatever the shape: a way to write a configuration
+/// whose widths no tensor could have.
+struct Empty;
+
+impl<F: Element> margrad::nn::ParamSource<F> for Empty {
+    fn tensor(&mut self, _: &str, _: &[usize], _: margrad::nn::Fill) -> Tensor<F> {
+        Tensor::zeros(&[0])
+    }
+}
+
+/// Runs in debug builds too (`cargo test --test checkpoint`), where an overflow would panic.
+#[test]
+fn widths_at_the_limit_of_usize_are_refused_by_shape_without_overflowing() {
+    use margrad::nn::{Init, LinearConfig};
+    let max = usize::MAX;
+    for head in [
+        HeadConfig::Cosine {
+            classes: max,
+            loss: MarginLoss::enhanced(10.0, 0.2).unwrap(),
+        },
+        HeadConfig::Linear { classes: max },
+    ] {
+        let config = ModelConfig {
+            embedder: SequentialConfig::new()
+                .with(
+                    LinearConfig::new(max, max)
+                        .with_init(Init::XavierNormal)
+                        .spec(),
+                )
+                .with(LinearConfig::new(max, max).spec()),
+            head,
+        };
+        let mut params = Params::<f32>::new();
+        let model = Model::new(config, &mut params, &mut Empty).unwrap();
+        let err = decode_err(&checkpoint::encode(&model, &params, None));
+        assert_eq!(
+            err,
+            CheckpointError::TensorShape {
+                name: "embed.0.weight".into(),
+                expected: vec![max, max],
+                found: vec![0],
+            }
+        );
+    }
+}
