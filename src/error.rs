@@ -111,7 +111,8 @@ impl fmt::Display for Error {
                 found,
             } => write!(
                 f,
-                "data length mismatch: shape {shape:?} needs {expected} elements, found {found}"
+                "data length mismatch: shape {} needs {expected} elements, found {found}",
+                Shape(shape)
             ),
             Error::NonFinite { what, index, value } => {
                 write!(f, "non-finite value in {what}: element {index} is {value}")
@@ -159,8 +160,9 @@ impl fmt::Display for Error {
             ),
             Error::UnknownLayerKind { layer, kind, known } => write!(
                 f,
-                "unknown layer kind {kind:?} at {layer} (the registry knows: {}): register it in \
-                 a LayerRegistry and build or load with that registry",
+                "unknown layer kind {} at {layer} (the registry knows: {}): register it in a \
+                 LayerRegistry and build or load with that registry",
+                Quoted(kind),
                 known.join(", ")
             ),
             Error::LayerSettings {
@@ -169,13 +171,45 @@ impl fmt::Display for Error {
                 message,
             } => write!(
                 f,
-                "invalid settings for layer {layer} ({kind:?}): {message}"
+                "invalid settings for layer {layer} ({}): {message}",
+                Quoted(kind)
             ),
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+/// A name from outside (a tensor's, a layer kind's) in double quotes, any quote, backslash or
+/// control character in it escaped as JSON escapes them (`"a\u0001b"`): what a file holds is
+/// shown exactly, and cannot garble a terminal.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Quoted<'a>(pub(crate) &'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let json = serde_json::to_string(self.0).map_err(|_| fmt::Error)?;
+        f.write_str(&json)
+    }
+}
+
+/// A shape as a list, `[2, 3]`; one read from a file may have any number of dimensions, so past
+/// eight only their count is given: `[1, 1, 1, 1, 1, 1, 1, 1, … (100 dimensions)]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Shape<'a>(pub(crate) &'a [usize]);
+
+impl fmt::Display for Shape<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 8;
+        let dims = self.0;
+        let shown: Vec<String> = dims.iter().take(SHOWN).map(usize::to_string).collect();
+        write!(f, "[{}", shown.join(", "))?;
+        if dims.len() > SHOWN {
+            write!(f, ", … ({} dimensions)", dims.len())?;
+        }
+        f.write_str("]")
+    }
+}
 
 /// A number as a person reads it: `0.001`, `250`, and in scientific notation (`1e-50`,
 /// `1e42`) where the plain form would run to dozens of digits.

@@ -515,7 +515,21 @@ fn the_loader_survives_thousands_of_seeded_mutations() {
         }
         match std::panic::catch_unwind(|| checkpoint::decode::<f32>(&bytes)) {
             Ok(Ok(_)) => accepted += 1,
-            Ok(Err(_)) => rejected += 1,
+            Ok(Err(e)) => {
+                rejected += 1;
+                let message = e.to_string();
+                // a sentence, not a Rust value: no `UnexpectedEnd { additional: 3 }`,
+                // `OtherString("…")`, `Some(6)`, `\u{3}`
+                for debug in ["{ ", "String(", "Some(", "None", "\\u{", "Error"] {
+                    assert!(
+                        !message.contains(debug),
+                        "round {round}: {debug:?} in the message: {message}"
+                    );
+                }
+                if std::env::var_os("MARGRAD_SHOW_MESSAGES").is_some() {
+                    eprintln!("{message}");
+                }
+            }
             Err(_) => panic!("the loader panicked on mutation round {round}"),
         }
     }
@@ -1019,4 +1033,57 @@ fn widths_at_the_limit_of_usize_are_refused_by_shape_without_overflowing() {
             }
         );
     }
+}
+
+// ---- a body that does not decode: the part, the byte, a sentence ----
+
+/// `bytes` with its declared length and checksum made good again, so that the damage reaches
+/// the body decoder.
+fn resealed(mut bytes: Vec<u8>) -> Vec<u8> {
+    let body = (bytes.len() - HEADER_LEN) as u64;
+    bytes[32..40].copy_from_slice(&body.to_le_bytes());
+    reseal(&mut bytes);
+    bytes
+}
+
+#[test]
+fn a_body_that_does_not_decode_names_the_part_and_the_byte_in_a_sentence() {
+    let bytes = valid_bytes();
+    let body = bytes.len() - HEADER_LEN;
+    // the last byte says whether a training state follows (0: none); 2 is neither
+    let mut two = bytes.clone();
+    *two.last_mut().unwrap() = 2;
+    assert_eq!(
+        decode_err(&resealed(two)).to_string(),
+        format!(
+            "checkpoint body does not decode: the training state, from body byte {}: a field \
+             with 2 possible kinds holds kind number 2 (they are numbered from 0)",
+            body - 1
+        )
+    );
+    // bytes after the last part
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(&[0; 4]);
+    assert_eq!(
+        decode_err(&resealed(longer)),
+        CheckpointError::Body {
+            part: "the end of the body".into(),
+            offset: body as u64,
+            message: format!("4 bytes follow the last part, of {} in all", body + 4),
+        }
+    );
+    // a body cut inside the last tensor (without its training-state byte and a little more)
+    let cut = resealed(bytes[..bytes.len() - 3].to_vec());
+    let err = decode_err(&cut);
+    let message = err.to_string();
+    assert!(
+        matches!(&err, CheckpointError::Body { part, .. } if part == "tensor \"head.weight\""),
+        "{err:?}"
+    );
+    assert!(
+        message.starts_with(
+            "checkpoint body does not decode: tensor \"head.weight\", from body byte "
+        ) && message.ends_with(": the body ends in the middle of it"),
+        "{message}"
+    );
 }

@@ -48,9 +48,10 @@
 mod codec;
 mod safetensors;
 
-use crate::files::{self, Arrived, OpenError, read_str};
+use crate::files::{self, Arrived, OpenError};
 pub use safetensors::{safetensors_bytes, save_safetensors};
 
+use crate::error::{Quoted, Shape};
 use crate::metrics::EpochRecord;
 use crate::nn::{Fill, LayerRegistry, Model, ModelConfig, ParamSource, TrainedHead};
 use crate::optim::OptimizerState;
@@ -178,8 +179,16 @@ pub enum CheckpointError {
         /// The body's.
         found: u32,
     },
-    /// The body does not decode.
-    Body(String),
+    /// A part of the body does not decode.
+    Body {
+        /// The part: "the model configuration", "the tensor count", "tensor #2's name",
+        /// "tensor \"embed.0.weight\"", "the training state", "the end of the body".
+        part: String,
+        /// The body byte at which the part begins (the file byte less [`HEADER_LEN`]).
+        offset: u64,
+        /// What is wrong, as a sentence.
+        message: String,
+    },
     /// The configuration needs a tensor the file does not hold.
     MissingTensor(String),
     /// The file holds a tensor the configuration does not use (or holds it twice).
@@ -286,15 +295,24 @@ impl fmt::Display for CheckpointError {
                 f,
                 "corrupt checkpoint: body checksum {found:#010x}, header says {expected:#010x}"
             ),
-            Body(message) => write!(f, "checkpoint body does not decode: {message}"),
+            Body {
+                part,
+                offset,
+                message,
+            } => write!(
+                f,
+                "checkpoint body does not decode: {part}, from body byte {offset}: {message}"
+            ),
             MissingTensor(name) => write!(
                 f,
-                "checkpoint lacks tensor {name:?}, which its configuration needs"
+                "checkpoint lacks tensor {}, which its configuration needs",
+                Quoted(name)
             ),
             UnexpectedTensor(name) => write!(
                 f,
-                "checkpoint holds tensor {name:?}, which its configuration does not use (or \
-                 holds it twice)"
+                "checkpoint holds tensor {}, which its configuration does not use (or holds it \
+                 twice)",
+                Quoted(name)
             ),
             TensorShape {
                 name,
@@ -302,8 +320,10 @@ impl fmt::Display for CheckpointError {
                 found,
             } => write!(
                 f,
-                "checkpoint tensor {name:?} has shape {found:?}, its configuration says \
-                 {expected:?}"
+                "checkpoint tensor {} has shape {}, its configuration says {}",
+                Quoted(name),
+                Shape(found),
+                Shape(expected)
             ),
             Invalid(e) => write!(f, "checkpoint holds an invalid configuration: {e}"),
             NonFinite(e) => write!(f, "refusing to save a model with {e}"),
@@ -313,16 +333,27 @@ impl fmt::Display for CheckpointError {
 
 impl std::error::Error for CheckpointError {}
 
+impl From<codec::PartError> for CheckpointError {
+    fn from(e: codec::PartError) -> Self {
+        CheckpointError::Body {
+            part: e.part,
+            offset: e.offset,
+            message: e.message,
+        }
+    }
+}
+
 /// A tensor with its name, as the body stores it.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 #[serde(bound = "F: Element")]
 struct NamedTensor<F: Element> {
-    #[serde(deserialize_with = "read_str")]
     name: String,
     tensor: Tensor<F>,
 }
 
-#[derive(Serialize, Deserialize)]
+/// The body, as written. It is read part by part, in this order ([`decode_with`]), so that an
+/// error names the part.
+#[derive(Serialize)]
 #[serde(bound = "F: Element")]
 struct Body<F: Element> {
     config: ModelConfig,
@@ -547,19 +578,13 @@ pub fn decode_with<F: Element>(
     bytes: &[u8],
     registry: &LayerRegistry<F>,
 ) -> Result<Checkpoint<F>, CheckpointError> {
-    let body: Body<F> = codec::decode(checked_body::<F>(bytes)?).map_err(CheckpointError::Body)?;
+    let (config, tensors, training) = read_body::<F>(checked_body::<F>(bytes)?)?;
     let mut stored = Stored {
-        tensors: HashMap::with_capacity(body.tensors.len()),
+        tensors,
         error: None,
     };
-    for NamedTensor { name, tensor } in body.tensors {
-        if stored.tensors.contains_key(&name) {
-            return Err(CheckpointError::UnexpectedTensor(name));
-        }
-        stored.tensors.insert(name, tensor);
-    }
     let mut params = Params::new();
-    let model = Model::new_with(body.config, registry, &mut params, &mut stored)
+    let model = Model::new_with(config, registry, &mut params, &mut stored)
         .map_err(CheckpointError::Invalid)?;
     if let Some(error) = stored.error {
         return Err(error);
@@ -567,7 +592,7 @@ pub fn decode_with<F: Element>(
     if let Some(name) = stored.tensors.into_keys().min() {
         return Err(CheckpointError::UnexpectedTensor(name));
     }
-    if let Some(training) = &body.training {
+    if let Some(training) = &training {
         training
             .optimizer
             .validate(&params)
@@ -576,8 +601,34 @@ pub fn decode_with<F: Element>(
     Ok(Checkpoint {
         model,
         params,
-        training: body.training,
+        training,
     })
+}
+
+/// A body's parts, in the order [`Body`] writes them: the configuration, the tensors by name
+/// (a name given twice is refused as an unexpected tensor), the training state.
+type BodyParts<F> = (
+    ModelConfig,
+    HashMap<String, Tensor<F>>,
+    Option<TrainingState<F>>,
+);
+
+fn read_body<F: Element>(body: &[u8]) -> Result<BodyParts<F>, CheckpointError> {
+    let mut reader = codec::Reader::new(body);
+    let config = reader.read(|| "the model configuration".to_string())?;
+    let count = reader.read_len(|| "the tensor count".to_string())?;
+    // no capacity by the count: each tensor takes bytes, so the loop ends with the body
+    let mut tensors = HashMap::new();
+    for i in 0..count {
+        let name: &str = reader.read(|| format!("tensor #{i}'s name"))?;
+        let tensor = reader.read(|| format!("tensor {}", Quoted(name)))?;
+        if tensors.insert(name.to_string(), tensor).is_some() {
+            return Err(CheckpointError::UnexpectedTensor(name.to_string()));
+        }
+    }
+    let training = reader.read(|| "the training state".to_string())?;
+    reader.finish()?;
+    Ok((config, tensors, training))
 }
 
 /// Saves a checkpoint atomically (temporary file, flush, sync, rename).

@@ -174,8 +174,8 @@ impl IdxReader<'_> {
             return Err(self.bad(
                 "data",
                 format!(
-                    "dimensions {dims:?} need None bytes: their product overflows a {}-bit \
-                     count",
+                    "dimensions {dims:?} hold more elements than a {}-bit count reaches (their \
+                     product overflows): no file holds that many bytes",
                     usize::BITS
                 ),
             ));
@@ -183,7 +183,7 @@ impl IdxReader<'_> {
         let size_error = |found: String| {
             self.bad(
                 "data",
-                format!("dimensions {dims:?} need {claimed:?} bytes, found {found}"),
+                format!("dimensions {dims:?} need {need} bytes, found {found}"),
             )
         };
         let preallocate = match self.gzip {
