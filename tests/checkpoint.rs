@@ -1087,3 +1087,75 @@ fn a_body_that_does_not_decode_names_the_part_and_the_byte_in_a_sentence() {
         "{message}"
     );
 }
+
+// ---- the training state: what is saved loads back ----
+
+fn adam_state(params: &Params<f32>) -> TrainingState<f32> {
+    let mut optimizer = Optimizer::new(Method::adam(), params, 1e-3, 0.0)
+        .unwrap()
+        .state()
+        .clone();
+    optimizer.per_param = params
+        .ids()
+        .map(|id| {
+            let shape = params.get(id).shape();
+            params.is_trainable(id).then(|| ParamState {
+                steps: 2,
+                first: Tensor::zeros(shape),
+                second: Tensor::zeros(shape),
+            })
+        })
+        .collect();
+    TrainingState {
+        optimizer,
+        epoch: 1,
+        rng: seeded_rng(7),
+        history: Vec::new(),
+    }
+}
+
+#[test]
+fn a_generator_stuck_at_zero_is_refused_on_load() {
+    let (model, params) = built::<f32>(cosine());
+    let mut training = adam_state(&params);
+    checkpoint::decode::<f32>(&checkpoint::encode(&model, &params, Some(&training))).unwrap();
+    // xoshiro256++'s all-zero state: no seed gives it, and it draws 0 for ever
+    training.rng = serde_json::from_str(r#"{"s":[0,0,0,0]}"#).unwrap();
+    let err = decode_err(&checkpoint::encode(&model, &params, Some(&training)));
+    assert_eq!(
+        err.to_string(),
+        "checkpoint holds an invalid configuration: malformed training state at rng: the \
+         generator's state is all zeros, which xoshiro256++ never leaves (every draw would be \
+         0) and no seed gives"
+    );
+}
+
+#[test]
+fn a_training_state_that_would_not_load_is_never_saved() {
+    let (model, params) = built::<f32>(cosine());
+    let path = temp("overflowed-moment.bin");
+    let mut training = adam_state(&params);
+    checkpoint::save(&path, &model, &params, Some(&training)).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    // g² overflowed in f32: the weights are finite, the second moment is not
+    let id = params.find("embed.0.weight").unwrap();
+    let state = training.optimizer.per_param[id.index()].as_mut().unwrap();
+    state.second.data_mut()[5] = f32::INFINITY;
+    let err = checkpoint::save(&path, &model, &params, Some(&training)).unwrap_err();
+    assert!(
+        matches!(err, CheckpointError::UnsoundTrainingState(_)),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "refusing to save a training state that would not load back: malformed optimizer state \
+         at per_param[0].second (embed.0.weight): element 5 is inf, where a moment must be finite"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the previous file stays"
+    );
+    checkpoint::load::<f32>(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+}

@@ -88,6 +88,30 @@ pub struct TrainingState<F: Element> {
     pub history: Vec<EpochRecord>,
 }
 
+impl<F: Element> TrainingState<F> {
+    /// Checks the state against the parameters it goes with: the optimiser's
+    /// ([`OptimizerState::validate`]), and a generator that can draw (xoshiro256++'s all-zero
+    /// state, which no seed gives, draws 0 for ever: every shuffle and dropout mask the same).
+    ///
+    /// # Errors
+    /// As [`OptimizerState::validate`]; [`Error::Format`] at `rng` for the all-zero state.
+    pub fn validate(&self, params: &Params<F>) -> Result<(), Error> {
+        self.optimizer.validate(params)?;
+        let mut rng = self.rng.clone();
+        // a live state draws four zeros running once in 2^256
+        if (0..4).all(|_| rand::Rng::next_u64(&mut rng) == 0) {
+            return Err(Error::Format {
+                source: "training state".to_string(),
+                location: "rng".to_string(),
+                message: "the generator's state is all zeros, which xoshiro256++ never leaves \
+                          (every draw would be 0) and no seed gives"
+                    .to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A loaded checkpoint: the rebuilt model, its parameters, and the training state if saved.
 #[derive(Debug)]
 pub struct Checkpoint<F: Element> {
@@ -206,6 +230,8 @@ pub enum CheckpointError {
     Invalid(Error),
     /// A save was refused: a tensor holds a NaN or an infinity.
     NonFinite(Error),
+    /// A save was refused: the training state would not load ([`TrainingState::validate`]).
+    UnsoundTrainingState(Error),
 }
 
 impl fmt::Display for CheckpointError {
@@ -327,6 +353,10 @@ impl fmt::Display for CheckpointError {
             ),
             Invalid(e) => write!(f, "checkpoint holds an invalid configuration: {e}"),
             NonFinite(e) => write!(f, "refusing to save a model with {e}"),
+            UnsoundTrainingState(e) => write!(
+                f,
+                "refusing to save a training state that would not load back: {e}"
+            ),
         }
     }
 }
@@ -594,7 +624,6 @@ pub fn decode_with<F: Element>(
     }
     if let Some(training) = &training {
         training
-            .optimizer
             .validate(&params)
             .map_err(CheckpointError::Invalid)?;
     }
@@ -631,12 +660,15 @@ fn read_body<F: Element>(body: &[u8]) -> Result<BodyParts<F>, CheckpointError> {
     Ok((config, tensors, training))
 }
 
-/// Saves a checkpoint atomically (temporary file, flush, sync, rename).
+/// Saves a checkpoint atomically (temporary file, flush, sync, rename). What it writes, it
+/// reads back: the checks [`load`] makes of the weights and the training state are made first.
 ///
 /// # Errors
 /// [`CheckpointError::NonFinite`] when a parameter or buffer holds a NaN or an infinity (a
-/// checkpoint is never a diverged model); [`CheckpointError::Io`] when the file cannot be
-/// written. Either way the previous file, if any, is left as it was.
+/// checkpoint is never a diverged model); [`CheckpointError::UnsoundTrainingState`] when the
+/// training state fails [`TrainingState::validate`] (an Adam moment that overflowed, say);
+/// [`CheckpointError::Io`] when the file cannot be written. Either way the previous file, if
+/// any, is left as it was.
 pub fn save<F: Element>(
     path: &Path,
     model: &Model<F>,
@@ -644,6 +676,11 @@ pub fn save<F: Element>(
     training: Option<&TrainingState<F>>,
 ) -> Result<(), CheckpointError> {
     params.ensure_finite().map_err(CheckpointError::NonFinite)?;
+    if let Some(training) = training {
+        training
+            .validate(params)
+            .map_err(CheckpointError::UnsoundTrainingState)?;
+    }
     let bytes = encode(model, params, training);
     write_atomically(path, |file| file.write_all(&bytes))
 }
