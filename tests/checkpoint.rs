@@ -1159,3 +1159,21 @@ fn a_training_state_that_would_not_load_is_never_saved() {
     checkpoint::load::<f32>(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn a_stored_shape_of_a_hundred_dimensions_is_shown_in_brief() {
+    let (model, params) = built::<f32>(cosine());
+    let mut odd = Params::<f32>::new();
+    for id in params.ids() {
+        let tensor = match params.name(id) {
+            "embed.0.weight" => Tensor::zeros(&[1; 100]),
+            _ => params.get(id).clone(),
+        };
+        odd.add(params.name(id), tensor);
+    }
+    assert_eq!(
+        decode_err(&checkpoint::encode(&model, &odd, None)).to_string(),
+        "checkpoint tensor \"embed.0.weight\" has shape [1, 1, 1, 1, 1, 1, 1, 1, … (100 \
+         dimensions)], its configuration says [12, 6]"
+    );
+}

@@ -9,7 +9,7 @@ mod schedule;
 
 pub use schedule::{LrSchedule, Schedule};
 
-use crate::error::Number;
+use crate::error::{Number, Shape};
 use crate::{Element, Error, Gradients, ParamId, Params, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -253,9 +253,9 @@ impl<F: Element> OptimizerState<F> {
                     return Err(bad(
                         at(field),
                         format!(
-                            "the moment has shape {:?}, where this parameter and method need \
-                             {shape:?}",
-                            moment.shape()
+                            "the moment has shape {}, where this parameter and method need {}",
+                            Shape(moment.shape()),
+                            Shape(shape)
                         ),
                     ));
                 }
