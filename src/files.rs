@@ -196,7 +196,8 @@ pub(crate) fn read_claimed(
 ///
 /// The temporary file is `.{name}.tmp-{pid}-{n}`: the process id and a count of this process's
 /// writes, so two writes to one path at once, from two threads or two processes, never share
-/// one (the last rename wins, and the file is always one whole write). Each write first removes
+/// one (the last rename wins, and the file is always one whole write). It is created new: a
+/// name that exists already (a symbolic link planted there) is skipped, never written through. Each write first removes
 /// the temporary files of the same target left by writers that no longer exist (killed
 /// mid-write): see [`remove_stale_temporaries`].
 pub(crate) fn write_atomically(
@@ -210,9 +211,17 @@ pub(crate) fn write_atomically(
         .unwrap_or_default();
     let prefix = temporary_prefix(&name);
     remove_stale_temporaries(path, &prefix);
-    let n = WRITES.fetch_add(1, AtomicOrdering::Relaxed);
-    let tmp = Temporary(path.with_file_name(format!("{prefix}{}-{n}", std::process::id())));
-    let mut file = File::create(&tmp.0)?;
+    let (tmp, mut file) = loop {
+        let n = WRITES.fetch_add(1, AtomicOrdering::Relaxed);
+        let name = path.with_file_name(format!("{prefix}{}-{n}", std::process::id()));
+        match OpenOptions::new().write(true).create_new(true).open(&name) {
+            Ok(file) => break (Temporary(name), file),
+            // taken already (a file of a killed process that had this id, a link planted in a
+            // shared directory): never written through, never removed; the next name is tried
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    };
     write(&mut file)?;
     file.flush()?;
     file.sync_all()?;

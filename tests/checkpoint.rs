@@ -1177,3 +1177,30 @@ fn a_stored_shape_of_a_hundred_dimensions_is_shown_in_brief() {
          dimensions)], its configuration says [12, 6]"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn a_save_never_writes_through_a_link_planted_at_a_temporary_name() {
+    let dir = temp("planted").with_extension("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let victim = dir.join("victim.txt");
+    std::fs::write(&victim, b"keep me").unwrap();
+    // links at every name this process's next saves could take (each save counts one)
+    let pid = std::process::id();
+    let links: Vec<PathBuf> = (0..3000)
+        .map(|n| dir.join(format!(".model.bin.tmp-{pid}-{n}")))
+        .collect();
+    for link in &links {
+        std::os::unix::fs::symlink(&victim, link).unwrap();
+    }
+    let (model, params) = built::<f32>(cosine());
+    let path = dir.join("model.bin");
+    checkpoint::save(&path, &model, &params, None).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    checkpoint::load::<f32>(&path).unwrap();
+    assert!(
+        links.iter().all(|l| l.symlink_metadata().is_ok()),
+        "a link was removed"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
