@@ -526,9 +526,6 @@ fn the_loader_survives_thousands_of_seeded_mutations() {
                         "round {round}: {debug:?} in the message: {message}"
                     );
                 }
-                if std::env::var_os("MARGRAD_SHOW_MESSAGES").is_some() {
-                    eprintln!("{message}");
-                }
             }
             Err(_) => panic!("the loader panicked on mutation round {round}"),
         }

@@ -465,7 +465,7 @@ fn checked_header<F: Element>(bytes: &[u8]) -> Result<u64, CheckpointError> {
             found: bytes.len() as u64,
         });
     }
-    let written_by = writer_version(&field::<16>(bytes, 16));
+    let written_by = padded_text(&field::<16>(bytes, 16));
     let version = u32::from_le_bytes(field(bytes, 8));
     if version != FORMAT_VERSION {
         return Err(CheckpointError::UnsupportedVersion {
@@ -496,7 +496,7 @@ fn checked_header<F: Element>(bytes: &[u8]) -> Result<u64, CheckpointError> {
     if element != padded::<4>(F::NAME) {
         return Err(CheckpointError::ElementType {
             expected: F::NAME,
-            found: writer_version(&element).unwrap_or_else(|| format!("bytes {}", hex(&element))),
+            found: padded_text(&element).unwrap_or_else(|| format!("bytes {}", hex(&element))),
         });
     }
     Ok(u64::from_le_bytes(field(bytes, 32)))
@@ -504,7 +504,7 @@ fn checked_header<F: Element>(bytes: &[u8]) -> Result<u64, CheckpointError> {
 
 /// The text of a zero-padded ASCII field (the writer's crate version, the element type): one
 /// or more printable ASCII characters, then zero bytes only. `None` for anything else.
-fn writer_version(field: &[u8]) -> Option<String> {
+fn padded_text(field: &[u8]) -> Option<String> {
     let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
     let (text, padding) = field.split_at(end);
     let printable = !text.is_empty() && text.iter().all(|b| b.is_ascii_graphic());
