@@ -197,9 +197,9 @@ pub(crate) fn read_claimed(
 /// The temporary file is `.{name}.tmp-{pid}-{n}`: the process id and a count of this process's
 /// writes, so two writes to one path at once, from two threads or two processes, never share
 /// one (the last rename wins, and the file is always one whole write). It is created new: a
-/// name that exists already (a symbolic link planted there) is skipped, never written through. Each write first removes
-/// the temporary files of the same target left by writers that no longer exist (killed
-/// mid-write): see [`remove_stale_temporaries`].
+/// name that exists already (a symbolic link planted there) is skipped, never written through.
+/// Each write first removes the temporary files of the same target left by writers that no
+/// longer exist (killed mid-write): see [`remove_stale_temporaries`].
 pub(crate) fn write_atomically(
     path: &Path,
     write: impl FnOnce(&mut File) -> io::Result<()>,
@@ -282,7 +282,10 @@ fn remove_stale_temporaries(path: &Path, prefix: &str) {
         };
         let (pid, count) = rest.split_once('-').unwrap_or((rest, "0"));
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        let Some(pid) = digits(count).then(|| pid.parse::<u32>().ok()).flatten() else {
+        let Some(pid) = (digits(pid) && digits(count))
+            .then(|| pid.parse::<u32>().ok())
+            .flatten()
+        else {
             continue;
         };
         if pid != me && process_is_gone(pid) {
