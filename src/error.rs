@@ -123,7 +123,8 @@ impl fmt::Display for Error {
                 found,
             } => write!(
                 f,
-                "data length mismatch: shape {shape:?} needs {expected} elements, found {found}"
+                "data length mismatch: shape {} needs {expected} elements, found {found}",
+                Shape(shape)
             ),
             Error::NonFinite { what, index, value } => {
                 write!(f, "non-finite value in {what}: element {index} is {value}")
@@ -164,11 +165,16 @@ impl fmt::Display for Error {
                 name,
                 value,
                 requirement,
-            } => write!(f, "invalid {name} = {value}: must be {requirement}"),
+            } => write!(
+                f,
+                "invalid {name} = {}: must be {requirement}",
+                Number(*value)
+            ),
             Error::UnknownLayerKind { layer, kind, known } => write!(
                 f,
-                "unknown layer kind {kind:?} at {layer} (the registry knows: {}): register it in \
-                 a LayerRegistry and build or load with that registry",
+                "unknown layer kind {} at {layer} (the registry knows: {}): register it in a \
+                 LayerRegistry and build or load with that registry",
+                Quoted(kind),
                 known.join(", ")
             ),
             Error::LayerSettings {
@@ -177,7 +183,8 @@ impl fmt::Display for Error {
                 message,
             } => write!(
                 f,
-                "invalid settings for layer {layer} ({kind:?}): {message}"
+                "invalid settings for layer {layer} ({}): {message}",
+                Quoted(kind)
             ),
             Error::TooLarge {
                 setting,
@@ -212,6 +219,53 @@ impl std::error::Error for Error {}
 /// `bytes` in GiB, for messages.
 fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// A name from outside (a tensor's, a layer kind's) in double quotes, any quote, backslash or
+/// control character in it escaped as JSON escapes them (`"a\u0001b"`): what a file holds is
+/// shown exactly, and cannot garble a terminal.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Quoted<'a>(pub(crate) &'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let json = serde_json::to_string(self.0).map_err(|_| fmt::Error)?;
+        f.write_str(&json)
+    }
+}
+
+/// A shape as a list, `[2, 3]`; one read from a file may have any number of dimensions, so past
+/// eight only their count is given: `[1, 1, 1, 1, 1, 1, 1, 1, … (100 dimensions)]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Shape<'a>(pub(crate) &'a [usize]);
+
+impl fmt::Display for Shape<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 8;
+        let dims = self.0;
+        let shown: Vec<String> = dims.iter().take(SHOWN).map(usize::to_string).collect();
+        write!(f, "[{}", shown.join(", "))?;
+        if dims.len() > SHOWN {
+            write!(f, ", … ({} dimensions)", dims.len())?;
+        }
+        f.write_str("]")
+    }
+}
+
+/// A number as a person reads it: `0.001`, `250`, and in scientific notation (`1e-50`,
+/// `1e42`) where the plain form would run to dozens of digits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Number(pub(crate) f64);
+
+impl fmt::Display for Number {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        if v == 0.0 || !v.is_finite() || (1e-5..1e16).contains(&v.abs()) {
+            write!(f, "{v}")
+        } else {
+            write!(f, "{v:e}")
+        }
+    }
 }
 
 impl Error {

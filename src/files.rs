@@ -16,7 +16,8 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::fs::{self, File, FileType, OpenOptions};
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 /// Deserialises a `String` through `deserialize_str`, so that a decoder borrowing from its
 /// input reads a bounds-checked slice instead of allocating the length a file claims. Use it
@@ -189,33 +190,116 @@ pub(crate) fn read_claimed(
 }
 
 /// Writes `path` through a temporary file in the same directory that is synced and then
-/// renamed over it, so readers see the old file or the new one, never a part. On failure the
-/// temporary file is removed and the previous file, if any, is left as it was.
+/// renamed over it, so readers see the old file or the new one, never a part. On failure (or a
+/// panic in `write`) the temporary file is removed and the previous file, if any, is left as it
+/// was.
+///
+/// The temporary file is `.{name}.tmp-{pid}-{n}`: the process id and a count of this process's
+/// writes, so two writes to one path at once, from two threads or two processes, never share
+/// one (the last rename wins, and the file is always one whole write). It is created new: a
+/// name that exists already (a symbolic link planted there) is skipped, never written through.
+/// Each write first removes the temporary files of the same target left by writers that no
+/// longer exist (killed mid-write): see [`remove_stale_temporaries`].
 pub(crate) fn write_atomically(
     path: &Path,
     write: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> io::Result<()> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        write(&mut file)?;
-        file.flush()?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // make the rename itself durable; not every platform can open a directory
-            if let Ok(dir) = File::open(dir) {
-                let _ = dir.sync_all();
-            }
+    let prefix = temporary_prefix(&name);
+    remove_stale_temporaries(path, &prefix);
+    let (tmp, mut file) = loop {
+        let n = WRITES.fetch_add(1, AtomicOrdering::Relaxed);
+        let name = path.with_file_name(format!("{prefix}{}-{n}", std::process::id()));
+        match OpenOptions::new().write(true).create_new(true).open(&name) {
+            Ok(file) => break (Temporary(name), file),
+            // taken already (a file of a killed process that had this id, a link planted in a
+            // shared directory): never written through, never removed; the next name is tried
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
         }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    };
+    write(&mut file)?;
+    file.flush()?;
+    file.sync_all()?;
+    fs::rename(&tmp.0, path)?;
+    tmp.renamed();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // make the rename itself durable; not every platform can open a directory
+        if let Ok(dir) = File::open(dir) {
+            let _ = dir.sync_all();
+        }
     }
-    result
+    Ok(())
+}
+
+/// A temporary file, removed when dropped (on an error or a panic) unless it was renamed.
+struct Temporary(PathBuf);
+
+impl Temporary {
+    /// The file is in place under its final name: nothing to remove.
+    fn renamed(mut self) {
+        self.0 = PathBuf::new();
+    }
+}
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// The start of the names of a target's temporary files: `.{name}.tmp-`.
+fn temporary_prefix(name: &str) -> String {
+    format!(".{name}.tmp-")
+}
+
+/// Removes the temporary files of `path` (in its directory, named `{prefix}{pid}` or
+/// `{prefix}{pid}-{n}`) whose writer process no longer exists: what a writer killed mid-write
+/// (`kill -9`, a power cut) leaves. A file is removed only when its process is known to be
+/// gone (on Linux, `/proc/{pid}` is absent while `/proc/self` is there); this process's own
+/// files and those of any live process (or a process id reused since) are left alone, and
+/// where liveness cannot be told, nothing is removed. Failures are ignored: the write itself
+/// does not depend on this.
+fn remove_stale_temporaries(path: &Path, prefix: &str) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let (pid, count) = rest.split_once('-').unwrap_or((rest, "0"));
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let Some(pid) = (digits(pid) && digits(count))
+            .then(|| pid.parse::<u32>().ok())
+            .flatten()
+        else {
+            continue;
+        };
+        if pid != me && process_is_gone(pid) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether process `pid` is known not to exist (never true where that cannot be told).
+fn process_is_gone(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        let proc = Path::new("/proc");
+        proc.join("self").exists() && !proc.join(pid.to_string()).exists()
+    } else {
+        false
+    }
 }

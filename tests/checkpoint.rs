@@ -249,16 +249,25 @@ fn flipped_bits_fail_the_checksum() {
 #[test]
 fn wrong_magic_future_version_wrong_element_type() {
     let mut bytes = valid_bytes();
-    bytes[..8].copy_from_slice(b"PK\x03\x04abcd");
+    bytes[..8].copy_from_slice(b"NOTMARGR");
     assert_eq!(
         decode_err(&bytes).to_string(),
-        "not a margrad checkpoint: expected magic \"MARGRAD\\0\", found \"PK\\u{3}\\u{4}abcd\""
+        "not a margrad checkpoint: it begins with the bytes 4e 4f 54 4d 41 52 47 52, where a \
+         checkpoint begins with 4d 41 52 47 52 41 44 00 (\"MARGRAD\" and a zero byte)"
     );
     let current = checkpoint::FORMAT_VERSION;
+    let ours = Some(env!("CARGO_PKG_VERSION").to_string());
     for (version, says) in [
-        (current + 5, "written by a newer margrad"),
-        (current - 1, "written by an older margrad"),
-        (0, "the header is damaged"),
+        (
+            current + 5,
+            "written by a newer margrad (0.1.0); upgrade to read it",
+        ),
+        (current - 1, "written by an older margrad (0.1.0)"),
+        (
+            0,
+            "0 is not a version margrad ever wrote; the header is damaged or the file was not \
+             written by margrad",
+        ),
     ] {
         let mut bytes = valid_bytes();
         bytes[8..12].copy_from_slice(&version.to_le_bytes());
@@ -267,7 +276,8 @@ fn wrong_magic_future_version_wrong_element_type() {
             err,
             CheckpointError::UnsupportedVersion {
                 found: version,
-                supported: current
+                supported: current,
+                written_by: ours.clone(),
             }
         );
         let message = err.to_string();
@@ -276,12 +286,132 @@ fn wrong_magic_future_version_wrong_element_type() {
             message.contains(&both) && message.contains(says),
             "{message}"
         );
+        assert!(version != 0 || !message.contains("newer"), "{message}");
     }
     let err = checkpoint::decode::<f64>(&valid_bytes()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "checkpoint holds f32 tensors, expected f64"
     );
+    let mut bytes = valid_bytes();
+    bytes[12..16].copy_from_slice(&[0xff, 1, 0, 0]);
+    assert_eq!(
+        decode_err(&bytes).to_string(),
+        "checkpoint holds bytes ff 01 00 00 tensors, expected f32"
+    );
+}
+
+#[test]
+fn a_file_without_the_magic_is_not_a_checkpoint_whatever_its_length_and_says_what_it_looks_like() {
+    let (model, params) = built::<f32>(cosine());
+    let mut pickle = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.".to_vec(); // torch.save, legacy
+    pickle.resize(200, 0);
+    let cases: Vec<(Vec<u8>, Option<&str>)> = vec![
+        (b"{\"a\": 1}\n".to_vec(), Some("JSON text")), // nine bytes
+        (b"  [1, 2]".to_vec(), Some("JSON text")),
+        (
+            checkpoint::safetensors_bytes(&model, &params, &InputScaling::none()),
+            Some("a safetensors file"),
+        ),
+        (
+            b"PK\x03\x04\x14\x00\x00\x00".repeat(10),
+            Some("a zip archive"),
+        ),
+        (pickle, Some("a Python pickle")),
+        (
+            b"\x1f\x8b\x08\x00rest".to_vec(),
+            Some("gzip-compressed data"),
+        ),
+        (b"\x93NUMPY\x01\x00".to_vec(), Some("a NumPy .npy file")),
+        (b"hello".to_vec(), None),
+        (
+            b"MARGRAD\x01 and more than a header's worth of bytes after it".to_vec(),
+            None,
+        ),
+    ];
+    for (bytes, kind) in cases {
+        let err = decode_err(&bytes);
+        let first = bytes[..bytes.len().min(8)].to_vec();
+        assert!(
+            matches!(&err, CheckpointError::BadMagic { found, looks_like }
+                if *found == first && looks_like.is_some() == kind.is_some()),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.starts_with("not a margrad checkpoint: "),
+            "{message}"
+        );
+        if let Some(kind) = kind {
+            assert!(
+                message.contains(&format!("it looks like {kind}")),
+                "{message}"
+            );
+        }
+        assert!(!message.contains("\\u{"), "{message}");
+    }
+    // from a file too, a short one included
+    let path = temp("metrics.json");
+    std::fs::write(&path, b"{\"a\": 1}\n").unwrap();
+    let err = checkpoint::load::<f32>(&path).unwrap_err();
+    assert!(err.to_string().contains("it looks like JSON text"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+    // a file that begins as a checkpoint and stops is truncated, the empty file included
+    let whole = checkpoint::encode(&model, &params, None);
+    for len in [0, 5, 8, 47] {
+        assert_eq!(
+            decode_err(&whole[..len]),
+            CheckpointError::Truncated {
+                part: "header",
+                expected: HEADER_LEN as u64,
+                found: len as u64
+            }
+        );
+    }
+}
+
+#[test]
+fn reserved_header_bytes_must_be_zero_and_the_crate_version_readable() {
+    let mut bytes = valid_bytes();
+    bytes[45] = 1;
+    let err = decode_err(&bytes);
+    assert_eq!(
+        err,
+        CheckpointError::HeaderField {
+            field: "reserved",
+            start: 44,
+            found: vec![0, 1, 0, 0],
+            requirement: "zero",
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "damaged checkpoint header: bytes 44..48 (reserved) are 00 01 00 00, but must be zero"
+    );
+    for crate_version in [
+        [0u8; 16],                                              // empty
+        *b"0.1.0\0\0\0\0x\0\0\0\0\0\0",                         // text after the padding
+        *b"0.1.0\n\0\0\0\0\0\0\0\0\0\0",                        // not printable
+        [0xc3, 0xa9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], // not ASCII
+    ] {
+        let mut bytes = valid_bytes();
+        bytes[16..32].copy_from_slice(&crate_version);
+        let err = decode_err(&bytes);
+        assert!(
+            matches!(&err, CheckpointError::HeaderField { field: "crate version", start: 16, found, .. }
+                if found[..] == crate_version[..]),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("damaged checkpoint header: bytes 16..32 (crate version) are "),
+            "{err}"
+        );
+    }
+    // any printable version text is accepted: it is for people, not for the reader
+    let mut bytes = valid_bytes();
+    bytes[16..32].copy_from_slice(b"9.99.0-beta.1+ab");
+    checkpoint::decode::<f32>(&bytes).unwrap();
 }
 
 #[test]
@@ -385,7 +515,18 @@ fn the_loader_survives_thousands_of_seeded_mutations() {
         }
         match std::panic::catch_unwind(|| checkpoint::decode::<f32>(&bytes)) {
             Ok(Ok(_)) => accepted += 1,
-            Ok(Err(_)) => rejected += 1,
+            Ok(Err(e)) => {
+                rejected += 1;
+                let message = e.to_string();
+                // a sentence, not a Rust value: no `UnexpectedEnd { additional: 3 }`,
+                // `OtherString("…")`, `Some(6)`, `\u{3}`
+                for debug in ["{ ", "String(", "Some(", "None", "\\u{", "Error"] {
+                    assert!(
+                        !message.contains(debug),
+                        "round {round}: {debug:?} in the message: {message}"
+                    );
+                }
+            }
             Err(_) => panic!("the loader panicked on mutation round {round}"),
         }
     }
@@ -514,7 +655,8 @@ fn a_checkpoint_written_by_an_earlier_format_is_refused_naming_both_versions() {
             err,
             CheckpointError::UnsupportedVersion {
                 found: version,
-                supported: current
+                supported: current,
+                written_by: Some("0.1.0".into()),
             }
         );
         let message = err.to_string();
@@ -621,7 +763,8 @@ fn a_gigabyte_without_the_magic_is_refused_after_reading_its_header_only() {
     assert_eq!(
         err,
         CheckpointError::BadMagic {
-            found: *b"NOTMARGR"
+            found: b"NOTMARGR".to_vec(),
+            looks_like: None,
         }
     );
     std::fs::remove_file(&path).unwrap();
@@ -722,4 +865,311 @@ fn a_model_with_non_finite_weights_is_never_saved() {
         checkpoint::save_safetensors(&export, &model, &params, &InputScaling::none()).unwrap_err();
     assert!(matches!(err, CheckpointError::NonFinite(_)), "{err:?}");
     assert!(!export.exists());
+}
+
+// ---- saving: atomic, concurrent, and cleaning up after killed writers ----
+
+#[test]
+fn threads_saving_to_one_path_at_once_leave_one_whole_save() {
+    let path = temp("concurrent.bin");
+    // four different models, each thread saving its own again and again
+    let saves: Vec<(Model<f32>, Params<f32>)> = (0..4)
+        .map(|seed| {
+            let mut params = Params::new();
+            let model = Model::new(config(cosine()), &mut params, &mut seeded_rng(seed)).unwrap();
+            (model, params)
+        })
+        .collect();
+    let encoded: Vec<Vec<u8>> = saves
+        .iter()
+        .map(|(model, params)| checkpoint::encode(model, params, None))
+        .collect();
+    std::thread::scope(|scope| {
+        for (model, params) in &saves {
+            let path = &path;
+            scope.spawn(move || {
+                for _ in 0..25 {
+                    checkpoint::save(path, model, params, None).unwrap();
+                }
+            });
+        }
+    });
+    let written = std::fs::read(&path).unwrap();
+    assert!(
+        encoded.contains(&written),
+        "the file is not any one thread's save ({} bytes)",
+        written.len()
+    );
+    checkpoint::load::<f32>(&path).unwrap();
+    let dir = path.parent().unwrap();
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".concurrent.bin.tmp-"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_save_removes_the_temporary_files_of_dead_writers_only() {
+    let dir = temp("stale").with_extension("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.bin");
+    // a writer killed mid-save: a process that has exited (and been reaped)
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    // a writer still at work
+    let mut live = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let stale = [
+        dir.join(format!(".model.bin.tmp-{dead_pid}-3")),
+        dir.join(format!(".model.bin.tmp-{dead_pid}")), // the name older builds used
+    ];
+    let kept = [
+        dir.join(format!(".model.bin.tmp-{}-0", live.id())),
+        dir.join(format!(".model.bin.tmp-{}-99", std::process::id())),
+        dir.join(format!(".other.bin.tmp-{dead_pid}-0")), // another target's
+        dir.join(format!(".model.bin.tmp-{dead_pid}-x")), // not a name a save makes
+    ];
+    for p in stale.iter().chain(&kept) {
+        std::fs::write(p, b"half a checkpoint").unwrap();
+    }
+    let (model, params) = built::<f32>(cosine());
+    checkpoint::save(&path, &model, &params, None).unwrap();
+    live.kill().unwrap();
+    live.wait().unwrap();
+    for p in &stale {
+        assert!(!p.exists(), "{} was left", p.display());
+    }
+    for p in &kept {
+        assert!(p.exists(), "{} was removed", p.display());
+    }
+    checkpoint::load::<f32>(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---- sizes read from a file ----
+
+/// A source that hands out an empty tensor whatever the shape: a way to write a configuration
+/// whose widths no tensor could have.
+struct Empty;
+
+impl<F: Element> margrad::nn::ParamSource<F> for Empty {
+    fn tensor(&mut self, _: &str, _: &[usize], _: margrad::nn::Fill) -> Tensor<F> {
+        Tensor::zeros(&[0])
+    }
+}
+
+/// Runs in debug builds too (`cargo test --test checkpoint`), where an overflow would panic.
+#[test]
+fn widths_at_the_limit_of_usize_are_refused_by_shape_without_overflowing() {
+    use margrad::nn::{Init, LinearConfig};
+    let max = usize::MAX;
+    for head in [
+        HeadConfig::Cosine {
+            classes: max,
+            loss: MarginLoss::enhanced(10.0, 0.2).unwrap(),
+        },
+        HeadConfig::Linear { classes: max },
+    ] {
+        let config = ModelConfig {
+            embedder: SequentialConfig::new()
+                .with(
+                    LinearConfig::new(max, max)
+                        .with_init(Init::XavierNormal)
+                        .spec(),
+                )
+                .with(LinearConfig::new(max, max).spec()),
+            head,
+        };
+        let mut params = Params::<f32>::new();
+        let model = Model::new(config, &mut params, &mut Empty).unwrap();
+        let err = decode_err(&checkpoint::encode(&model, &params, None));
+        assert_eq!(
+            err,
+            CheckpointError::TensorShape {
+                name: "embed.0.weight".into(),
+                expected: vec![max, max],
+                found: vec![0],
+            }
+        );
+    }
+}
+
+// ---- a body that does not decode: the part, the byte, a sentence ----
+
+/// `bytes` with its declared length and checksum made good again, so that the damage reaches
+/// the body decoder.
+fn resealed(mut bytes: Vec<u8>) -> Vec<u8> {
+    let body = (bytes.len() - HEADER_LEN) as u64;
+    bytes[32..40].copy_from_slice(&body.to_le_bytes());
+    reseal(&mut bytes);
+    bytes
+}
+
+#[test]
+fn a_body_that_does_not_decode_names_the_part_and_the_byte_in_a_sentence() {
+    let bytes = valid_bytes();
+    let body = bytes.len() - HEADER_LEN;
+    // the last byte says whether a training state follows (0: none); 2 is neither
+    let mut two = bytes.clone();
+    *two.last_mut().unwrap() = 2;
+    assert_eq!(
+        decode_err(&resealed(two)).to_string(),
+        format!(
+            "checkpoint body does not decode: the training state, from body byte {}: a field \
+             with 2 possible kinds holds kind number 2 (they are numbered from 0)",
+            body - 1
+        )
+    );
+    // bytes after the last part
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(&[0; 4]);
+    assert_eq!(
+        decode_err(&resealed(longer)),
+        CheckpointError::Body {
+            part: "the end of the body".into(),
+            offset: body as u64,
+            message: format!("4 bytes follow the last part, of {} in all", body + 4),
+        }
+    );
+    // a body cut inside the last tensor (without its training-state byte and a little more)
+    let cut = resealed(bytes[..bytes.len() - 3].to_vec());
+    let err = decode_err(&cut);
+    let message = err.to_string();
+    assert!(
+        matches!(&err, CheckpointError::Body { part, .. } if part == "tensor \"head.weight\""),
+        "{err:?}"
+    );
+    assert!(
+        message.starts_with(
+            "checkpoint body does not decode: tensor \"head.weight\", from body byte "
+        ) && message.ends_with(": the body ends in the middle of it"),
+        "{message}"
+    );
+}
+
+// ---- the training state: what is saved loads back ----
+
+fn adam_state(params: &Params<f32>) -> TrainingState<f32> {
+    let mut optimizer = Optimizer::new(Method::adam(), params, 1e-3, 0.0)
+        .unwrap()
+        .state()
+        .clone();
+    optimizer.per_param = params
+        .ids()
+        .map(|id| {
+            let shape = params.get(id).shape();
+            params.is_trainable(id).then(|| ParamState {
+                steps: 2,
+                first: Tensor::zeros(shape),
+                second: Tensor::zeros(shape),
+            })
+        })
+        .collect();
+    TrainingState {
+        optimizer,
+        epoch: 1,
+        rng: seeded_rng(7),
+        history: Vec::new(),
+    }
+}
+
+#[test]
+fn a_generator_stuck_at_zero_is_refused_on_load() {
+    let (model, params) = built::<f32>(cosine());
+    let mut training = adam_state(&params);
+    checkpoint::decode::<f32>(&checkpoint::encode(&model, &params, Some(&training))).unwrap();
+    // xoshiro256++'s all-zero state: no seed gives it, and it draws 0 for ever
+    training.rng = serde_json::from_str(r#"{"s":[0,0,0,0]}"#).unwrap();
+    let err = decode_err(&checkpoint::encode(&model, &params, Some(&training)));
+    assert_eq!(
+        err.to_string(),
+        "checkpoint holds an invalid configuration: malformed training state at rng: the \
+         generator's state is all zeros, which xoshiro256++ never leaves (every draw would be \
+         0) and no seed gives"
+    );
+}
+
+#[test]
+fn a_training_state_that_would_not_load_is_never_saved() {
+    let (model, params) = built::<f32>(cosine());
+    let path = temp("overflowed-moment.bin");
+    let mut training = adam_state(&params);
+    checkpoint::save(&path, &model, &params, Some(&training)).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    // g² overflowed in f32: the weights are finite, the second moment is not
+    let id = params.find("embed.0.weight").unwrap();
+    let state = training.optimizer.per_param[id.index()].as_mut().unwrap();
+    state.second.data_mut()[5] = f32::INFINITY;
+    let err = checkpoint::save(&path, &model, &params, Some(&training)).unwrap_err();
+    assert!(
+        matches!(err, CheckpointError::UnsoundTrainingState(_)),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "refusing to save a training state that would not load back: malformed optimizer state \
+         at per_param[0].second (embed.0.weight): element 5 is inf, where a moment must be finite"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the previous file stays"
+    );
+    checkpoint::load::<f32>(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_stored_shape_of_a_hundred_dimensions_is_shown_in_brief() {
+    let (model, params) = built::<f32>(cosine());
+    let mut odd = Params::<f32>::new();
+    for id in params.ids() {
+        let tensor = match params.name(id) {
+            "embed.0.weight" => Tensor::zeros(&[1; 100]),
+            _ => params.get(id).clone(),
+        };
+        odd.add(params.name(id), tensor);
+    }
+    assert_eq!(
+        decode_err(&checkpoint::encode(&model, &odd, None)).to_string(),
+        "checkpoint tensor \"embed.0.weight\" has shape [1, 1, 1, 1, 1, 1, 1, 1, … (100 \
+         dimensions)], its configuration says [12, 6]"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_save_never_writes_through_a_link_planted_at_a_temporary_name() {
+    let dir = temp("planted").with_extension("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let victim = dir.join("victim.txt");
+    std::fs::write(&victim, b"keep me").unwrap();
+    // links at every name this process's next saves could take (each save counts one)
+    let pid = std::process::id();
+    let links: Vec<PathBuf> = (0..3000)
+        .map(|n| dir.join(format!(".model.bin.tmp-{pid}-{n}")))
+        .collect();
+    for link in &links {
+        std::os::unix::fs::symlink(&victim, link).unwrap();
+    }
+    let (model, params) = built::<f32>(cosine());
+    let path = dir.join("model.bin");
+    checkpoint::save(&path, &model, &params, None).unwrap();
+    assert!(
+        std::fs::read(&victim).unwrap() == b"keep me",
+        "the save wrote through a planted link"
+    );
+    checkpoint::load::<f32>(&path).unwrap();
+    assert!(
+        links.iter().all(|l| l.symlink_metadata().is_ok()),
+        "a link was removed"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

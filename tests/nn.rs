@@ -402,15 +402,15 @@ fn invalid_configurations_are_errors() {
             ..
         })
     ));
-    // the same dropout written straight into a configuration: refused by its builder
+    // the same dropout written straight into a configuration: refused by its builder, naming
+    // the layer
     let stored = SequentialConfig::new().with(Dropout { p: 1.0 }.spec());
-    assert!(matches!(
-        Sequential::new(&stored, &mut params, "a", &mut rng),
-        Err(Error::InvalidSetting {
-            name: "dropout",
-            ..
-        })
-    ));
+    assert_eq!(
+        Sequential::new(&stored, &mut params, "a", &mut rng)
+            .unwrap_err()
+            .to_string(),
+        "invalid settings for layer a.0 (\"dropout\"): invalid dropout = 1: must be in [0, 1)"
+    );
     assert!(matches!(
         MlpConfig::new(&[2]).sequential(),
         Err(Error::InvalidSetting {
@@ -840,15 +840,10 @@ fn configuration_errors_name_the_layer() {
          it give 3"
     );
     let err = build(SequentialConfig::new().with(LinearConfig::new(0, 3).spec()));
-    assert!(
-        matches!(
-            err,
-            Error::InvalidSetting {
-                name: "Linear inputs",
-                ..
-            }
-        ),
-        "{err}"
+    assert_eq!(
+        err.to_string(),
+        "invalid settings for layer embed.0 (\"linear\"): invalid Linear inputs = 0: must be \
+         positive"
     );
     // a model needs to know its widths
     let config = ModelConfig {
@@ -859,5 +854,99 @@ fn configuration_errors_name_the_layer() {
     assert!(
         matches!(&err, Error::LayerSettings { layer, .. } if layer == "embed"),
         "{err}"
+    );
+}
+
+// ---- stored settings out of range ----
+
+/// The error of building `spec` as layer `embed.0` in element type `F`.
+fn refused<F: Element>(spec: LayerSpec) -> String {
+    let config = SequentialConfig::new().with(spec);
+    match Sequential::<F>::new(&config, &mut Params::new(), "embed", &mut seeded_rng(0)) {
+        Err(e) => e.to_string(),
+        Ok(_) => "accepted".to_string(),
+    }
+}
+
+#[test]
+fn stored_settings_are_checked_in_the_element_type_naming_the_layer() {
+    let spec = |kind: &str, settings: serde_json::Value| LayerSpec {
+        kind: kind.to_string(),
+        config: settings,
+    };
+    // 1e300 is a finite f64 but an infinite f32
+    let steep = spec("leaky_relu", serde_json::json!({ "slope": 1e300 }));
+    assert_eq!(
+        refused::<f32>(steep.clone()),
+        "invalid settings for layer embed.0 (\"leaky_relu\"): invalid leaky_relu slope = 1e300: \
+         must be finite in the element type"
+    );
+    assert_eq!(refused::<f64>(steep), "accepted");
+    // a negative slope is a function too (PyTorch's LeakyReLU computes it): accepted
+    assert_eq!(
+        refused::<f32>(spec("leaky_relu", serde_json::json!({ "slope": -1.0 }))),
+        "accepted"
+    );
+    // JSON has no NaN: a NaN slope reaches the file as null, and does not read as a number
+    assert!(
+        refused::<f32>(Activation::LeakyRelu(f64::NAN).spec())
+            .starts_with("invalid settings for layer embed.0 (\"leaky_relu\"): invalid type: null"),
+    );
+    // an eps that is zero in f32 would divide a constant feature by zero
+    let tiny_eps = BatchNorm1dConfig {
+        eps: 1e-50,
+        ..BatchNorm1dConfig::new(3)
+    };
+    assert_eq!(
+        refused::<f32>(tiny_eps.spec()),
+        "invalid settings for layer embed.0 (\"batch_norm1d\"): invalid BatchNorm1d eps = \
+         1e-50: must be positive and finite in the element type"
+    );
+    assert_eq!(refused::<f64>(tiny_eps.spec()), "accepted");
+    for p in [1.0, 1.5, -0.1] {
+        assert!(
+            refused::<f32>(Dropout { p }.spec()).ends_with("must be in [0, 1)"),
+            "p = {p}"
+        );
+    }
+    // an MLP with a NaN slope is refused before any layer is built
+    let nan = MlpConfig {
+        activation: Activation::LeakyRelu(f64::NAN),
+        ..MlpConfig::new(&[2, 3, 2])
+    };
+    assert_eq!(
+        nan.sequential().unwrap_err().to_string(),
+        "invalid leaky_relu slope = NaN: must be finite in the element type"
+    );
+}
+
+#[test]
+fn a_checkpoint_with_a_slope_infinite_in_its_element_type_is_refused() {
+    let config = ModelConfig {
+        embedder: MlpConfig {
+            activation: Activation::LeakyRelu(0.25),
+            ..MlpConfig::new(&[3, 4, 2])
+        }
+        .sequential()
+        .unwrap(),
+        head: HeadConfig::Linear { classes: 2 },
+    };
+    let mut params = Params::<f32>::new();
+    let model = Model::new(config, &mut params, &mut seeded_rng(0)).unwrap();
+    let mut bytes = checkpoint::encode(&model, &params, None);
+    // a file from a hostile tool: the slope 0.25 patched to 1e99, the checksum made good
+    let at = bytes
+        .windows(12)
+        .position(|w| w == br#"{"slope":0.2"#)
+        .expect("the slope is stored as JSON text");
+    bytes[at + 9..at + 13].copy_from_slice(b"1e99");
+    let body = checkpoint::HEADER_LEN;
+    let crc = crc32fast::hash(&bytes[body..]);
+    bytes[40..44].copy_from_slice(&crc.to_le_bytes());
+    let err = checkpoint::decode::<f32>(&bytes).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "checkpoint holds an invalid configuration: invalid settings for layer embed.1 \
+         (\"leaky_relu\"): invalid leaky_relu slope = 1e99: must be finite in the element type"
     );
 }

@@ -1,7 +1,9 @@
 //! Optimisers: first steps against values computed by hand, convergence on a quadratic,
 //! parameter groups, schedules, clipping, and a checked saved state.
 
-use margrad::optim::{LrSchedule, Method, Optimizer, Schedule, clip_grad_norm};
+use margrad::optim::{
+    Group, LrSchedule, Method, Optimizer, OptimizerState, ParamState, Schedule, clip_grad_norm,
+};
 use margrad::{Error, Gradients, Graph, ParamId, Params, Tensor};
 
 /// A one-parameter store [p] and the gradients of Σ g·p for a chosen g (so ∂/∂p = g).
@@ -268,7 +270,10 @@ fn saved_state_resumes_and_is_checked_against_the_parameters() {
     other.add("q", Tensor::zeros(&[3]));
     let err = Optimizer::from_state(opt.state().clone(), &other).unwrap_err();
     assert!(
-        err.to_string().contains("has shape [1], the parameter [3]"),
+        err.to_string().contains(
+            "at per_param[0].first (q): the moment has shape [1], where this parameter and \
+             method need [3]"
+        ),
         "{err}"
     );
     let empty = Params::<f64>::new();
@@ -384,4 +389,158 @@ fn a_step_that_overflows_names_the_parameter_and_still_updates_every_chunk() {
         (last - (1.0 - 3.0)).abs() < 0.1,
         "the last chunk was updated: {last}"
     );
+}
+
+/// A stored Adam state for `[w (2), v (3)]` after three steps, to be damaged one field at a time.
+fn stored_adam() -> (Params<f32>, OptimizerState<f32>) {
+    let mut params = Params::<f32>::new();
+    params.add("w", Tensor::ones(&[2]));
+    params.add("v", Tensor::ones(&[3]));
+    let mut state = Optimizer::new(Method::adam(), &params, 1e-3, 0.0)
+        .unwrap()
+        .state()
+        .clone();
+    state.per_param = params
+        .ids()
+        .map(|id| {
+            let shape = params.get(id).shape();
+            Some(ParamState {
+                steps: 3,
+                first: Tensor::full(shape, 0.1),
+                second: Tensor::full(shape, 0.01),
+            })
+        })
+        .collect();
+    (params, state)
+}
+
+/// The message of `from_state` on the stored state after `damage`.
+fn refused(damage: impl FnOnce(&mut OptimizerState<f32>)) -> String {
+    let (params, mut state) = stored_adam();
+    Optimizer::from_state(state.clone(), &params).expect("the undamaged state is valid");
+    damage(&mut state);
+    match Optimizer::from_state(state, &params) {
+        Err(e) => e.to_string(),
+        Ok(_) => "accepted".to_string(),
+    }
+}
+
+#[test]
+fn a_crafted_optimizer_state_is_refused_naming_the_field() {
+    for (damage, says) in [
+        (
+            Box::new(|s: &mut OptimizerState<f32>| s.lr_factor = f64::NAN)
+                as Box<dyn FnOnce(&mut OptimizerState<f32>)>,
+            "malformed optimizer state at lr_factor: the schedule's factor is NaN, where it must \
+             be finite and non-negative",
+        ),
+        (
+            Box::new(|s| s.lr_factor = -0.5),
+            "at lr_factor: the schedule's factor is -0.5",
+        ),
+        (
+            Box::new(|s| s.lr_factor = 1e42), // a finite f64, but 1e-3 × 1e42 overflows f32
+            "at groups[0].lr: the rate 0.001 times the schedule's factor",
+        ),
+        (
+            Box::new(|s| s.per_param[1].as_mut().unwrap().steps = u64::MAX),
+            "at per_param[1].steps (v): 18446744073709551615 updates, more than any run makes",
+        ),
+        (
+            Box::new(|s| s.per_param[1].as_mut().unwrap().second = Tensor::zeros(&[0])),
+            "at per_param[1].second (v): the moment has shape [0], where this parameter and \
+             method need [3]",
+        ),
+        (
+            Box::new(|s| s.per_param[0].as_mut().unwrap().first = Tensor::zeros(&[3])),
+            "at per_param[0].first (w): the moment has shape [3], where this parameter and \
+             method need [2]",
+        ),
+        (
+            Box::new(|s| s.per_param[1].as_mut().unwrap().first.data_mut()[2] = f32::INFINITY),
+            "at per_param[1].first (v): element 2 is inf, where a moment must be finite",
+        ),
+        (
+            Box::new(|s| s.per_param[0].as_mut().unwrap().second.data_mut()[1] = f32::NAN),
+            "at per_param[0].second (w): element 1 is NaN",
+        ),
+        (
+            Box::new(|s| s.per_param[0].as_mut().unwrap().second.data_mut()[0] = -0.5),
+            "at per_param[0].second (w): element 0 is -0.5, where a mean of squares cannot be \
+             negative",
+        ),
+        (
+            Box::new(|s| {
+                let twice = s.groups[0].params[0];
+                s.groups.push(Group {
+                    params: vec![twice],
+                    lr: 0.1,
+                    weight_decay: 0.0,
+                });
+            }),
+            "at groups[1].params: w (#0) is in two groups, or twice in one: it would be updated \
+             twice a step",
+        ),
+        (
+            Box::new(|s| {
+                s.method = Method::Adam {
+                    beta1: 0.9,
+                    beta2: 0.999_999_999, // 1 in f32: v would never move
+                    eps: 1e-8,
+                }
+            }),
+            "invalid beta2 = 0.999999999: must be in [0, 1) in the element type",
+        ),
+        (
+            Box::new(|s| {
+                s.method = Method::Adam {
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-50, // 0 in f32
+                }
+            }),
+            "invalid eps = 1e-50: must be positive and finite in the element type",
+        ),
+    ] {
+        let message = refused(damage);
+        assert!(message.contains(says), "{message}\nshould say: {says}");
+    }
+    // SGD keeps one moment: a second one of the parameter's shape is not its state
+    let (params, mut state) = stored_adam();
+    state.method = Method::Sgd {
+        momentum: 0.9,
+        nesterov: false,
+    };
+    let err = Optimizer::from_state(state.clone(), &params).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("at per_param[0].second (w): the moment has shape [2], where this parameter and method need [0]"),
+        "{err}"
+    );
+    for s in state.per_param.iter_mut().flatten() {
+        s.second = Tensor::zeros(&[0]);
+    }
+    Optimizer::from_state(state, &params).unwrap();
+}
+
+#[test]
+fn a_schedule_factor_of_zero_and_the_largest_step_count_are_valid() {
+    let (mut params, mut state) = stored_adam();
+    state.lr_factor = 0.0;
+    state.per_param[0].as_mut().unwrap().steps = margrad::optim::MAX_STEPS - 1;
+    let mut opt = Optimizer::from_state(state, &params).unwrap();
+    // past i32::MAX steps the bias corrections are 1 (β^t underflows), not a wrapped power
+    opt.set_lr_factor(1.0);
+    let w = params.find("w").unwrap();
+    let grads = {
+        let graph = Graph::new();
+        graph.param(&params, w).sum().backward()
+    };
+    opt.step(&mut params, &grads).unwrap();
+    let m = 0.9 * 0.1 + 0.1 * 1.0;
+    let v: f64 = 0.999 * 0.01 + 0.001 * 1.0;
+    let expected = 1.0 - 1e-3 * m / (v.sqrt() + 1e-8);
+    for &p in params.get(w).data() {
+        assert!((f64::from(p) - expected).abs() < 1e-6, "{p} vs {expected}");
+    }
 }

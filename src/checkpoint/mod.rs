@@ -15,13 +15,29 @@
 //! | 44..48 | reserved, zero |
 //! | 48.. | body: the model configuration, the named tensors, the training state (bincode 2) |
 //!
+//! What each header field decides:
+//! - the magic says the file is a margrad checkpoint at all: a file that does not begin with
+//!   it is "not a margrad checkpoint" whatever its length (and the error says what it looks
+//!   like when that is plain: JSON, safetensors, a PyTorch zip or pickle, gzip);
+//! - the format version alone says how the rest is laid out, and only [`FORMAT_VERSION`] is
+//!   read: a lower one was written by an older margrad, a higher one by a newer margrad, and
+//!   0 by none (versions count from 1);
+//! - the crate version is for people, not for the reader: it is named in the messages (a file
+//!   from a newer margrad says which), and must be one or more printable ASCII characters then
+//!   zero bytes, else the header is damaged;
+//! - the element type must be the one asked for;
+//! - the body length must be the file's, and the checksum the body's;
+//! - the reserved bytes must be zero: a later format version that gives them a meaning bumps
+//!   the format version, so a reader of this version never meets them otherwise.
+//!
 //! The model configuration is the embedder's layers, in order, each as its kind name and its
 //! settings as JSON text (`"linear"`, `{"bias":true,"init":"KaimingNormal","inputs":64,…}`),
 //! then the head's configuration. Version 2 stores the embedder this way, as an open list that
 //! any registered layer kind can stand in; version 1 stored the MLP's fixed fields.
 //!
-//! The header is read by hand and checked field by field (magic, version, element type, body
-//! length against the file's, checksum) before the body is decoded. [`load`] reads the header
+//! The header is read by hand and checked field by field (magic, version, reserved bytes,
+//! crate version, element type, body length against the file's, checksum) before the body is
+//! decoded. [`load`] reads the header
 //! alone first, from a file it has seen to be a regular one (never a FIFO or a device), and
 //! reads the body only when the file's size is exactly what the header declares, so a file can
 //! make it neither allocate by a claimed length nor wait. The model is then rebuilt
@@ -37,8 +53,9 @@ pub use self::safetensors::{
     EXPORT_VERSION, decode_safetensors, decode_safetensors_with, export_metadata, load_safetensors,
     load_safetensors_with, safetensors_bytes, save_safetensors,
 };
-use crate::files::{self, Arrived, OpenError, read_str};
+use crate::files::{self, Arrived, OpenError};
 
+use crate::error::{Quoted, Shape};
 use crate::metrics::EpochRecord;
 use crate::nn::{Fill, LayerRegistry, Model, ModelConfig, ParamSource, TrainedHead};
 use crate::optim::OptimizerState;
@@ -73,6 +90,30 @@ pub struct TrainingState<F: Element> {
     /// One record per completed epoch, for a resumed run's history (empty when the loop that
     /// saved the state keeps none).
     pub history: Vec<EpochRecord>,
+}
+
+impl<F: Element> TrainingState<F> {
+    /// Checks the state against the parameters it goes with: the optimiser's
+    /// ([`OptimizerState::validate`]), and a generator that can draw (xoshiro256++'s all-zero
+    /// state, which no seed gives, draws 0 for ever: every shuffle and dropout mask the same).
+    ///
+    /// # Errors
+    /// As [`OptimizerState::validate`]; [`Error::Format`] at `rng` for the all-zero state.
+    pub fn validate(&self, params: &Params<F>) -> Result<(), Error> {
+        self.optimizer.validate(params)?;
+        let mut rng = self.rng.clone();
+        // a live state draws four zeros running once in 2^256
+        if (0..4).all(|_| rand::Rng::next_u64(&mut rng) == 0) {
+            return Err(Error::Format {
+                source: "training state".to_string(),
+                location: "rng".to_string(),
+                message: "the generator's state is all zeros, which xoshiro256++ never leaves \
+                          (every draw would be 0) and no seed gives"
+                    .to_string(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A loaded checkpoint: the rebuilt model, its parameters, and the training state if saved.
@@ -121,10 +162,14 @@ pub enum CheckpointError {
         /// The bytes after the header.
         found: u64,
     },
-    /// Not a margrad checkpoint.
+    /// Not a margrad checkpoint: the file does not begin with [`MAGIC`].
     BadMagic {
-        /// The first eight bytes.
-        found: [u8; 8],
+        /// Its first bytes (up to eight).
+        found: Vec<u8>,
+        /// What the file looks like instead, when that is plain from its first bytes: "JSON
+        /// text", "a safetensors file (...)", "a zip archive (...)", "a Python pickle (...)",
+        /// "gzip-compressed data (...)".
+        looks_like: Option<&'static str>,
     },
     /// Written in a format version this crate cannot read.
     UnsupportedVersion {
@@ -132,13 +177,28 @@ pub enum CheckpointError {
         found: u32,
         /// The one this crate reads and writes ([`FORMAT_VERSION`]).
         supported: u32,
+        /// The version of the crate that wrote the file, when its header field reads as one.
+        written_by: Option<String>,
     },
     /// Written with another element type.
     ElementType {
         /// The type asked for.
         expected: &'static str,
-        /// The file's.
+        /// The file's (its bytes in hex when they are not a type name).
         found: String,
+    },
+    /// A header field that the format fixes holds something else: the reserved bytes are not
+    /// zero, or the writer's crate version is not printable ASCII padded with zeros. The
+    /// header is damaged, or was not written by margrad.
+    HeaderField {
+        /// The field: "crate version", "reserved".
+        field: &'static str,
+        /// Its first byte in the header.
+        start: usize,
+        /// The bytes found there.
+        found: Vec<u8>,
+        /// What the format requires of them.
+        requirement: &'static str,
     },
     /// The body's checksum does not match: the file is corrupt.
     Checksum {
@@ -147,8 +207,16 @@ pub enum CheckpointError {
         /// The body's.
         found: u32,
     },
-    /// The body does not decode.
-    Body(String),
+    /// A part of the body does not decode.
+    Body {
+        /// The part: "the model configuration", "the tensor count", "tensor #2's name",
+        /// "tensor \"embed.0.weight\"", "the training state", "the end of the body".
+        part: String,
+        /// The body byte at which the part begins (the file byte less [`HEADER_LEN`]).
+        offset: u64,
+        /// What is wrong, as a sentence.
+        message: String,
+    },
     /// The configuration needs a tensor the file does not hold.
     MissingTensor(String),
     /// The file holds a tensor the configuration does not use (or holds it twice).
@@ -184,6 +252,8 @@ pub enum CheckpointError {
     Invalid(Error),
     /// A save was refused: a tensor holds a NaN or an infinity.
     NonFinite(Error),
+    /// A save was refused: the training state would not load ([`TrainingState::validate`]).
+    UnsoundTrainingState(Error),
 }
 
 impl fmt::Display for CheckpointError {
@@ -208,46 +278,89 @@ impl fmt::Display for CheckpointError {
                 f,
                 "checkpoint has {found} bytes after its header, but its body is {expected}"
             ),
-            BadMagic { found } => write!(
-                f,
-                "not a margrad checkpoint: expected magic {:?}, found {:?}",
-                String::from_utf8_lossy(&MAGIC),
-                String::from_utf8_lossy(found)
-            ),
-            UnsupportedVersion { found, supported } => {
+            BadMagic { found, looks_like } => {
+                write!(f, "not a margrad checkpoint: ")?;
+                if let Some(kind) = looks_like {
+                    write!(f, "it looks like {kind}; ")?;
+                }
+                write!(
+                    f,
+                    "it begins with the bytes {}, where a checkpoint begins with {} \
+                     (\"MARGRAD\" and a zero byte)",
+                    hex(found),
+                    hex(&MAGIC)
+                )
+            }
+            UnsupportedVersion {
+                found,
+                supported,
+                written_by,
+            } => {
                 write!(
                     f,
                     "checkpoint format version {found}, but this margrad reads version \
                      {supported} only: "
                 )?;
-                if found > supported {
-                    write!(f, "it was written by a newer margrad; upgrade to read it")
-                } else if *found == 0 {
-                    write!(f, "no margrad writes version 0; the header is damaged")
+                let by = written_by
+                    .as_ref()
+                    .map(|v| format!(" ({v})"))
+                    .unwrap_or_default();
+                if *found == 0 {
+                    write!(
+                        f,
+                        "0 is not a version margrad ever wrote; the header is damaged or the \
+                         file was not written by margrad"
+                    )
+                } else if found > supported {
+                    write!(
+                        f,
+                        "it was written by a newer margrad{by}; upgrade to read it"
+                    )
                 } else {
                     write!(
                         f,
-                        "it was written by an older margrad; load it there and train or save \
-                         again with this one"
+                        "it was written by an older margrad{by}; load it there and train or \
+                         save again with this one"
                     )
                 }
             }
             ElementType { expected, found } => {
                 write!(f, "checkpoint holds {found} tensors, expected {expected}")
             }
+            HeaderField {
+                field,
+                start,
+                found,
+                requirement,
+            } => write!(
+                f,
+                "damaged checkpoint header: bytes {start}..{} ({field}) are {}, but must be \
+                 {requirement}",
+                start + found.len(),
+                hex(found)
+            ),
             Checksum { expected, found } => write!(
                 f,
                 "corrupt checkpoint: body checksum {found:#010x}, header says {expected:#010x}"
             ),
-            Body(message) => write!(f, "checkpoint body does not decode: {message}"),
+            Body {
+                part,
+                offset,
+                message,
+            } => write!(
+                f,
+                "checkpoint body does not decode: {part}, from body byte {offset}: {message}"
+            ),
             MissingTensor(name) => write!(
                 f,
-                "checkpoint lacks tensor {name:?}, which its configuration needs"
+                "checkpoint lacks tensor {}, which its configuration needs",
+                Quoted(name)
             ),
             UnexpectedTensor(name) => write!(
                 f,
-                "checkpoint holds tensor {name:?}, which its configuration does not use (or \
-                 holds it twice)"
+                "checkpoint holds tensor {}, which its configuration does not use (or holds it \
+                 twice)",
+                Quoted(name)
             ),
             TensorShape {
                 name,
@@ -255,8 +368,10 @@ impl fmt::Display for CheckpointError {
                 found,
             } => write!(
                 f,
-                "checkpoint tensor {name:?} has shape {found:?}, its configuration says \
-                 {expected:?}"
+                "checkpoint tensor {} has shape {}, its configuration says {}",
+                Quoted(name),
+                Shape(found),
+                Shape(expected)
             ),
             TensorDtype {
                 name,
@@ -270,22 +385,37 @@ impl fmt::Display for CheckpointError {
             Metadata { key, message } => write!(f, "safetensors metadata {key:?}: {message}"),
             Invalid(e) => write!(f, "checkpoint holds an invalid configuration: {e}"),
             NonFinite(e) => write!(f, "refusing to save a model with {e}"),
+            UnsoundTrainingState(e) => write!(
+                f,
+                "refusing to save a training state that would not load back: {e}"
+            ),
         }
     }
 }
 
 impl std::error::Error for CheckpointError {}
 
+impl From<codec::PartError> for CheckpointError {
+    fn from(e: codec::PartError) -> Self {
+        CheckpointError::Body {
+            part: e.part,
+            offset: e.offset,
+            message: e.message,
+        }
+    }
+}
+
 /// A tensor with its name, as the body stores it.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 #[serde(bound = "F: Element")]
 struct NamedTensor<F: Element> {
-    #[serde(deserialize_with = "read_str")]
     name: String,
     tensor: Tensor<F>,
 }
 
-#[derive(Serialize, Deserialize)]
+/// The body, as written. It is read part by part, in this order ([`decode_with`]), so that an
+/// error names the part.
+#[derive(Serialize)]
 #[serde(bound = "F: Element")]
 struct Body<F: Element> {
     config: ModelConfig,
@@ -348,9 +478,18 @@ fn checked_body<F: Element>(bytes: &[u8]) -> Result<&[u8], CheckpointError> {
     Ok(body)
 }
 
-/// Checks the header at the start of `bytes` (which may hold nothing more): its length, magic,
-/// version and element type. Returns the body length it declares.
+/// Checks the header at the start of `bytes` (which may hold nothing more): the magic first
+/// (a file that does not begin with it is not a checkpoint, whatever its length), then its
+/// length, version, reserved bytes, the writer's crate version and the element type. Returns
+/// the body length it declares.
 fn checked_header<F: Element>(bytes: &[u8]) -> Result<u64, CheckpointError> {
+    let start = &bytes[..bytes.len().min(MAGIC.len())];
+    if start != &MAGIC[..start.len()] {
+        return Err(CheckpointError::BadMagic {
+            found: start.to_vec(),
+            looks_like: looks_like(bytes),
+        });
+    }
     if bytes.len() < HEADER_LEN {
         return Err(CheckpointError::Truncated {
             part: "header",
@@ -358,26 +497,82 @@ fn checked_header<F: Element>(bytes: &[u8]) -> Result<u64, CheckpointError> {
             found: bytes.len() as u64,
         });
     }
-    let magic = field::<8>(bytes, 0);
-    if magic != MAGIC {
-        return Err(CheckpointError::BadMagic { found: magic });
-    }
+    let written_by = padded_text(&field::<16>(bytes, 16));
     let version = u32::from_le_bytes(field(bytes, 8));
     if version != FORMAT_VERSION {
         return Err(CheckpointError::UnsupportedVersion {
             found: version,
             supported: FORMAT_VERSION,
+            written_by,
+        });
+    }
+    let reserved = field::<4>(bytes, 44);
+    if reserved != [0; 4] {
+        return Err(CheckpointError::HeaderField {
+            field: "reserved",
+            start: 44,
+            found: reserved.to_vec(),
+            requirement: "zero",
+        });
+    }
+    if written_by.is_none() {
+        return Err(CheckpointError::HeaderField {
+            field: "crate version",
+            start: 16,
+            found: bytes[16..32].to_vec(),
+            requirement: "the version of the crate that wrote the file: printable ASCII, then \
+                          zero bytes to the end of the field",
         });
     }
     let element = field::<4>(bytes, 12);
     if element != padded::<4>(F::NAME) {
-        let end = element.iter().position(|&b| b == 0).unwrap_or(4);
         return Err(CheckpointError::ElementType {
             expected: F::NAME,
-            found: String::from_utf8_lossy(&element[..end]).into_owned(),
+            found: padded_text(&element).unwrap_or_else(|| format!("bytes {}", hex(&element))),
         });
     }
     Ok(u64::from_le_bytes(field(bytes, 32)))
+}
+
+/// The text of a zero-padded ASCII field (the writer's crate version, the element type): one
+/// or more printable ASCII characters, then zero bytes only. `None` for anything else.
+fn padded_text(field: &[u8]) -> Option<String> {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    let (text, padding) = field.split_at(end);
+    let printable = !text.is_empty() && text.iter().all(|b| b.is_ascii_graphic());
+    (printable && padding.iter().all(|&b| b == 0))
+        .then(|| String::from_utf8_lossy(text).into_owned())
+}
+
+/// Bytes as hex pairs: `50 4b 03 04`.
+fn hex(bytes: &[u8]) -> String {
+    let pairs: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    pairs.join(" ")
+}
+
+/// What a file that is not a checkpoint looks like, from its first bytes, when that is plain:
+/// the files most often given by mistake (the run's `metrics.json`, a safetensors export, a
+/// PyTorch checkpoint, a gzip-compressed file).
+fn looks_like(bytes: &[u8]) -> Option<&'static str> {
+    let text = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes); // a UTF-8 byte-order mark
+    let first_visible = text.iter().find(|b| !b.is_ascii_whitespace());
+    if matches!(first_visible, Some(b'{' | b'[')) {
+        return Some("JSON text");
+    }
+    if bytes.len() > 8 && bytes[8] == b'{' {
+        // safetensors: an 8-byte little-endian header length, then the JSON header
+        return Some("a safetensors file (load it with a safetensors reader)");
+    }
+    match bytes {
+        [b'P', b'K', 3, 4, ..] => Some(
+            "a zip archive (a PyTorch .pt or .pth file saved by torch.save is one; margrad \
+             reads only its own checkpoints)",
+        ),
+        [0x80, 2..=5, ..] => Some("a Python pickle (an older PyTorch .pt or .pth file is one)"),
+        [0x1f, 0x8b, ..] => Some("gzip-compressed data (decompress it first)"),
+        [0x93, b'N', b'U', b'M', b'P', b'Y', ..] => Some("a NumPy .npy file"),
+        _ => None,
+    }
 }
 
 /// Checks the body length the header declares against the bytes `present` after the header.
@@ -488,28 +683,55 @@ pub fn decode_with<F: Element>(
     bytes: &[u8],
     registry: &LayerRegistry<F>,
 ) -> Result<Checkpoint<F>, CheckpointError> {
-    let body: Body<F> = codec::decode(checked_body::<F>(bytes)?).map_err(CheckpointError::Body)?;
-    let tensors = body.tensors.into_iter().map(|t| (t.name, t.tensor));
-    let (model, params) = rebuild(body.config, registry, tensors, HashSet::new())?;
-    if let Some(training) = &body.training {
+    let (config, tensors, training) = read_body::<F>(checked_body::<F>(bytes)?)?;
+    let (model, params) = rebuild(config, registry, tensors, HashSet::new())?;
+    if let Some(training) = &training {
         training
-            .optimizer
             .validate(&params)
             .map_err(CheckpointError::Invalid)?;
     }
     Ok(Checkpoint {
         model,
         params,
-        training: body.training,
+        training,
     })
 }
 
-/// Saves a checkpoint atomically (temporary file, flush, sync, rename).
+/// A body's parts, in the order [`Body`] writes them: the configuration, the tensors by name
+/// (a name given twice is refused as an unexpected tensor), the training state.
+type BodyParts<F> = (
+    ModelConfig,
+    HashMap<String, Tensor<F>>,
+    Option<TrainingState<F>>,
+);
+
+fn read_body<F: Element>(body: &[u8]) -> Result<BodyParts<F>, CheckpointError> {
+    let mut reader = codec::Reader::new(body);
+    let config = reader.read(|| "the model configuration".to_string())?;
+    let count = reader.read_len(|| "the tensor count".to_string())?;
+    // no capacity by the count: each tensor takes bytes, so the loop ends with the body
+    let mut tensors = HashMap::new();
+    for i in 0..count {
+        let name: &str = reader.read(|| format!("tensor #{i}'s name"))?;
+        let tensor = reader.read(|| format!("tensor {}", Quoted(name)))?;
+        if tensors.insert(name.to_string(), tensor).is_some() {
+            return Err(CheckpointError::UnexpectedTensor(name.to_string()));
+        }
+    }
+    let training = reader.read(|| "the training state".to_string())?;
+    reader.finish()?;
+    Ok((config, tensors, training))
+}
+
+/// Saves a checkpoint atomically (temporary file, flush, sync, rename). What it writes, it
+/// reads back: the checks [`load`] makes of the weights and the training state are made first.
 ///
 /// # Errors
 /// [`CheckpointError::NonFinite`] when a parameter or buffer holds a NaN or an infinity (a
-/// checkpoint is never a diverged model); [`CheckpointError::Io`] when the file cannot be
-/// written. Either way the previous file, if any, is left as it was.
+/// checkpoint is never a diverged model); [`CheckpointError::UnsoundTrainingState`] when the
+/// training state fails [`TrainingState::validate`] (an Adam moment that overflowed, say);
+/// [`CheckpointError::Io`] when the file cannot be written. Either way the previous file, if
+/// any, is left as it was.
 pub fn save<F: Element>(
     path: &Path,
     model: &Model<F>,
@@ -517,6 +739,11 @@ pub fn save<F: Element>(
     training: Option<&TrainingState<F>>,
 ) -> Result<(), CheckpointError> {
     params.ensure_finite().map_err(CheckpointError::NonFinite)?;
+    if let Some(training) = training {
+        training
+            .validate(params)
+            .map_err(CheckpointError::UnsoundTrainingState)?;
+    }
     let bytes = encode(model, params, training);
     write_atomically(path, |file| file.write_all(&bytes))
 }

@@ -177,7 +177,8 @@ impl IdxReader<'_> {
             return Err(self.bad(
                 "data",
                 format!(
-                    "dimensions {dims:?} hold more elements than a {}-bit count can number",
+                    "dimensions {dims:?} hold more elements than a {}-bit count reaches (their \
+                     product overflows): no file holds that many bytes",
                     usize::BITS
                 ),
             ));
@@ -185,7 +186,7 @@ impl IdxReader<'_> {
         let size_error = |found: String| {
             self.bad(
                 "data",
-                format!("dimensions {dims:?} need {need} bytes of data, found {found}"),
+                format!("dimensions {dims:?} need {need} bytes, found {found}"),
             )
         };
         let preallocate = match self.gzip {

@@ -64,6 +64,7 @@ impl CosineHead {
         source: &mut dyn ParamSource<F>,
     ) -> Self {
         let (dim, classes) = (config.dim, config.classes);
+        // in f64: sizes read from a file may be anything, their sum must not overflow
         let std = (2.0 / (dim as f64 + classes as f64)).sqrt();
         let name = format!("{prefix}.weight");
         let centres = source.tensor(&name, &[dim, classes], Fill::Normal { std });

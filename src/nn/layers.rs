@@ -221,14 +221,22 @@ impl BatchNorm1dConfig {
         }
     }
 
-    /// Checks the settings.
+    /// Checks the settings for a layer of element type `F`.
     ///
     /// # Errors
-    /// [`Error::InvalidSetting`] for zero features, `eps ≤ 0`, or a momentum outside `[0, 1]`.
-    pub fn validate(&self) -> Result<(), Error> {
+    /// [`Error::InvalidSetting`] for zero features, an `eps` that is not positive and finite in
+    /// `F` (1e-50 is 0 in f32, and would divide a constant feature by zero), or a momentum
+    /// outside `[0, 1]`.
+    pub fn validate<F: Element>(&self) -> Result<(), Error> {
         let f = self.features;
         Error::check("BatchNorm1d features", f as f64, f > 0, "positive")?;
-        Error::check("BatchNorm1d eps", self.eps, self.eps > 0.0, "positive")?;
+        let eps = F::from_f64(self.eps);
+        Error::check(
+            "BatchNorm1d eps",
+            self.eps,
+            eps > F::ZERO && eps.is_finite(),
+            "positive and finite in the element type",
+        )?;
         let m = self.momentum;
         Error::check(
             "BatchNorm1d momentum",
@@ -450,6 +458,26 @@ impl Activation {
                 LayerSpec::new(self.kind(), &LeakyReluSettings { slope })
             }
             _ => LayerSpec::new(self.kind(), &NoSettings {}),
+        }
+    }
+}
+
+impl Activation {
+    /// Checks the slope of a leaky ReLU for a layer of element type `F`: finite there (1e300
+    /// is a finite f64 but an infinite f32). Any finite slope is a function PyTorch's
+    /// `LeakyReLU` computes too, a negative one included (−1 gives `|x|`), so none is refused.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for a NaN or infinite slope.
+    pub fn validate<F: Element>(&self) -> Result<(), Error> {
+        match *self {
+            Activation::LeakyRelu(slope) => Error::check(
+                "leaky_relu slope",
+                slope,
+                F::from_f64(slope).is_finite(),
+                "finite in the element type",
+            ),
+            _ => Ok(()),
         }
     }
 }

@@ -44,11 +44,11 @@ impl MlpConfig {
         }
     }
 
-    /// Checks the widths and the dropout probability.
+    /// Checks the widths, the dropout probability and the activation.
     ///
     /// # Errors
-    /// [`Error::InvalidSetting`] for fewer than two sizes, a zero width, or dropout outside
-    /// `[0, 1)`.
+    /// [`Error::InvalidSetting`] for fewer than two sizes, a zero width, dropout outside
+    /// `[0, 1)`, or a leaky ReLU's slope that is not finite.
     pub fn validate(&self) -> Result<(), Error> {
         let invalid = |name, value: f64, requirement| {
             Err(Error::InvalidSetting {
@@ -66,7 +66,8 @@ impl MlpConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return invalid("dropout", self.dropout, "in [0, 1)");
         }
-        Ok(())
+        // the widest element type: a layer built in f32 checks its slope again
+        self.activation.validate::<f64>()
     }
 
     /// The layers: for each pair of widths a `linear`, and between two of them

@@ -203,7 +203,11 @@ mod settings_codec {
             Value::deserialize(deserializer)
         } else {
             let text = crate::files::read_str(deserializer)?;
-            serde_json::from_str(&text).map_err(D::Error::custom)
+            serde_json::from_str(&text).map_err(|e| {
+                D::Error::custom(format!(
+                    "a layer's settings, stored as JSON text, do not parse: {e}"
+                ))
+            })
         }
     }
 }

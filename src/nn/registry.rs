@@ -126,7 +126,7 @@ impl<F: Element> LayerRegistry<F> {
             Ok(Linear::new(cx.params, cx.prefix, config, cx.source))
         });
         r.register(BatchNorm1d::KIND, |config: BatchNorm1dConfig, cx| {
-            config.validate()?;
+            config.validate::<F>()?;
             Ok(BatchNorm1d::new(cx.params, cx.prefix, config, cx.source))
         });
         r.register(Dropout::KIND, |dropout: Dropout, _| {
@@ -142,8 +142,9 @@ impl<F: Element> LayerRegistry<F> {
             r.register(activation.kind(), move |_: NoSettings, _| Ok(activation));
         }
         r.register("leaky_relu", |s: LeakyReluSettings, _| {
-            Error::check("leaky_relu slope", s.slope, true, "finite")?;
-            Ok(Activation::LeakyRelu(s.slope))
+            let activation = Activation::LeakyRelu(s.slope);
+            activation.validate::<F>()?;
+            Ok(activation)
         });
         r.register(SequentialConfig::KIND, |config: SequentialConfig, cx| {
             Sequential::new_with(&config, cx.registry, cx.params, cx.prefix, cx.source)
@@ -194,8 +195,10 @@ impl<F: Element> LayerRegistry<F> {
     ///
     /// # Errors
     /// [`Error::UnknownLayerKind`] for a kind this registry does not know;
-    /// [`Error::LayerSettings`] for settings that do not read as the kind's; and what the
-    /// kind's builder refuses ([`Error::InvalidSetting`] for a width of zero, …).
+    /// [`Error::LayerSettings`], naming the layer, for settings that do not read as the kind's
+    /// or that its builder refuses as out of range (an [`Error::InvalidSetting`] of the builder,
+    /// a width of zero, a dropout of 1, becomes its message); other errors of the builder as
+    /// they are.
     pub fn build(
         &self,
         spec: &LayerSpec,
@@ -210,7 +213,7 @@ impl<F: Element> LayerRegistry<F> {
                 known: self.kinds().map(String::from).collect(),
             });
         };
-        builder(
+        let built = builder(
             spec,
             &mut BuildContext {
                 params,
@@ -218,7 +221,16 @@ impl<F: Element> LayerRegistry<F> {
                 source,
                 registry: self,
             },
-        )
+        );
+        // a setting out of range, said with the layer it belongs to
+        built.map_err(|e| match e {
+            Error::InvalidSetting { .. } => Error::LayerSettings {
+                layer: prefix.to_string(),
+                kind: spec.kind.clone(),
+                message: e.to_string(),
+            },
+            e => e,
+        })
     }
 }
 

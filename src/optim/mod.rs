@@ -9,6 +9,7 @@ mod schedule;
 
 pub use schedule::{LrSchedule, Schedule};
 
+use crate::error::{Number, Shape};
 use crate::{Element, Error, Gradients, ParamId, Params, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -64,14 +65,18 @@ impl Method {
         }
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    /// Checks the settings in the element type they will be used in: a β that rounds to 1
+    /// (0.99999999 in f32) would freeze a moment, an ε that rounds to 0 (1e-50 in f32) would
+    /// divide by zero.
+    fn validate<F: Element>(&self) -> Result<(), Error> {
+        let below_one = |v: f64| (0.0..1.0).contains(&v) && F::from_f64(v) < F::ONE;
         match *self {
             Method::Sgd { momentum, nesterov } => {
                 Error::check(
                     "momentum",
                     momentum,
-                    (0.0..1.0).contains(&momentum),
-                    "in [0, 1)",
+                    below_one(momentum),
+                    "in [0, 1) in the element type",
                 )?;
                 Error::check(
                     "momentum",
@@ -81,11 +86,23 @@ impl Method {
                 )
             }
             Method::Adam { beta1, beta2, eps } | Method::AdamW { beta1, beta2, eps } => {
-                Error::check("beta1", beta1, (0.0..1.0).contains(&beta1), "in [0, 1)")?;
-                Error::check("beta2", beta2, (0.0..1.0).contains(&beta2), "in [0, 1)")?;
-                Error::check("eps", eps, eps > 0.0, "positive")
+                let requirement = "in [0, 1) in the element type";
+                Error::check("beta1", beta1, below_one(beta1), requirement)?;
+                Error::check("beta2", beta2, below_one(beta2), requirement)?;
+                let eps_f = F::from_f64(eps);
+                Error::check(
+                    "eps",
+                    eps,
+                    eps_f > F::ZERO && eps_f.is_finite(),
+                    "positive and finite in the element type",
+                )
             }
         }
+    }
+
+    /// Whether the rule keeps a second moment (Adam, AdamW) besides the first.
+    fn has_second_moment(&self) -> bool {
+        !matches!(self, Method::Sgd { .. })
     }
 }
 
@@ -126,55 +143,138 @@ pub struct OptimizerState<F: Element> {
     pub per_param: Vec<Option<ParamState<F>>>,
 }
 
+/// The most updates a stored parameter state may count: 2⁵³, the last count an `f64` holds
+/// exactly. No run makes that many (a step a microsecond for 285 years); a larger count comes
+/// from a damaged or crafted file, and would make Adam's bias corrections meaningless.
+pub const MAX_STEPS: u64 = 1 << 53;
+
 impl<F: Element> OptimizerState<F> {
     /// Checks a saved state against the parameters it will update.
     ///
     /// # Errors
-    /// [`Error::InvalidSetting`] when a setting is out of range; [`Error::Format`] when a group
-    /// names a parameter that `params` does not train, or a parameter's state has another shape
-    /// than the parameter.
+    /// [`Error::InvalidSetting`] when a setting of the method or a group is out of range;
+    /// [`Error::Format`], naming the field (`lr_factor`, `groups[1].params`,
+    /// `per_param[3].second`) and the parameter, when a group names a parameter that `params`
+    /// does not train or that another group names too, when the schedule's factor is not
+    /// finite and non-negative, or when a parameter's state has more than [`MAX_STEPS`]
+    /// updates, a moment of another shape than the parameter (Adam keeps two, SGD one and an
+    /// empty second), a NaN or an infinity, or a negative second moment.
     pub fn validate(&self, params: &Params<F>) -> Result<(), Error> {
-        self.method.validate()?;
-        let bad = |message: String| Error::Format {
+        self.method.validate::<F>()?;
+        let bad = |location: String, message: String| Error::Format {
             source: "optimizer state".to_string(),
-            location: "parameters".to_string(),
+            location,
             message,
         };
-        for group in &self.groups {
+        if !(self.lr_factor >= 0.0 && self.lr_factor.is_finite()) {
+            return Err(bad(
+                "lr_factor".to_string(),
+                format!(
+                    "the schedule's factor is {}, where it must be finite and non-negative",
+                    Number(self.lr_factor)
+                ),
+            ));
+        }
+        let mut grouped = vec![false; params.len()];
+        for (g, group) in self.groups.iter().enumerate() {
             check_rate::<F>(group.lr, group.weight_decay)?;
-            if let Some(id) = group
-                .params
-                .iter()
-                .find(|id| id.index() >= params.len() || !params.is_trainable(**id))
-            {
-                return Err(bad(format!(
-                    "group names parameter #{}, but the model has {} tensors and that one is \
-                     not trainable or absent",
-                    id.index(),
-                    params.len()
-                )));
+            if !F::from_f64(group.lr * self.lr_factor).is_finite() {
+                return Err(bad(
+                    format!("groups[{g}].lr"),
+                    format!(
+                        "the rate {} times the schedule's factor {} is not finite in {}",
+                        Number(group.lr),
+                        Number(self.lr_factor),
+                        F::NAME
+                    ),
+                ));
+            }
+            for id in &group.params {
+                let i = id.index();
+                let location = format!("groups[{g}].params");
+                if i >= params.len() || !params.is_trainable(*id) {
+                    return Err(bad(
+                        location,
+                        format!(
+                            "the group names parameter #{i}, but the model has {} tensors and \
+                             that one is not trainable or absent",
+                            params.len()
+                        ),
+                    ));
+                }
+                if std::mem::replace(&mut grouped[i], true) {
+                    return Err(bad(
+                        location,
+                        format!(
+                            "{} (#{i}) is in two groups, or twice in one: it would be updated \
+                             twice a step",
+                            params.name(*id)
+                        ),
+                    ));
+                }
             }
         }
         if self.per_param.len() > params.len() {
-            return Err(bad(format!(
-                "{} parameter states for {} parameters",
-                self.per_param.len(),
-                params.len()
-            )));
+            return Err(bad(
+                "per_param".to_string(),
+                format!(
+                    "{} parameter states for {} parameters",
+                    self.per_param.len(),
+                    params.len()
+                ),
+            ));
         }
         for (i, param_state) in self.per_param.iter().enumerate() {
             let Some(param_state) = param_state else {
                 continue;
             };
+            let name = params.name(ParamId(i));
+            let at = |field: &str| format!("per_param[{i}].{field} ({name})");
+            if param_state.steps > MAX_STEPS {
+                return Err(bad(
+                    at("steps"),
+                    format!(
+                        "{} updates, more than any run makes (at most 2^53 are read)",
+                        param_state.steps
+                    ),
+                ));
+            }
             let expected = params.get(ParamId(i)).shape();
-            let second_ok =
-                param_state.second.numel() == 0 || param_state.second.shape() == expected;
-            if param_state.first.shape() != expected || !second_ok {
-                return Err(bad(format!(
-                    "the state of {:?} has shape {:?}, the parameter {expected:?}",
-                    params.name(ParamId(i)),
-                    param_state.first.shape()
-                )));
+            let second_shape: &[usize] = if self.method.has_second_moment() {
+                expected
+            } else {
+                &[0]
+            };
+            for (field, moment, shape) in [
+                ("first", &param_state.first, expected),
+                ("second", &param_state.second, second_shape),
+            ] {
+                if moment.shape() != shape {
+                    return Err(bad(
+                        at(field),
+                        format!(
+                            "the moment has shape {}, where this parameter and method need {}",
+                            Shape(moment.shape()),
+                            Shape(shape)
+                        ),
+                    ));
+                }
+                let data = moment.data();
+                if let Some(k) = crate::kernels::first_non_finite(data) {
+                    return Err(bad(
+                        at(field),
+                        format!("element {k} is {}, where a moment must be finite", data[k]),
+                    ));
+                }
+            }
+            if let Some(k) = param_state.second.data().iter().position(|&v| v < F::ZERO) {
+                return Err(bad(
+                    at("second"),
+                    format!(
+                        "element {k} is {}, where a mean of squares cannot be negative",
+                        param_state.second.data()[k]
+                    ),
+                ));
             }
         }
         Ok(())
@@ -217,7 +317,7 @@ impl<F: Element> Optimizer<F> {
         lr: f64,
         weight_decay: f64,
     ) -> Result<Self, Error> {
-        method.validate()?;
+        method.validate::<F>()?;
         check_rate::<F>(lr, weight_decay)?;
         let ids = params.ids().filter(|&id| params.is_trainable(id)).collect();
         Ok(Optimizer {
@@ -437,10 +537,9 @@ fn update_chunk<F: Element>(
         }
         Method::Adam { beta1, beta2, eps } | Method::AdamW { beta1, beta2, eps } => {
             let decoupled = matches!(method, Method::AdamW { .. });
-            let t = steps as i32;
             let (b1, b2) = (f(beta1), f(beta2));
-            let step_size = lr / f(1.0 - beta1.powi(t));
-            let bc2_sqrt = f((1.0 - beta2.powi(t)).sqrt());
+            let step_size = lr / f(bias_correction(beta1, steps));
+            let bc2_sqrt = f(bias_correction(beta2, steps).sqrt());
             for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
                 let grad = if decoupled {
                     *p -= lr * decay * *p;
@@ -453,6 +552,15 @@ fn update_chunk<F: Element>(
                 *p -= step_size * *m / (v.sqrt() / bc2_sqrt + f(eps));
             }
         }
+    }
+}
+
+/// Adam's bias correction `1 − βᵗ`, for any count `t` (`powi` where it takes `t`, as it always
+/// has, so results stay the same bits; `powf` past `i32::MAX`).
+fn bias_correction(beta: f64, t: u64) -> f64 {
+    1.0 - match i32::try_from(t) {
+        Ok(t) => beta.powi(t),
+        Err(_) => beta.powf(t as f64),
     }
 }
 
