@@ -74,6 +74,28 @@ fn read_centres(path: &Path, classes: usize) -> Result<Tensor<f32>, String> {
     Ok(Tensor::from_vec(centres, &[classes, D]).expect("C·D values"))
 }
 
+/// Refuses, before allocating, a head whose centres and momentum (`8·C·D` bytes) and block
+/// buffers would not fit in the memory the system has available.
+fn check_memory(classes: usize, block: usize, batch: usize) -> Result<(), String> {
+    let needed =
+        (2 * classes * D + 4 * block.min(classes) * D + batch * block + 4 * batch * D) as u64 * 4;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let available = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024);
+    match available {
+        Some(available) if needed > available => Err(format!(
+            "{classes} classes of {D} floats need {:.2} GB (centres, momentum, block buffers); \
+             {:.2} GB are available",
+            needed as f64 / 1e9,
+            available as f64 / 1e9
+        )),
+        _ => Ok(()),
+    }
+}
+
 struct Step {
     x: Tensor<f32>,
     labels: Labels,
@@ -107,6 +129,7 @@ impl Step {
         let labels = Labels::new(y, c).map_err(|e| format!("{}: {e}", path.display()))?;
         let loss = MarginLoss::am(64.0, 0.35).map_err(|e| e.to_string())?;
         let head = BlockedHead::new(loss, block).map_err(|e| e.to_string())?;
+        check_memory(c, block, b)?;
         let centres = read_centres(&dir.join("W.f32"), c)?;
         Ok(Step {
             x,
