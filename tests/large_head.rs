@@ -451,3 +451,19 @@ fn features_and_centres_of_different_widths_panic_naming_both() {
     let mut w = Tensor::<f32>::zeros(&[5, 6]);
     let _ = head.step(g.leaf(p.x.clone()), &mut w, &p.labels, None, |_, _, _| {});
 }
+
+#[test]
+fn neither_the_step_nor_the_op_records_a_batch_by_classes_tensor() {
+    let (b, d, c) = (4, 8, 50);
+    let p = problem::<f32>(b, d, c, 17);
+    let head = BlockedHead::new(MarginLoss::am(64.0, 0.35).unwrap(), 8).unwrap();
+    let g = Graph::new();
+    let x = g.leaf(p.x.clone());
+    let mut w = p.w.clone();
+    head.step(x, &mut w, &p.labels, None, |_, _, _| {}).unwrap();
+    assert_eq!(g.node_sizes(), vec![b * d, 1], "the features and the loss");
+    let g = Graph::new();
+    let (x, w) = (g.leaf(p.x.clone()), g.leaf(p.w.clone()));
+    head.loss(x, w, &p.labels).unwrap();
+    assert_eq!(g.node_sizes(), vec![b * d, c * d, 1]);
+}
