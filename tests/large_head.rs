@@ -467,3 +467,24 @@ fn neither_the_step_nor_the_op_records_a_batch_by_classes_tensor() {
     head.loss(x, w, &p.labels).unwrap();
     assert_eq!(g.node_sizes(), vec![b * d, c * d, 1]);
 }
+
+#[test]
+fn a_non_finite_feature_or_centre_is_refused_before_any_centre_is_updated() {
+    let p = problem::<f32>(3, 4, 5, 18);
+    let head = BlockedHead::new(MarginLoss::am(64.0, 0.35).unwrap(), 2).unwrap();
+    for (row, in_centres) in [(1, false), (4, true), (0, true)] {
+        let (mut x, mut w) = (p.x.clone(), p.w.clone());
+        let poisoned = if in_centres { &mut w } else { &mut x };
+        poisoned.data_mut()[row * 4 + 2] = f32::NAN;
+        let before = w.clone();
+        let g = Graph::new();
+        let mut calls = 0;
+        let err = head
+            .step(g.leaf(x), &mut w, &p.labels, None, |_, _, _| calls += 1)
+            .unwrap_err();
+        assert!(matches!(err, Error::NonFinite { .. }), "{err}");
+        assert_eq!(calls, 0, "no update");
+        let bits = |t: &Tensor<f32>| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&w), bits(&before), "centres untouched");
+    }
+}

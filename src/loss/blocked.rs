@@ -92,7 +92,9 @@ impl BlockedHead {
     /// # Errors
     /// [`Error::EmptyBatch`] for `B = 0`; [`Error::DataLength`] when there are not `B` labels;
     /// [`Error::LabelOutOfRange`] for a label not below `C`; [`Error::InvalidSetting`] for a
-    /// label outside the sample, or a sampled class not below `C`.
+    /// label outside the sample, or a sampled class not below `C`; [`Error::NonFinite`] when
+    /// the loss is not finite (a NaN or infinity in the features or the centres), before any
+    /// centre is updated.
     ///
     /// # Panics
     /// When `features` is not `[B, D]` or `centres` not `[C, D]` with the same `D`.
@@ -115,6 +117,15 @@ impl BlockedHead {
         let mut pass = Pass::new(x.data(), b, d, targets, self, selection);
         let coef = F::from_f64(1.0 / b as f64);
         let loss = pass.forward(centres.data(), coef);
+        // a NaN or infinity in the features or the centres shows in the loss: refused before
+        // any centre is updated
+        if !loss.is_finite() {
+            return Err(Error::NonFinite {
+                what: "blocked head loss (features or centres not finite)".into(),
+                index: 0,
+                value: loss.to_f64(),
+            });
+        }
         let mut dxn = vec![F::ZERO; b * d];
         for k in 0..pass.blocks() {
             let runs = pass.runs(k);
