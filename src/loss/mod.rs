@@ -5,10 +5,12 @@
 //! raw logits) and the labels. Every loss is also built from primitive ops in [`composed`], so
 //! that the tests can hold the fused op against it and both against finite differences.
 
+mod blocked;
 pub mod composed;
 mod fused;
 mod margin;
 
+pub use blocked::{BlockedHead, ClassSample, HEAD_NORM_EPS};
 pub use margin::{ArcFallback, LossKind, LossSettings, MarginLoss};
 use margin::{CLAMP, LogitMap};
 
