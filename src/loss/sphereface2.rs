@@ -12,7 +12,7 @@
 //!
 //! The gradient flows through `g` (it is the gradient of the loss as written); the official
 //! code computes `g(c) − c` without gradient, so that `∂u/∂c = r` there. Derivations:
-//! `docs/derivations.md`, section 8.
+//! `docs/derivations.md`, section 9.
 
 use super::{Reduction, check_rows, reduce_rows, reduced_row_weights, row_coefficients};
 use crate::kernels::{for_row_blocks, parallel, simd};

@@ -198,8 +198,9 @@ pub fn dominant_subcenters<F: Element>(
         .collect())
 }
 
-/// The samples whose angle to their class's dominant sub-centre exceeds `max_angle` (radians;
-/// the paper drops those beyond 75°, `75f64.to_radians()`): the likely label noise, by index.
+/// The samples whose angle to their class's dominant sub-centre is at least `max_angle`
+/// (radians; the paper drops those at 75° and beyond, `75f64.to_radians()`), i.e. whose cosine
+/// is at most `cos(max_angle)`: the likely label noise, by index.
 ///
 /// # Errors
 /// As [`chosen_subcenters`], and [`Error::InvalidSetting`] unless `max_angle` is in `[0, π]`.
@@ -218,16 +219,15 @@ pub fn far_from_dominant<F: Element>(
     )?;
     let dominant = dominant_subcenters(cos, labels, k)?;
     let row_len = cos.shape()[1];
+    // compared as cosines, as the reference drop script does: kept where cos > cos(max_angle)
+    let min_cos = max_angle.cos();
     Ok(labels
         .values()
         .iter()
         .enumerate()
         .filter(|&(i, &y)| {
             let a = dominant[y].expect("a class with a sample has a dominant sub-centre");
-            let c = cos.data()[i * row_len + y * k + a]
-                .to_f64()
-                .clamp(-1.0, 1.0);
-            c.acos() > max_angle
+            cos.data()[i * row_len + y * k + a].to_f64() <= min_cos
         })
         .map(|(i, _)| i)
         .collect())
