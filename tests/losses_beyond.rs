@@ -126,10 +126,11 @@ fn a_nan_subcentre_reaches_the_output() {
 
 #[test]
 fn subcenter_fused_matches_composed_for_every_margin_k_reduction_and_weighting() {
-    let weights = [0.5, 2.0, 0.0, 1.0, 1.5];
+    // the largest shape runs the kernels on several threads (B·C·K ≥ 2^15)
+    let weights: Vec<f64> = (0..40).map(|i| [0.5, 2.0, 0.0, 1.0, 1.5][i % 5]).collect();
     for loss in subcenter_losses() {
         for k in [1, 2, 3] {
-            for (b, c) in [(1, 2), (5, 3), (5, 17)] {
+            for (b, c) in [(1, 2), (5, 3), (5, 17), (40, 300)] {
                 let cos = cosines_away_from_ties(b, c * k, k, (b * c * k) as u64);
                 let labels = labels(b, c);
                 for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
@@ -405,9 +406,10 @@ fn sf2_value_and_grads(
 
 #[test]
 fn sphereface2_fused_matches_composed_for_settings_reductions_and_weights() {
-    let weights = [0.5, 2.0, 0.0, 1.0, 1.5];
+    // C = 1100 runs whole lanes, several products of 32 factors and a tail, on several threads
+    let weights: Vec<f64> = (0..40).map(|i| [0.5, 2.0, 0.0, 1.0, 1.5][i % 5]).collect();
     for loss in sphereface2_settings() {
-        for (b, c) in [(1, 2), (5, 3), (5, 17)] {
+        for (b, c) in [(1, 2), (5, 3), (5, 17), (40, 1100)] {
             let cos = Tensor::rand_uniform(&[b, c], -0.95, 0.95, &mut rng((b * c) as u64));
             let labels = labels(b, c);
             let bias = loss.initial_bias(c).unwrap() + 0.3;

@@ -126,7 +126,6 @@ impl SphereFace2 {
             margin: f(self.margin),
             t: f(self.t),
             whole_t: whole.then_some(self.t as u32),
-            lambda: f(self.lambda),
             target_weight: f(self.lambda / self.scale),
             other_weight: f((1.0 - self.lambda) / self.scale),
         }
@@ -141,11 +140,18 @@ pub(crate) struct Binary<F> {
     t: F,
     /// `t` when it is a small whole number: powers by multiplication.
     whole_t: Option<u32>,
-    lambda: F,
     /// `λ/r`.
     target_weight: F,
     /// `(1 − λ)/r`.
     other_weight: F,
+}
+
+/// `σ(x) = 1/(1 + e^{−x})`, from `e = e^{−|x|}`: `1/(1 + e)` for `x ≥ 0`, `e/(1 + e)` otherwise;
+/// never overflows.
+#[inline(always)]
+fn sigmoid_from<F: Element>(x: F, e: F) -> F {
+    let numerator = if x >= F::ZERO { F::ONE } else { e };
+    numerator / (F::ONE + e)
 }
 
 /// `softplus(x) = log(1 + eˣ)`, as `max(x, 0) + log(1 + e^{−|x|})`: never overflows.
@@ -154,27 +160,51 @@ fn softplus<F: Element>(x: F) -> F {
     x.max(F::ZERO) + (F::ONE + (-x.abs()).exp()).ln()
 }
 
-/// `σ(x) = 1/(1 + e^{−x})`, from `e^{−|x|}` so that it never overflows.
-#[inline(always)]
-fn sigmoid<F: Element>(x: F) -> F {
-    let e = (-x.abs()).exp();
-    if x >= F::ZERO {
-        F::ONE / (F::ONE + e)
-    } else {
-        e / (F::ONE + e)
-    }
+/// Runs `$body` with the const `$n` set to `t` when `t` is a whole number from 1 to 4 (powers
+/// by multiplication, unrolled), and to 0 otherwise (`powf`).
+macro_rules! with_exponent {
+    ($t:expr, $n:ident => $body:expr) => {
+        match $t {
+            Some(1) => {
+                const $n: u32 = 1;
+                $body
+            }
+            Some(2) => {
+                const $n: u32 = 2;
+                $body
+            }
+            Some(3) => {
+                const $n: u32 = 3;
+                $body
+            }
+            Some(4) => {
+                const $n: u32 = 4;
+                $body
+            }
+            _ => {
+                const $n: u32 = 0;
+                $body
+            }
+        }
+    };
 }
 
+/// Accumulators across `LANES` interleaved lanes, so that the compiler vectorises the sums.
+const LANES: usize = 16;
+/// How many factors `1 + e^{−|u|} ≤ 2` each lane multiplies before one `log`: `2^32` fits f32.
+const PRODUCT_RUN: usize = 32;
+
 impl<F: Element> Binary<F> {
-    /// `(g(c), g′(c))` with `c` clamped to `[−1, 1]` (slope 0 where the clamp is active).
+    /// `(g(c), g′(c))` with `c` clamped to `[−1, 1]` (slope 0 where the clamp is active);
+    /// `N` is `t` when whole (see `with_exponent`), 0 for `powf`.
     #[inline(always)]
-    fn similarity(&self, c: F) -> (F, F) {
+    fn similarity<const N: u32>(&self, c: F) -> (F, F) {
         let clamped = c.max(-F::ONE).min(F::ONE);
-        let half = F::from_f64(0.5);
-        let q = (clamped + F::ONE) * half;
-        let q_t_minus_1 = match self.whole_t {
-            Some(n) => (1..n).fold(F::ONE, |p, _| p * q),
-            None => q.powf(self.t - F::ONE),
+        let q = (clamped + F::ONE) * F::from_f64(0.5);
+        let q_t_minus_1 = if N == 0 {
+            q.powf(self.t - F::ONE)
+        } else {
+            (1..N).fold(F::ONE, |p, _| p * q)
         };
         let inside = if clamped == c { F::ONE } else { F::ZERO };
         let two = F::ONE + F::ONE;
@@ -184,53 +214,97 @@ impl<F: Element> Binary<F> {
         )
     }
 
-    /// `(u, du/dc)` of a target (`u_y`) or another class (`u_j`), bias `b`.
+    /// `(u, du/dc)` of a non-target class: `u_j = r(g(c_j) + m) + b`.
     #[inline(always)]
-    fn logit(&self, c: F, bias: F, target: bool) -> (F, F) {
-        let (g, slope) = self.similarity(c);
-        let shifted = if target {
-            g - self.margin
-        } else {
-            g + self.margin
-        };
-        (self.scale * shifted + bias, self.scale * slope)
+    fn other_logit<const N: u32>(&self, c: F, bias: F) -> (F, F) {
+        let (g, slope) = self.similarity::<N>(c);
+        (self.scale * (g + self.margin) + bias, self.scale * slope)
+    }
+
+    /// `(u, du/dc)` of the target: `u_y = r(g(c_y) − m) + b`.
+    #[inline(always)]
+    fn target_logit<const N: u32>(&self, c: F, bias: F) -> (F, F) {
+        let (g, slope) = self.similarity::<N>(c);
+        (self.scale * (g - self.margin) + bias, self.scale * slope)
+    }
+
+    /// `(Σ softplus(u_j), Σ σ(u_j))` over non-target cosines `cs`, in a fixed order. The logs
+    /// are taken of products of `PRODUCT_RUN` factors `1 + e^{−|u|}`, one per lane.
+    #[inline(always)]
+    fn others<const N: u32>(&self, cs: &[F], bias: F) -> (F, F) {
+        let (mut linear, mut product, mut sig) =
+            ([F::ZERO; LANES], [F::ONE; LANES], [F::ZERO; LANES]);
+        let mut logs = F::ZERO;
+        let chunks = cs.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for (n, chunk) in chunks.enumerate() {
+            for l in 0..LANES {
+                let (u, _) = self.other_logit::<N>(chunk[l], bias);
+                let e = (-u.abs()).exp();
+                linear[l] += u.max(F::ZERO);
+                product[l] *= F::ONE + e;
+                sig[l] += sigmoid_from(u, e);
+            }
+            if n % PRODUCT_RUN == PRODUCT_RUN - 1 {
+                for p in &mut product {
+                    logs += p.ln();
+                    *p = F::ONE;
+                }
+            }
+        }
+        for &c in tail {
+            let (u, _) = self.other_logit::<N>(c, bias);
+            let e = (-u.abs()).exp();
+            linear[0] += u.max(F::ZERO);
+            product[0] *= F::ONE + e;
+            sig[0] += sigmoid_from(u, e);
+        }
+        for p in product {
+            logs += p.ln();
+        }
+        let total = |lanes: [F; LANES]| lanes.into_iter().fold(F::ZERO, |a, v| a + v);
+        (total(linear) + logs, total(sig))
     }
 
     /// `(L_i, ∂L_i/∂b)` of one row.
-    fn row(&self, row: &[F], y: usize, bias: F) -> (F, F) {
-        let (mut loss, mut dbias) = (F::ZERO, F::ZERO);
-        for (j, &c) in row.iter().enumerate() {
-            if j != y {
-                let (u, _) = self.logit(c, bias, false);
-                loss += softplus(u);
-                dbias += sigmoid(u);
-            }
-        }
-        let (u_y, _) = self.logit(row[y], bias, true);
+    #[inline(always)]
+    fn row<const N: u32>(&self, row: &[F], y: usize, bias: F) -> (F, F) {
+        let (sp_before, sig_before) = self.others::<N>(&row[..y], bias);
+        let (sp_after, sig_after) = self.others::<N>(&row[y + 1..], bias);
+        let (u_y, _) = self.target_logit::<N>(row[y], bias);
+        let e_y = (-u_y.abs()).exp();
         (
-            self.target_weight * softplus(-u_y) + self.other_weight * loss,
-            self.other_weight * dbias - self.target_weight * sigmoid(-u_y),
+            self.target_weight * softplus(-u_y) + self.other_weight * (sp_before + sp_after),
+            self.other_weight * (sig_before + sig_after)
+                - self.target_weight * sigmoid_from(-u_y, e_y),
         )
     }
 
     /// `∂L_i/∂c_j` for every column of one row, times `k`, written or added into `d`.
     #[inline(always)]
-    fn row_grad(&self, row: &[F], y: usize, bias: F, k: F, d: &mut [F], overwrite: bool) {
-        let other = k * (F::ONE - self.lambda) / self.scale;
-        for (j, (d, &c)) in d.iter_mut().zip(row).enumerate() {
-            let v = if j == y {
-                let (u, slope) = self.logit(c, bias, true);
-                -k * self.lambda / self.scale * sigmoid(-u) * slope
-            } else {
-                let (u, slope) = self.logit(c, bias, false);
-                other * sigmoid(u) * slope
-            };
-            if overwrite {
-                *d = v;
-            } else {
-                *d += v;
+    fn row_grad<const N: u32>(
+        &self,
+        row: &[F],
+        y: usize,
+        bias: F,
+        k: F,
+        d: &mut [F],
+        overwrite: bool,
+    ) {
+        // the weights (λ/r, (1 − λ)/r) times du/dc = r·g′
+        let other = k * self.other_weight;
+        let (d_before, d_rest) = d.split_at_mut(y);
+        let (d_target, d_after) = d_rest.split_at_mut(1);
+        for (d, cs) in [(d_before, &row[..y]), (d_after, &row[y + 1..])] {
+            for (d, &c) in d.iter_mut().zip(cs) {
+                let (u, slope) = self.other_logit::<N>(c, bias);
+                let v = other * sigmoid_from(u, (-u.abs()).exp()) * slope;
+                *d = if overwrite { v } else { *d + v };
             }
         }
+        let (u_y, slope) = self.target_logit::<N>(row[y], bias);
+        let v = -k * self.target_weight * sigmoid_from(-u_y, (-u_y.abs()).exp()) * slope;
+        d_target[0] = if overwrite { v } else { d_target[0] + v };
     }
 }
 
@@ -271,15 +345,19 @@ pub fn sphereface2_loss<'g, F: Element>(
     let x = cos.value();
     let (data, cols) = (x.data(), x.shape()[1]);
     let b = bias.value().data()[0];
-    let row_forward = |r: usize| kernel.row(&data[r * cols..(r + 1) * cols], labels.values()[r], b);
-    let rows: Vec<(F, F)> = if parallel(data.len()) {
-        (0..batch)
-            .into_par_iter()
-            .map(|r| simd(|| row_forward(r)))
-            .collect()
-    } else {
-        (0..batch).map(row_forward).collect()
-    };
+    let rows: Vec<(F, F)> = with_exponent!(kernel.whole_t, N => {
+        let row_forward = |r: usize| {
+            simd(
+                #[inline(always)]
+                || kernel.row::<N>(&data[r * cols..(r + 1) * cols], labels.values()[r], b),
+            )
+        };
+        if parallel(data.len()) {
+            (0..batch).into_par_iter().map(row_forward).collect()
+        } else {
+            (0..batch).map(row_forward).collect()
+        }
+    });
     drop(x);
     let (losses, dbias): (Vec<F>, Vec<F>) = rows.into_iter().unzip();
     let out = reduce_rows(&losses, &row_weight, reduction);
@@ -331,7 +409,7 @@ impl<F: Element> CustomOp<F> for SphereFace2Op<F> {
         if let Some(dcos) = &mut grads[0] {
             let cols = cos.shape()[1];
             let overwrite = dcos.is_fresh();
-            for_row_blocks(
+            with_exponent!(self.kernel.whole_t, N => for_row_blocks(
                 dcos.data(),
                 cols,
                 #[inline(always)]
@@ -340,10 +418,10 @@ impl<F: Element> CustomOp<F> for SphereFace2Op<F> {
                         let r = r0 + i;
                         let row = &cos.data()[r * cols..(r + 1) * cols];
                         let (y, k) = (self.labels[r], coef[r]);
-                        self.kernel.row_grad(row, y, bias, k, d_row, overwrite);
+                        self.kernel.row_grad::<N>(row, y, bias, k, d_row, overwrite);
                     }
                 },
-            );
+            ));
         }
         if let Some(dbias) = &mut grads[1] {
             let total = coef

@@ -23,6 +23,7 @@
 //! assert_eq!(grads.wrt(cos).unwrap().data()[0], 0.0);
 //! ```
 
+use crate::kernels::for_row_blocks;
 use crate::{CustomOp, Element, Error, InputGrad, Labels, Tensor, Var};
 
 /// Checks a sub-centre count.
@@ -33,30 +34,30 @@ pub fn check_subcenters(k: usize) -> Result<(), Error> {
     Error::check("sub-centres per class K", k as f64, k > 0, "at least 1")
 }
 
-/// Which of the `k` values in `group` is largest: the first of equal maxima; a NaN wins (so
-/// that it reaches the loss and is reported there rather than hidden).
-#[inline]
+/// Which of the values in `group` is largest: the first of equal maxima; a value that is not
+/// finite wins (so that a NaN reaches the loss and is reported there rather than hidden).
+#[inline(always)]
 pub(super) fn argmax_in_group<F: Element>(group: &[F]) -> usize {
     let mut best = 0;
+    let mut top = group[0];
+    if !top.is_finite() {
+        return 0;
+    }
     for (a, &v) in group.iter().enumerate().skip(1) {
-        let current = group[best];
-        let current_is_nan = current.partial_cmp(&current).is_none();
-        if !current_is_nan && (v > current || v.partial_cmp(&v).is_none()) {
-            best = a;
+        if !v.is_finite() {
+            return a;
+        }
+        if v > top {
+            (best, top) = (a, v);
         }
     }
     best
 }
 
-/// The winning sub-centre of every (row, class) of a `[rows, C·k]` matrix, row-major `[rows, C]`.
-fn winners<F: Element>(cos: &[F], k: usize) -> Vec<u32> {
-    cos.chunks(k).map(|g| argmax_in_group(g) as u32).collect()
-}
-
-/// The recorded max: which sub-centre won each (row, class).
+/// The recorded max: the winners are found again from the input in backward, so nothing of
+/// size `B×C` is stored.
 struct SubcenterMax {
     k: usize,
-    winner: Vec<u32>,
 }
 
 impl<F: Element> CustomOp<F> for SubcenterMax {
@@ -67,20 +68,31 @@ impl<F: Element> CustomOp<F> for SubcenterMax {
     /// `∂/∂c_{i, jK+a} = g_ij` for the winning `a`, 0 for the other `K − 1`.
     fn backward(
         &self,
-        _inputs: &[&Tensor<F>],
+        inputs: &[&Tensor<F>],
         _output: &Tensor<F>,
         g: &[F],
         grads: &mut [Option<InputGrad<'_, F>>],
     ) {
         let Some(dcos) = &mut grads[0] else { return };
+        let (k, cos) = (self.k, inputs[0].data());
         let fresh = dcos.is_fresh();
-        let groups = dcos.data().chunks_mut(self.k);
-        for ((group, &win), &g) in groups.zip(&self.winner).zip(g) {
-            if fresh {
-                group.fill(F::ZERO);
-            }
-            group[win as usize] += g;
-        }
+        let cols = inputs[0].shape()[1];
+        for_row_blocks(
+            dcos.data(),
+            cols,
+            #[inline(always)]
+            |r0, block| {
+                let start = r0 * cols;
+                let groups = block.chunks_mut(k).zip(cos[start..].chunks(k));
+                for ((d, c), &g) in groups.zip(&g[start / k..]) {
+                    let win = argmax_in_group(c);
+                    if fresh {
+                        d.fill(F::ZERO);
+                    }
+                    d[win] += g;
+                }
+            },
+        );
     }
 }
 
@@ -97,17 +109,23 @@ impl<F: Element> CustomOp<F> for SubcenterMax {
 pub fn max_over_subcenters<F: Element>(cos: Var<'_, F>, k: usize) -> Result<Var<'_, F>, Error> {
     check_subcenters(k)?;
     let (rows, classes) = class_dims(&cos.shape(), k, "max_over_subcenters");
-    let x = cos.value();
-    let winner = winners(x.data(), k);
-    let out = x
-        .data()
-        .chunks(k)
-        .zip(&winner)
-        .map(|(group, &w)| group[w as usize])
-        .collect();
-    drop(x);
-    let out = Tensor::from_vec(out, &[rows, classes]).expect("one value per class");
-    Ok(cos.graph().custom(SubcenterMax { k, winner }, &[cos], out))
+    let mut out = Tensor::zeros(&[rows, classes]);
+    {
+        let x = cos.value();
+        let cos_data = x.data();
+        for_row_blocks(
+            out.data_mut(),
+            classes,
+            #[inline(always)]
+            |r0, block| {
+                let groups = cos_data[r0 * classes * k..].chunks(k);
+                for (o, c) in block.iter_mut().zip(groups) {
+                    *o = c[argmax_in_group(c)];
+                }
+            },
+        );
+    }
+    Ok(cos.graph().custom(SubcenterMax { k }, &[cos], out))
 }
 
 /// `(B, C)` of a `[B, C·k]` shape; panics (at the caller's line) naming `op` otherwise.
