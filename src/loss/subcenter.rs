@@ -34,22 +34,18 @@ pub fn check_subcenters(k: usize) -> Result<(), Error> {
     Error::check("sub-centres per class K", k as f64, k > 0, "at least 1")
 }
 
-/// Which of the values in `group` is largest: the first of equal maxima; a value that is not
-/// finite wins (so that a NaN reaches the loss and is reported there rather than hidden).
+/// Which of the values in `group` is largest: the first of equal maxima; a NaN wins (so that
+/// it reaches the loss and is reported there rather than hidden). Branch-free: the winner's
+/// place is random, which a branch would mispredict half the time.
 #[inline(always)]
 pub(super) fn argmax_in_group<F: Element>(group: &[F]) -> usize {
-    let mut best = 0;
-    let mut top = group[0];
-    if !top.is_finite() {
-        return 0;
-    }
+    let (mut best, mut top) = (0, group[0]);
     for (a, &v) in group.iter().enumerate().skip(1) {
-        if !v.is_finite() {
-            return a;
-        }
-        if v > top {
-            (best, top) = (a, v);
-        }
+        let top_is_number = top.partial_cmp(&top).is_some();
+        let v_is_nan = v.partial_cmp(&v).is_none();
+        let wins = (v > top) | (top_is_number & v_is_nan);
+        best = if wins { a } else { best };
+        top = if wins { v } else { top };
     }
     best
 }
