@@ -7,7 +7,7 @@
 //! Backward: `∂L_r/∂c_j = s·p_j` (j ≠ y) and `(p_y − 1)·dz_y/dc` at the target, with
 //! `p_j = exp(z_j − lse_r)` recomputed from the cosines rather than stored.
 
-use super::{LogitMap, Reduction};
+use super::{LogitMap, Reduction, reduce_rows, row_coefficients};
 use crate::kernels::{for_row_blocks, lane_max, lane_sum, parallel, simd};
 use crate::{CustomOp, Element, InputGrad, Tensor, Var};
 use rayon::prelude::*;
@@ -36,11 +36,7 @@ pub(super) fn margin_xent<'g, F: Element>(
     let (rows, cols) = x.matrix_dims().expect("checked by the caller");
     let (mut lse, mut losses) = (vec![F::ZERO; rows], vec![F::ZERO; rows]);
     forward(x.data(), cols, labels, &map, &mut lse, &mut losses);
-    let weighted = losses.iter().zip(&row_weight).map(|(&l, &w)| l * w);
-    let out = match reduction {
-        Reduction::Mean | Reduction::Sum => Tensor::scalar(weighted.sum()),
-        Reduction::None => Tensor::from_vec(weighted.collect(), &[rows]).expect("B values"),
-    };
+    let out = reduce_rows(&losses, &row_weight, reduction);
     let op = MarginXent {
         labels: labels.to_vec(),
         map,
@@ -67,14 +63,7 @@ impl<F: Element> CustomOp<F> for MarginXent<F> {
     ) {
         let Some(dcos) = &mut grads[0] else { return };
         let cos = inputs[0];
-        let coef: Vec<F> = match self.reduction {
-            Reduction::None => g
-                .iter()
-                .zip(&self.row_weight)
-                .map(|(&g, &w)| g * w)
-                .collect(),
-            Reduction::Mean | Reduction::Sum => self.row_weight.iter().map(|&w| g[0] * w).collect(),
-        };
+        let coef = row_coefficients(g, &self.row_weight, self.reduction);
         let fresh = dcos.is_fresh();
         backward(
             cos.data(),

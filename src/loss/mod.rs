@@ -4,17 +4,29 @@
 //! [`margin_cross_entropy`] takes a `[B, C]` matrix of cosines (or, for [`MarginLoss::softmax`],
 //! raw logits) and the labels. Every loss is also built from primitive ops in [`composed`], so
 //! that the tests can hold the fused op against it and both against finite differences.
+//!
+//! Beyond the softmax family: [`max_over_subcenters`] reduces `K` sub-centres per class to one
+//! cosine in front of any of these losses (sub-center ArcFace), with [`dominant_subcenters`]
+//! and [`far_from_dominant`] to find noisy samples; [`sphereface2_loss`] is SphereFace2's
+//! per-class binary loss with a learned bias and no softmax.
 
 mod blocked;
 pub mod composed;
 mod fused;
 mod margin;
+mod sphereface2;
+mod subcenter;
 
 pub use blocked::{BlockedHead, ClassSample, HEAD_NORM_EPS};
 pub use margin::{ArcFallback, LossKind, LossSettings, MarginLoss};
 use margin::{CLAMP, LogitMap};
+pub use sphereface2::{SphereFace2, sphereface2_loss};
+pub use subcenter::{
+    check_subcenters, chosen_subcenters, dominant_subcenters, far_from_dominant,
+    max_over_subcenters,
+};
 
-use crate::{Element, Error, Labels, Var};
+use crate::{Element, Error, Labels, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 /// How per-sample losses `w_i·L_i` are combined.
@@ -75,24 +87,56 @@ pub fn margin_cross_entropy_with<'g, F: Element>(
     weights: Option<&[f64]>,
 ) -> Result<Var<'g, F>, Error> {
     let (batch, row_weight) = check_batch(cos, labels, loss, weights, "margin_cross_entropy")?;
-    let row_weight = row_weight
-        .into_iter()
-        .map(|w| {
-            let w = if reduction == Reduction::Mean {
-                w / batch as f64
-            } else {
-                w
-            };
-            F::from_f64(w)
-        })
-        .collect();
     Ok(fused::margin_xent(
         cos,
         labels.values(),
         loss.logit_map(),
-        row_weight,
+        reduced_row_weights(batch, row_weight, reduction),
         reduction,
     ))
+}
+
+/// Each row's weight as the fused kernels apply it: divided by `B` for the mean.
+pub(crate) fn reduced_row_weights<F: Element>(
+    batch: usize,
+    row_weight: Vec<f64>,
+    reduction: Reduction,
+) -> Vec<F> {
+    let divisor = if reduction == Reduction::Mean {
+        batch as f64
+    } else {
+        1.0
+    };
+    row_weight
+        .into_iter()
+        .map(|w| F::from_f64(w / divisor))
+        .collect()
+}
+
+/// The output of a fused loss from its per-sample losses `L_r` and reduced row weights `w_r`:
+/// `Σ_r w_r·L_r`, or the vector of `w_r·L_r` for [`Reduction::None`].
+pub(crate) fn reduce_rows<F: Element>(
+    losses: &[F],
+    row_weight: &[F],
+    reduction: Reduction,
+) -> Tensor<F> {
+    let weighted = losses.iter().zip(row_weight).map(|(&l, &w)| l * w);
+    match reduction {
+        Reduction::Mean | Reduction::Sum => Tensor::scalar(weighted.sum()),
+        Reduction::None => Tensor::from_vec(weighted.collect(), &[losses.len()]).expect("B values"),
+    }
+}
+
+/// Each row's factor in a fused backward: the output's gradient `g` times the row's weight.
+pub(crate) fn row_coefficients<F: Element>(
+    g: &[F],
+    row_weight: &[F],
+    reduction: Reduction,
+) -> Vec<F> {
+    match reduction {
+        Reduction::None => g.iter().zip(row_weight).map(|(&g, &w)| g * w).collect(),
+        Reduction::Mean | Reduction::Sum => row_weight.iter().map(|&w| g[0] * w).collect(),
+    }
 }
 
 /// Checks a batch of cosines against the labels, weights and loss settings; returns the batch
@@ -105,11 +149,24 @@ pub(crate) fn check_batch<F: Element>(
     weights: Option<&[f64]>,
     op: &str,
 ) -> Result<(usize, Vec<f64>), Error> {
+    check_rows(cos, labels, || loss.validate(), weights, op)
+}
+
+/// [`check_batch`] for any loss: `validate` checks its settings (after the shape, before the
+/// batch).
+#[track_caller]
+pub(crate) fn check_rows<F: Element>(
+    cos: Var<'_, F>,
+    labels: &Labels,
+    validate: impl FnOnce() -> Result<(), Error>,
+    weights: Option<&[f64]>,
+    op: &str,
+) -> Result<(usize, Vec<f64>), Error> {
     let shape = cos.shape();
     let [batch, classes] = shape[..] else {
         panic!("{op}: expected [B, C] cosines, found shape {shape:?}")
     };
-    loss.validate()?;
+    validate()?;
     if batch == 0 {
         return Err(Error::EmptyBatch);
     }
