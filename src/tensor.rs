@@ -49,9 +49,26 @@ impl<F: Element> TryFrom<RawTensor<F>> for Tensor<F> {
     }
 }
 
-/// Number of elements a shape holds (1 for the scalar shape `[]`).
+/// Number of elements a shape holds (1 for the scalar shape `[]`); `usize::MAX` when the product
+/// overflows, a count no buffer can match.
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .unwrap_or(usize::MAX)
+}
+
+/// The element count of a tensor about to be allocated.
+///
+/// # Panics
+/// When the count overflows, naming the shape (an overflowing product would otherwise wrap to a
+/// small buffer in a release build, or fail with a bare "capacity overflow").
+#[track_caller]
+fn allocation_len(shape: &[usize]) -> usize {
+    match shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) {
+        Some(len) => len,
+        None => panic!("a tensor of shape {shape:?} holds more elements than a usize can count"),
+    }
 }
 
 impl<F: Element> Drop for Tensor<F> {
@@ -63,8 +80,9 @@ impl<F: Element> Drop for Tensor<F> {
 
 impl<F: Element> Tensor<F> {
     /// A tensor of `shape` filled with `value`.
+    #[track_caller]
     pub fn full(shape: &[usize], value: F) -> Self {
-        let len = numel(shape);
+        let len = allocation_len(shape);
         let data = match crate::pool::take(len) {
             Some(mut buf) => {
                 buf.fill(value);
@@ -80,8 +98,9 @@ impl<F: Element> Tensor<F> {
 
     /// A tensor of `shape` whose elements are all about to be overwritten by a kernel: a
     /// lent buffer as it is (its old values are never read), or fresh zeros.
+    #[track_caller]
     pub(crate) fn for_overwrite(shape: &[usize]) -> Self {
-        let len = numel(shape);
+        let len = allocation_len(shape);
         Tensor {
             shape: shape.to_vec(),
             data: crate::pool::take(len).unwrap_or_else(|| vec![F::ZERO; len]),
@@ -89,11 +108,13 @@ impl<F: Element> Tensor<F> {
     }
 
     /// A tensor of zeros.
+    #[track_caller]
     pub fn zeros(shape: &[usize]) -> Self {
         Self::full(shape, F::ZERO)
     }
 
     /// A tensor of ones.
+    #[track_caller]
     pub fn ones(shape: &[usize]) -> Self {
         Self::full(shape, F::ONE)
     }
@@ -123,10 +144,11 @@ impl<F: Element> Tensor<F> {
     }
 
     /// Builds a tensor from `f(flat_index)`.
+    #[track_caller]
     pub fn from_fn(shape: &[usize], f: impl FnMut(usize) -> F) -> Self {
         Tensor {
             shape: shape.to_vec(),
-            data: (0..numel(shape)).map(f).collect(),
+            data: (0..allocation_len(shape)).map(f).collect(),
         }
     }
 

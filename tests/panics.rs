@@ -304,4 +304,28 @@ fn panics_point_at_the_callers_line() {
         }),
         here
     );
+    assert_eq!(
+        location(|| {
+            let _ = Tensor::<f32>::zeros(&[usize::MAX, 2]);
+        }),
+        here
+    );
+}
+
+#[test]
+#[should_panic(
+    expected = "a tensor of shape [4294967296, 4294967296, 2] holds more elements than a usize can count"
+)]
+fn a_shape_whose_element_count_overflows() {
+    // in a release build the product would wrap to 0: an empty buffer under a huge shape
+    let _ = Tensor::<f32>::zeros(&[1 << 32, 1 << 32, 2]);
+}
+
+#[test]
+fn a_shape_whose_element_count_overflows_matches_no_data() {
+    let error = Tensor::<f32>::from_vec(Vec::new(), &[1 << 32, 1 << 32]).unwrap_err();
+    assert!(
+        error.to_string().contains("[4294967296, 4294967296]"),
+        "{error}"
+    );
 }
