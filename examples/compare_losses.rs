@@ -72,6 +72,11 @@ fn configure() -> (TrainConfig, Vec<LossKind>, Cli) {
     } else {
         cli.losses.clone()
     };
+    for (i, kind) in losses.iter().enumerate() {
+        if losses[..i].contains(kind) {
+            usage::<Cli>(format!("--losses names {} twice", kind.name()));
+        }
+    }
     let base = TrainConfig::default();
     let flags = [
         ("scale", "--scale", Setting::Scale),

@@ -389,6 +389,13 @@ fn every_example_checks_its_settings_as_the_library_does() {
         "invalid cosine margin m = -1",
     );
     assert_refused("compare_losses", &["--seeds", "0"], 2, "invalid seeds = 0");
+    // a loss named twice would refuse its own output folder on the second run
+    assert_refused(
+        "compare_losses",
+        &["--losses", "am,arcface,am"],
+        2,
+        "--losses names am twice",
+    );
     assert_refused(
         "compare_losses",
         &["--epochs", "0"],
