@@ -437,3 +437,47 @@ fn a_block_without_downsample_adds_its_input() {
             && BasicBlockConfig::new(2, 2).stride(2).has_downsample()
     );
 }
+
+#[test]
+fn lenet_plus_plus_is_a_sequential_config_that_builds_and_embeds() {
+    use margrad::nn::LeNetPlusPlus;
+    let small = LeNetPlusPlus {
+        input: [1, 16, 12],
+        channels: [2, 3, 4],
+        embedding_dim: 5,
+    };
+    let config = small.sequential().unwrap();
+    let kinds: Vec<&str> = config.layers.iter().map(|l| l.kind.as_str()).collect();
+    let stage = ["conv2d", "prelu", "conv2d", "prelu", "max_pool2d"];
+    let mut expected = vec!["unflatten"];
+    for _ in 0..3 {
+        expected.extend(stage);
+    }
+    expected.extend(["flatten", "linear"]);
+    assert_eq!(kinds, expected);
+    // 16×12 → 8×6 → 4×3 → 2×1, four channels: 8 features reach the embedding
+    assert_eq!(config.layers[17].config["inputs"], 8);
+    let mut params = Params::<f32>::new();
+    let seq = Sequential::new(&config, &mut params, "embed", &mut seeded_rng(0)).unwrap();
+    assert_eq!(seq.input_width(), Some(192));
+    assert_eq!(
+        seq.infer(&params, &Tensor::ones(&[3, 192])).shape(),
+        &[3, 5]
+    );
+    let tiny = LeNetPlusPlus {
+        input: [1, 7, 28],
+        ..LeNetPlusPlus::new(2)
+    };
+    assert!(matches!(
+        tiny.sequential(),
+        Err(Error::InvalidSetting { .. })
+    ));
+    let none = LeNetPlusPlus {
+        channels: [32, 0, 128],
+        ..LeNetPlusPlus::new(2)
+    };
+    assert!(matches!(
+        none.sequential(),
+        Err(Error::InvalidSetting { .. })
+    ));
+}
