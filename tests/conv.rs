@@ -767,3 +767,70 @@ fn prelu_slope_of_the_wrong_width() {
         .constant(zeros(&[2, 3, 4, 4]))
         .prelu(g.constant(zeros(&[4])));
 }
+
+#[test]
+fn shape_panics_point_at_the_callers_line() {
+    let location = |f: fn()| {
+        let hook = std::panic::take_hook();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let sink = seen.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            *sink.lock().unwrap() = info.location().map(|l| l.file().to_string());
+        }));
+        let _ = std::panic::catch_unwind(f);
+        std::panic::set_hook(hook);
+        seen.lock().unwrap().take().unwrap()
+    };
+    let cases: [fn(); 7] = [
+        || {
+            let g = Graph::new();
+            let w = g.constant(zeros(&[4, 2, 3, 3]));
+            let _ = g
+                .constant(zeros(&[1, 3, 5, 5]))
+                .conv2d(w, None, Conv2dOptions::new());
+        },
+        || {
+            let g = Graph::new();
+            let w = g.constant(zeros(&[1, 1, 7, 7]));
+            let _ = g
+                .constant(zeros(&[1, 1, 4, 4]))
+                .conv2d(w, None, Conv2dOptions::new());
+        },
+        || {
+            let g = Graph::new();
+            let (w, b) = (g.constant(zeros(&[4, 3, 3, 3])), g.constant(zeros(&[3])));
+            let _ = g
+                .constant(zeros(&[1, 3, 5, 5]))
+                .conv2d(w, Some(b), Conv2dOptions::new());
+        },
+        || {
+            let g = Graph::new();
+            let w = g.constant(zeros(&[1, 2, 5]));
+            let _ = g
+                .constant(zeros(&[1, 2, 3]))
+                .conv1d(w, None, Conv1dOptions::default());
+        },
+        || {
+            let g = Graph::new();
+            let _ = g
+                .constant(zeros(&[1, 1, 2, 2]))
+                .max_pool2d(Pool2dOptions::new(3));
+        },
+        || {
+            let g = Graph::new();
+            let c = g.constant(zeros(&[4]));
+            let _ = g
+                .constant(zeros(&[2, 3, 4, 4]))
+                .batch_norm_train(c, c, 1e-5);
+        },
+        || {
+            let g = Graph::new();
+            let _ = g
+                .constant(zeros(&[2, 3, 4, 4]))
+                .prelu(g.constant(zeros(&[4])));
+        },
+    ];
+    for (i, case) in cases.into_iter().enumerate() {
+        assert_eq!(location(case), file!(), "case {i}");
+    }
+}
