@@ -400,17 +400,13 @@ fn stored_settings_that_cannot_hold_are_errors() {
 #[test]
 #[should_panic(expected = "shape mismatch in conv2d: input [2, 3, 6, 6], weight [4, 2, 3, 3]")]
 fn planes_that_do_not_fit_a_layer_panic_naming_the_op_and_shapes() {
+    // the layers agree with each other; the planes given are the caller's
     let config = SequentialConfig::new()
-        .with(
-            Unflatten {
-                shape: vec![3, 6, 6],
-            }
-            .spec(),
-        )
-        .with(Conv2dConfig::new(2, 4, 3).spec());
+        .with(Conv2dConfig::new(2, 4, 3).spec())
+        .with(BatchNorm2dConfig::new(4).spec());
     let mut params = Params::<f32>::new();
     let seq = Sequential::new(&config, &mut params, "embed", &mut seeded_rng(0)).unwrap();
-    let _ = seq.infer(&params, &Tensor::ones(&[2, 108]));
+    let _ = seq.infer(&params, &Tensor::ones(&[2, 3, 6, 6]));
 }
 
 #[test]
@@ -480,4 +476,52 @@ fn lenet_plus_plus_is_a_sequential_config_that_builds_and_embeds() {
         none.sequential(),
         Err(Error::InvalidSetting { .. })
     ));
+}
+
+#[test]
+fn stored_layers_that_disagree_on_channels_are_errors() {
+    let refused = |config: SequentialConfig, needle: &str| match Sequential::<f32>::new(
+        &config,
+        &mut Params::new(),
+        "embed",
+        &mut seeded_rng(0),
+    ) {
+        Err(e) => assert!(e.to_string().contains(needle), "{e}"),
+        Ok(_) => panic!("{config:?} was built"),
+    };
+    let conv = |c, o| Conv2dConfig::new(c, o, 3).padding(1).spec();
+    refused(
+        SequentialConfig::new().with(conv(1, 4)).with(conv(8, 2)),
+        "layer embed.1 (\"conv2d\"): it takes 8 channels, the layers before it give 4",
+    );
+    refused(
+        SequentialConfig::new()
+            .with(
+                Unflatten {
+                    shape: vec![3, 8, 8],
+                }
+                .spec(),
+            )
+            .with(MaxPool2d(Pool2dOptions::new(2)).spec())
+            .with(conv(1, 4)),
+        "layer embed.2 (\"conv2d\"): it takes 1 channels, the layers before it give 3",
+    );
+    refused(
+        SequentialConfig::new()
+            .with(BasicBlockConfig::new(4, 8).spec())
+            .with(BatchNorm2dConfig::new(4).spec()),
+        "layer embed.1 (\"batch_norm2d\"): it takes 4 channels, the layers before it give 8",
+    );
+    refused(
+        SequentialConfig::new()
+            .with(conv(1, 4))
+            .with(PReluConfig::new(5).spec()),
+        "layer embed.1 (\"prelu\"): it takes 5 channels",
+    );
+    // after a flatten or a global pooling, channels are no longer known: nothing to refuse
+    let fine = SequentialConfig::new()
+        .with(conv(1, 4))
+        .with(LayerSpec::new(GlobalAvgPool::KIND, &serde_json::json!({})))
+        .with(PReluConfig::new(6).spec());
+    assert!(Sequential::<f32>::new(&fine, &mut Params::new(), "embed", &mut seeded_rng(0)).is_ok());
 }

@@ -146,4 +146,8 @@ impl<F: Element> Module<F> for BatchNorm2d {
     fn buffers(&self) -> Vec<ParamId> {
         vec![self.running_mean, self.running_var]
     }
+
+    fn input_channels(&self) -> Option<usize> {
+        Some(self.config.channels)
+    }
 }

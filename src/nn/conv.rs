@@ -242,6 +242,14 @@ impl<F: Element> Module<F> for Conv2d {
     fn output_width(&self, _input: Option<usize>) -> Option<usize> {
         None
     }
+
+    fn input_channels(&self) -> Option<usize> {
+        Some(self.config.in_channels)
+    }
+
+    fn output_channels(&self, _input: Option<usize>) -> Option<usize> {
+        Some(self.config.out_channels)
+    }
 }
 
 /// The settings of a [`Conv1d`] layer (kind `conv1d`): PyTorch's `nn.Conv1d` arguments.
@@ -375,5 +383,13 @@ impl<F: Element> Module<F> for Conv1d {
     /// Unknown: the output is `[N, O, OL]`, whose last dimension is a length.
     fn output_width(&self, _input: Option<usize>) -> Option<usize> {
         None
+    }
+
+    fn input_channels(&self) -> Option<usize> {
+        Some(self.config.in_channels)
+    }
+
+    fn output_channels(&self, _input: Option<usize>) -> Option<usize> {
+        Some(self.config.out_channels)
     }
 }

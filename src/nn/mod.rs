@@ -52,11 +52,13 @@
 //! rows, so a convolutional embedder begins with an [`Unflatten`] (`[N, 784] → [N, 1, 28, 28]`,
 //! which also fixes the embedder's input width) and reaches the rows again through a
 //! [`Flatten`] or a [`GlobalAvgPool`] before its Linear layers. The layers after an
-//! `Unflatten` declare no width (the last dimension is no longer the features), so a
-//! [`Sequential`] checks widths only among row layers; a plane that does not fit a layer (its
-//! channels, a window larger than the padded input) panics at the forward pass, naming the
-//! op and the shapes, while settings that cannot hold (groups that do not divide the
-//! channels, a zero stride) are refused as an [`Error`](crate::Error) when the layer is built.
+//! `Unflatten` declare no width (the last dimension is no longer the features); instead they
+//! declare channels ([`Module::input_channels`], [`Module::output_channels`]), and a
+//! [`Sequential`] whose stored layers disagree on them (a Conv2d taking 8 channels after one
+//! giving 4) is refused as an [`Error`](crate::Error) when built, as are settings that cannot
+//! hold (groups that do not divide the channels, a zero stride). Planes that do not fit a
+//! layer at the forward pass (a window larger than the padded input, an input with other
+//! channels than the first layer takes) panic there, naming the op and the shapes.
 
 mod batch_norm2d;
 mod conv;

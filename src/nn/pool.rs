@@ -124,6 +124,9 @@ impl<F: Element> Module<F> for GlobalAvgPool {
     fn output_width(&self, _input: Option<usize>) -> Option<usize> {
         None
     }
+    fn output_channels(&self, _input: Option<usize>) -> Option<usize> {
+        None
+    }
 }
 
 /// `[N, d1, d2, …] → [N, d1·d2·…]`: each item's elements as one row, in their order (PyTorch's
@@ -152,6 +155,9 @@ impl<F: Element> Module<F> for Flatten {
         LayerSpec::new(Self::KIND, &NoSettings {})
     }
     fn output_width(&self, _input: Option<usize>) -> Option<usize> {
+        None
+    }
+    fn output_channels(&self, _input: Option<usize>) -> Option<usize> {
         None
     }
 }
@@ -224,5 +230,9 @@ impl<F: Element> Module<F> for Unflatten {
     }
     fn output_width(&self, _input: Option<usize>) -> Option<usize> {
         None
+    }
+    /// The first dimension of an item of rank 2 or more (`C` of `[C, H, W]`).
+    fn output_channels(&self, _input: Option<usize>) -> Option<usize> {
+        (self.shape.len() >= 2).then(|| self.shape[0])
     }
 }

@@ -81,4 +81,9 @@ impl<F: Element> Module<F> for PRelu {
     fn parameters(&self) -> Vec<ParamId> {
         vec![self.weight]
     }
+
+    /// Its slopes' count, unless one slope is shared by every channel.
+    fn input_channels(&self) -> Option<usize> {
+        (self.config.parameters > 1).then_some(self.config.parameters)
+    }
 }

@@ -228,4 +228,12 @@ impl<F: Element> Module<F> for BasicBlock {
     fn output_width(&self, _input: Option<usize>) -> Option<usize> {
         None
     }
+
+    fn input_channels(&self) -> Option<usize> {
+        Some(self.config.in_channels)
+    }
+
+    fn output_channels(&self, _input: Option<usize>) -> Option<usize> {
+        Some(self.config.out_channels)
+    }
 }
