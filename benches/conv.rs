@@ -20,12 +20,24 @@ const LAYERS: [(&str, usize, usize, usize); 4] = [
 ];
 const BATCH: usize = 64;
 
+/// This process's CPU time so far (user + system), in seconds, where Linux's `/proc` says it.
+fn cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // the fields after the command name, which is in parentheses and may hold spaces
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; 100 Hz
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
 fn main() {
     let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(0);
     println!("conv2d at batch {BATCH}, 3×3, padding 1; median of 5 interleaved rounds");
+    println!("(cores busy: CPU time over wall time while measuring; on a shared machine it shows");
+    println!(" how much of the cores the run actually had)");
     println!(
-        "{:<14} {:>3} {:>11} {:>9} {:>15} {:>9}",
-        "layer", "thr", "forward ms", "GFLOP/s", "fwd+bwd ms", "GFLOP/s"
+        "{:<14} {:>3} {:>11} {:>9} {:>15} {:>9} {:>11}",
+        "layer", "thr", "forward ms", "GFLOP/s", "fwd+bwd ms", "GFLOP/s", "cores busy"
     );
     for threads in [1, 2] {
         for &(name, c, o, side) in &LAYERS {
@@ -61,15 +73,20 @@ fn main() {
             let mut copy_both = || {
                 std::hint::black_box((x.clone(), seed.clone()));
             };
+            let (cpu_start, wall_start) = (cpu_secs(), std::time::Instant::now());
             let t = harness::with_threads(threads, || {
                 let mut all: [&mut dyn FnMut(); 4] =
                     [&mut forward, &mut step, &mut copy_input, &mut copy_both];
                 harness::interleaved(5, 0.3, &mut all)
             });
+            let busy = cpu_secs()
+                .zip(cpu_start)
+                .map(|(end, start)| (end - start) / wall_start.elapsed().as_secs_f64());
+            let busy = busy.map_or("n/a".to_string(), |b| format!("{b:.2}"));
             let flops = 2.0 * (BATCH * o * side * side * c * 9) as f64;
             let (tf, ts) = (t[0] - t[2], t[1] - t[3]);
             println!(
-                "{name:<14} {threads:>3} {:>11.2} {:>9.1} {:>15.2} {:>9.1}",
+                "{name:<14} {threads:>3} {:>11.2} {:>9.1} {:>15.2} {:>9.1} {busy:>11}",
                 tf * 1e3,
                 flops / tf / 1e9,
                 ts * 1e3,
