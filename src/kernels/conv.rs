@@ -184,13 +184,13 @@ fn col2im_acc<F: Element>(col: &[F], window: &Window, dx: &mut [F]) {
     }
 }
 
-/// Calls `f(first_item, items_in, items_out, scratch)` on contiguous ranges of whole batch
-/// items, one range per scratch slot (`scratch.len() / col_len` of them), in parallel when
-/// there are several.
+/// Calls `f(first_item, items, scratch)` on contiguous ranges of whole batch items of `buf`
+/// (`item_len` elements each), one range per scratch slot (`scratch.len() / col_len` of
+/// them), in parallel when there are several.
 fn for_item_ranges<F: Element>(
     shape: &ConvShape,
-    input: &mut [F],
-    in_item: usize,
+    buf: &mut [F],
+    item_len: usize,
     scratch: &mut [F],
     f: impl Fn(usize, &mut [F], &mut [F]) + Sync + Send,
 ) {
@@ -204,10 +204,9 @@ fn for_item_ranges<F: Element>(
         )
     };
     if tasks == 1 {
-        run((0, (input, &mut scratch[..shape.col_len()])));
+        run((0, (buf, &mut scratch[..shape.col_len()])));
     } else {
-        input
-            .par_chunks_mut(per_task * in_item)
+        buf.par_chunks_mut(per_task * item_len)
             .zip(scratch.par_chunks_mut(col_len))
             .enumerate()
             .for_each(run);
