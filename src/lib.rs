@@ -80,7 +80,10 @@ mod tensor;
 pub mod train;
 
 pub use element::Element;
-pub use engine::{CustomOp, Gradients, Graph, InputGrad, ValueRef, Var};
+pub use engine::{
+    BatchStatistics, Conv1dOptions, Conv2dOptions, CustomOp, Gradients, Graph, InputGrad,
+    Pool2dOptions, ValueRef, Var,
+};
 pub use error::Error;
 pub use gradcheck::{GradcheckError, GradcheckOptions, GradcheckReport, gradcheck, gradcheck_with};
 pub use labels::Labels;

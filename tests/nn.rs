@@ -3,6 +3,7 @@
 mod common;
 use margrad::checkpoint::{self, CheckpointError};
 use margrad::loss::MarginLoss;
+use margrad::nn;
 use margrad::nn::{
     Activation, BatchNorm1d, BatchNorm1dConfig, Dropout, Fill, Forward, HeadConfig, Init,
     LayerRegistry, LayerSpec, Linear, LinearConfig, MlpConfig, Model, ModelConfig, Module,
@@ -712,16 +713,26 @@ fn the_standard_registry_knows_the_documented_kinds_and_rebuilds_each_from_its_s
     assert_eq!(
         kinds,
         [
+            "avg_pool2d",
+            "basic_block",
             "batch_norm1d",
+            "batch_norm2d",
+            "conv1d",
+            "conv2d",
             "cosine_head",
             "dropout",
+            "flatten",
+            "global_avg_pool",
             "identity",
             "leaky_relu",
             "linear",
+            "max_pool2d",
+            "prelu",
             "relu",
             "sequential",
             "sigmoid",
-            "tanh"
+            "tanh",
+            "unflatten"
         ]
     );
     let nested = SequentialConfig::new()
@@ -751,6 +762,23 @@ fn the_standard_registry_knows_the_documented_kinds_and_rebuilds_each_from_its_s
             loss: MarginLoss::arcface(30.0, 0.5, margrad::loss::ArcFallback::Threshold).unwrap(),
         }
         .spec(),
+        nn::Conv2dConfig::new(4, 6, 3)
+            .stride(2)
+            .padding(1)
+            .groups(2)
+            .spec(),
+        nn::Conv1dConfig::new(2, 3, 5).spec(),
+        nn::MaxPool2d(margrad::Pool2dOptions::new(3).stride(2).padding(1)).spec(),
+        nn::AvgPool2d(margrad::Pool2dOptions::new(2)).spec(),
+        LayerSpec::new("global_avg_pool", &serde_json::json!({})),
+        LayerSpec::new("flatten", &serde_json::json!({})),
+        nn::Unflatten {
+            shape: vec![1, 28, 28],
+        }
+        .spec(),
+        nn::BatchNorm2dConfig::new(8).spec(),
+        nn::PReluConfig::new(8).spec(),
+        nn::BasicBlockConfig::new(4, 8).stride(2).spec(),
     ];
     let mut seen = std::collections::BTreeSet::new();
     for spec in specs {

@@ -102,13 +102,27 @@ const PARALLEL_MIN_FLOPS: usize = 1 << 20;
 /// When the inner dimensions or the output length do not match (a bug in the caller: the
 /// graph checks shapes before calling).
 pub fn gemm<F: Element>(alpha: F, a: MatRef<F>, b: MatRef<F>, beta: F, c: &mut [F]) {
+    gemm_on(rayon::current_num_threads(), alpha, a, b, beta, c);
+}
+
+/// [`gemm`] on the calling thread only: for kernels that already spread their work over the
+/// threads (the convolutions, one batch item per task). The same arithmetic as [`gemm`], so
+/// the same bits.
+///
+/// # Panics
+/// As [`gemm`].
+pub fn gemm_serial<F: Element>(alpha: F, a: MatRef<F>, b: MatRef<F>, beta: F, c: &mut [F]) {
+    gemm_on(1, alpha, a, b, beta, c);
+}
+
+/// [`gemm`] with the output cut for `threads` threads.
+fn gemm_on<F: Element>(threads: usize, alpha: F, a: MatRef<F>, b: MatRef<F>, beta: F, c: &mut [F]) {
     let (m, k) = a.dims();
     let (k2, n) = b.dims();
     assert!(k == k2 && c.len() == m * n, "gemm: inconsistent dimensions");
     if m == 0 || n == 0 {
         return;
     }
-    let threads = rayon::current_num_threads();
     let parallel = !cfg!(feature = "matmul-threading")
         && threads > 1
         && m * n * k >= PARALLEL_MIN_FLOPS

@@ -5,18 +5,31 @@
 //! of threads. A backward kernel either writes a fresh gradient buffer or adds into one that
 //! already holds another path's gradient; each says which.
 
+mod channels;
+mod conv;
 mod elementwise;
 mod matmul;
+mod pool;
 mod reduce;
 mod rowwise;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
 
+pub use channels::{
+    channel_affine, channel_affine_grad, channel_grad_sums, channel_mean_var, prelu,
+    prelu_grad_input, prelu_grad_slope,
+};
+pub use conv::{
+    ConvShape, Window, conv2d, conv2d_grad_bias, conv2d_grad_input, conv2d_grad_weight,
+};
 pub use elementwise::{
     Broadcast, add_broadcast_acc, add_relu_grad, binary, binary_grad, map, map_grad,
 };
 pub(crate) use matmul::GemmFn;
-pub use matmul::{MatRef, gemm};
+pub use matmul::{MatRef, gemm, gemm_serial};
+pub use pool::{
+    avg_pool2d, avg_pool2d_grad, max_pool2d, max_pool2d_grad, plane_means, plane_means_grad,
+};
 pub(crate) use reduce::{all_finite, first_non_finite};
 pub use reduce::{sum_all, sum_cols_acc, sum_rows_acc};
 pub use rowwise::{

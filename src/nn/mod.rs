@@ -35,24 +35,60 @@
 //! | `relu`, `leaky_relu`, `tanh`, `sigmoid`, `identity` | [`Activation`] | `{}`, `{"slope": …}` |
 //! | `sequential` | [`Sequential`] | [`SequentialConfig`] |
 //! | `cosine_head` | [`CosineHead`] | [`CosineHeadConfig`] |
+//! | `conv2d`, `conv1d` | [`Conv2d`], [`Conv1d`] | [`Conv2dConfig`], [`Conv1dConfig`] |
+//! | `max_pool2d`, `avg_pool2d` | [`MaxPool2d`], [`AvgPool2d`] | [`Pool2dOptions`](crate::Pool2dOptions) |
+//! | `global_avg_pool`, `flatten` | [`GlobalAvgPool`], [`Flatten`] | `{}` |
+//! | `unflatten` | [`Unflatten`] | `{"shape": [C, H, W]}` |
+//! | `batch_norm2d` | [`BatchNorm2d`] | [`BatchNorm2dConfig`] |
+//! | `prelu` | [`PRelu`] | [`PReluConfig`] |
+//! | `basic_block` | [`BasicBlock`] | [`BasicBlockConfig`] |
+//!
+//! # Planes: how layers see NCHW
+//!
+//! A [`Tensor`] has any rank, and a layer receives whatever its predecessor gives: a batch of
+//! feature rows is `[N, D]`, a batch of planes `[N, C, H, W]` (`[N, C, L]` for sequences),
+//! row-major, as PyTorch lays them out. The spatial shape travels in the tensor, not in the
+//! layers' settings, so a convolution or pooling layer takes any `H×W`. The data sets give
+//! rows, so a convolutional embedder begins with an [`Unflatten`] (`[N, 784] → [N, 1, 28, 28]`,
+//! which also fixes the embedder's input width) and reaches the rows again through a
+//! [`Flatten`] or a [`GlobalAvgPool`] before its Linear layers. The layers after an
+//! `Unflatten` declare no width (the last dimension is no longer the features); instead they
+//! declare channels ([`Module::input_channels`], [`Module::output_channels`]), and a
+//! [`Sequential`] whose stored layers disagree on them (a Conv2d taking 8 channels after one
+//! giving 4) is refused as an [`Error`](crate::Error) when built, as are settings that cannot
+//! hold (groups that do not divide the channels, a zero stride). Planes that do not fit a
+//! layer at the forward pass (a window larger than the padded input, an input with other
+//! channels than the first layer takes) panic there, naming the op and the shapes.
 
+mod batch_norm2d;
+mod conv;
 mod cosine_head;
 mod forward;
 mod layers;
+mod lenet;
 mod mlp;
 mod model;
 mod module;
+mod pool;
+mod prelu;
 mod registry;
+mod residual;
 mod sequential;
 mod trained_head;
 
+pub use batch_norm2d::{BatchNorm2d, BatchNorm2dConfig};
+pub use conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
 pub use cosine_head::{CosineHead, CosineHeadConfig};
 pub use forward::{BufferUpdates, Forward};
 pub use layers::{Activation, BatchNorm1d, BatchNorm1dConfig, Dropout, Init, Linear, LinearConfig};
+pub use lenet::LeNetPlusPlus;
 pub use mlp::MlpConfig;
 pub use model::{EMBEDDER_PREFIX, HEAD_PREFIX, HeadConfig, Model, ModelConfig};
 pub use module::{Head, LayerSpec, Module};
+pub use pool::{AvgPool2d, Flatten, GlobalAvgPool, MaxPool2d, Unflatten};
+pub use prelu::{PRelu, PReluConfig};
 pub use registry::{BuildContext, LayerRegistry};
+pub use residual::{BasicBlock, BasicBlockConfig, BlockActivation};
 pub use sequential::{Sequential, SequentialConfig};
 pub use trained_head::TrainedHead;
 
@@ -80,6 +116,8 @@ pub enum Fill {
     Zeros,
     /// Ones.
     Ones,
+    /// Every element this value (PReLU's initial slope).
+    Constant(f64),
 }
 
 /// Where a module's tensors come from when it is built: drawn fresh (a [`SeededRng`] is a
@@ -97,6 +135,7 @@ impl<F: Element> ParamSource<F> for SeededRng {
             Fill::Normal { std } => Tensor::randn(shape, 0.0, std, self),
             Fill::Zeros => Tensor::zeros(shape),
             Fill::Ones => Tensor::ones(shape),
+            Fill::Constant(v) => Tensor::full(shape, F::from_f64(v)),
         }
     }
 }

@@ -66,6 +66,21 @@ pub trait Module<F: Element>: fmt::Debug + Send + Sync {
         input
     }
 
+    /// The channels `x` must have (dimension 1 of `[N, C, H, W]`), when the layer fixes them:
+    /// a convolution's input channels, a BatchNorm2d's. `None` (the default) for a layer that
+    /// takes any.
+    fn input_channels(&self) -> Option<usize> {
+        None
+    }
+
+    /// The channels of `y` given those of `x` (`None`: unknown, or no longer planes). The
+    /// default keeps them, as element-wise layers and pooling do; a convolution gives its
+    /// output channels, a flatten `None`. [`Sequential`](super::Sequential) checks each
+    /// layer's [`input_channels`](Module::input_channels) against them when it is built.
+    fn output_channels(&self, input: Option<usize>) -> Option<usize> {
+        input
+    }
+
     /// `f(x)` in evaluation mode, on a graph that records nothing: the one inference path
     /// (prediction and embedding go through it).
     ///

@@ -1,8 +1,10 @@
 //! Layer kinds by name: how a stored [`LayerSpec`] becomes a built layer.
 
 use super::{
-    Activation, BatchNorm1d, BatchNorm1dConfig, CosineHead, CosineHeadConfig, Dropout, Fill,
-    LayerSpec, Linear, LinearConfig, Module, ParamSource, Sequential, SequentialConfig,
+    Activation, AvgPool2d, BasicBlock, BasicBlockConfig, BatchNorm1d, BatchNorm1dConfig,
+    BatchNorm2d, BatchNorm2dConfig, Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, CosineHead,
+    CosineHeadConfig, Dropout, Fill, Flatten, GlobalAvgPool, LayerSpec, Linear, LinearConfig,
+    MaxPool2d, Module, PRelu, PReluConfig, ParamSource, Sequential, SequentialConfig, Unflatten,
 };
 use crate::{Element, Error, ParamId, Params};
 use serde::de::DeserializeOwned;
@@ -63,6 +65,15 @@ type Builder<F> = Arc<
 /// | `identity` | `{}` | [`Activation::Identity`] |
 /// | `sequential` | [`SequentialConfig`] | [`Sequential`], layers named `{prefix}.{i}` |
 /// | `cosine_head` | [`CosineHeadConfig`] | [`CosineHead`] |
+/// | `conv2d` | [`Conv2dConfig`] | [`Conv2d`] |
+/// | `conv1d` | [`Conv1dConfig`] | [`Conv1d`] |
+/// | `max_pool2d`, `avg_pool2d` | [`Pool2dOptions`](crate::Pool2dOptions) | [`MaxPool2d`], [`AvgPool2d`] |
+/// | `global_avg_pool` | `{}` | [`GlobalAvgPool`]: `[N, C, H, W] → [N, C]` |
+/// | `flatten` | `{}` | [`Flatten`]: `[N, …] → [N, D]` |
+/// | `unflatten` | [`Unflatten`] (`{"shape": …}`) | [`Unflatten`]: `[N, D] → [N, …]` |
+/// | `batch_norm2d` | [`BatchNorm2dConfig`] | [`BatchNorm2d`] |
+/// | `prelu` | [`PReluConfig`] | [`PRelu`] |
+/// | `basic_block` | [`BasicBlockConfig`] | [`BasicBlock`] |
 ///
 /// A kind of your own: implement [`Module`] for the layer, then register a builder that reads
 /// the layer's settings (any `Deserialize` type) and makes it:
@@ -153,7 +164,47 @@ impl<F: Element> LayerRegistry<F> {
             config.validate()?;
             Ok(CosineHead::new(cx.params, cx.prefix, config, cx.source))
         });
+        r.register_convolutional();
         r
+    }
+
+    /// The layers over planes: convolutions, pooling, the reshapes around them, BatchNorm2d,
+    /// PReLU and the residual block.
+    fn register_convolutional(&mut self) {
+        self.register(Conv2d::KIND, |config: Conv2dConfig, cx| {
+            config.validate()?;
+            Ok(Conv2d::new(cx.params, cx.prefix, config, cx.source))
+        });
+        self.register(Conv1d::KIND, |config: Conv1dConfig, cx| {
+            config.validate()?;
+            Ok(Conv1d::new(cx.params, cx.prefix, config, cx.source))
+        });
+        self.register(MaxPool2d::KIND, |pool: MaxPool2d, _| {
+            pool.validate()?;
+            Ok(pool)
+        });
+        self.register(AvgPool2d::KIND, |pool: AvgPool2d, _| {
+            pool.validate()?;
+            Ok(pool)
+        });
+        self.register(GlobalAvgPool::KIND, |_: NoSettings, _| Ok(GlobalAvgPool));
+        self.register(Flatten::KIND, |_: NoSettings, _| Ok(Flatten));
+        self.register(Unflatten::KIND, |unflatten: Unflatten, _| {
+            unflatten.validate()?;
+            Ok(unflatten)
+        });
+        self.register(BatchNorm2d::KIND, |config: BatchNorm2dConfig, cx| {
+            config.validate()?;
+            Ok(BatchNorm2d::new(cx.params, cx.prefix, config, cx.source))
+        });
+        self.register(PRelu::KIND, |config: PReluConfig, cx| {
+            config.validate()?;
+            Ok(PRelu::new(cx.params, cx.prefix, config, cx.source))
+        });
+        self.register(BasicBlock::KIND, |config: BasicBlockConfig, cx| {
+            config.validate()?;
+            Ok(BasicBlock::new(cx.params, cx.prefix, config, cx.source))
+        });
     }
 
     /// Registers `kind`: `build` receives the layer's settings, read as a `C`, and the

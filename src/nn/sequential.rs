@@ -76,7 +76,8 @@ impl<F: Element> Sequential<F> {
     /// # Errors
     /// What `registry` returns for a layer ([`Error::UnknownLayerKind`],
     /// [`Error::LayerSettings`], [`Error::InvalidSetting`]); [`Error::LayerSettings`] when a
-    /// layer's input width is not the width the layers before it give.
+    /// layer's input width (or, for planes, its input channels) is not what the layers before
+    /// it give.
     pub fn new_with(
         config: &SequentialConfig,
         registry: &LayerRegistry<F>,
@@ -85,10 +86,22 @@ impl<F: Element> Sequential<F> {
         source: &mut dyn ParamSource<F>,
     ) -> Result<Self, Error> {
         let mut layers = Vec::with_capacity(config.layers.len());
-        let (mut width, mut input_width) = (None, None);
+        let (mut width, mut input_width, mut channels) = (None, None, None);
         for (i, spec) in config.layers.iter().enumerate() {
             let name = format!("{prefix}.{i}");
             let layer = registry.build(spec, params, &name, source)?;
+            if let (Some(takes), Some(given)) = (layer.input_channels(), channels)
+                && takes != given
+            {
+                return Err(Error::LayerSettings {
+                    layer: name,
+                    kind: spec.kind.clone(),
+                    message: format!(
+                        "it takes {takes} channels, the layers before it give {given}"
+                    ),
+                });
+            }
+            channels = layer.output_channels(channels.or(layer.input_channels()));
             if let Some(takes) = layer.input_width() {
                 match width {
                     Some(given) if given != takes => {
@@ -177,5 +190,15 @@ impl<F: Element> Module<F> for Sequential<F> {
     fn output_width(&self, input: Option<usize>) -> Option<usize> {
         let start = input.or(self.input_width);
         self.layers.iter().fold(start, |w, l| l.output_width(w))
+    }
+
+    /// The first layer's, when it fixes them.
+    fn input_channels(&self) -> Option<usize> {
+        self.layers.first().and_then(|l| l.input_channels())
+    }
+
+    fn output_channels(&self, input: Option<usize>) -> Option<usize> {
+        let start = input.or(self.input_channels());
+        self.layers.iter().fold(start, |c, l| l.output_channels(c))
     }
 }

@@ -1,0 +1,153 @@
+//! Batch normalisation of planes: per channel over the batch and the plane.
+
+use super::{Fill, Forward, LayerSpec, Module, ParamSource};
+use crate::{Element, Error, ParamId, Params, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+/// The settings of a [`BatchNorm2d`] layer (kind `batch_norm2d`), PyTorch's defaults from
+/// [`BatchNorm2dConfig::new`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchNorm2dConfig {
+    /// The number of channels `C` (`num_features`).
+    pub channels: usize,
+    /// Added to the variance (`1e-5`).
+    pub eps: f64,
+    /// Weight of the batch in the running statistics (`0.1`).
+    pub momentum: f64,
+}
+
+impl BatchNorm2dConfig {
+    /// `channels` channels, `eps = 1e-5`, `momentum = 0.1`.
+    pub fn new(channels: usize) -> Self {
+        BatchNorm2dConfig {
+            channels,
+            eps: 1e-5,
+            momentum: 0.1,
+        }
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for zero channels, `eps ≤ 0`, or a momentum outside `[0, 1]`.
+    pub fn validate(&self) -> Result<(), Error> {
+        let c = self.channels;
+        Error::check("BatchNorm2d channels", c as f64, c > 0, "positive")?;
+        Error::check("BatchNorm2d eps", self.eps, self.eps > 0.0, "positive")?;
+        let m = self.momentum;
+        Error::check(
+            "BatchNorm2d momentum",
+            m,
+            (0.0..=1.0).contains(&m),
+            "in [0, 1]",
+        )
+    }
+
+    /// The stored form of the layer.
+    pub fn spec(&self) -> LayerSpec {
+        LayerSpec::new(BatchNorm2d::KIND, self)
+    }
+}
+
+/// Batch normalisation of an `[N, C, H, W]` input, per channel over `N·H·W` elements
+/// ([`Var::batch_norm_train`], [`Var::batch_norm_eval`]):
+/// `y = (x − μ_c)/√(σ²_c + eps)·γ_c + β_c`, with the batch's statistics while training and
+/// the running ones when evaluating. Running statistics follow
+/// `r ← (1 − momentum)·r + momentum·batch`, the variance unbiased (`·M/(M − 1)`), as PyTorch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNorm2d {
+    /// γ, `[C]`.
+    pub weight: ParamId,
+    /// β, `[C]`.
+    pub bias: ParamId,
+    /// Running mean, `[C]` (a buffer).
+    pub running_mean: ParamId,
+    /// Running variance, `[C]` (a buffer).
+    pub running_var: ParamId,
+    config: BatchNorm2dConfig,
+}
+
+impl BatchNorm2d {
+    /// The kind name a [`LayerRegistry`](super::LayerRegistry) knows it by.
+    pub const KIND: &'static str = "batch_norm2d";
+
+    /// Adds `{prefix}.weight`, `.bias`, `.running_mean`, `.running_var` (`[C]` each) to
+    /// `params`, taken from `source` (γ = 1, β = 0, mean 0, variance 1 when fresh).
+    pub fn new<F: Element>(
+        params: &mut Params<F>,
+        prefix: &str,
+        config: BatchNorm2dConfig,
+        source: &mut dyn ParamSource<F>,
+    ) -> Self {
+        let mut make = |suffix: &str, fill: Fill, trainable: bool| {
+            let name = format!("{prefix}.{suffix}");
+            let t = source.tensor(&name, &[config.channels], fill);
+            if trainable {
+                params.add(name, t)
+            } else {
+                params.add_buffer(name, t)
+            }
+        };
+        BatchNorm2d {
+            weight: make("weight", Fill::Ones, true),
+            bias: make("bias", Fill::Zeros, true),
+            running_mean: make("running_mean", Fill::Zeros, false),
+            running_var: make("running_var", Fill::Ones, false),
+            config,
+        }
+    }
+
+    /// The settings it was built from.
+    pub fn config(&self) -> &BatchNorm2dConfig {
+        &self.config
+    }
+}
+
+impl<F: Element> Module<F> for BatchNorm2d {
+    /// Normalises `x` (`[N, C, H, W]`, or any `[N, C, …]`); a training pass records the new
+    /// running statistics.
+    ///
+    /// # Panics
+    /// When `x`'s channels are not `C`.
+    #[track_caller]
+    fn forward<'g>(&self, cx: &mut Forward<'g, '_, F>, x: Var<'g, F>) -> Var<'g, F> {
+        let eps = F::from_f64(self.config.eps);
+        let (gamma, beta) = (cx.param(self.weight), cx.param(self.bias));
+        if !cx.is_training() {
+            let params = cx.params();
+            let (mean, var) = (params.get(self.running_mean), params.get(self.running_var));
+            return x.batch_norm_eval(gamma, beta, mean, var, eps);
+        }
+        let (y, stats) = x.batch_norm_train(gamma, beta, eps);
+        let momentum = F::from_f64(self.config.momentum);
+        let unbias = F::from_f64(stats.count as f64 / (stats.count.max(2) - 1) as f64);
+        let blend = |running: ParamId, batch: &Tensor<F>, factor: F| {
+            let running = cx.params().get(running);
+            Tensor::from_fn(running.shape(), |c| {
+                (F::ONE - momentum) * running.data()[c] + momentum * factor * batch.data()[c]
+            })
+        };
+        let mean = blend(self.running_mean, &stats.mean, F::ONE);
+        let var = blend(self.running_var, &stats.var, unbias);
+        cx.update_buffer(self.running_mean, mean);
+        cx.update_buffer(self.running_var, var);
+        y
+    }
+
+    fn spec(&self) -> LayerSpec {
+        self.config.spec()
+    }
+
+    fn parameters(&self) -> Vec<ParamId> {
+        vec![self.weight, self.bias]
+    }
+
+    fn buffers(&self) -> Vec<ParamId> {
+        vec![self.running_mean, self.running_var]
+    }
+
+    fn input_channels(&self) -> Option<usize> {
+        Some(self.config.channels)
+    }
+}
