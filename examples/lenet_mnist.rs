@@ -16,6 +16,7 @@ use margrad::nn::{HeadConfig, LeNetPlusPlus, Model, ModelConfig};
 use margrad::optim::{Method, Optimizer};
 use margrad::train::model_step;
 use margrad::{Params, Tensor, seeded_rng};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -45,9 +46,9 @@ fn accuracy(model: &Model, params: &Params, data: &Dataset) -> f64 {
     correct as f64 / data.len() as f64
 }
 
-fn run(dir: &str, train_images: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let train = first(&load_mnist(dir.as_ref(), MnistSplit::Train)?, train_images)?;
-    let test = first(&load_mnist(dir.as_ref(), MnistSplit::Test)?, 1000)?;
+fn run(dir: &Path, train_images: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let train = first(&load_mnist(dir, MnistSplit::Train)?, train_images)?;
+    let test = first(&load_mnist(dir, MnistSplit::Test)?, 1000)?;
     let config = ModelConfig {
         embedder: LeNetPlusPlus::new(32).sequential()?,
         head: HeadConfig::Cosine {
@@ -100,33 +101,28 @@ fn run(dir: &str, train_images: usize) -> Result<(), Box<dyn std::error::Error>>
     Ok(())
 }
 
+/// Train LeNet++ with AM-Softmax for one epoch on a slice of MNIST.
+#[derive(clap::Parser, Debug)]
+#[command(name = "lenet_mnist")]
+struct Cli {
+    /// Folder of MNIST's IDX files, raw or gzip
+    mnist_dir: PathBuf,
+    /// How many of the training images to train on
+    #[arg(default_value_t = 3000, value_parser = clap::value_parser!(u32).range(1..))]
+    train_images: u32,
+    /// Worker threads (0: all cores)
+    #[arg(default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    threads: u16,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: lenet_mnist MNIST_DIR [TRAIN_IMAGES] [THREADS]";
-    let Some(dir) = args.first() else {
-        eprintln!("{usage}");
-        return ExitCode::FAILURE;
-    };
-    let number = |i: usize, default: usize| match args.get(i) {
-        None => Ok(default),
-        Some(s) => s
-            .parse::<usize>()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or(format!("{usage}: {s:?} is not a positive number")),
-    };
-    let (train_images, threads) = match (number(1, 3000), number(2, 0)) {
-        (Ok(n), Ok(t)) => (n, t),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads);
+    let cli = <Cli as clap::Parser>::parse();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(usize::from(cli.threads));
     if let Err(e) = pool.build_global() {
         eprintln!("threads: {e}");
         return ExitCode::FAILURE;
     }
+    let (dir, train_images) = (&cli.mnist_dir, cli.train_images as usize);
     match run(dir, train_images) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

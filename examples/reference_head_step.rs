@@ -20,7 +20,7 @@ use margrad::loss::{BlockedHead, ClassSample, MarginLoss};
 use margrad::{Graph, Labels, SeededRng, Tensor, seeded_rng};
 use rayon::prelude::*;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The feature width of the step.
@@ -206,52 +206,47 @@ fn rounded(rate: f64) -> f64 {
     }
 }
 
+/// The reference large-class head step on the blocked head, timed by the shared protocol;
+/// prints one RESULT line.
+#[derive(clap::Parser, Debug)]
+#[command(name = "reference_head_step")]
+struct Cli {
+    /// Folder of this shape's data files (the bench's make_data.py writes one per shape, named
+    /// head_B{B}_C{C})
+    data_dir: PathBuf,
+    /// Batch size B
+    b: usize,
+    /// Number of classes C
+    c: usize,
+    /// Worker threads
+    #[arg(value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
+    /// Classes per block of the head
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    block: u64,
+    /// Partial FC: the share of classes sampled each step, in (0, 1]
+    #[arg(long, value_name = "R", default_value_t = 1.0, value_parser = sample_rate)]
+    sample_rate: f64,
+}
+
+fn sample_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
+        Ok(r) => Err(format!("must be in (0, 1], found {r}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: reference_head_step DATA_DIR B C THREADS [--block N] [--sample-rate R]";
-    let fail = |message: String| -> ! {
-        eprintln!("error: {message}\n{usage}");
-        std::process::exit(2)
-    };
-    let (mut positional, mut block, mut rate) = (Vec::new(), 1024usize, 1.0f64);
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |flag: &str| {
-            it.next()
-                .cloned()
-                .unwrap_or_else(|| fail(format!("{flag} needs a value")))
-        };
-        match arg.as_str() {
-            "--block" => {
-                let v = value("--block");
-                block = v.parse().unwrap_or_else(|_| fail(format!("--block {v}")));
-            }
-            "--sample-rate" => {
-                let v = value("--sample-rate");
-                rate = v
-                    .parse()
-                    .unwrap_or_else(|_| fail(format!("--sample-rate {v}")));
-            }
-            _ => positional.push(arg.clone()),
-        }
-    }
-    let [dir, b, c, threads] = &positional[..] else {
-        fail("four positional arguments".into())
-    };
-    let parse = |s: &str, what: &str| -> usize {
-        s.parse()
-            .unwrap_or_else(|_| fail(format!("{what} must be a whole number, found {s:?}")))
-    };
-    let (b, c, threads) = (parse(b, "B"), parse(c, "C"), parse(threads, "THREADS"));
-    if !(rate > 0.0 && rate <= 1.0) {
-        fail(format!("--sample-rate must be in (0, 1], found {rate}"));
-    }
+    let cli = <Cli as clap::Parser>::parse();
+    let (dir, b, c, threads) = (cli.data_dir, cli.b, cli.c, usize::from(cli.threads));
+    let (block, rate) = (cli.block as usize, cli.sample_rate);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
         .expect("a thread pool");
-    let dir = dir.clone();
-    pool.install(|| run(Path::new(&dir), b, c, threads, block, rate));
+    pool.install(|| run(&dir, b, c, threads, block, rate));
 }
 
 fn run(dir: &Path, b: usize, c: usize, threads: usize, block: usize, rate: f64) {

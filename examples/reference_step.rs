@@ -16,7 +16,7 @@ use margrad::profile::{self, Phase};
 use margrad::train::train_step;
 use margrad::{Labels, ParamId, Params, SeededRng, Tensor, seeded_rng};
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -144,32 +144,45 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// The reference MLP training step, timed by the shared protocol; prints one RESULT line.
+#[derive(clap::Parser, Debug)]
+#[command(name = "reference_step")]
+struct Cli {
+    /// Folder of this shape's data files (x.f32, y.i32, W1.f32...: the bench's make_data.py
+    /// writes one per shape, named B{B}_C{C})
+    data_dir: PathBuf,
+    /// Batch size B
+    b: usize,
+    /// Number of classes C
+    c: usize,
+    /// Worker threads
+    #[arg(value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
+    /// Also print where the step's time goes, op by op
+    #[arg(long)]
+    profile: bool,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let profile_wanted = args.iter().any(|a| a == "--profile");
-    let positional: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
-    let [dir, b, c, threads] = positional[..] else {
-        eprintln!("usage: reference_step DATA_DIR B C THREADS [--profile]");
-        std::process::exit(2);
-    };
-    let parse = |s: &str, what: &str| -> usize {
-        s.parse().unwrap_or_else(|_| {
-            eprintln!("error: {what} must be a whole number, found {s:?}");
-            std::process::exit(2)
-        })
-    };
-    let (b, c, threads) = (parse(b, "B"), parse(c, "C"), parse(threads, "THREADS"));
+    let cli = <Cli as clap::Parser>::parse();
+    let (dir, b, c, threads, profile_wanted) = (
+        cli.data_dir,
+        cli.b,
+        cli.c,
+        usize::from(cli.threads),
+        cli.profile,
+    );
     // run everything on a worker of the pool, so that each op's parallel work joins the
     // calling thread instead of waking the pool from outside it
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()
         .expect("a thread pool");
-    pool.install(|| run(dir, b, c, threads, profile_wanted));
+    pool.install(|| run(&dir, b, c, threads, profile_wanted));
 }
 
-fn run(dir: &str, b: usize, c: usize, threads: usize, profile_wanted: bool) {
-    let mut step = Step::load(Path::new(dir), b, c).unwrap_or_else(|e| {
+fn run(dir: &Path, b: usize, c: usize, threads: usize, profile_wanted: bool) {
+    let mut step = Step::load(dir, b, c).unwrap_or_else(|e| {
         eprintln!("error: {e}");
         std::process::exit(1)
     });

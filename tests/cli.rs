@@ -607,3 +607,41 @@ fn a_run_owns_its_output_folder() {
     assert!(!stdout.contains("did not converge"), "{stdout}");
     assert_eq!(compare(&["--overwrite"]).0, 0);
 }
+
+#[test]
+fn the_benchmark_and_demonstration_examples_parse_as_the_others_do() {
+    let dir = std::env::temp_dir().to_string_lossy().into_owned();
+    assert_refused(
+        "reference_step",
+        &[&dir, "64", "10", "100000000"],
+        2,
+        "100000000 is not in 1..=1024",
+    );
+    assert_refused(
+        "reference_step",
+        &[&dir, "64", "ten", "1"],
+        2,
+        "invalid value 'ten'",
+    );
+    assert_refused(
+        "reference_head_step",
+        &[&dir, "8", "100", "1", "--sample-rate", "2"],
+        2,
+        "must be in (0, 1], found 2",
+    );
+    assert_refused(
+        "reference_head_step",
+        &[&dir, "8", "100", "1", "--block", "0"],
+        2,
+        "invalid value '0' for '--block <N>'",
+    );
+    assert_refused("lenet_mnist", &[&dir, "0"], 2, "invalid value '0'");
+    // a missing data folder is an error naming it, after parsing
+    let missing = format!("{dir}/margrad-no-such-folder");
+    assert_refused(
+        "reference_step",
+        &[&missing, "64", "10", "1"],
+        1,
+        "margrad-no-such-folder",
+    );
+}
