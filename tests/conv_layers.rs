@@ -525,3 +525,112 @@ fn stored_layers_that_disagree_on_channels_are_errors() {
         .with(PReluConfig::new(6).spec());
     assert!(Sequential::<f32>::new(&fine, &mut Params::new(), "embed", &mut seeded_rng(0)).is_ok());
 }
+
+/// A convolutional model as PyTorch saves it: beside every batch norm's running statistics
+/// (BatchNorm2d, and those inside the residual blocks) a `num_batches_tracked` counter in I64.
+#[test]
+fn a_pytorch_state_dict_with_batch_norm_counters_loads_and_non_finite_weights_do_not() {
+    use margrad::data::InputScaling;
+    use safetensors::tensor::TensorView;
+    use safetensors::{Dtype, SafeTensors};
+    let mut params = Params::<f32>::new();
+    let model = Model::new(model_config(), &mut params, &mut seeded_rng(3)).unwrap();
+    let exported = checkpoint::safetensors_bytes(&model, &params, &InputScaling::none());
+    let file = SafeTensors::deserialize(&exported).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&exported).unwrap();
+    let counter = 7i64.to_le_bytes();
+    let with_counters = |poison: Option<&str>| {
+        let mut views: Vec<(String, TensorView<'_>)> = file.tensors();
+        let counters: Vec<String> = views
+            .iter()
+            .filter_map(|(name, _)| name.strip_suffix(".running_mean"))
+            .map(|layer| format!("{layer}.num_batches_tracked"))
+            .collect();
+        assert!(counters.len() >= 4, "{counters:?}");
+        let nan = f32::NAN.to_le_bytes().repeat(64);
+        for name in counters {
+            views.push((name, TensorView::new(Dtype::I64, vec![], &counter).unwrap()));
+        }
+        if let Some(poisoned) = poison {
+            let (_, view) = views.iter_mut().find(|(n, _)| n == poisoned).unwrap();
+            let len = view.data().len();
+            *view = TensorView::new(Dtype::F32, view.shape().to_vec(), &nan[..len]).unwrap();
+            // `nan` outlives the views only inside this closure: serialise here
+            return safetensors::serialize(views, header.metadata().clone()).unwrap();
+        }
+        safetensors::serialize(views, header.metadata().clone()).unwrap()
+    };
+    let loaded = checkpoint::decode_safetensors::<f32>(&with_counters(None), None).unwrap();
+    for id in params.ids() {
+        let name = params.name(id);
+        let again = loaded.params.find(name).expect("every tensor comes back");
+        assert_eq!(loaded.params.get(again), params.get(id), "{name}");
+    }
+    let error = checkpoint::decode_safetensors::<f32>(&with_counters(Some("embed.1.weight")), None)
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("embed.1.weight"),
+        "a NaN weight is refused naming it: {error}"
+    );
+}
+
+#[test]
+fn paddings_too_large_for_the_window_are_errors_not_panics() {
+    let build = |spec: LayerSpec| {
+        let config = SequentialConfig::new()
+            .with(
+                Unflatten {
+                    shape: vec![1, 8, 8],
+                }
+                .spec(),
+            )
+            .with(spec);
+        let mut params = Params::<f32>::new();
+        Sequential::new(&config, &mut params, "embed", &mut seeded_rng(0)).map(|_| ())
+    };
+    // 2·p wrapped to 0 in a release build, and the pooling window then held no element
+    let huge = Pool2dOptions::new(2).padding(1 << 63);
+    for spec in [MaxPool2d(huge).spec(), AvgPool2d(huge).spec()] {
+        let error = build(spec).unwrap_err();
+        assert!(
+            error.to_string().contains("padding at most half"),
+            "{error}"
+        );
+    }
+    // a convolution padded past its window's span sees only zeros there
+    let error = build(Conv2dConfig::new(1, 2, 3).padding(1 << 40).spec()).unwrap_err();
+    assert!(error.to_string().contains("Conv padding"), "{error}");
+    assert!(build(Conv2dConfig::new(1, 2, 3).padding(2).spec()).is_ok());
+}
+
+#[test]
+fn batch_norm2d_and_prelu_settings_are_checked_in_the_element_type() {
+    let build = |spec: LayerSpec| {
+        let config = SequentialConfig::new()
+            .with(
+                Unflatten {
+                    shape: vec![2, 4, 4],
+                }
+                .spec(),
+            )
+            .with(spec);
+        let mut params = Params::<f32>::new();
+        Sequential::new(&config, &mut params, "embed", &mut seeded_rng(0)).map(|_| ())
+    };
+    let mut bn = BatchNorm2dConfig::new(2);
+    bn.eps = 1e-50; // 0 in f32
+    assert!(build(bn.spec()).is_err());
+    let mut prelu = PReluConfig::new(2);
+    prelu.init = 1e300; // infinite in f32
+    assert!(build(prelu.spec()).is_err());
+    let mut params = Params::<f64>::new();
+    let config = SequentialConfig::new()
+        .with(
+            Unflatten {
+                shape: vec![2, 4, 4],
+            }
+            .spec(),
+        )
+        .with(bn.spec());
+    assert!(Sequential::new(&config, &mut params, "embed", &mut seeded_rng(0)).is_ok());
+}

@@ -12,8 +12,9 @@ use super::{Checkpoint, CheckpointError, io_error, rebuild, write_atomically};
 use crate::data::InputScaling;
 use crate::files::{self, Arrived, OpenError};
 use crate::nn::{
-    BatchNorm1d, BatchNorm1dConfig, CosineHead, EMBEDDER_PREFIX, HEAD_PREFIX, HeadConfig,
-    LayerRegistry, LayerSpec, Model, ModelConfig, NORM_EPS, SequentialConfig,
+    BatchNorm1d, BatchNorm1dConfig, BatchNorm2d, BatchNorm2dConfig, CosineHead, EMBEDDER_PREFIX,
+    HEAD_PREFIX, HeadConfig, LayerRegistry, LayerSpec, Model, ModelConfig, NORM_EPS,
+    SequentialConfig,
 };
 use crate::{Element, Params, Tensor};
 use ::safetensors::tensor::{Metadata, TensorInfo};
@@ -125,10 +126,17 @@ pub fn save_safetensors<F: Element>(
 pub fn export_metadata(config: &ModelConfig, input: &InputScaling) -> BTreeMap<String, String> {
     let batch_norm: serde_json::Map<String, serde_json::Value> = layers(config)
         .into_iter()
-        .filter(|(_, spec)| spec.kind == BatchNorm1d::KIND)
         .filter_map(|(name, spec)| {
-            let c = spec.settings::<BatchNorm1dConfig>().ok()?;
-            Some((name, json!({"eps": c.eps, "momentum": c.momentum})))
+            let (eps, momentum) = if spec.kind == BatchNorm1d::KIND {
+                let c = spec.settings::<BatchNorm1dConfig>().ok()?;
+                (c.eps, c.momentum)
+            } else if spec.kind == BatchNorm2d::KIND {
+                let c = spec.settings::<BatchNorm2dConfig>().ok()?;
+                (c.eps, c.momentum)
+            } else {
+                return None;
+            };
+            Some((name, json!({"eps": eps, "momentum": momentum})))
         })
         .collect();
     let head = match config.head {
@@ -190,8 +198,8 @@ pub fn decode_safetensors<F: Element>(
 /// read with `config`. Every tensor is then checked against the configuration: its name (none
 /// missing, none left over), its element type (`F32` for an `f32` model, `F64` for `f64`) and
 /// its shape, in the export's layout (a cosine head's `head.weight` `[C, D]`). PyTorch's
-/// `num_batches_tracked` counter of a BatchNorm1d layer, which margrad has no use for, is
-/// skipped. The model comes back without training state.
+/// `num_batches_tracked` counter of a batch norm (1-D, 2-D, or inside a residual block),
+/// which margrad has no use for, is skipped. The model comes back without training state.
 ///
 /// # Errors
 /// [`CheckpointError::Safetensors`] for bytes that are not a safetensors file;
@@ -199,7 +207,8 @@ pub fn decode_safetensors<F: Element>(
 /// all, or a file of a later [`EXPORT_VERSION`]; [`CheckpointError::MissingTensor`],
 /// [`CheckpointError::UnexpectedTensor`], [`CheckpointError::TensorDtype`] and
 /// [`CheckpointError::TensorShape`] for tensors that do not fit the configuration;
-/// [`CheckpointError::Invalid`] for a configuration the registry refuses.
+/// [`CheckpointError::Invalid`] for a configuration the registry refuses;
+/// [`CheckpointError::NonFinite`] for a NaN or an infinity in a tensor.
 pub fn decode_safetensors_with<F: Element>(
     bytes: &[u8],
     config: Option<&ModelConfig>,
@@ -208,21 +217,26 @@ pub fn decode_safetensors_with<F: Element>(
     let invalid = |e: ::safetensors::SafeTensorError| CheckpointError::Safetensors(e.to_string());
     let (header_len, header) = SafeTensors::read_metadata(bytes).map_err(invalid)?;
     let config = file_config(&header, config)?;
-    let batch_norm: HashSet<String> = layers(&config)
-        .into_iter()
-        .filter(|(_, spec)| spec.kind == BatchNorm1d::KIND)
-        .map(|(name, _)| format!("{name}.num_batches_tracked"))
-        .collect();
+    // PyTorch's batch norms (1-D, 2-D, inside a residual block alike) store a step counter
+    // beside their running statistics, which margrad does not keep
+    let mut entries: Vec<_> = header.tensors().into_iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let names: HashSet<&str> = entries.iter().map(|(name, _)| name.as_str()).collect();
+    let is_counter = |name: &str| {
+        name.strip_suffix(".num_batches_tracked")
+            .is_some_and(|layer| names.contains(format!("{layer}.running_mean").as_str()))
+    };
     let data = &bytes[8 + header_len..];
     let mut tensors = Vec::new();
-    for (name, info) in header.tensors() {
-        if !batch_norm.contains(&name) {
-            let tensor = read_tensor::<F>(&name, info, data)?;
-            tensors.push((name, tensor));
+    for (name, info) in &entries {
+        if !is_counter(name) {
+            tensors.push((name.clone(), read_tensor::<F>(name, info, data)?));
         }
     }
     let transposed = transposed_names(&config);
     let (model, params) = rebuild(config, registry, tensors, transposed)?;
+    // what a save refuses, a load refuses too: a model with a NaN or an infinity in it
+    params.ensure_finite().map_err(CheckpointError::NonFinite)?;
     Ok(Checkpoint {
         model,
         params,

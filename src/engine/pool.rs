@@ -72,7 +72,7 @@ fn pool_window(op: &str, xs: &[usize], options: Pool2dOptions) -> ([usize; 4], W
         )
     };
     assert!(
-        (0..2).all(|i| 2 * options.padding[i] <= options.kernel[i]),
+        (0..2).all(|i| options.padding[i] <= options.kernel[i] / 2),
         "{op}: padding {:?} must be at most half the window {:?} (input {xs:?})",
         options.padding,
         options.kernel

@@ -34,7 +34,7 @@ impl Window {
     pub fn output(&self) -> Option<[usize; 2]> {
         let axis = |i: usize| {
             let span = self.dilation[i].checked_mul(self.kernel[i].checked_sub(1)?)? + 1;
-            let padded = self.input[i].checked_add(2 * self.padding[i])?;
+            let padded = self.input[i].checked_add(self.padding[i].checked_mul(2)?)?;
             (self.stride[i] > 0 && self.kernel[i] > 0 && padded >= span)
                 .then(|| (padded - span) / self.stride[i] + 1)
         };

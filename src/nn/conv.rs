@@ -98,7 +98,8 @@ impl Conv2dConfig {
     ///
     /// # Errors
     /// [`Error::InvalidSetting`] for zero channels, kernel, stride, dilation or groups, groups
-    /// that do not divide both channel counts, or sizes whose product overflows.
+    /// that do not divide both channel counts, padding past the window's span, or sizes whose
+    /// product overflows.
     pub fn validate(&self) -> Result<(), Error> {
         let positive = |name, v: usize| Error::check(name, v as f64, v > 0, "positive");
         positive("Conv in_channels", self.in_channels)?;
@@ -107,6 +108,14 @@ impl Conv2dConfig {
             positive("Conv kernel", self.kernel[axis])?;
             positive("Conv stride", self.stride[axis])?;
             positive("Conv dilation", self.dilation[axis])?;
+            // past the window's span, padding adds rows and columns that see only zeros
+            let span = self.dilation[axis].saturating_mul(self.kernel[axis] - 1);
+            Error::check(
+                "Conv padding",
+                self.padding[axis] as f64,
+                self.padding[axis] <= span,
+                "at most the window's span, dilation·(kernel − 1)",
+            )?;
         }
         positive("Conv groups", self.groups)?;
         let g = self.groups;

@@ -16,7 +16,7 @@ fn validate_pool(name: &'static str, o: &Pool2dOptions) -> Result<(), Error> {
         Error::check(
             name,
             p as f64,
-            2 * p <= k,
+            p <= k / 2,
             "padding at most half the window",
         )?;
     }

@@ -26,11 +26,18 @@ impl PReluConfig {
     /// Checks the settings.
     ///
     /// # Errors
-    /// [`Error::InvalidSetting`] for zero parameters or a non-finite initial slope.
-    pub fn validate(&self) -> Result<(), Error> {
+    /// [`Error::InvalidSetting`] for zero parameters or an initial slope that is not finite in
+    /// the element type `F` (1e300 overflows `f32`).
+    pub fn validate<F: Element>(&self) -> Result<(), Error> {
         let p = self.parameters;
         Error::check("PReLU parameters", p as f64, p > 0, "positive")?;
-        Error::check("PReLU init", self.init, true, "finite")
+        let init = F::from_f64(self.init);
+        Error::check(
+            "PReLU init",
+            self.init,
+            init.is_finite(),
+            "finite in the element type",
+        )
     }
 
     /// The stored form of the layer.

@@ -194,11 +194,11 @@ impl<F: Element> LayerRegistry<F> {
             Ok(unflatten)
         });
         self.register(BatchNorm2d::KIND, |config: BatchNorm2dConfig, cx| {
-            config.validate()?;
+            config.validate::<F>()?;
             Ok(BatchNorm2d::new(cx.params, cx.prefix, config, cx.source))
         });
         self.register(PRelu::KIND, |config: PReluConfig, cx| {
-            config.validate()?;
+            config.validate::<F>()?;
             Ok(PRelu::new(cx.params, cx.prefix, config, cx.source))
         });
         self.register(BasicBlock::KIND, |config: BasicBlockConfig, cx| {
