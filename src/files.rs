@@ -254,6 +254,15 @@ impl Drop for Temporary {
     }
 }
 
+/// Removes the temporary files of `path` left by writers that no longer exist (see
+/// [`write_atomically`], which does the same before each write): a folder that a killed run
+/// left is then seen as it was before the write began.
+pub(crate) fn clear_stale_temporaries(path: &Path) {
+    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+        remove_stale_temporaries(path, &temporary_prefix(name));
+    }
+}
+
 /// The start of the names of a target's temporary files: `.{name}.tmp-`.
 fn temporary_prefix(name: &str) -> String {
     format!(".{name}.tmp-")

@@ -996,3 +996,56 @@ fn a_failed_run_leaves_nothing_that_passes_as_complete() {
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(json["history"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn a_killed_writers_temporary_file_does_not_hold_the_folder_but_a_live_one_does() {
+    use margrad::train::FolderError;
+    let dead = {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    };
+    let out = temp("killed-writer");
+    std::fs::create_dir_all(&out).unwrap();
+    let stale = out.join(format!(".{CHECKPOINT_FILE}.tmp-{dead}-0"));
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
+    train(&quick(), &out, &mut |_| {}).unwrap();
+    assert!(!stale.exists());
+    // a live writer's (this process's) stays, and the folder is not a new run's
+    let live = temp("live-writer");
+    std::fs::create_dir_all(&live).unwrap();
+    let name = format!(".{CHECKPOINT_FILE}.tmp-{}-0", std::process::id());
+    std::fs::write(live.join(&name), b"being written").unwrap();
+    match train(&quick(), &live, &mut |_| {}).unwrap_err() {
+        TrainError::OutputFolder {
+            reason: FolderError::NotEmpty { found },
+            ..
+        } => assert_eq!(found, name),
+        other => panic!("expected the folder refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_resume_into_the_folder_of_another_run_is_refused_before_it_replaces_its_checkpoint() {
+    use margrad::train::FolderError;
+    let (first, second) = (temp("resume-first"), temp("resume-second"));
+    train(&quick(), &first, &mut |_| {}).unwrap();
+    train(&quick(), &second, &mut |_| {}).unwrap();
+    let theirs = std::fs::read(second.join(CHECKPOINT_FILE)).unwrap();
+    let mut resuming = quick();
+    resuming.epochs = 2;
+    resuming.resume = Some(first.join(CHECKPOINT_FILE));
+    match train(&resuming, &second, &mut |_| {}).unwrap_err() {
+        TrainError::OutputFolder {
+            reason: FolderError::OtherCheckpoint,
+            ..
+        } => {}
+        other => panic!("expected the folder refused, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(second.join(CHECKPOINT_FILE)).unwrap(), theirs);
+    // into its own folder, or an empty one, it continues
+    let elsewhere = temp("resume-elsewhere");
+    train(&resuming, &elsewhere, &mut |_| {}).unwrap();
+    train(&resuming, &first, &mut |_| {}).unwrap();
+}

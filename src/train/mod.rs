@@ -616,7 +616,7 @@ fn run(
         None => fresh_start(config, model_config.clone())?,
         Some(path) => resumed_start(path, config, &model_config)?,
     };
-    output::claim(out, config.output, config.resume.is_some())?;
+    output::claim(out, config.output, config.resume.as_deref())?;
     let schedule = LrSchedule {
         schedule: Schedule::Cosine {
             total: config.epochs,

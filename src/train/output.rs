@@ -69,6 +69,9 @@ pub enum FolderError {
     },
     /// Overwriting was asked for together with a resume.
     OverwriteWhileResuming,
+    /// A resume into a folder holding the checkpoint of another run, which the first epoch
+    /// would replace.
+    OtherCheckpoint,
 }
 
 impl fmt::Display for FolderError {
@@ -90,13 +93,22 @@ impl fmt::Display for FolderError {
                 "overwriting is refused when resuming: it would remove the checkpoint the run \
                  continues"
             ),
+            FolderError::OtherCheckpoint => write!(
+                f,
+                "it holds {CHECKPOINT_FILE} of another run, which this resumed run would \
+                 replace: resume in the folder of the checkpoint, or choose an empty one"
+            ),
         }
     }
 }
 
 /// Makes `out` this run's folder as `policy` says: creates it if absent, refuses it or removes
 /// the previous run's files. Nothing is removed when the folder is refused.
-pub(super) fn claim(out: &Path, policy: OutputPolicy, resuming: bool) -> Result<(), TrainError> {
+pub(super) fn claim(
+    out: &Path,
+    policy: OutputPolicy,
+    resuming: Option<&Path>,
+) -> Result<(), TrainError> {
     let io = |path: &Path, e: std::io::Error| TrainError::Output {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -105,10 +117,25 @@ pub(super) fn claim(out: &Path, policy: OutputPolicy, resuming: bool) -> Result<
         dir: out.to_path_buf(),
         reason,
     };
-    if policy == OutputPolicy::Overwrite && resuming {
+    if policy == OutputPolicy::Overwrite && resuming.is_some() {
         return Err(refuse(FolderError::OverwriteWhileResuming));
     }
+    if let Some(from) = resuming {
+        let here = out.join(CHECKPOINT_FILE);
+        let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if here.exists() && !same(&here, from) {
+            return Err(refuse(FolderError::OtherCheckpoint));
+        }
+    }
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    // a run killed mid-save leaves a temporary file beside its output; a dead writer's is
+    // removed here, a live one's stays and keeps the folder refused
+    for name in RUN_FILES {
+        crate::files::clear_stale_temporaries(&out.join(name));
+    }
     let mut entries = Vec::new();
     for entry in std::fs::read_dir(out).map_err(|e| io(out, e))? {
         let entry = entry.map_err(|e| io(out, e))?;
@@ -121,7 +148,7 @@ pub(super) fn claim(out: &Path, policy: OutputPolicy, resuming: bool) -> Result<
         entries.push((name, ours));
     }
     entries.sort();
-    let stale: Vec<&String> = match (policy, resuming) {
+    let stale: Vec<&String> = match (policy, resuming.is_some()) {
         (OutputPolicy::New, false) => match entries.first() {
             Some((found, _)) => {
                 let found = found.clone();
