@@ -381,7 +381,7 @@ fn every_example_checks_its_settings_as_the_library_does() {
     );
     assert_refused("train", &["--dropout", "1"], 2, "invalid dropout = 1");
     assert_refused("train", &["--hidden", "64,0"], 2, "error:");
-    // compare_losses used to print a table of "did not converge" and exit 0
+    // invalid settings stop compare_losses before any run, with a usage error
     assert_refused(
         "compare_losses",
         &["--margin", "-1", "--losses", "am"],

@@ -120,7 +120,7 @@ impl SphereFace2 {
 
     pub(crate) fn kernel<F: Element>(&self) -> Binary<F> {
         let f = F::from_f64;
-        let whole = self.t.fract() == 0.0 && self.t <= 16.0;
+        let whole = self.t.fract() == 0.0 && self.t <= 4.0;
         Binary {
             scale: f(self.scale),
             margin: f(self.margin),
@@ -138,7 +138,8 @@ pub(crate) struct Binary<F> {
     scale: F,
     margin: F,
     t: F,
-    /// `t` when it is a small whole number: powers by multiplication.
+    /// `t` when it is 1, 2, 3 or 4 (the kernels' unrolled cases): powers by multiplication;
+    /// `None` for any other `t`, taken by `powf`.
     whole_t: Option<u32>,
     /// `λ/r`.
     target_weight: F,
