@@ -10,50 +10,14 @@
 //! Besides steps/s it reports allocations per steady-state step, peak resident memory against
 //! what the step must hold, and with `--profile` where one step's time goes.
 
+mod bench;
+
+use bench::{print_profile, read_f32, read_labels, round, time_steps};
 use margrad::loss::{MarginLoss, margin_cross_entropy};
 use margrad::optim::{Method, Optimizer};
-use margrad::profile::{self, Phase};
 use margrad::train::train_step;
-use margrad::{Labels, ParamId, Params, SeededRng, Tensor, seeded_rng};
-use std::alloc::{GlobalAlloc, Layout, System};
+use margrad::{Labels, ParamId, Params, SeededRng, seeded_rng};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
-
-/// Counts allocations, to report how many a steady-state step makes.
-struct Counting;
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-static ALLOCATED_BYTES: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        ALLOCATED_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        ALLOCATED_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn read_f32(dir: &Path, name: &str, shape: &[usize]) -> Result<Tensor<f32>, String> {
-    let path = dir.join(format!("{name}.f32"));
-    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let data = bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect();
-    Tensor::from_vec(data, shape).map_err(|e| format!("{}: {e}", path.display()))
-}
 
 struct Step {
     params: Params<f32>,
@@ -80,20 +44,7 @@ impl Step {
             add("W", &[128, c])?,
         ];
         let x = params.add_buffer("x", read_f32(dir, "x", &[b, 784])?);
-        let path = dir.join("y.i32");
-        let raw = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let y: Vec<usize> = raw
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")).max(0) as usize)
-            .collect();
-        if y.len() != b {
-            return Err(format!(
-                "{}: {} labels for a batch of {b}",
-                path.display(),
-                y.len()
-            ));
-        }
-        let labels = Labels::new(y, c).map_err(|e| format!("{}: {e}", path.display()))?;
+        let labels = read_labels(dir, b, c)?;
         let sgd = Method::Sgd {
             momentum: 0.0,
             nesterov: false,
@@ -135,13 +86,6 @@ impl Step {
         });
         outcome.loss as f32
     }
-}
-
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 /// The reference MLP training step, timed by the shared protocol; prints one RESULT line.
@@ -187,35 +131,10 @@ fn run(dir: &Path, b: usize, c: usize, threads: usize, profile_wanted: bool) {
         std::process::exit(1)
     });
     let first: Vec<f32> = (0..3).map(|_| step.run()).collect();
-
-    // the shared protocol: warm-up ≥ 1 s and ≥ 5 steps, then 5 timed runs of ~1 s
-    let start = Instant::now();
-    let mut n = 0;
-    while start.elapsed().as_secs_f64() < 1.0 || n < 5 {
+    let timing = time_steps(|| {
         step.run();
-        n += 1;
-    }
-    let per = start.elapsed().as_secs_f64() / n as f64;
-    let iters = ((1.0 / per).ceil() as usize).max(5);
-    let mut rates: Vec<f64> = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..iters {
-                step.run();
-            }
-            iters as f64 / t.elapsed().as_secs_f64()
-        })
-        .collect();
-    let runs = rates.clone();
-    rates.sort_by(f64::total_cmp);
-
-    let (a0, b0) = (
-        ALLOCATIONS.load(Ordering::Relaxed),
-        ALLOCATED_BYTES.load(Ordering::Relaxed),
-    );
-    step.run();
-    let allocs = ALLOCATIONS.load(Ordering::Relaxed) - a0;
-    let alloc_mb = (ALLOCATED_BYTES.load(Ordering::Relaxed) - b0) as f64 / 1e6;
+    });
+    let (median, min, max) = timing.median_min_max();
     // what the step must hold: parameters, their gradients, the input, and the activations
     // kept for backward (x W1, h, e, ‖e‖-normalised e, W normalised, cos: as the graph holds them)
     let param_floats: usize = step
@@ -231,77 +150,21 @@ fn run(dir: &Path, b: usize, c: usize, threads: usize, profile_wanted: bool) {
     let result = serde_json::json!({
         "framework": format!("margrad-{}", env!("CARGO_PKG_VERSION")),
         "threads": threads, "B": b, "C": c,
-        "median": (rates[2] * 1000.0).round() / 1000.0,
-        "min": (rates[0] * 1000.0).round() / 1000.0,
-        "max": (rates[4] * 1000.0).round() / 1000.0,
-        "runs": runs.iter().map(|r| (r * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
-        "steps_per_run": iters,
+        "median": round(median, 3), "min": round(min, 3), "max": round(max, 3),
+        "runs": timing.runs.iter().map(|&r| round(r, 3)).collect::<Vec<_>>(),
+        "steps_per_run": timing.steps_per_run,
         "loss0": first[0], "loss1": first[1], "loss2": first[2],
-        "allocations_per_step": allocs,
-        "allocated_mb_per_step": (alloc_mb * 100.0).round() / 100.0,
-        "peak_rss_mb": peak_rss_mb().map(|m| (m * 10.0).round() / 10.0),
-        "needed_mb": (needed_mb * 10.0).round() / 10.0,
+        "allocations_per_step": timing.allocations_per_step,
+        "allocated_mb_per_step": round(timing.allocated_mb_per_step, 2),
+        "peak_rss_mb": bench::peak_rss_mb().map(|m| round(m, 1)),
+        "needed_mb": round(needed_mb, 1),
     });
     println!("RESULT {result}");
 
     if profile_wanted {
-        profile::enable(true);
-        let _ = profile::take();
-        let steps = iters.max(20);
-        let t = Instant::now();
-        for _ in 0..steps {
+        let title = format!("B = {b}, C = {c}, {threads} thread(s)");
+        print_profile(&title, timing.steps_per_run.max(20), || {
             step.run();
-        }
-        let total_ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
-        let entries = profile::take();
-        println!("\nwhere one step's time goes (B = {b}, C = {c}, {threads} thread(s), profiled):");
-        println!(
-            "{:<16} {:>10} {:>10} {:>7}",
-            "op", "forward", "backward", "share"
-        );
-        let mut accounted = 0.0;
-        let mut categories: Vec<&str> = entries
-            .iter()
-            .filter(|e| e.phase != Phase::Update)
-            .map(|e| e.category)
-            .collect();
-        categories.dedup();
-        for cat in categories {
-            let ms = |phase| {
-                entries
-                    .iter()
-                    .filter(|e| e.category == cat && e.phase == phase)
-                    .map(|e| e.total.as_secs_f64() * 1e3 / steps as f64)
-                    .sum::<f64>()
-            };
-            let (f, bw) = (ms(Phase::Forward), ms(Phase::Backward));
-            accounted += f + bw;
-            println!(
-                "{cat:<16} {f:>8.3}ms {bw:>8.3}ms {:>6.1}%",
-                100.0 * (f + bw) / total_ms
-            );
-        }
-        for e in entries.iter().filter(|e| e.phase == Phase::Update) {
-            let ms = e.total.as_secs_f64() * 1e3 / steps as f64;
-            accounted += ms;
-            let name = match e.category {
-                "optimizer" => "optimizer (SGD)",
-                other => other,
-            };
-            println!(
-                "{name:<16} {ms:>8.3}ms {:>10} {:>6.1}%",
-                "",
-                100.0 * ms / total_ms
-            );
-        }
-        let rest = total_ms - accounted;
-        println!(
-            "{:<16} {:>8.3}ms {:>10} {:>6.1}%",
-            "other",
-            rest,
-            "",
-            100.0 * rest / total_ms
-        );
-        println!("{:<16} {:>8.3}ms", "step", total_ms);
+        });
     }
 }

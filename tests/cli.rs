@@ -645,3 +645,71 @@ fn the_benchmark_and_demonstration_examples_parse_as_the_others_do() {
         "margrad-no-such-folder",
     );
 }
+
+#[test]
+fn the_cnn_step_refuses_bad_arguments_and_data_files() {
+    let dir = temp("cnn-step");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    assert_refused("reference_cnn_step", &[d, "0", "10", "1"], 2, "0 is not in");
+    assert_refused(
+        "reference_cnn_step",
+        &[d, "64", "10", "0"],
+        2,
+        "0 is not in 1..=1024",
+    );
+    assert_refused(
+        "reference_cnn_step",
+        &[d, "64", "ten", "1"],
+        2,
+        "invalid value 'ten'",
+    );
+    assert_refused(
+        "reference_cnn_step",
+        &[d, "64", "10", "1", "--bogus"],
+        2,
+        "'--bogus'",
+    );
+    // a missing file is named
+    assert_refused("reference_cnn_step", &[d, "1", "2", "1"], 1, "c1w.f32");
+    // every file of a batch of 1 over 2 classes, zeros, then one broken at a time
+    let files: [(&str, usize); 13] = [
+        ("c1w", 32 * 9),
+        ("c1b", 32),
+        ("c2w", 32 * 32 * 9),
+        ("c2b", 32),
+        ("c3w", 64 * 32 * 9),
+        ("c3b", 64),
+        ("c4w", 64 * 64 * 9),
+        ("c4b", 64),
+        ("Wf", 3136 * 128),
+        ("bf", 128),
+        ("W", 128 * 2),
+        ("x", 28 * 28),
+        ("y", 1),
+    ];
+    for (name, n) in files {
+        let ext = if name == "y" { "i32" } else { "f32" };
+        std::fs::write(dir.join(format!("{name}.{ext}")), vec![0u8; 4 * n]).unwrap();
+    }
+    // a file whose size does not fit its shape is refused before it is read
+    std::fs::write(dir.join("c3w.f32"), [0u8; 7]).unwrap();
+    assert_refused(
+        "reference_cnn_step",
+        &[d, "1", "2", "1"],
+        1,
+        "c3w.f32: 7 bytes, expected 73728",
+    );
+    std::fs::write(dir.join("c3w.f32"), vec![0u8; 4 * 64 * 32 * 9]).unwrap();
+    // as is a label out of range, negative or too large
+    std::fs::write(dir.join("y.i32"), (-1i32).to_le_bytes()).unwrap();
+    assert_refused(
+        "reference_cnn_step",
+        &[d, "1", "2", "1"],
+        1,
+        "a negative label -1",
+    );
+    std::fs::write(dir.join("y.i32"), 2i32.to_le_bytes()).unwrap();
+    assert_refused("reference_cnn_step", &[d, "1", "2", "1"], 1, "y.i32");
+    let _ = std::fs::remove_dir_all(&dir);
+}
