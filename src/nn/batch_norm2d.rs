@@ -33,22 +33,12 @@ impl BatchNorm2dConfig {
     /// [`Error::InvalidSetting`] for zero channels, an `eps` that is not positive and finite in
     /// the element type `F` (1e-50 is 0 in `f32`), or a momentum outside `[0, 1]`.
     pub fn validate<F: Element>(&self) -> Result<(), Error> {
-        let c = self.channels;
-        Error::check("BatchNorm2d channels", c as f64, c > 0, "positive")?;
-        let eps = F::from_f64(self.eps);
-        Error::check(
+        let names = [
+            "BatchNorm2d channels",
             "BatchNorm2d eps",
-            self.eps,
-            eps > F::ZERO && eps.is_finite(),
-            "positive and finite in the element type",
-        )?;
-        let m = self.momentum;
-        Error::check(
             "BatchNorm2d momentum",
-            m,
-            (0.0..=1.0).contains(&m),
-            "in [0, 1]",
-        )
+        ];
+        super::layers::check_batch_norm::<F>(names, self.channels, self.eps, self.momentum)
     }
 
     /// The stored form of the layer.

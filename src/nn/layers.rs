@@ -228,28 +228,43 @@ impl BatchNorm1dConfig {
     /// `F` (1e-50 is 0 in f32, and would divide a constant feature by zero), or a momentum
     /// outside `[0, 1]`.
     pub fn validate<F: Element>(&self) -> Result<(), Error> {
-        let f = self.features;
-        Error::check("BatchNorm1d features", f as f64, f > 0, "positive")?;
-        let eps = F::from_f64(self.eps);
-        Error::check(
+        let names = [
+            "BatchNorm1d features",
             "BatchNorm1d eps",
-            self.eps,
-            eps > F::ZERO && eps.is_finite(),
-            "positive and finite in the element type",
-        )?;
-        let m = self.momentum;
-        Error::check(
             "BatchNorm1d momentum",
-            m,
-            (0.0..=1.0).contains(&m),
-            "in [0, 1]",
-        )
+        ];
+        check_batch_norm::<F>(names, self.features, self.eps, self.momentum)
     }
 
     /// The stored form of the layer.
     pub fn spec(&self) -> LayerSpec {
         LayerSpec::new(BatchNorm1d::KIND, self)
     }
+}
+
+/// The settings of a batch norm of either kind, in element type `F`, each named by `names`
+/// (the count, eps, momentum): a positive count, an `eps` positive and finite in `F`, a
+/// momentum in `[0, 1]`.
+pub(super) fn check_batch_norm<F: Element>(
+    names: [&'static str; 3],
+    count: usize,
+    eps: f64,
+    momentum: f64,
+) -> Result<(), Error> {
+    Error::check(names[0], count as f64, count > 0, "positive")?;
+    let in_f = F::from_f64(eps);
+    Error::check(
+        names[1],
+        eps,
+        in_f > F::ZERO && in_f.is_finite(),
+        "positive and finite in the element type",
+    )?;
+    Error::check(
+        names[2],
+        momentum,
+        (0.0..=1.0).contains(&momentum),
+        "in [0, 1]",
+    )
 }
 
 /// Batch normalisation over the batch dimension, per feature:
