@@ -1,7 +1,7 @@
 //! Batch normalisation of planes: per channel over the batch and the plane.
 
-use super::{Fill, Forward, LayerSpec, Module, ParamSource};
-use crate::{Element, Error, ParamId, Params, Tensor, Var};
+use super::{Forward, LayerSpec, Module, ParamSource};
+use crate::{Element, Error, ParamId, Params, Var};
 use serde::{Deserialize, Serialize};
 
 /// The settings of a [`BatchNorm2d`] layer (kind `batch_norm2d`), PyTorch's defaults from
@@ -77,20 +77,13 @@ impl BatchNorm2d {
         config: BatchNorm2dConfig,
         source: &mut dyn ParamSource<F>,
     ) -> Self {
-        let mut make = |suffix: &str, fill: Fill, trainable: bool| {
-            let name = format!("{prefix}.{suffix}");
-            let t = source.tensor(&name, &[config.channels], fill);
-            if trainable {
-                params.add(name, t)
-            } else {
-                params.add_buffer(name, t)
-            }
-        };
+        let [weight, bias, running_mean, running_var] =
+            super::layers::batch_norm_tensors(params, prefix, config.channels, source);
         BatchNorm2d {
-            weight: make("weight", Fill::Ones, true),
-            bias: make("bias", Fill::Zeros, true),
-            running_mean: make("running_mean", Fill::Zeros, false),
-            running_var: make("running_var", Fill::Ones, false),
+            weight,
+            bias,
+            running_mean,
+            running_var,
             config,
         }
     }
@@ -117,18 +110,13 @@ impl<F: Element> Module<F> for BatchNorm2d {
             return x.batch_norm_eval(gamma, beta, mean, var, eps);
         }
         let (y, stats) = x.batch_norm_train(gamma, beta, eps);
-        let momentum = F::from_f64(self.config.momentum);
-        let unbias = F::from_f64(stats.count as f64 / (stats.count.max(2) - 1) as f64);
-        let blend = |running: ParamId, batch: &Tensor<F>, factor: F| {
-            let running = cx.params().get(running);
-            Tensor::from_fn(running.shape(), |c| {
-                (F::ONE - momentum) * running.data()[c] + momentum * factor * batch.data()[c]
-            })
-        };
-        let mean = blend(self.running_mean, &stats.mean, F::ONE);
-        let var = blend(self.running_var, &stats.var, unbias);
-        cx.update_buffer(self.running_mean, mean);
-        cx.update_buffer(self.running_var, var);
+        super::layers::record_running_stats(
+            cx,
+            [self.running_mean, self.running_var],
+            [&stats.mean, &stats.var],
+            stats.count,
+            self.config.momentum,
+        );
         y
     }
 

@@ -296,20 +296,13 @@ impl BatchNorm1d {
         config: BatchNorm1dConfig,
         source: &mut dyn ParamSource<F>,
     ) -> Self {
-        let mut make = |suffix: &str, fill: Fill, trainable: bool| {
-            let name = format!("{prefix}.{suffix}");
-            let t = source.tensor(&name, &[config.features], fill);
-            if trainable {
-                params.add(name, t)
-            } else {
-                params.add_buffer(name, t)
-            }
-        };
+        let [weight, bias, running_mean, running_var] =
+            batch_norm_tensors(params, prefix, config.features, source);
         BatchNorm1d {
-            weight: make("weight", Fill::Ones, true),
-            bias: make("bias", Fill::Zeros, true),
-            running_mean: make("running_mean", Fill::Zeros, false),
-            running_var: make("running_var", Fill::Ones, false),
+            weight,
+            bias,
+            running_mean,
+            running_var,
             config,
         }
     }
@@ -318,28 +311,57 @@ impl BatchNorm1d {
     pub fn config(&self) -> &BatchNorm1dConfig {
         &self.config
     }
+}
 
-    fn record_running_stats<F: Element>(
-        &self,
-        cx: &mut Forward<'_, '_, F>,
-        mean: &Tensor<F>,
-        var: &Tensor<F>,
-        batch: usize,
-    ) {
-        let momentum = F::from_f64(self.config.momentum);
-        let keep = F::ONE - momentum;
-        let unbias = F::from_f64(batch as f64 / (batch.max(2) - 1) as f64);
-        let blend = |running: &Tensor<F>, batch_stat: &Tensor<F>, factor: F| {
-            Tensor::from_fn(running.shape(), |i| {
-                keep * running.data()[i] + momentum * factor * batch_stat.data()[i]
-            })
-        };
-        let params = cx.params();
-        let new_mean = blend(params.get(self.running_mean), mean, F::ONE);
-        let new_var = blend(params.get(self.running_var), var, unbias);
-        cx.update_buffer(self.running_mean, new_mean);
-        cx.update_buffer(self.running_var, new_var);
-    }
+/// A batch norm's tensors over `count` features or channels, in PyTorch's order and names:
+/// `{prefix}.weight` (γ = 1), `.bias` (β = 0), and the buffers `.running_mean` (0) and
+/// `.running_var` (1), taken from `source`.
+pub(super) fn batch_norm_tensors<F: Element>(
+    params: &mut Params<F>,
+    prefix: &str,
+    count: usize,
+    source: &mut dyn ParamSource<F>,
+) -> [ParamId; 4] {
+    let mut make = |suffix: &str, fill: Fill, trainable: bool| {
+        let name = format!("{prefix}.{suffix}");
+        let t = source.tensor(&name, &[count], fill);
+        if trainable {
+            params.add(name, t)
+        } else {
+            params.add_buffer(name, t)
+        }
+    };
+    [
+        make("weight", Fill::Ones, true),
+        make("bias", Fill::Zeros, true),
+        make("running_mean", Fill::Zeros, false),
+        make("running_var", Fill::Ones, false),
+    ]
+}
+
+/// Records a training pass's statistics in a batch norm's running buffers, as PyTorch does:
+/// `r ← (1 − momentum)·r + momentum·batch`, the variance made unbiased (`·M/(M − 1)`) over the
+/// `count` values each statistic was taken over.
+pub(super) fn record_running_stats<F: Element>(
+    cx: &mut Forward<'_, '_, F>,
+    [running_mean, running_var]: [ParamId; 2],
+    [mean, var]: [&Tensor<F>; 2],
+    count: usize,
+    momentum: f64,
+) {
+    let momentum = F::from_f64(momentum);
+    let keep = F::ONE - momentum;
+    let unbias = F::from_f64(count as f64 / (count.max(2) - 1) as f64);
+    let blend = |running: &Tensor<F>, batch_stat: &Tensor<F>, factor: F| {
+        Tensor::from_fn(running.shape(), |i| {
+            keep * running.data()[i] + momentum * factor * batch_stat.data()[i]
+        })
+    };
+    let params = cx.params();
+    let new_mean = blend(params.get(running_mean), mean, F::ONE);
+    let new_var = blend(params.get(running_var), var, unbias);
+    cx.update_buffer(running_mean, new_mean);
+    cx.update_buffer(running_var, new_var);
 }
 
 impl<F: Element> Module<F> for BatchNorm1d {
@@ -354,7 +376,13 @@ impl<F: Element> Module<F> for BatchNorm1d {
             let mean = x.mean_dim(0);
             let centred = x - mean;
             let var = (centred * centred).mean_dim(0);
-            self.record_running_stats(cx, &mean.to_tensor(), &var.to_tensor(), x.shape()[0]);
+            record_running_stats(
+                cx,
+                [self.running_mean, self.running_var],
+                [&mean.to_tensor(), &var.to_tensor()],
+                x.shape()[0],
+                self.config.momentum,
+            );
             centred / (var + eps).sqrt()
         } else {
             let (mean, var) = (cx.buffer(self.running_mean), cx.buffer(self.running_var));
