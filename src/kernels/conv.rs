@@ -42,7 +42,7 @@ impl Window {
     }
 
     /// Output elements per plane.
-    fn output_len(&self) -> usize {
+    pub(super) fn output_len(&self) -> usize {
         let [oh, ow] = self.output().expect("a checked window");
         oh * ow
     }
