@@ -61,6 +61,10 @@ fn cases() -> Vec<Case> {
         case([1, 4, 5, 5], 6, 3, o().stride(2).padding(1).groups(2)),
         case([2, 2, 7, 6], 3, 3, o().padding(2).dilation(2)),
         case([1, 2, 9, 9], 2, 3, o().stride(2).dilation(2)),
+        // stride 1, padding within the kernel's reach (the input's gradient is a convolution
+        // of the output's) and beyond it (a 1×1 kernel with padding: scattered back)
+        case([1, 2, 6, 7], 3, 5, o().padding(1)),
+        case([2, 3, 4, 5], 2, 1, o().padding(1)),
         Case {
             input: [2, 2, 5, 6],
             out_channels: 3,
