@@ -195,12 +195,32 @@ fn im2col<F: Element>(x: &[F], window: &Window, col: &mut [F]) {
     let [kh, kw] = window.kernel;
     let [oh, ow] = window.output().expect("a checked window");
     let sw = window.stride[1];
+    // stride 1 and rows as wide as the input's: the taps of consecutive output rows are
+    // consecutive in the input, so a tap's valid rows are one shifted copy, whose
+    // elements that fell outside the row (off the left or right edge) are then zeroed
+    let one_copy = window.stride == [1, 1] && ow == w;
     let fill_row = |row: usize, dst: &mut [F]| {
         let (c, tap) = (row / (kh * kw), row % (kh * kw));
         let (i, j) = (tap / kw, tap % kw);
         let plane = &x[c * h * w..(c + 1) * h * w];
         let (y_lo, y_hi, y_off) = window.valid(0, i, oh);
         let (x_lo, x_hi, x_off) = window.valid(1, j, ow);
+        if one_copy {
+            if y_lo >= y_hi || x_lo >= x_hi {
+                dst.fill(F::ZERO);
+                return;
+            }
+            let (start, end) = (y_lo * ow + x_lo, (y_hi - 1) * ow + x_hi);
+            let src = (start as isize + y_off * w as isize + x_off) as usize;
+            dst[..start].fill(F::ZERO);
+            dst[start..end].copy_from_slice(&plane[src..src + (end - start)]);
+            dst[end..].fill(F::ZERO);
+            for line in dst[y_lo * ow..y_hi * ow].chunks_exact_mut(ow) {
+                line[..x_lo].fill(F::ZERO);
+                line[x_hi..].fill(F::ZERO);
+            }
+            return;
+        }
         for (oy, out) in dst.chunks_mut(ow).enumerate() {
             if oy < y_lo || oy >= y_hi {
                 out.fill(F::ZERO);
