@@ -7,7 +7,8 @@
 //! 11 parameters. The step is the library's [`train_step`] around this forward pass; the input
 //! x `[B, 1, 28, 28]` is a constant buffer.
 //!
-//! `cargo run --release --example reference_cnn_step -- DATA_DIR B C THREADS [--profile]`
+//! `cargo run --release --example reference_cnn_step -- DATA_DIR B C THREADS [--profile]
+//! [--cpu-steps N]`
 //!
 //! DATA_DIR holds x.f32, y.i32, c1w.f32, c1b.f32 ... c4w.f32, c4b.f32, Wf.f32, bf.f32, W.f32.
 //! Besides steps/s it reports GFLOP/s (by the benchmark's count of 111.70 MFLOP per sample at
@@ -148,6 +149,11 @@ struct Cli {
     /// Also print where the step's time goes, op by op
     #[arg(long)]
     profile: bool,
+    /// Instead of the protocol: time this many steps one by one and print a `STEPS {json}`
+    /// line with the median and least wall time and CPU time of the thread that runs them,
+    /// in ms (on a loaded machine the CPU time is the steadier figure)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    cpu_steps: Option<u32>,
 }
 
 fn main() {
@@ -166,16 +172,63 @@ fn main() {
             cli.c as usize,
             threads,
             cli.profile,
+            cli.cpu_steps.map(|n| n as usize),
         )
     });
 }
 
-fn run(dir: &Path, b: usize, c: usize, threads: usize, profile_wanted: bool) {
+/// CPU time the calling thread has run, in ms (Linux's `/proc/thread-self/schedstat`).
+fn thread_cpu_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(stat.split_whitespace().next()?.parse::<f64>().ok()? / 1e6)
+}
+
+/// Times `n` steps one by one: the median and least wall and thread CPU time, in ms.
+fn time_each_step(step: &mut Step, n: usize) -> serde_json::Value {
+    let (mut wall, mut cpu) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let (start, cpu_start) = (std::time::Instant::now(), thread_cpu_ms());
+        step.run();
+        wall.push(start.elapsed().as_secs_f64() * 1e3);
+        cpu.extend(
+            thread_cpu_ms()
+                .zip(cpu_start)
+                .map(|(end, start)| end - start),
+        );
+    }
+    let median_min = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| (round(v[v.len() / 2], 2), round(v[0], 2)))
+    };
+    let (wall, cpu) = (median_min(wall), median_min(cpu));
+    serde_json::json!({
+        "steps": n,
+        "wall_ms_median": wall.map(|w| w.0), "wall_ms_min": wall.map(|w| w.1),
+        "thread_cpu_ms_median": cpu.map(|c| c.0), "thread_cpu_ms_min": cpu.map(|c| c.1),
+    })
+}
+
+fn run(
+    dir: &Path,
+    b: usize,
+    c: usize,
+    threads: usize,
+    profile_wanted: bool,
+    cpu_steps: Option<usize>,
+) {
     let mut step = Step::load(dir, b, c).unwrap_or_else(|e| {
         eprintln!("error: {e}");
         std::process::exit(1)
     });
     let first: Vec<f32> = (0..3).map(|_| step.run()).collect();
+    if let Some(n) = cpu_steps {
+        let mut line = time_each_step(&mut step, n);
+        line["B"] = b.into();
+        line["threads"] = threads.into();
+        line["losses"] = first.into();
+        println!("STEPS {line}");
+        return;
+    }
     let timing = time_steps(|| {
         step.run();
     });

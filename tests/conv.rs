@@ -61,6 +61,10 @@ fn cases() -> Vec<Case> {
         case([1, 4, 5, 5], 6, 3, o().stride(2).padding(1).groups(2)),
         case([2, 2, 7, 6], 3, 3, o().padding(2).dilation(2)),
         case([1, 2, 9, 9], 2, 3, o().stride(2).dilation(2)),
+        // stride 1, padding within the kernel's reach (the input's gradient is a convolution
+        // of the output's) and beyond it (a 1×1 kernel with padding: scattered back)
+        case([1, 2, 6, 7], 3, 5, o().padding(1)),
+        case([2, 3, 4, 5], 2, 1, o().padding(1)),
         Case {
             input: [2, 2, 5, 6],
             out_channels: 3,
@@ -352,6 +356,71 @@ fn max_pool2d_breaks_ties_at_the_first_maximum_in_scan_order() {
     );
 }
 
+/// Max pooling written out: each window's first maximum in scan order (the first NaN if it
+/// holds one), and a gradient of one to the element taken.
+fn first_maxima(x: &Tensor<f32>, o: Pool2dOptions) -> (Vec<f32>, Vec<f32>) {
+    let [n, c, h, w]: [usize; 4] = x.shape().try_into().unwrap();
+    let oh = (h + 2 * o.padding[0] - o.kernel[0]) / o.stride[0] + 1;
+    let ow = (w + 2 * o.padding[1] - o.kernel[1]) / o.stride[1] + 1;
+    let (mut y, mut dx) = (Vec::new(), vec![0.0; x.numel()]);
+    for p in 0..n * c {
+        for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
+            let mut best: Option<usize> = None;
+            for (i, j) in (0..o.kernel[0]).flat_map(|i| (0..o.kernel[1]).map(move |j| (i, j))) {
+                let iy = (oy * o.stride[0] + i).checked_sub(o.padding[0]);
+                let ix = (ox * o.stride[1] + j).checked_sub(o.padding[1]);
+                let (Some(iy), Some(ix)) = (iy, ix) else {
+                    continue;
+                };
+                if iy >= h || ix >= w {
+                    continue;
+                }
+                let t = p * h * w + iy * w + ix;
+                let v = x.data()[t];
+                best = match best {
+                    Some(b) if x.data()[b].is_nan() || !(v > x.data()[b] || v.is_nan()) => Some(b),
+                    _ => Some(t),
+                };
+            }
+            let t = best.unwrap();
+            y.push(x.data()[t]);
+            dx[t] += 1.0;
+        }
+    }
+    (y, dx)
+}
+
+#[test]
+fn max_pool2d_takes_the_first_maximum_among_ties_zeros_of_both_signs_and_nans() {
+    // few distinct values, so most windows hold ties; −0 and +0 are equal but tell apart in bits
+    let mut r = rng(13);
+    let pick = [-0.0, 0.0, 1.0, 1.0, -1.0, f32::NAN];
+    let draws = Tensor::<f32>::rand_uniform(&[4, 4, 15, 17], 0.0, pick.len() as f64, &mut r);
+    let x = Tensor::from_vec(
+        draws
+            .data()
+            .iter()
+            .map(|&u| pick[(u as usize).min(pick.len() - 1)])
+            .collect(),
+        &[4, 4, 15, 17],
+    )
+    .unwrap();
+    // the 2×2 loop of its own, and the general one
+    for o in [
+        Pool2dOptions::new(2),
+        Pool2dOptions::new(3).stride(2).padding(1),
+    ] {
+        let g = Graph::new();
+        let xv = g.leaf(x.clone());
+        let y = xv.max_pool2d(o);
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let (want_y, want_dx) = first_maxima(&x, o);
+        assert_eq!(bits(y.value().data()), bits(&want_y), "{o:?}");
+        let grads = y.sum().backward();
+        assert_eq!(grads.wrt(xv).unwrap().data(), &want_dx[..], "{o:?}");
+    }
+}
+
 #[test]
 fn max_pool2d_propagates_nan() {
     let x = Tensor::<f32>::from_vec(vec![1.0, f32::NAN, 3.0, 2.0], &[1, 1, 2, 2]).unwrap();
@@ -537,7 +606,8 @@ fn every_op_gives_the_same_bits_on_one_and_two_threads() {
         let pools = value_and_grads(std::slice::from_ref(&x), 5, |v| {
             let m = v[0].max_pool2d(Pool2dOptions::new(3).stride(2).padding(1));
             let a = v[0].avg_pool2d(Pool2dOptions::new(3).stride(2).padding(1));
-            (m * a).global_avg_pool2d()
+            let m2 = v[0].max_pool2d(Pool2dOptions::new(2));
+            (m * a + m2).global_avg_pool2d()
         });
         let norm = value_and_grads(&[x.clone(), c16.clone(), c16.clone()], 6, |v| {
             v[0].batch_norm_train(v[1], v[2], 1e-5).0.prelu(v[1])

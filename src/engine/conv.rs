@@ -3,8 +3,9 @@
 //!
 //! Forward: `y[n, o] = b[o] + Σ_{c ∈ group(o), i, j} w[o, c, i, j]·x[n, c, s·oy + d·i − p,
 //! s·ox + d·j − p]` (zero outside the input), run as one GEMM per item and group on the
-//! im2col matrix of the item's receptive fields. Backward: `∂w = Σ_n ∂y_n · colₙᵀ`,
-//! `∂x = col2im(wᵀ · ∂y)`, `∂b[o] = Σ ∂y[·, o, ·]`. Column buffers come from the pool, so a
+//! im2col matrix of the item's receptive fields. Backward: `∂w = Σ_n ∂y_n · colₙᵀ`; `∂x`, with
+//! stride 1, the convolution of `∂y` with the flipped, transposed weights, otherwise
+//! `col2im(wᵀ · ∂y)`; `∂b[o] = Σ ∂y[·, o, ·]`. Column buffers come from the pool, so a
 //! training step reuses the previous step's.
 
 use super::{CustomOp, InputGrad, Var};
@@ -143,15 +144,14 @@ impl<F: Element> CustomOp<F> for Conv {
         let shape = &self.shape;
         if let Some(dx) = &mut grads[0] {
             let fresh = dx.is_fresh();
-            let len = shape.tasks() * shape.col_len();
-            with_scratch(len, |s| {
+            with_scratch(shape.grad_input_scratch(), |s| {
                 kernels::conv2d_grad_input(shape, g, w, dx.data(), fresh, s)
             });
         }
         if let Some(dw) = &mut grads[1] {
             let fresh = dw.is_fresh();
-            with_scratch(shape.col_len(), |col| {
-                kernels::conv2d_grad_weight(shape, g, x, dw.data(), fresh, col)
+            with_scratch(shape.grad_weight_scratch(), |s| {
+                kernels::conv2d_grad_weight(shape, g, x, dw.data(), fresh, s)
             });
         }
         if let Some(Some(db)) = grads.get_mut(2) {
@@ -250,8 +250,7 @@ impl<'g, F: Element> Var<'g, F> {
         {
             let (x, w) = (self.value(), weight.value());
             let b = bias.map(|b| b.value());
-            let len = shape.tasks() * shape.col_len();
-            with_scratch(len, |s| {
+            with_scratch(shape.forward_scratch(), |s| {
                 kernels::conv2d(
                     &shape,
                     x.data(),

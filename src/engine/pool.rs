@@ -80,10 +80,10 @@ fn pool_window(op: &str, xs: &[usize], options: Pool2dOptions) -> ([usize; 4], W
     ([n, c, oh, ow], window)
 }
 
-/// The recorded max pooling: the position each output took.
+/// The recorded max pooling; the backward finds each output's element again from the input
+/// and the output, so nothing per element is kept.
 struct MaxPool {
     window: Window,
-    argmax: Vec<usize>,
 }
 
 impl<F: Element> CustomOp<F> for MaxPool {
@@ -93,14 +93,15 @@ impl<F: Element> CustomOp<F> for MaxPool {
 
     fn backward(
         &self,
-        _: &[&Tensor<F>],
-        _: &Tensor<F>,
+        inputs: &[&Tensor<F>],
+        output: &Tensor<F>,
         g: &[F],
         grads: &mut [Option<InputGrad<'_, F>>],
     ) {
         if let Some(dx) = &mut grads[0] {
             let fresh = dx.is_fresh();
-            kernels::max_pool2d_grad(&self.window, g, &self.argmax, dx.data(), fresh);
+            let (x, y) = (inputs[0].data(), output.data());
+            kernels::max_pool2d_grad(&self.window, x, y, g, dx.data(), fresh);
         }
     }
 }
@@ -167,10 +168,8 @@ impl<'g, F: Element> Var<'g, F> {
         let xs = self.shape();
         let (out_shape, window) = pool_window("max_pool2d", &xs, options);
         let mut out = Tensor::for_overwrite(&out_shape);
-        let mut argmax = vec![0; out.numel()];
-        kernels::max_pool2d(&window, self.value().data(), out.data_mut(), &mut argmax);
-        self.graph()
-            .custom(MaxPool { window, argmax }, &[self], out)
+        kernels::max_pool2d(&window, self.value().data(), out.data_mut());
+        self.graph().custom(MaxPool { window }, &[self], out)
     }
 
     /// Average pooling of an `[N, C, H, W]` input over `k×k` windows:

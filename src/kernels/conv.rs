@@ -1,14 +1,18 @@
 //! Convolution over NCHW planes through the GEMM: each batch item's receptive fields are laid
-//! out as the columns of a matrix (im2col), one product per group gives the item's output, and
-//! the gradients are the two transposed products (the input's scattered back by col2im).
+//! out as the columns of a matrix (im2col), and one product per group gives the item's output.
+//!
+//! The gradients: with stride 1, the input's gradient is itself a convolution, of the output's
+//! gradient with the flipped, transposed weights (so it runs as the forward does, with no
+//! scatter); otherwise it is `wᵀ · ∂y` scattered back by col2im. The weight's gradient is
+//! `Σ_n ∂y_n · colₙᵀ`.
 //!
 //! Two threads: the forward and the input's gradient split the batch into contiguous ranges of
 //! whole items, one range per task with its own column buffer and a single-threaded GEMM; an
-//! item's result never depends on which task computed it. The weight's gradient sums over the
-//! items in their order, one parallel (and thread-count independent) GEMM per item. Results are
-//! bitwise identical on any number of threads.
+//! item's result never depends on which task computed it. The weight's gradient sums the items
+//! of fixed slices of the batch into one partial sum each (the slices spread over the tasks),
+//! then adds the partial sums in order. Results are bitwise identical on any number of threads.
 
-use super::{MatRef, gemm, gemm_serial, lane_sum, parallel};
+use super::{MatRef, gemm_serial, lane_sum, parallel};
 use crate::Element;
 use rayon::prelude::*;
 
@@ -42,7 +46,7 @@ impl Window {
     }
 
     /// Output elements per plane.
-    fn output_len(&self) -> usize {
+    pub(super) fn output_len(&self) -> usize {
         let [oh, ow] = self.output().expect("a checked window");
         oh * ow
     }
@@ -112,13 +116,74 @@ impl ConvShape {
 
     /// How many tasks the batch is split into (each needs [`col_len`](Self::col_len) of
     /// scratch): one per thread, when the work is worth spreading.
-    pub fn tasks(&self) -> usize {
+    fn tasks(&self) -> usize {
         let work = self.batch * self.out_item() * self.col_rows();
         if parallel(work) {
             rayon::current_num_threads().min(self.batch).max(1)
         } else {
             1
         }
+    }
+
+    /// The scratch [`conv2d`] needs: one column buffer per task.
+    pub fn forward_scratch(&self) -> usize {
+        self.tasks() * self.col_len()
+    }
+
+    /// With stride 1, the convolution whose forward is this one's input gradient: it reads
+    /// `∂y` (`[N, O, OH, OW]`) padded by `d(k − 1) − p`, with the weights flipped and
+    /// transposed (`[C, O/groups, kh, kw]`), and gives `[N, C, H, W]`. `None` for other
+    /// strides, or padding beyond the dilated kernel's reach.
+    fn input_grad_conv(&self) -> Option<ConvShape> {
+        let w = &self.window;
+        let reach = |i: usize| w.dilation[i] * (w.kernel[i] - 1);
+        if w.stride != [1, 1] || (0..2).any(|i| w.padding[i] > reach(i)) {
+            return None;
+        }
+        let flipped = ConvShape {
+            batch: self.batch,
+            in_channels: self.out_channels,
+            out_channels: self.in_channels,
+            groups: self.groups,
+            window: Window {
+                input: w.output()?,
+                kernel: w.kernel,
+                stride: [1, 1],
+                padding: [reach(0) - w.padding[0], reach(1) - w.padding[1]],
+                dilation: w.dilation,
+            },
+        };
+        debug_assert_eq!(flipped.window.output(), Some(w.input));
+        Some(flipped)
+    }
+
+    /// The scratch [`conv2d_grad_input`] needs.
+    pub fn grad_input_scratch(&self) -> usize {
+        match self.input_grad_conv() {
+            Some(flipped) => flipped.forward_scratch() + self.weight_len(),
+            None => self.forward_scratch(),
+        }
+    }
+
+    /// Elements of the weight, `O · C/groups · kh · kw`.
+    fn weight_len(&self) -> usize {
+        self.out_channels * self.col_rows()
+    }
+
+    /// The slices of the batch whose weight gradients are summed apart, and the items in each:
+    /// fixed by the batch alone, so that the sums never depend on the threads.
+    fn weight_grad_slices(&self) -> (usize, usize) {
+        /// At most this many partial sums (enough to keep two threads evenly busy).
+        const MAX_SLICES: usize = 8;
+        let per_slice = self.batch.div_ceil(MAX_SLICES).max(1);
+        (self.batch.div_ceil(per_slice), per_slice)
+    }
+
+    /// The scratch [`conv2d_grad_weight`] needs: a column buffer per task, a partial sum per
+    /// slice of the batch.
+    pub fn grad_weight_scratch(&self) -> usize {
+        let (slices, _) = self.weight_grad_slices();
+        self.tasks().min(slices.max(1)) * self.col_len() + slices * self.weight_len()
     }
 }
 
@@ -130,12 +195,32 @@ fn im2col<F: Element>(x: &[F], window: &Window, col: &mut [F]) {
     let [kh, kw] = window.kernel;
     let [oh, ow] = window.output().expect("a checked window");
     let sw = window.stride[1];
+    // stride 1 and rows as wide as the input's: the taps of consecutive output rows are
+    // consecutive in the input, so a tap's valid rows are one shifted copy, whose
+    // elements that fell outside the row (off the left or right edge) are then zeroed
+    let one_copy = window.stride == [1, 1] && ow == w;
     let fill_row = |row: usize, dst: &mut [F]| {
         let (c, tap) = (row / (kh * kw), row % (kh * kw));
         let (i, j) = (tap / kw, tap % kw);
         let plane = &x[c * h * w..(c + 1) * h * w];
         let (y_lo, y_hi, y_off) = window.valid(0, i, oh);
         let (x_lo, x_hi, x_off) = window.valid(1, j, ow);
+        if one_copy {
+            if y_lo >= y_hi || x_lo >= x_hi {
+                dst.fill(F::ZERO);
+                return;
+            }
+            let (start, end) = (y_lo * ow + x_lo, (y_hi - 1) * ow + x_hi);
+            let src = (start as isize + y_off * w as isize + x_off) as usize;
+            dst[..start].fill(F::ZERO);
+            dst[start..end].copy_from_slice(&plane[src..src + (end - start)]);
+            dst[end..].fill(F::ZERO);
+            for line in dst[y_lo * ow..y_hi * ow].chunks_exact_mut(ow) {
+                line[..x_lo].fill(F::ZERO);
+                line[x_hi..].fill(F::ZERO);
+            }
+            return;
+        }
         for (oy, out) in dst.chunks_mut(ow).enumerate() {
             if oy < y_lo || oy >= y_hi {
                 out.fill(F::ZERO);
@@ -184,9 +269,9 @@ fn col2im_acc<F: Element>(col: &[F], window: &Window, dx: &mut [F]) {
     }
 }
 
-/// Calls `f(first_item, items, scratch)` on contiguous ranges of whole batch items of `buf`
-/// (`item_len` elements each), one range per scratch slot (`scratch.len() / col_len` of
-/// them), in parallel when there are several.
+/// Calls `f(first_item, items, column_buffer)` on contiguous ranges of whole batch items of
+/// `buf` (`item_len` elements each), one range per task ([`ConvShape::tasks`], each with its
+/// column buffer from `scratch`), in parallel when there are several.
 fn for_item_ranges<F: Element>(
     shape: &ConvShape,
     buf: &mut [F],
@@ -195,7 +280,7 @@ fn for_item_ranges<F: Element>(
     f: impl Fn(usize, &mut [F], &mut [F]) + Sync + Send,
 ) {
     let col_len = shape.col_len().max(1);
-    let tasks = (scratch.len() / col_len).max(1);
+    let tasks = shape.tasks();
     let per_task = shape.batch.div_ceil(tasks).max(1);
     let run = |(t, (items, col)): (usize, (&mut [F], &mut [F]))| {
         super::simd(
@@ -207,7 +292,7 @@ fn for_item_ranges<F: Element>(
         run((0, (buf, &mut scratch[..shape.col_len()])));
     } else {
         buf.par_chunks_mut(per_task * item_len)
-            .zip(scratch.par_chunks_mut(col_len))
+            .zip(scratch[..tasks * col_len].par_chunks_mut(col_len))
             .enumerate()
             .for_each(run);
     }
@@ -215,7 +300,7 @@ fn for_item_ranges<F: Element>(
 
 /// `y[n, o] = Σ_{c in o's group, i, j} w[o, c, i, j] · x[n, c, s·oy + d·i − p, s·ox + d·j − p]
 /// (+ b[o])`: the forward of a 2-D convolution, written into `out` (`[N, O, OH, OW]`).
-/// `scratch` holds [`ConvShape::tasks`] column buffers of [`ConvShape::col_len`].
+/// `scratch` holds [`ConvShape::forward_scratch`] elements.
 pub fn conv2d<F: Element>(
     shape: &ConvShape,
     x: &[F],
@@ -224,9 +309,23 @@ pub fn conv2d<F: Element>(
     out: &mut [F],
     scratch: &mut [F],
 ) {
+    convolve(shape, x, w, bias, out, false, scratch);
+}
+
+/// [`conv2d`], writing `out` or (`add`) adding to it.
+fn convolve<F: Element>(
+    shape: &ConvShape,
+    x: &[F],
+    w: &[F],
+    bias: Option<&[F]>,
+    out: &mut [F],
+    add: bool,
+    scratch: &mut [F],
+) {
     let (out_item, in_item) = (shape.out_item(), shape.in_item());
     let (gin, gout, rows) = (shape.group_in(), shape.group_out(), shape.col_rows());
     let spatial = shape.window.output_len();
+    let beta = if add { F::ONE } else { F::ZERO };
     for_item_ranges(shape, out, out_item, scratch, |first, items, col| {
         for (k, y) in items.chunks_mut(out_item).enumerate() {
             let xn = &x[(first + k) * in_item..][..in_item];
@@ -242,7 +341,7 @@ pub fn conv2d<F: Element>(
                     F::ONE,
                     wg,
                     cm,
-                    F::ZERO,
+                    beta,
                     &mut y[g * gout * spatial..][..gout * spatial],
                 );
             }
@@ -255,8 +354,11 @@ pub fn conv2d<F: Element>(
     });
 }
 
-/// `∂x = col2im(wᵀ · ∂y)` per item and group: the input's gradient, written into a fresh `dx`
-/// (`fresh`) or added to it. `scratch` as for [`conv2d`].
+/// The input's gradient, written into a fresh `dx` (`fresh`) or added to it. With stride 1,
+/// `∂x[n, c] = Σ_{o in c's group, i, j} w[o, c, kh−1−i, kw−1−j] · ∂y[n, o, y + d·i − p', x +
+/// d·j − p']` with `p' = d(k − 1) − p`: a convolution of `∂y`, run as the forward is;
+/// otherwise `∂x = col2im(wᵀ · ∂y)` per item and group.
+/// `scratch` holds [`ConvShape::grad_input_scratch`] elements.
 pub fn conv2d_grad_input<F: Element>(
     shape: &ConvShape,
     dy: &[F],
@@ -265,6 +367,12 @@ pub fn conv2d_grad_input<F: Element>(
     fresh: bool,
     scratch: &mut [F],
 ) {
+    if let Some(flipped) = shape.input_grad_conv() {
+        let (wt, cols) = scratch.split_at_mut(shape.weight_len());
+        flip_transpose(shape, w, wt);
+        convolve(&flipped, dy, wt, None, dx, !fresh, cols);
+        return;
+    }
     let (out_item, in_item) = (shape.out_item(), shape.in_item());
     let (gin, gout, rows) = (shape.group_in(), shape.group_out(), shape.col_rows());
     let spatial = shape.window.output_len();
@@ -294,54 +402,104 @@ pub fn conv2d_grad_input<F: Element>(
     });
 }
 
-/// `∂w[group] = Σ_n ∂y[n, group] · im2col(x[n, group])ᵀ`, summed over the items in order
-/// (each product spread over the threads by [`gemm`]), written into a fresh `dw` or added.
-/// `col` is one column buffer ([`ConvShape::col_len`]).
+/// `wt[g·C/groups + c, o, i, j] = w[g·O/groups + o, c, kh−1−i, kw−1−j]`: the weights of the
+/// convolution that gives the input's gradient, `[C, O/groups, kh, kw]`.
+fn flip_transpose<F: Element>(shape: &ConvShape, w: &[F], wt: &mut [F]) {
+    let (gin, gout) = (shape.group_in(), shape.group_out());
+    let taps = shape.window.kernel[0] * shape.window.kernel[1];
+    for g in 0..shape.groups {
+        for o in 0..gout {
+            for c in 0..gin {
+                let src = &w[((g * gout + o) * gin + c) * taps..][..taps];
+                let dst = &mut wt[((g * gin + c) * gout + o) * taps..][..taps];
+                // reversing the flat taps flips both axes
+                dst.iter_mut()
+                    .zip(src.iter().rev())
+                    .for_each(|(d, &s)| *d = s);
+            }
+        }
+    }
+}
+
+/// `∂w[group] = Σ_n ∂y[n, group] · im2col(x[n, group])ᵀ`, written into a fresh `dw` or
+/// added. The batch is cut into at most eight fixed slices (fixed by the batch size); each slice's
+/// items are summed in order into a partial sum (the slices spread over the tasks, one
+/// single-threaded GEMM per item), and the partial sums are added in order. `scratch` holds
+/// [`ConvShape::grad_weight_scratch`] elements.
 pub fn conv2d_grad_weight<F: Element>(
     shape: &ConvShape,
     dy: &[F],
     x: &[F],
     dw: &mut [F],
     fresh: bool,
-    col: &mut [F],
+    scratch: &mut [F],
 ) {
     let (out_item, in_item) = (shape.out_item(), shape.in_item());
     let (gin, gout, rows) = (shape.group_in(), shape.group_out(), shape.col_rows());
     let spatial = shape.window.output_len();
     let plane = shape.plane();
-    if shape.batch == 0 && fresh {
-        dw.fill(F::ZERO);
-    }
-    for n in 0..shape.batch {
-        let beta = if fresh && n == 0 { F::ZERO } else { F::ONE };
-        for g in 0..shape.groups {
-            let xg = &x[n * in_item + g * gin * plane..][..gin * plane];
-            if parallel(col.len()) {
-                let window = &shape.window;
-                let [kh, kw] = window.kernel;
-                // the rows of the column matrix are independent: fill them on every thread
-                col.par_chunks_mut(spatial * kh * kw)
-                    .enumerate()
-                    .for_each(|(c, rows)| im2col(&xg[c * plane..][..plane], window, rows));
-            } else {
+    let (slices, per_slice) = shape.weight_grad_slices();
+    let weight_len = shape.weight_len();
+    let col_len = shape.col_len().max(1);
+    let tasks = shape.tasks().min(slices.max(1));
+    let (cols, partials) = scratch.split_at_mut(tasks * shape.col_len());
+    let partials = &mut partials[..slices * weight_len];
+    // the partial sum of slice `s` of the batch
+    let slice_sum = |s: usize, partial: &mut [F], col: &mut [F]| {
+        let items = s * per_slice..((s + 1) * per_slice).min(shape.batch);
+        for (k, n) in items.enumerate() {
+            let beta = if k == 0 { F::ZERO } else { F::ONE };
+            for g in 0..shape.groups {
+                let xg = &x[n * in_item + g * gin * plane..][..gin * plane];
                 im2col(xg, &shape.window, col);
+                let dyg = MatRef::new(
+                    &dy[n * out_item + g * gout * spatial..][..gout * spatial],
+                    gout,
+                    spatial,
+                    false,
+                );
+                let ct = MatRef::new(col, rows, spatial, true);
+                gemm_serial(
+                    F::ONE,
+                    dyg,
+                    ct,
+                    beta,
+                    &mut partial[g * gout * rows..][..gout * rows],
+                );
             }
-            let dyg = MatRef::new(
-                &dy[n * out_item + g * gout * spatial..][..gout * spatial],
-                gout,
-                spatial,
-                false,
-            );
-            let ct = MatRef::new(col, rows, spatial, true);
-            gemm(
-                F::ONE,
-                dyg,
-                ct,
-                beta,
-                &mut dw[g * gout * rows..][..gout * rows],
-            );
+        }
+    };
+    if weight_len > 0 {
+        let per_task = slices.div_ceil(tasks).max(1);
+        let run = |(t, (partials, col)): (usize, (&mut [F], &mut [F]))| {
+            super::simd(
+                #[inline(always)]
+                || {
+                    for (k, partial) in partials.chunks_mut(weight_len).enumerate() {
+                        slice_sum(t * per_task + k, partial, col);
+                    }
+                },
+            )
+        };
+        if tasks == 1 {
+            run((0, (&mut *partials, &mut cols[..shape.col_len()])));
+        } else {
+            partials
+                .par_chunks_mut(per_task * weight_len)
+                .zip(cols.par_chunks_mut(col_len))
+                .enumerate()
+                .for_each(run);
         }
     }
+    super::simd(
+        #[inline(always)]
+        || {
+            for (i, d) in dw.iter_mut().enumerate() {
+                let total = (0..slices).fold(F::ZERO, |t, s| t + partials[s * weight_len + i]);
+                super::store_grad(d, total, fresh);
+            }
+        },
+    );
 }
 
 /// `∂b[o] = Σ_n Σ_{positions} ∂y[n, o, ·]`, items in order; written into a fresh `db` or added.

@@ -1,7 +1,7 @@
 //! Pooling over the `H×W` planes of an NCHW tensor: each plane is pooled on its own, so the
 //! planes are spread over the threads and results never depend on their number.
 
-use super::{Window, for_row_blocks, lane_sum, parallel, simd, store_grad};
+use super::{CHUNK, Window, for_row_blocks, lane_sum, parallel, simd, store_grad};
 use crate::Element;
 use rayon::prelude::*;
 
@@ -24,72 +24,171 @@ fn taps(window: &Window, oy: usize, ox: usize) -> impl Iterator<Item = usize> + 
         })
 }
 
-/// `y[p, oy, ox] = max` over the window of plane `p` (padding is −∞, never chosen), with the
-/// flat position of the maximum in `argmax`: the first in scan order on ties; a NaN is the
-/// maximum (the first NaN), so that it propagates.
-pub fn max_pool2d<F: Element>(window: &Window, x: &[F], out: &mut [F], argmax: &mut [usize]) {
-    let [oh, ow] = window.output().expect("a checked window");
-    let (plane, out_plane) = (window.input[0] * window.input[1], oh * ow);
-    let pool = |(p, (y, arg)): (usize, (&mut [F], &mut [usize]))| {
-        let xp = &x[p * plane..][..plane];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut best: Option<(usize, F)> = None;
-                for t in taps(window, oy, ox) {
-                    let v = xp[t];
-                    let better = match best {
-                        None => true,
-                        #[allow(clippy::eq_op)]
-                        Some((_, b)) => b == b && (v > b || v != v),
-                    };
-                    if better {
-                        best = Some((t, v));
-                    }
-                }
-                let (t, v) = best.expect("every window holds an input element");
-                y[oy * ow + ox] = v;
-                arg[oy * ow + ox] = t;
-            }
-        }
-    };
+/// Whether `v` displaces `best` as a window's maximum, scanning in order: it is larger, or it
+/// is the first NaN (a NaN is the maximum, so that it propagates). Equal values keep the first.
+#[inline(always)]
+#[allow(clippy::eq_op)]
+fn displaces<F: Element>(best: F, v: F) -> bool {
+    best == best && (v > best || v != v)
+}
+
+/// The larger of two window elements in scan order, `a` first (see [`displaces`]).
+#[inline(always)]
+fn pick<F: Element>(a: F, b: F) -> F {
+    if displaces(a, b) { b } else { a }
+}
+
+/// Whether the window is 2×2, moved by 2, without padding: the pooling of most CNNs, which
+/// has a loop of its own.
+fn is_two_by_two(window: &Window) -> bool {
+    window.kernel == [2, 2]
+        && window.stride == [2, 2]
+        && window.padding == [0, 0]
+        && window.dilation == [1, 1]
+}
+
+/// Calls `f(input_plane, output_plane)` on each plane, in parallel when `x` is large.
+fn for_planes<F: Element>(
+    window: &Window,
+    x: &[F],
+    out: &mut [F],
+    f: impl Fn(&[F], &mut [F]) + Sync + Send,
+) {
+    let plane = window.input[0] * window.input[1];
+    let out_plane = window.output_len();
     if out_plane == 0 {
         return;
     }
-    let planes = out.chunks_mut(out_plane).zip(argmax.chunks_mut(out_plane));
+    let per_block = (CHUNK / out_plane).max(1);
+    let run = |(b, block): (usize, &mut [F])| {
+        simd(
+            #[inline(always)]
+            || {
+                for (k, y) in block.chunks_mut(out_plane).enumerate() {
+                    f(&x[(b * per_block + k) * plane..][..plane], y);
+                }
+            },
+        )
+    };
     if !parallel(x.len()) {
-        planes.enumerate().for_each(pool);
-    } else {
-        out.par_chunks_mut(out_plane)
-            .zip(argmax.par_chunks_mut(out_plane))
+        out.chunks_mut(per_block * out_plane)
             .enumerate()
-            .for_each(pool);
+            .for_each(run);
+    } else {
+        out.par_chunks_mut(per_block * out_plane)
+            .enumerate()
+            .for_each(run);
     }
 }
 
-/// `∂x[p, argmax[p, o]] += ∂y[p, o]`: each output's gradient to the element it took. `dx` is
-/// zeroed first when `fresh`.
+/// `y[p, oy, ox] = max` over the window of plane `p` (padding is −∞, never chosen). The
+/// element taken is the first maximum in scan order (row by row), or the first NaN, so that
+/// it propagates; [`max_pool2d_grad`] finds the same element again from `x` and `y`.
+pub fn max_pool2d<F: Element>(window: &Window, x: &[F], out: &mut [F]) {
+    let [oh, ow] = window.output().expect("a checked window");
+    let w = window.input[1];
+    if is_two_by_two(window) {
+        for_planes(window, x, out, |xp, y| {
+            for (oy, y) in y.chunks_exact_mut(ow).enumerate() {
+                let (top, bottom) = (
+                    &xp[2 * oy * w..][..2 * ow],
+                    &xp[(2 * oy + 1) * w..][..2 * ow],
+                );
+                for ((y, t), b) in y
+                    .iter_mut()
+                    .zip(top.chunks_exact(2))
+                    .zip(bottom.chunks_exact(2))
+                {
+                    // scan order: the top pair, then the bottom pair
+                    *y = pick(pick(t[0], t[1]), pick(b[0], b[1]));
+                }
+            }
+        });
+        return;
+    }
+    for_planes(window, x, out, |xp, y| {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut taps = taps(window, oy, ox).map(|t| xp[t]);
+                let first = taps.next().expect("every window holds an input element");
+                y[oy * ow + ox] = taps.fold(first, pick);
+            }
+        }
+    });
+}
+
+/// `∂x[p, t] += ∂y[p, o]` where `t` is the element output `o` took: the first in scan order
+/// equal to `y[p, o]` (the first NaN when `y` is NaN), which is the one [`max_pool2d`]
+/// chose. `dx` is zeroed first when `fresh`.
 pub fn max_pool2d_grad<F: Element>(
     window: &Window,
+    x: &[F],
+    y: &[F],
     dy: &[F],
-    argmax: &[usize],
     dx: &mut [F],
     fresh: bool,
 ) {
     let plane = window.input[0] * window.input[1];
     let [oh, ow] = window.output().expect("a checked window");
     let out_plane = oh * ow;
+    #[allow(clippy::eq_op)]
+    let taken = |v: F, best: F| v == best || (best != best && v != v);
+    let [h, w] = window.input;
+    if is_two_by_two(window) {
+        // every element is in at most one window: each is written once, unless the plane has
+        // an odd row or column, which no window covers
+        let overwrite = fresh && h % 2 == 0 && w % 2 == 0;
+        for_row_blocks(dx, plane, |first, block| {
+            if fresh && !overwrite {
+                block.fill(F::ZERO);
+            }
+            for (k, dxp) in block.chunks_mut(plane).enumerate() {
+                let p = first + k;
+                let xp = &x[p * plane..][..plane];
+                let (g, yp) = (
+                    &dy[p * out_plane..][..out_plane],
+                    &y[p * out_plane..][..out_plane],
+                );
+                for oy in 0..oh {
+                    let (top, rest) = dxp[2 * oy * w..].split_at_mut(w);
+                    let bottom = &mut rest[..w];
+                    let (xt, xb) = (&xp[2 * oy * w..][..w], &xp[(2 * oy + 1) * w..][..w]);
+                    for ox in 0..ow {
+                        let (best, g) = (yp[oy * ow + ox], g[oy * ow + ox]);
+                        let j = 2 * ox;
+                        // the first of the four, in scan order, that the forward took
+                        let t0 = taken(xt[j], best);
+                        let t1 = !t0 && taken(xt[j + 1], best);
+                        let t2 = !(t0 || t1) && taken(xb[j], best);
+                        let t3 = !(t0 || t1 || t2);
+                        let share = |t: bool| if t { g } else { F::ZERO };
+                        store_grad(&mut top[j], share(t0), overwrite);
+                        store_grad(&mut top[j + 1], share(t1), overwrite);
+                        store_grad(&mut bottom[j], share(t2), overwrite);
+                        store_grad(&mut bottom[j + 1], share(t3), overwrite);
+                    }
+                }
+            }
+        });
+        return;
+    }
     for_row_blocks(dx, plane, |first, block| {
         if fresh {
             block.fill(F::ZERO);
         }
         for (k, dxp) in block.chunks_mut(plane).enumerate() {
             let p = first + k;
-            let (g, arg) = (
+            let xp = &x[p * plane..][..plane];
+            let (g, yp) = (
                 &dy[p * out_plane..][..out_plane],
-                &argmax[p * out_plane..][..out_plane],
+                &y[p * out_plane..][..out_plane],
             );
-            for (&g, &t) in g.iter().zip(arg) {
-                dxp[t] += g;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (best, g) = (yp[oy * ow + ox], g[oy * ow + ox]);
+                    let t = taps(window, oy, ox).find(|&t| taken(xp[t], best));
+                    dxp[t.expect("the maximum is one of the window's elements")] += g;
+                }
             }
         }
     });
