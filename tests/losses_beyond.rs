@@ -6,13 +6,14 @@
 mod common;
 use common::rng;
 use margrad::loss::composed::{
-    adaface_loss_composed, magface_loss_composed, margin_cross_entropy_composed,
-    max_over_subcenters_composed, sphereface2_loss_composed,
+    adaface_loss_composed, curricularface_loss_composed, magface_loss_composed,
+    margin_cross_entropy_composed, max_over_subcenters_composed, sphereface2_loss_composed,
 };
 use margrad::loss::{
-    AdaFace, AdaFaceNorms, ArcFallback, MagFace, MarginLoss, Reduction, SphereFace2, adaface_loss,
-    chosen_subcenters, dominant_subcenters, far_from_dominant, magface_loss,
-    margin_cross_entropy_with, max_over_subcenters, sphereface2_loss,
+    AdaFace, AdaFaceNorms, ArcFallback, CurricularFace, CurricularFaceState, MagFace, MarginLoss,
+    Reduction, SphereFace2, adaface_loss, chosen_subcenters, curricularface_loss,
+    dominant_subcenters, far_from_dominant, magface_loss, margin_cross_entropy_with,
+    max_over_subcenters, sphereface2_loss,
 };
 use margrad::{Element, Error, GradcheckOptions, Graph, Labels, Tensor, Var, gradcheck_with};
 
@@ -1391,5 +1392,220 @@ fn magface_bad_settings_and_inputs_are_clear_errors() {
             None
         )),
         "MagFace upper norm u_a"
+    );
+}
+
+// ---- CurricularFace ----
+
+fn curricularface_cases() -> Vec<(CurricularFace, CurricularFaceState)> {
+    let default = CurricularFace::default();
+    let other = CurricularFace {
+        margin: 0.35,
+        scale: 30.0,
+        momentum: 0.1,
+    };
+    [0.0, 0.3, 0.9, -0.5]
+        .into_iter()
+        .map(|t| (default.clone(), CurricularFaceState { t }))
+        .chain([(other, CurricularFaceState { t: 0.6 })])
+        .collect()
+}
+
+fn curricularface_heads(
+    loss: CurricularFace,
+    state: CurricularFaceState,
+) -> (Box<Head>, Box<Head>) {
+    let (l2, s2) = (loss.clone(), state.clone());
+    (
+        Box::new(move |x, _, labels, r, w| {
+            curricularface_loss(x, labels, &loss, &state, r, w).unwrap()
+        }),
+        Box::new(move |x, _, labels, r, w| {
+            curricularface_loss_composed(x, labels, &l2, &s2, r, w).unwrap()
+        }),
+    )
+}
+
+#[test]
+fn curricularface_fused_matches_composed_for_settings_states_reductions_and_weights() {
+    for (loss, state) in curricularface_cases() {
+        let (fused, composed) = curricularface_heads(loss.clone(), state.clone());
+        for (b, c) in [(1, 2), (5, 3), (5, 17), (40, 1100)] {
+            let cos = Tensor::rand_uniform(&[b, c], -0.95, 0.95, &mut rng((b * c) as u64));
+            let norms = Tensor::ones(&[b]);
+            let what = format!("{loss:?} {state:?}");
+            assert_fused_matches_composed(&*fused, &*composed, &cos, &norms, &labels(b, c), &what);
+        }
+    }
+}
+
+#[test]
+fn curricularface_fused_and_composed_pass_gradcheck() {
+    for (loss, state) in curricularface_cases() {
+        let (fused, composed) = curricularface_heads(loss.clone(), state.clone());
+        for (b, c) in [(1, 2), (4, 6), (3, 9)] {
+            let cos = Tensor::rand_uniform(&[b, c], -0.95, 0.95, &mut rng(17 + c as u64));
+            let (norms, labels) = (Tensor::ones(&[b]), labels(b, c));
+            for (name, head) in [("fused", &fused), ("composed", &composed)] {
+                let what = format!("{name} {loss:?} {state:?}");
+                assert_gradcheck(&**head, &cos, &norms, &labels, false, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn curricularface_three_class_value_and_gradient_by_hand() {
+    let loss = CurricularFace::default();
+    let state = CurricularFaceState { t: 0.4 };
+    let (s, m, t) = (64.0f64, 0.5f64, 0.4f64);
+    // target 0.6 (θ = 53.1°, τ = cos(θ + m) = 0.16): class 1 at 0.5 is hard, class 2 at 0.1 not
+    let (c_y, c_hard, c_easy) = (0.6f64, 0.5f64, 0.1f64);
+    let theta = c_y.acos();
+    let tau = (theta + m).cos();
+    assert!(c_hard > tau && c_easy < tau, "τ = {tau}");
+    let z = [s * (theta + m).cos(), s * c_hard * (t + c_hard), s * c_easy];
+    let lse = z.iter().map(|v| v.exp()).sum::<f64>().ln();
+    let p: Vec<f64> = z.iter().map(|v| (v - lse).exp()).collect();
+    let g = Graph::<f64>::new();
+    let x = g.leaf(Tensor::from_vec(vec![c_y, c_hard, c_easy], &[1, 3]).unwrap());
+    let one = Labels::new(vec![0], 3).unwrap();
+    let out = curricularface_loss(x, &one, &loss, &state, Reduction::Mean, None).unwrap();
+    assert!((out.item() - (lse - z[0])).abs() < 1e-12);
+    let d = out.backward().wrt(x).unwrap().data().to_vec();
+    assert!((d[0] - (p[0] - 1.0) * s * (theta + m).sin() / theta.sin()).abs() < 1e-12);
+    assert!((d[1] - p[1] * s * (t + 2.0 * c_hard)).abs() < 1e-12);
+    assert!((d[2] - p[2] * s).abs() < 1e-12);
+}
+
+#[test]
+fn curricularface_t_follows_the_update_rule_and_round_trips() {
+    let mut state = CurricularFaceState::default();
+    assert_eq!(state.t, 0.0);
+    // target cosines 0.5 and 0.7 (labels 1 and 0): t = 0.01·0.6
+    let cos = Tensor::from_vec(vec![0.1, 0.5, 0.7, -0.2], &[2, 2]).unwrap();
+    let labels = Labels::new(vec![1, 0], 2).unwrap();
+    state.update(&cos, &labels, 0.01).unwrap();
+    assert!((state.t - 0.006).abs() < 1e-15, "{}", state.t);
+    state.update(&cos, &labels, 0.01).unwrap();
+    assert!((state.t - (0.006 + 0.01 * (0.6 - 0.006))).abs() < 1e-15);
+    // cosines past ±1 count as ±1
+    let mut full = CurricularFaceState::default();
+    let past = Tensor::from_vec(vec![1.5f32, 0.0], &[1, 2]).unwrap();
+    full.update(&past, &Labels::new(vec![0], 2).unwrap(), 1.0)
+        .unwrap();
+    assert_eq!(full.t, 1.0);
+    let json = serde_json::to_string(&state).unwrap();
+    assert_eq!(
+        serde_json::from_str::<CurricularFaceState>(&json).unwrap(),
+        state
+    );
+    // errors change nothing
+    let before = state.clone();
+    let nan = Tensor::from_vec(vec![f64::NAN, 0.5], &[1, 2]).unwrap();
+    assert!(matches!(
+        state.update(&nan, &Labels::new(vec![0], 2).unwrap(), 0.01),
+        Err(Error::NonFinite { index: 0, .. })
+    ));
+    assert!(matches!(
+        state.update(&cos, &Labels::new(vec![1, 0, 1], 2).unwrap(), 0.01),
+        Err(Error::DataLength { .. })
+    ));
+    assert!(matches!(
+        state.update(&cos, &Labels::new(vec![1, 2], 3).unwrap(), 0.01),
+        Err(Error::LabelOutOfRange { index: 1, .. })
+    ));
+    assert_eq!(
+        invalid_setting(state.update(&cos, &labels, 0.0)),
+        "CurricularFace momentum"
+    );
+    assert_eq!(state, before);
+}
+
+#[test]
+fn curricularface_is_finite_at_s64_with_cosines_at_one_t_at_its_ends_and_at_the_threshold() {
+    let loss = CurricularFace::default();
+    let th = (std::f64::consts::PI - 0.5).cos();
+    let labels = Labels::new(vec![0, 1, 2, 0, 1], 3).unwrap();
+    let cos = [
+        1.0, -1.0, 1.0, //
+        -1.0, -1.0, 1.0, //
+        0.3, -0.2, 1.000_001, //
+        th, th, 0.5, //
+        0.0, 1.0, 0.5,
+    ];
+    let norms = [1.0; 5];
+    for t in [-1.0, 0.0, 1.0] {
+        let state = CurricularFaceState { t };
+        let what = format!("curricularface t = {t}");
+        let d = assert_finite_in_f32_and_f64(
+            |x, _| curricularface_loss(x, &labels, &loss, &state, Reduction::Mean, None).unwrap(),
+            |x, _| curricularface_loss(x, &labels, &loss, &state, Reduction::Mean, None).unwrap(),
+            &cos,
+            &norms,
+            &labels,
+            &what,
+        );
+        let g = Graph::<f64>::new();
+        let x = g.leaf(Tensor::from_vec(cos.to_vec(), &[5, 3]).unwrap());
+        let out =
+            curricularface_loss_composed(x, &labels, &loss, &state, Reduction::Mean, None).unwrap();
+        let composed = out.backward().wrt(x).unwrap().clone();
+        assert!(composed.max_abs_diff(&d) < 1e-8, "{what}: composed differs");
+    }
+}
+
+#[test]
+fn curricularface_bad_settings_and_inputs_are_clear_errors() {
+    let named = |loss: CurricularFace| invalid_setting(loss.validate());
+    let default = CurricularFace::default();
+    assert_eq!(
+        named(CurricularFace {
+            margin: -0.1,
+            ..default.clone()
+        }),
+        "angular margin m2"
+    );
+    assert_eq!(
+        named(CurricularFace {
+            scale: 0.0,
+            ..default.clone()
+        }),
+        "scale"
+    );
+    assert_eq!(
+        named(CurricularFace {
+            momentum: 2.0,
+            ..default.clone()
+        }),
+        "CurricularFace momentum"
+    );
+    let g = Graph::<f64>::new();
+    let cos = g.constant(Tensor::zeros(&[2, 3]));
+    let ok = Labels::new(vec![0, 2], 3).unwrap();
+    let state = CurricularFaceState { t: 1.5 };
+    assert_eq!(
+        invalid_setting(curricularface_loss(
+            cos,
+            &ok,
+            &default,
+            &state,
+            Reduction::Mean,
+            None
+        )),
+        "CurricularFace t"
+    );
+    let fine = CurricularFaceState::default();
+    let weights = [1.0, -1.0];
+    assert_eq!(
+        invalid_setting(curricularface_loss_composed(
+            cos,
+            &ok,
+            &default,
+            &fine,
+            Reduction::Mean,
+            Some(&weights)
+        )),
+        "sample weight"
     );
 }

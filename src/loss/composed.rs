@@ -3,12 +3,13 @@
 //! each formula. Slower by design: it materialises every intermediate `B×C` matrix.
 
 use super::adaface::{ADAFACE_EPS, check_adaface};
+use super::curricularface::check_curricularface;
 use super::magface::check_magface;
 use super::sphereface2::check_sphereface2;
 use super::subcenter::{argmax_in_group, class_dims};
 use super::{
-    AdaFace, AdaFaceNorms, ArcFallback, CLAMP, MagFace, MarginLoss, Reduction, SphereFace2,
-    check_batch, check_subcenters,
+    AdaFace, AdaFaceNorms, ArcFallback, CLAMP, CurricularFace, CurricularFaceState, MagFace,
+    MarginLoss, Reduction, SphereFace2, check_batch, check_subcenters,
 };
 use crate::{Element, Error, Graph, Labels, Tensor, Var};
 
@@ -39,43 +40,10 @@ pub fn margin_cross_entropy_composed<'g, F: Element>(
 ) -> Result<Var<'g, F>, Error> {
     let (batch, row_weight) =
         check_batch(cos, labels, loss, weights, "margin_cross_entropy_composed")?;
-    let classes = cos.shape()[1];
     let g = cos.graph();
     let f = F::from_f64;
-    let c_values = cos.to_tensor();
-    let mask = |pick: &dyn Fn(usize, F) -> bool| {
-        g.constant(Tensor::from_fn(&[batch, classes], |i| {
-            if pick(i, c_values.data()[i]) {
-                F::ONE
-            } else {
-                F::ZERO
-            }
-        }))
-    };
-    let is_target = |i: usize| labels.values()[i / classes] == i % classes;
-    let target = mask(&|i, _| is_target(i));
-    let others = mask(&|i, _| !is_target(i));
-
-    let psi = if loss.is_angular() {
-        let limit = 1.0 - CLAMP;
-        let inside = mask(&|_, c| c.to_f64().abs() < limit);
-        let clamp_values = g.constant(Tensor::from_fn(&[batch, classes], |i| {
-            f(c_values.data()[i].to_f64().clamp(-limit, limit))
-        }));
-        let outside = mask(&|_, c| c.to_f64().abs() >= limit);
-        let clamped = cos * inside + clamp_values * outside;
-        let arc = (clamped.acos() * f(loss.angular_multiplier) + f(loss.angular_margin)).cos();
-        match loss.fallback_rule() {
-            None => arc,
-            Some((th, shift)) => {
-                let falls = mask(&|_, c| c.to_f64().clamp(-limit, limit) <= th);
-                let stays = mask(&|_, c| c.to_f64().clamp(-limit, limit) > th);
-                arc * stays + (clamped - f(shift)) * falls
-            }
-        }
-    } else {
-        cos
-    };
+    let (target, others) = target_masks(g, labels, batch, cos.shape()[1]);
+    let psi = psi_composed(cos, loss);
     let s = loss.scale;
     let z_target = (psi - f(loss.cosine_margin)) * f(s / loss.target_divisor);
     let z_others = cos * f(s) + f(s * loss.nontarget_margin);
@@ -181,6 +149,26 @@ pub fn sphereface2_loss_composed<'g, F: Element>(
     Ok(weighted(per_sample, &row_weight, reduction))
 }
 
+/// `ψ(c)` of `loss` for every cosine: `cos(m1·arccos(clamp(c)) + m2)`, with the fallback
+/// selected by constant masks; `c` itself when the loss is not angular.
+fn psi_composed<'g, F: Element>(cos: Var<'g, F>, loss: &MarginLoss) -> Var<'g, F> {
+    if !loss.is_angular() {
+        return cos;
+    }
+    let f = F::from_f64;
+    let limit = 1.0 - CLAMP;
+    let clamped = clamp_by_masks(cos, -limit, limit);
+    let arc = (clamped.acos() * f(loss.angular_multiplier) + f(loss.angular_margin)).cos();
+    match loss.fallback_rule() {
+        None => arc,
+        Some((th, shift)) => {
+            let falls = constant_like(clamped, |_, c| if c <= th { 1.0 } else { 0.0 });
+            let stays = constant_like(clamped, |_, c| if c > th { 1.0 } else { 0.0 });
+            arc * stays + (clamped - f(shift)) * falls
+        }
+    }
+}
+
 /// The per-sample losses `L` (`[B, 1]`) weighted by `row_weight` and reduced.
 fn weighted<'g, F: Element>(
     per_sample: Var<'g, F>,
@@ -200,10 +188,9 @@ fn weighted<'g, F: Element>(
 /// A constant shaped as `x` holding `f(i, x_i)` for each element (flat index, value).
 fn constant_like<'g, F: Element>(x: Var<'g, F>, f: impl Fn(usize, f64) -> f64) -> Var<'g, F> {
     let values = x.to_tensor();
-    x.graph()
-        .constant(Tensor::from_fn(values.shape(), |i| {
-            F::from_f64(f(i, values.data()[i].to_f64()))
-        }))
+    x.graph().constant(Tensor::from_fn(values.shape(), |i| {
+        F::from_f64(f(i, values.data()[i].to_f64()))
+    }))
 }
 
 /// `clamp(x, lo, hi)` from constant masks: `x` where it lies in `[lo, hi]`, the bound (a
@@ -348,5 +335,54 @@ pub fn magface_loss_composed<'g, F: Element>(
     let z = target * (psi * s) + others * (cos * s);
     let regulariser = (a * f(1.0 / (ua * ua)) + a.powf(f(-1.0))) * f(loss.lambda_g);
     let per_sample = -z.log_softmax().pick(labels) + regulariser;
+    Ok(weighted(per_sample, &row_weight, reduction))
+}
+
+/// [`curricularface_loss`](super::curricularface_loss), composed from primitives, with `t`
+/// and the hard negatives' mask `H` (from the values: `c_ij > τ_i`, j ≠ y_i) as constants:
+///
+/// ```text
+/// z   = t ⊙ s·ψ(c) + (1 − t − H) ⊙ s·c + H ⊙ s·c ⊙ (c + t)      ψ: ArcFace with threshold
+/// L_i = −log_softmax(z)_{i, y_i}
+/// ```
+///
+/// # Errors
+/// As [`curricularface_loss`](super::curricularface_loss).
+///
+/// # Panics
+/// When `cos` is not rank 2.
+#[track_caller]
+pub fn curricularface_loss_composed<'g, F: Element>(
+    cos: Var<'g, F>,
+    labels: &Labels,
+    loss: &CurricularFace,
+    state: &CurricularFaceState,
+    reduction: Reduction,
+    weights: Option<&[f64]>,
+) -> Result<Var<'g, F>, Error> {
+    let (batch, row_weight) =
+        check_curricularface(cos, labels, loss, state, weights, "curricularface_composed")?;
+    let g = cos.graph();
+    let f = F::from_f64;
+    let classes = cos.shape()[1];
+    let (target, others) = target_masks(g, labels, batch, classes);
+    let values = cos.to_tensor();
+    let thresholds: Vec<f64> = (0..batch)
+        .map(|r| {
+            let c = values.data()[r * classes + labels.values()[r]].to_f64();
+            loss.hardness_threshold(c)
+        })
+        .collect();
+    let is_hard = |i: usize, c: f64| {
+        labels.values()[i / classes] != i % classes && c > thresholds[i / classes]
+    };
+    let hard = constant_like(cos, |i, c| if is_hard(i, c) { 1.0 } else { 0.0 });
+    let easy = others - hard;
+    let arcface = MarginLoss::arcface(loss.scale, loss.margin, ArcFallback::Threshold)?;
+    let s = f(loss.scale);
+    let z = target * (psi_composed(cos, &arcface) * s)
+        + easy * (cos * s)
+        + hard * (cos * (cos + f(state.t)) * s);
+    let per_sample = -z.log_softmax().pick(labels);
     Ok(weighted(per_sample, &row_weight, reduction))
 }

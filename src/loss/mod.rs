@@ -13,6 +13,7 @@
 mod adaface;
 mod blocked;
 pub mod composed;
+mod curricularface;
 mod fused;
 mod magface;
 mod margin;
@@ -21,6 +22,7 @@ mod subcenter;
 
 pub use adaface::{ADAFACE_EPS, ADAFACE_NORM_RANGE, AdaFace, AdaFaceNorms, adaface_loss};
 pub use blocked::{BlockedHead, ClassSample, HEAD_NORM_EPS};
+pub use curricularface::{CurricularFace, CurricularFaceState, curricularface_loss};
 pub use magface::{MagFace, magface_loss};
 pub use margin::{ArcFallback, LossKind, LossSettings, MarginLoss};
 use margin::{CLAMP, LogitMap};
