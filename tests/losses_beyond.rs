@@ -6,14 +6,15 @@
 mod common;
 use common::rng;
 use margrad::loss::composed::{
-    adaface_loss_composed, curricularface_loss_composed, magface_loss_composed,
-    margin_cross_entropy_composed, max_over_subcenters_composed, sphereface2_loss_composed,
+    adaface_loss_composed, curricularface_loss_composed, elasticface_loss_composed,
+    magface_loss_composed, margin_cross_entropy_composed, max_over_subcenters_composed,
+    sphereface2_loss_composed,
 };
 use margrad::loss::{
-    AdaFace, AdaFaceNorms, ArcFallback, CurricularFace, CurricularFaceState, MagFace, MarginLoss,
-    Reduction, SphereFace2, adaface_loss, chosen_subcenters, curricularface_loss,
-    dominant_subcenters, far_from_dominant, magface_loss, margin_cross_entropy_with,
-    max_over_subcenters, sphereface2_loss,
+    AdaFace, AdaFaceNorms, ArcFallback, CurricularFace, CurricularFaceState, ElasticFace,
+    ElasticKind, MagFace, MarginLoss, Reduction, SphereFace2, adaface_loss, chosen_subcenters,
+    curricularface_loss, dominant_subcenters, elasticface_loss, far_from_dominant, magface_loss,
+    margin_cross_entropy_with, max_over_subcenters, sphereface2_loss,
 };
 use margrad::{Element, Error, GradcheckOptions, Graph, Labels, Tensor, Var, gradcheck_with};
 
@@ -1608,4 +1609,216 @@ fn curricularface_bad_settings_and_inputs_are_clear_errors() {
         )),
         "sample weight"
     );
+}
+
+// ---- ElasticFace ----
+
+fn elasticface_settings() -> Vec<ElasticFace> {
+    vec![
+        ElasticFace::arc(),
+        ElasticFace::cos(),
+        ElasticFace {
+            std: 0.3, // wide: some margins negative, some large
+            ..ElasticFace::arc()
+        },
+        ElasticFace {
+            scale: 30.0,
+            std: 0.0, // CosFace
+            ..ElasticFace::cos()
+        },
+    ]
+}
+
+fn elasticface_heads(loss: ElasticFace, margins: Vec<f64>) -> (Box<Head>, Box<Head>) {
+    let (l2, m2) = (loss.clone(), margins.clone());
+    (
+        Box::new(move |x, _, labels, r, w| {
+            elasticface_loss(x, labels, &loss, &margins, r, w).unwrap()
+        }),
+        Box::new(move |x, _, labels, r, w| {
+            elasticface_loss_composed(x, labels, &l2, &m2, r, w).unwrap()
+        }),
+    )
+}
+
+#[test]
+fn elasticface_fused_matches_composed_for_both_forms_reductions_and_weights() {
+    for loss in elasticface_settings() {
+        for (b, c) in [(1, 2), (5, 3), (5, 17), (40, 1100)] {
+            let margins = loss.draw_margins(b, &mut rng(c as u64)).unwrap();
+            let (fused, composed) = elasticface_heads(loss.clone(), margins);
+            let cos = Tensor::rand_uniform(&[b, c], -0.95, 0.95, &mut rng((b * c) as u64));
+            let norms = Tensor::ones(&[b]);
+            let what = format!("{loss:?}");
+            assert_fused_matches_composed(&*fused, &*composed, &cos, &norms, &labels(b, c), &what);
+        }
+    }
+}
+
+#[test]
+fn elasticface_fused_and_composed_pass_gradcheck() {
+    for loss in elasticface_settings() {
+        for (b, c) in [(1, 2), (4, 6)] {
+            let margins = loss.draw_margins(b, &mut rng(3 + c as u64)).unwrap();
+            let (fused, composed) = elasticface_heads(loss.clone(), margins);
+            let cos = Tensor::rand_uniform(&[b, c], -0.95, 0.95, &mut rng(17 + c as u64));
+            let (norms, labels) = (Tensor::ones(&[b]), labels(b, c));
+            for (name, head) in [("fused", &fused), ("composed", &composed)] {
+                assert_gradcheck(
+                    &**head,
+                    &cos,
+                    &norms,
+                    &labels,
+                    false,
+                    &format!("{name} {loss:?}"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn elasticface_margins_are_normal_and_the_same_for_a_seed() {
+    let loss = ElasticFace::arc();
+    let a = loss
+        .draw_margins(20_000, &mut margrad::seeded_rng(7))
+        .unwrap();
+    let again = loss
+        .draw_margins(20_000, &mut margrad::seeded_rng(7))
+        .unwrap();
+    let other = loss
+        .draw_margins(20_000, &mut margrad::seeded_rng(8))
+        .unwrap();
+    assert_eq!(a, again);
+    assert_ne!(a, other);
+    let n = a.len() as f64;
+    let mean = a.iter().sum::<f64>() / n;
+    let std = (a.iter().map(|m| (m - mean) * (m - mean)).sum::<f64>() / (n - 1.0)).sqrt();
+    // standard errors: 0.05/√20000 = 3.5e-4 for the mean, about 2.5e-4 for the std
+    assert!((mean - 0.5).abs() < 2e-3, "mean {mean}");
+    assert!((std - 0.05).abs() < 2e-3, "std {std}");
+    // σ = 0: every margin is m, and the loss is ArcFace's (no fallback)
+    let fixed = ElasticFace {
+        std: 0.0,
+        ..ElasticFace::arc()
+    };
+    let margins = fixed.draw_margins(6, &mut margrad::seeded_rng(1)).unwrap();
+    assert_eq!(margins, vec![0.5; 6]);
+    let cos = Tensor::rand_uniform(&[6, 9], -0.95, 0.95, &mut rng(5));
+    let labels = labels(6, 9);
+    let arcface = MarginLoss::arcface(64.0, 0.5, ArcFallback::None).unwrap();
+    let g = Graph::<f64>::new();
+    let x = g.leaf(cos);
+    let elastic = elasticface_loss(x, &labels, &fixed, &margins, Reduction::Mean, None).unwrap();
+    let arc = margin_cross_entropy_with(x, &labels, &arcface, Reduction::Mean, None).unwrap();
+    assert!((elastic.item() - arc.item()).abs() < 1e-12);
+}
+
+#[test]
+fn elasticface_two_class_values_and_gradients_by_hand() {
+    let (c_y, c_j, m, s) = (0.6f64, 0.2f64, 0.47f64, 64.0f64);
+    let one = Labels::new(vec![0], 2).unwrap();
+    for loss in [ElasticFace::arc(), ElasticFace::cos()] {
+        let theta = c_y.acos();
+        let (z_y, slope) = match loss.kind {
+            ElasticKind::Arc => (s * (theta + m).cos(), s * (theta + m).sin() / theta.sin()),
+            ElasticKind::Cos => (s * (c_y - m), s),
+        };
+        let p_y = 1.0 / (1.0 + (s * c_j - z_y).exp());
+        let g = Graph::<f64>::new();
+        let x = g.leaf(Tensor::from_vec(vec![c_y, c_j], &[1, 2]).unwrap());
+        let out = elasticface_loss(x, &one, &loss, &[m], Reduction::Mean, None).unwrap();
+        assert!((out.item() + p_y.ln()).abs() < 1e-12, "{:?}", loss.kind);
+        let d = out.backward().wrt(x).unwrap().data().to_vec();
+        assert!((d[0] - (p_y - 1.0) * slope).abs() < 1e-12);
+        assert!((d[1] - s * (1.0 - p_y)).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn elasticface_is_finite_at_s64_with_cosines_at_one_and_extreme_margins() {
+    let labels = Labels::new(vec![0, 1, 2, 0, 1], 3).unwrap();
+    let cos = [
+        1.0, -1.0, 1.0, //
+        -1.0, -1.0, 1.0, //
+        0.3, -0.2, 1.000_001, //
+        -1.0, 0.5, -0.5, //
+        0.0, 1.0, 0.5,
+    ];
+    // margins past π − θ (θ + m > π), negative, and zero
+    let margins = [3.0, -0.5, 0.0, 0.5, 1.5];
+    for loss in [ElasticFace::arc(), ElasticFace::cos()] {
+        let what = format!("elasticface {:?}", loss.kind);
+        let d = assert_finite_in_f32_and_f64(
+            |x, _| elasticface_loss(x, &labels, &loss, &margins, Reduction::Mean, None).unwrap(),
+            |x, _| elasticface_loss(x, &labels, &loss, &margins, Reduction::Mean, None).unwrap(),
+            &cos,
+            &[1.0; 5],
+            &labels,
+            &what,
+        );
+        let g = Graph::<f64>::new();
+        let x = g.leaf(Tensor::from_vec(cos.to_vec(), &[5, 3]).unwrap());
+        let out =
+            elasticface_loss_composed(x, &labels, &loss, &margins, Reduction::Mean, None).unwrap();
+        let composed = out.backward().wrt(x).unwrap().clone();
+        assert!(composed.max_abs_diff(&d) < 1e-8, "{what}: composed differs");
+    }
+}
+
+#[test]
+fn elasticface_bad_settings_and_inputs_are_clear_errors() {
+    let named = |loss: ElasticFace| invalid_setting(loss.validate());
+    assert_eq!(
+        named(ElasticFace {
+            scale: 0.0,
+            ..ElasticFace::arc()
+        }),
+        "ElasticFace scale s"
+    );
+    assert_eq!(
+        named(ElasticFace {
+            margin: 3.5,
+            ..ElasticFace::arc()
+        }),
+        "ElasticFace margin m"
+    );
+    assert_eq!(
+        named(ElasticFace {
+            margin: -0.1,
+            ..ElasticFace::cos()
+        }),
+        "ElasticFace margin m"
+    );
+    assert_eq!(
+        named(ElasticFace {
+            std: -0.01,
+            ..ElasticFace::cos()
+        }),
+        "ElasticFace std σ"
+    );
+    let tampered = ElasticFace {
+        std: f64::NAN,
+        ..ElasticFace::arc()
+    };
+    assert_eq!(
+        invalid_setting(tampered.draw_margins(3, &mut rng(0))),
+        "ElasticFace std σ"
+    );
+    let g = Graph::<f64>::new();
+    let cos = g.constant(Tensor::zeros(&[2, 3]));
+    let ok = Labels::new(vec![0, 2], 3).unwrap();
+    let loss = ElasticFace::arc();
+    assert!(matches!(
+        elasticface_loss(cos, &ok, &loss, &[0.5], Reduction::Mean, None),
+        Err(Error::DataLength {
+            expected: 2,
+            found: 1,
+            ..
+        })
+    ));
+    assert!(matches!(
+        elasticface_loss_composed(cos, &ok, &loss, &[0.5, f64::NAN], Reduction::Mean, None),
+        Err(Error::NonFinite { index: 1, .. })
+    ));
 }

@@ -4,12 +4,13 @@
 
 use super::adaface::{ADAFACE_EPS, check_adaface};
 use super::curricularface::check_curricularface;
+use super::elasticface::check_elasticface;
 use super::magface::check_magface;
 use super::sphereface2::check_sphereface2;
 use super::subcenter::{argmax_in_group, class_dims};
 use super::{
-    AdaFace, AdaFaceNorms, ArcFallback, CLAMP, CurricularFace, CurricularFaceState, MagFace,
-    MarginLoss, Reduction, SphereFace2, check_batch, check_subcenters,
+    AdaFace, AdaFaceNorms, ArcFallback, CLAMP, CurricularFace, CurricularFaceState, ElasticFace,
+    ElasticKind, MagFace, MarginLoss, Reduction, SphereFace2, check_batch, check_subcenters,
 };
 use crate::{Element, Error, Graph, Labels, Tensor, Var};
 
@@ -383,6 +384,47 @@ pub fn curricularface_loss_composed<'g, F: Element>(
     let z = target * (psi_composed(cos, &arcface) * s)
         + easy * (cos * s)
         + hard * (cos * (cos + f(state.t)) * s);
+    let per_sample = -z.log_softmax().pick(labels);
+    Ok(weighted(per_sample, &row_weight, reduction))
+}
+
+/// [`elasticface_loss`](super::elasticface_loss), composed from primitives, with the margins
+/// `m_i` as a `[B, 1]` constant:
+///
+/// ```text
+/// Arc: ψ = cos(arccos(clamp(c)) + t ⊙ m)        Cos: ψ = c − t ⊙ m
+/// z   = t ⊙ s·ψ + (1 − t) ⊙ s·c
+/// L_i = −log_softmax(z)_{i, y_i}
+/// ```
+///
+/// # Errors
+/// As [`elasticface_loss`](super::elasticface_loss).
+///
+/// # Panics
+/// When `cos` is not rank 2.
+#[track_caller]
+pub fn elasticface_loss_composed<'g, F: Element>(
+    cos: Var<'g, F>,
+    labels: &Labels,
+    loss: &ElasticFace,
+    margins: &[f64],
+    reduction: Reduction,
+    weights: Option<&[f64]>,
+) -> Result<Var<'g, F>, Error> {
+    let (batch, row_weight) =
+        check_elasticface(cos, labels, loss, margins, weights, "elasticface_composed")?;
+    let g = cos.graph();
+    let (target, others) = target_masks(g, labels, batch, cos.shape()[1]);
+    let margin = target * column(g, batch, |r| margins[r]);
+    let psi = match loss.kind {
+        ElasticKind::Arc => {
+            let limit = 1.0 - CLAMP;
+            (clamp_by_masks(cos, -limit, limit).acos() + margin).cos()
+        }
+        ElasticKind::Cos => cos - margin,
+    };
+    let s = F::from_f64(loss.scale);
+    let z = target * (psi * s) + others * (cos * s);
     let per_sample = -z.log_softmax().pick(labels);
     Ok(weighted(per_sample, &row_weight, reduction))
 }
