@@ -9,6 +9,14 @@
 //! cosine in front of any of these losses (sub-center ArcFace), with [`dominant_subcenters`]
 //! and [`far_from_dominant`] to find noisy samples; [`sphereface2_loss`] is SphereFace2's
 //! per-class binary loss with a learned bias and no softmax.
+//!
+//! Margins that adapt to the sample, each fused on the same kernel as the family:
+//! [`adaface_loss`] (the feature norm, detached, against running statistics
+//! [`AdaFaceNorms`]), [`magface_loss`] (the norm sets the margin and is regularised; its
+//! gradient reaches the norm), [`curricularface_loss`] (hard negatives re-weighted by the `t` of
+//! [`CurricularFaceState`]) and [`elasticface_loss`] (a margin per sample drawn by
+//! [`ElasticFace::draw_margins`]). The state carried between batches is a small serialisable
+//! struct with an explicit `update`, called before the batch's loss.
 
 mod adaface;
 mod blocked;
