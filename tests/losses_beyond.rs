@@ -1565,14 +1565,14 @@ fn curricularface_bad_settings_and_inputs_are_clear_errors() {
             margin: -0.1,
             ..default.clone()
         }),
-        "angular margin m2"
+        "CurricularFace margin m"
     );
     assert_eq!(
         named(CurricularFace {
             scale: 0.0,
             ..default.clone()
         }),
-        "scale"
+        "CurricularFace scale s"
     );
     assert_eq!(
         named(CurricularFace {

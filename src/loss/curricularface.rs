@@ -50,7 +50,19 @@ impl CurricularFace {
     /// [`Error::InvalidSetting`] naming the first setting out of range: `m` outside `[0, π)`,
     /// `s ≤ 0`, `α` outside `(0, 1]`, or any not finite.
     pub fn validate(&self) -> Result<(), Error> {
-        self.arcface().map(|_| ())?;
+        let m = self.margin;
+        Error::check(
+            "CurricularFace margin m",
+            m,
+            (0.0..std::f64::consts::PI).contains(&m),
+            "in [0, π)",
+        )?;
+        Error::check(
+            "CurricularFace scale s",
+            self.scale,
+            self.scale > 0.0,
+            "positive",
+        )?;
         let a = self.momentum;
         Error::check(
             "CurricularFace momentum",

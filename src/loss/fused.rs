@@ -138,8 +138,11 @@ pub(super) fn margin_xent<'g, F: Element>(
 pub(super) struct Rows<'a, F, O> {
     /// The op's name in profiles.
     pub name: &'static str,
+    /// Each row's label.
     pub labels: &'a [usize],
+    /// Each row's target logit and slope.
     pub targets: Vec<Target<F>>,
+    /// The non-target logits.
     pub others: O,
 }
 
