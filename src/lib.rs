@@ -11,7 +11,8 @@
 //!   their [`Gradients`] by [`ParamId`].
 //! - [`loss`]: the margin-softmax family (softmax, NormFace, AM-Softmax, Enhanced AM-Softmax,
 //!   ArcFace, combined margins) as one fused op with a closed-form backward; sub-centres per
-//!   class in front of any of them (sub-center ArcFace), and SphereFace2.
+//!   class in front of any of them (sub-center ArcFace), SphereFace2, and the sample-adaptive
+//!   margins AdaFace, MagFace, CurricularFace and ElasticFace.
 //! - [`nn`]: one [`nn::Module`] contract for every layer and head; an open [`nn::Sequential`]
 //!   whose configuration is data (a [`nn::LayerRegistry`] rebuilds it, your own layer kinds
 //!   included); [`nn::CosineHead`], class centres normalised inside, for the margin losses.

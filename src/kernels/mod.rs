@@ -134,17 +134,24 @@ pub(crate) fn lane_sum<F: crate::Element>(xs: &[F], f: impl Fn(F) -> F) -> F {
 /// `max(x)` with sixteen interleaved lanes (NaN-ignoring, as `f32::max`); −∞ for no elements.
 #[inline(always)]
 pub(crate) fn lane_max<F: crate::Element>(xs: &[F]) -> F {
+    lane_max_by(xs, |x| x)
+}
+
+/// `max f(x)` with sixteen interleaved lanes (NaN-ignoring, as `f32::max`); −∞ for no
+/// elements.
+#[inline(always)]
+pub(crate) fn lane_max_by<F: crate::Element>(xs: &[F], f: impl Fn(F) -> F) -> F {
     const LANES: usize = 16;
     let mut acc = [F::from_f64(f64::NEG_INFINITY); LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail = chunks.remainder();
     for chunk in chunks {
         for k in 0..LANES {
-            acc[k] = acc[k].max(chunk[k]);
+            acc[k] = acc[k].max(f(chunk[k]));
         }
     }
     let m = acc.iter().copied().fold(acc[0], F::max);
-    tail.iter().copied().fold(m, F::max)
+    tail.iter().fold(m, |m, &x| m.max(f(x)))
 }
 
 /// Calls `f(first_row, rows_block)` over blocks of whole rows of `out` (row length `cols`),

@@ -348,13 +348,7 @@ impl MarginLoss {
     /// Where the angular fallback applies and what it does there: `Some((th, mm))` means the
     /// target uses `c − mm` wherever the clamped cosine `c ≤ th`.
     pub(crate) fn fallback_rule(&self) -> Option<(f64, f64)> {
-        let pi = std::f64::consts::PI;
-        let (m1, m2) = (self.angular_multiplier, self.angular_margin);
-        match self.fallback {
-            ArcFallback::None => None,
-            ArcFallback::Threshold => Some((((pi - m2) / m1).cos(), (pi - m2).sin() * m2)),
-            ArcFallback::EasyMargin => Some((0.0, 0.0)),
-        }
+        fallback_rule(self.angular_multiplier, self.angular_margin, self.fallback)
     }
 
     /// The per-element maps of the fused kernel, in element type `F`.
@@ -371,6 +365,17 @@ impl MarginLoss {
                 fallback: self.fallback_rule().map(|(th, mm)| (f(th), f(mm))),
             }),
         }
+    }
+}
+
+/// Where `fallback` applies to `cos(m1·θ + m2)` and what it does there: `Some((th, mm))` means
+/// the target uses `c − mm` wherever the clamped cosine `c ≤ th`.
+fn fallback_rule(m1: f64, m2: f64, fallback: ArcFallback) -> Option<(f64, f64)> {
+    let pi = std::f64::consts::PI;
+    match fallback {
+        ArcFallback::None => None,
+        ArcFallback::Threshold => Some((((pi - m2) / m1).cos(), (pi - m2).sin() * m2)),
+        ArcFallback::EasyMargin => Some((0.0, 0.0)),
     }
 }
 
@@ -422,20 +427,50 @@ impl<F: Element> LogitMap<F> {
 }
 
 impl<F: Element> Angular<F> {
+    /// ArcFace's angular part, `cos(θ + m)`, for a margin `m` that may change from sample to
+    /// sample (MagFace, ElasticFace), with `fallback`.
+    pub fn additive(m: f64, fallback: ArcFallback) -> Self {
+        let f = F::from_f64;
+        Angular {
+            m1: F::ONE,
+            m2: f(m),
+            fallback: fallback_rule(1.0, m, fallback).map(|(th, mm)| (f(th), f(mm))),
+        }
+    }
+
     /// `(ψ(c), dψ/dc)`, with `c` clamped inside ±1 (slope 0 where the clamp is active).
     #[inline]
     pub fn psi(&self, c: F) -> (F, F) {
+        let (psi, slope, _) = self.psi_with_margin_slope(c);
+        (psi, slope)
+    }
+
+    /// `(ψ(c), ∂ψ/∂c, ∂ψ/∂m2)`: [`Angular::psi`] and its slope in the additive margin, which
+    /// is `−sin(m1·θ + m2)` on the arc, `−d(mm)/dm2 = −(sin m2 + m2·cos m2)` past the
+    /// threshold (`mm = m2·sin m2`), and 0 under the easy margin's fallback.
+    #[inline]
+    pub fn psi_with_margin_slope(&self, c: F) -> (F, F, F) {
         let limit = F::ONE - F::from_f64(CLAMP);
         let clamped = c.max(-limit).min(limit);
         let inside = if clamped == c { F::ONE } else { F::ZERO };
         if let Some((threshold, shift)) = self.fallback
             && clamped <= threshold
         {
-            return (clamped - shift, inside);
+            let margin_slope = if shift == F::ZERO {
+                F::ZERO
+            } else {
+                -(self.m2.sin() + self.m2 * self.m2.cos())
+            };
+            return (clamped - shift, inside, margin_slope);
         }
         let theta = clamped.acos();
         let angle = self.m1 * theta + self.m2;
         let sin_theta = (F::ONE - clamped * clamped).sqrt();
-        (angle.cos(), inside * self.m1 * angle.sin() / sin_theta)
+        let sin_angle = angle.sin();
+        (
+            angle.cos(),
+            inside * self.m1 * sin_angle / sin_theta,
+            -sin_angle,
+        )
     }
 }

@@ -9,15 +9,31 @@
 //! cosine in front of any of these losses (sub-center ArcFace), with [`dominant_subcenters`]
 //! and [`far_from_dominant`] to find noisy samples; [`sphereface2_loss`] is SphereFace2's
 //! per-class binary loss with a learned bias and no softmax.
+//!
+//! Margins that adapt to the sample, each fused on the same kernel as the family:
+//! [`adaface_loss`] (the feature norm, detached, against running statistics
+//! [`AdaFaceNorms`]), [`magface_loss`] (the norm sets the margin and is regularised; its
+//! gradient reaches the norm), [`curricularface_loss`] (hard negatives re-weighted by the `t` of
+//! [`CurricularFaceState`]) and [`elasticface_loss`] (a margin per sample drawn by
+//! [`ElasticFace::draw_margins`]). The state carried between batches is a small serialisable
+//! struct with an explicit `update`, called before the batch's loss.
 
+mod adaface;
 mod blocked;
 pub mod composed;
+mod curricularface;
+mod elasticface;
 mod fused;
+mod magface;
 mod margin;
 mod sphereface2;
 mod subcenter;
 
+pub use adaface::{ADAFACE_EPS, ADAFACE_NORM_RANGE, AdaFace, AdaFaceNorms, adaface_loss};
 pub use blocked::{BlockedHead, ClassSample, HEAD_NORM_EPS};
+pub use curricularface::{CurricularFace, CurricularFaceState, curricularface_loss};
+pub use elasticface::{ElasticFace, ElasticKind, elasticface_loss};
+pub use magface::{MagFace, magface_loss};
 pub use margin::{ArcFallback, LossKind, LossSettings, MarginLoss};
 use margin::{CLAMP, LogitMap};
 pub use sphereface2::{SphereFace2, sphereface2_loss};
@@ -206,4 +222,29 @@ pub(crate) fn check_rows<F: Element>(
         }
     };
     Ok((batch, row_weight))
+}
+
+/// The values of `norms`, one per row of `cos`: panics (at the caller's line) naming `op` when
+/// there are not as many; [`Error::NonFinite`] for a NaN or infinite norm.
+#[track_caller]
+pub(crate) fn row_norms<F: Element>(
+    cos: Var<'_, F>,
+    norms: Var<'_, F>,
+    op: &str,
+) -> Result<Vec<f64>, Error> {
+    let (cos_shape, norm_shape) = (cos.shape(), norms.shape());
+    let rows = cos_shape.first().copied().unwrap_or(0);
+    assert!(
+        norm_shape.iter().product::<usize>() == rows,
+        "{op}: expected one norm per row of the cosines {cos_shape:?}, found shape {norm_shape:?}"
+    );
+    let values: Vec<f64> = norms.value().data().iter().map(|a| a.to_f64()).collect();
+    if let Some(index) = values.iter().position(|a| !a.is_finite()) {
+        return Err(Error::NonFinite {
+            what: "feature norm".into(),
+            index,
+            value: values[index],
+        });
+    }
+    Ok(values)
 }
