@@ -17,7 +17,8 @@ mod margin;
 mod sphereface2;
 mod subcenter;
 
-pub use blocked::{BlockedHead, ClassSample, HEAD_NORM_EPS};
+pub(crate) use blocked::FeatureGrad;
+pub use blocked::{BlockedHead, ClassSample, HEAD_NORM_EPS, ShardExchange};
 pub use margin::{ArcFallback, LossKind, LossSettings, MarginLoss};
 use margin::{CLAMP, LogitMap};
 pub use sphereface2::{SphereFace2, sphereface2_loss};
