@@ -36,7 +36,9 @@ pub use class_parallel::ClassParallelHead;
 pub use data_parallel::{Shard, parameter_checksum, reduce_gradients};
 
 use crate::Error;
+use std::cell::Cell;
 use std::fmt::Debug;
+use std::time::{Duration, Instant};
 
 /// The element types that cross between ranks: `f32`, `f64`, `u64`, `i32`.
 #[cfg(not(feature = "mpi"))]
@@ -76,6 +78,21 @@ wire!(f32, f64, u64, i32);
 /// [module documentation](self).
 pub struct World {
     backend: Backend,
+    traffic: Cell<Traffic>,
+}
+
+/// What this rank has handed to collectives since the world began (or since
+/// [`World::take_traffic`]): the calls, the bytes of their payloads, and the time spent in
+/// them (waiting for the other ranks included).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Traffic {
+    /// Collectives called (the small checks of lengths and errors included).
+    pub calls: u64,
+    /// Bytes of this rank's payloads: the elements passed to each collective times their
+    /// size (an all-gather counts what it sends, not what it receives).
+    pub bytes: u64,
+    /// Wall time inside the collectives.
+    pub time: Duration,
 }
 
 /// The reductions of [`World::all_reduce_sum`] and [`World::all_reduce_max`].
@@ -112,6 +129,7 @@ impl World {
     pub fn single() -> World {
         World {
             backend: Backend::Single,
+            traffic: Cell::default(),
         }
     }
 
@@ -126,6 +144,7 @@ impl World {
     pub fn mpi() -> Result<World, Error> {
         Ok(World {
             backend: Backend::Mpi(mpi_world::MpiWorld::init()?),
+            traffic: Cell::default(),
         })
     }
 
@@ -181,6 +200,7 @@ impl World {
     #[track_caller]
     pub fn all_gather<T: Wire>(&self, local: &[T]) -> Vec<T> {
         self.check_same_len("all_gather", local.len());
+        let _timer = self.count(local);
         match &self.backend {
             Backend::Single => local.to_vec(),
             #[cfg(feature = "mpi")]
@@ -200,6 +220,7 @@ impl World {
             self.size()
         );
         self.check_same_len("broadcast", data.len());
+        let _timer = self.count(data);
         match &self.backend {
             Backend::Single => {}
             #[cfg(feature = "mpi")]
@@ -209,10 +230,29 @@ impl World {
 
     /// Waits until every rank has called it (collective).
     pub fn barrier(&self) {
+        let _timer = self.count::<u64>(&[]);
         match &self.backend {
             Backend::Single => {}
             #[cfg(feature = "mpi")]
             Backend::Mpi(m) => m.barrier(),
+        }
+    }
+
+    /// What this rank handed to collectives since the last call (or since the world began),
+    /// and a fresh count from now on.
+    pub fn take_traffic(&self) -> Traffic {
+        self.traffic.take()
+    }
+
+    /// Counts one collective over `payload`; its time runs until the guard is dropped.
+    fn count<T>(&self, payload: &[T]) -> TrafficTimer<'_> {
+        let mut t = self.traffic.get();
+        t.calls += 1;
+        t.bytes += std::mem::size_of_val(payload) as u64;
+        self.traffic.set(t);
+        TrafficTimer {
+            traffic: &self.traffic,
+            start: Instant::now(),
         }
     }
 
@@ -241,6 +281,7 @@ impl World {
 
     /// `data ← op over the ranks of data`, with no check of the lengths.
     fn reduce<T: Wire>(&self, data: &mut [T], op: Reduce) {
+        let _timer = self.count(data);
         match &self.backend {
             Backend::Single => {
                 let _ = (data, op);
@@ -325,6 +366,20 @@ impl World {
     }
 }
 
+/// Adds the time since `start` to `traffic` when dropped.
+struct TrafficTimer<'a> {
+    traffic: &'a Cell<Traffic>,
+    start: Instant,
+}
+
+impl Drop for TrafficTimer<'_> {
+    fn drop(&mut self) {
+        let mut t = self.traffic.get();
+        t.time += self.start.elapsed();
+        self.traffic.set(t);
+    }
+}
+
 /// The 64-bit FNV-1a hash of `bytes`.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
@@ -347,6 +402,9 @@ mod tests {
         world.barrier();
         assert_eq!(data, [1.5, -2.0]);
         assert_eq!(world.all_gather(&[3u64, 4]), [3, 4]);
+        let traffic = world.take_traffic();
+        assert_eq!((traffic.calls, traffic.bytes), (5, 8 + 8 + 8 + 16));
+        assert_eq!(world.take_traffic().calls, 0);
         assert!(world.check_same_config("settings", b"abc").is_ok());
         let failed: Result<(), Error> = Err(Error::EmptyBatch);
         assert_eq!(world.agree(failed), Err(Error::EmptyBatch));
