@@ -194,12 +194,13 @@ fn run(args: &Args, world: &World) -> Result<(), Error> {
 
     let batches = shard.batches(n, args.seed, 0);
     let mut losses = Vec::new();
-    let mut busy = Duration::ZERO;
+    let (mut busy, mut cpu_start) = (Duration::ZERO, cpu_time());
     for (step, indices) in batches.iter().take(total).enumerate() {
         if step == args.warmup {
             world.barrier();
             world.take_traffic();
             busy = Duration::ZERO;
+            cpu_start = cpu_time();
         }
         let start = Instant::now();
         let rows: Vec<f32> = indices
@@ -257,12 +258,7 @@ fn run(args: &Args, world: &World) -> Result<(), Error> {
             })
             .collect();
         params.apply(updates);
-        let mut global_loss = [value];
-        if args.mode == Mode::Data {
-            world.all_reduce_sum(&mut global_loss);
-            global_loss[0] /= size as f32;
-        }
-        losses.push(global_loss[0]);
+        losses.push(value);
         if args.check {
             parameter_checksum(world, &params)?;
         }
@@ -271,7 +267,13 @@ fn run(args: &Args, world: &World) -> Result<(), Error> {
         }
     }
     let traffic = world.take_traffic();
-    report(args, world, busy, traffic);
+    let cpu = cpu_time().zip(cpu_start).map(|(end, start)| end - start);
+    report(args, world, busy, cpu, traffic);
+    if args.mode == Mode::Data {
+        // each rank's loss is its own batch's: the global batch's is their mean
+        world.all_reduce_sum(&mut losses);
+        losses.iter_mut().for_each(|l| *l /= size as f32);
+    }
     if let Some(path) = &args.out {
         let outcome = Outcome {
             ranks: size,
@@ -327,20 +329,33 @@ fn gather_centres(world: &World, centres: &Tensor<f32>, args: &Args) -> Vec<f32>
         .collect()
 }
 
-/// Rank 0 prints the figures: the slowest rank's step time sets the pace.
-fn report(args: &Args, world: &World, busy: Duration, traffic: Traffic) {
+/// This process's CPU time (user and system, every thread) from `/proc/self/stat`, in ticks of
+/// 10 ms (Linux's `USER_HZ` = 100); `None` where it cannot be read.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // the fields after the command name (in parentheses): utime and stime are the 12th and 13th
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Rank 0 prints the figures: the slowest rank's step time sets the pace. The CPU time per
+/// step tells the work from the waiting on a machine shared with other jobs.
+fn report(args: &Args, world: &World, busy: Duration, cpu: Option<Duration>, traffic: Traffic) {
     let steps = args.steps.max(1) as f64;
+    let cpu = cpu.map_or(f64::NAN, |c| c.as_secs_f64() / steps);
     let mut times = [
         busy.as_secs_f64() / steps,
         traffic.time.as_secs_f64() / steps,
+        cpu,
     ];
     world.all_reduce_max(&mut times);
     if world.is_root() {
-        let [step, comm] = times;
+        let [step, comm, cpu] = times;
         println!(
             "mode={:?} ranks={} threads={} global_batch={} classes={} steps={}: {:.0} samples/s, \
-             step {:.2} ms, communication {:.2} ms/step ({:.1}%), {} collectives and {} bytes \
-             per step from each rank",
+             step {:.2} ms (CPU {:.2} ms), communication {:.2} ms/step ({:.1}%), {} collectives \
+             and {} bytes per step from each rank",
             args.mode,
             world.size(),
             args.threads,
@@ -349,6 +364,7 @@ fn report(args: &Args, world: &World, busy: Duration, traffic: Traffic) {
             args.steps,
             args.batch as f64 / step,
             step * 1e3,
+            cpu * 1e3,
             comm * 1e3,
             100.0 * comm / step,
             traffic.calls as f64 / steps,

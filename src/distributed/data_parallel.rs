@@ -85,12 +85,10 @@ pub fn reduce_gradients<F: Element + Wire>(
         layout.push((id.index() as u64) << 32 | g.numel() as u64);
     }
     // the same parameters with the same sizes on every rank, or no rank goes on
-    let mut signature = [super::fnv1a(&words_as_bytes(&layout))];
-    let mine = signature[0];
-    world.all_reduce_max(&mut signature);
-    let mut lowest = [u64::MAX - mine];
-    world.all_reduce_max(&mut lowest);
-    if signature[0] != mine || u64::MAX - lowest[0] != mine {
+    let mine = super::fnv1a(&words_as_bytes(&layout));
+    let mut both = [mine, u64::MAX - mine];
+    world.all_reduce_max(&mut both);
+    if both != [mine, u64::MAX - mine] {
         return Err(Error::Distributed {
             message: "the ranks' gradients are of different parameters or sizes (are all \
                       ranks training the same model?)"
