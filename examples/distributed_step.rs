@@ -184,11 +184,7 @@ fn run(args: &Args, world: &World) -> Result<(), Error> {
             Some(params.add("centres", all_centres)),
             Tensor::zeros(&[0]),
         ),
-        Mode::Class => {
-            let s = parallel.shard();
-            let rows = all_centres.data()[s.start * args.embed..s.end * args.embed].to_vec();
-            (None, Tensor::from_vec(rows, &[s.len(), args.embed])?)
-        }
+        Mode::Class => (None, parallel.take_shard(&all_centres)?),
     };
     let model = Model { w1, b1, w2, b2 };
 
@@ -282,7 +278,12 @@ fn run(args: &Args, world: &World) -> Result<(), Error> {
                 .ids()
                 .map(|id| params.get(id).data().to_vec())
                 .collect(),
-            centres: gather_centres(world, &centres, args),
+            centres: match args.mode {
+                Mode::Data => Vec::new(),
+                Mode::Class => parallel
+                    .gather(world, &centres)
+                    .map_or_else(Vec::new, Tensor::into_vec),
+            },
         };
         if world.is_root() {
             let json = serde_json::to_string(&outcome).expect("numbers serialise");
@@ -308,25 +309,6 @@ impl Model {
         let h = (g.constant(x).matmul(g.param(p, self.w1)) + g.param(p, self.b1)).relu();
         h.matmul(g.param(p, self.w2)) + g.param(p, self.b2)
     }
-}
-
-/// The class-parallel head's centres of every rank, `[C, D]` (each shard padded to the
-/// largest for the all-gather).
-fn gather_centres(world: &World, centres: &Tensor<f32>, args: &Args) -> Vec<f32> {
-    if args.mode == Mode::Data {
-        return Vec::new();
-    }
-    let d = args.embed;
-    let widest = args.classes.div_ceil(world.size()) * d;
-    let mut mine = centres.data().to_vec();
-    mine.resize(widest, 0.0);
-    let all = world.all_gather(&mine);
-    (0..world.size())
-        .flat_map(|r| {
-            let len = ClassParallelHead::shard_of(args.classes, world.size(), r).len() * d;
-            all[r * widest..r * widest + len].to_vec()
-        })
-        .collect()
 }
 
 /// This process's CPU time (user and system, every thread) from `/proc/self/stat`, in ticks of

@@ -304,3 +304,31 @@ fn gradients_are_reduced_in_place_and_checksums_agree_in_a_world_of_one() {
     assert_eq!(shard.steps(12), 2);
     assert_eq!(shard.batches(12, 1, 0).concat().len(), 10);
 }
+
+#[test]
+fn a_whole_head_cuts_into_the_shards_of_any_world_and_gathers_back() {
+    let all = Tensor::<f32>::from_fn(&[10, 3], |i| i as f32);
+    let head = BlockedHead::new(MarginLoss::am(30.0, 0.35).unwrap(), 4).unwrap();
+    for size in 1..=4 {
+        let shards: Vec<Tensor<f32>> = (0..size)
+            .map(|rank| {
+                ClassParallelHead::for_rank(head.clone(), 10, rank, size)
+                    .unwrap()
+                    .take_shard(&all)
+                    .unwrap()
+            })
+            .collect();
+        let joined: Vec<f32> = shards.iter().flat_map(|s| s.data().to_vec()).collect();
+        assert_eq!(joined, all.data(), "{size} ranks");
+    }
+    let world = World::single();
+    let one = ClassParallelHead::new(head.clone(), 10, &world).unwrap();
+    let shard = one.take_shard(&all).unwrap();
+    assert_eq!(one.gather(&world, &shard).unwrap(), all);
+    let wrong = Tensor::<f32>::zeros(&[9, 3]);
+    assert!(matches!(
+        one.take_shard(&wrong),
+        Err(Error::DataLength { .. })
+    ));
+    assert!(ClassParallelHead::for_rank(head, 10, 2, 2).is_err());
+}

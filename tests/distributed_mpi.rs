@@ -33,8 +33,8 @@ fn example() -> PathBuf {
     path
 }
 
-/// A small problem: 20 inputs, 16 hidden, 8-d embedding, 30 classes in blocks of 4, global
-/// batch 12 (a multiple of 1, 2 and 3), 8 steps of SGD.
+/// A small problem: 20 inputs, 16 hidden, 8-d embedding, 31 classes (shards of unequal sizes)
+/// in blocks of 4, global batch 12 (a multiple of 1, 2 and 3), 8 steps of SGD.
 const SMALL: &[&str] = &[
     "--batch",
     "12",
@@ -49,7 +49,7 @@ const SMALL: &[&str] = &[
     "--embed",
     "8",
     "--classes",
-    "30",
+    "31",
     "--block",
     "4",
     "--lr",
@@ -171,7 +171,7 @@ fn a_rank_with_bad_data_stops_every_rank_with_its_message() {
         let output = run(2, &args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{mode}: {stderr}");
-        let label = "label out of range: sample 0 has label 35, expected 0..30";
+        let label = "label out of range: sample 0 has label 36, expected 0..31";
         assert!(
             stderr.contains(&format!("rank 1 of 2: error: {label}")),
             "{mode}: {stderr}"

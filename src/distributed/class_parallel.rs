@@ -37,16 +37,32 @@ impl ClassParallelHead {
     /// # Errors
     /// [`Error::InvalidSetting`] when there are fewer classes than ranks.
     pub fn new(head: BlockedHead, classes: usize, world: &World) -> Result<Self, Error> {
+        Self::for_rank(head, classes, world.rank(), world.size())
+    }
+
+    /// The head as rank `rank` of a world of `size` holds it (to cut a whole head into the
+    /// shards of any number of ranks, say).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] when there are fewer classes than ranks, or `rank` is not
+    /// below `size`.
+    pub fn for_rank(
+        head: BlockedHead,
+        classes: usize,
+        rank: usize,
+        size: usize,
+    ) -> Result<Self, Error> {
         Error::check(
             "classes",
             classes as f64,
-            classes >= world.size(),
+            classes >= size,
             "at least one per rank",
         )?;
+        Error::check("rank", rank as f64, rank < size, "below the world size")?;
         Ok(ClassParallelHead {
             head,
             classes,
-            shard: Self::shard_of(classes, world.size(), world.rank()),
+            shard: Self::shard_of(classes, size, rank),
         })
     }
 
@@ -66,6 +82,59 @@ impl ClassParallelHead {
     /// Every class of the head.
     pub fn classes(&self) -> usize {
         self.classes
+    }
+
+    /// This rank's centres out of a whole head `[C, D]`: how a head saved whole (by one
+    /// process, or gathered from any number of ranks with [`ClassParallelHead::gather`]) is
+    /// loaded on this world, whatever its size.
+    ///
+    /// # Errors
+    /// [`Error::DataLength`] when `all` is not a `[C, D]` matrix of this head's `C` classes.
+    pub fn take_shard<F: Element>(&self, all: &Tensor<F>) -> Result<Tensor<F>, Error> {
+        let d = match all.shape() {
+            &[c, d] if c == self.classes => d,
+            shape => {
+                return Err(Error::DataLength {
+                    shape: shape.to_vec(),
+                    expected: self.classes,
+                    found: shape.first().copied().unwrap_or(0),
+                });
+            }
+        };
+        let rows = all.data()[self.shard.start * d..self.shard.end * d].to_vec();
+        Tensor::from_vec(rows, &[self.shard.len(), d])
+    }
+
+    /// The whole head `[C, D]` on rank 0, put together from every rank's shard `centres`
+    /// (collective); `None` on the other ranks. Each shard is padded to the largest for the
+    /// gather, which rank 0 receives whole: `C·D` elements besides its own shard.
+    ///
+    /// # Panics
+    /// When `centres` is not this rank's `[len, D]`.
+    #[track_caller]
+    pub fn gather<F: Element + Wire>(
+        &self,
+        world: &World,
+        centres: &Tensor<F>,
+    ) -> Option<Tensor<F>> {
+        let d = match centres.shape() {
+            &[len, d] if len == self.shard.len() => d,
+            shape => panic!(
+                "shape mismatch in class-parallel head gather: centres {shape:?} (expected [{}, D])",
+                self.shard.len()
+            ),
+        };
+        let widest = self.classes.div_ceil(world.size()) * d;
+        let mut mine = centres.data().to_vec();
+        mine.resize(widest, F::ZERO);
+        let all = world.gather(&mine, 0)?;
+        let rows: Vec<F> = (0..world.size())
+            .flat_map(|r| {
+                let len = Self::shard_of(self.classes, world.size(), r).len() * d;
+                all[r * widest..r * widest + len].iter().copied()
+            })
+            .collect();
+        Some(Tensor::from_vec(rows, &[self.classes, d]).expect("C rows of D"))
     }
 
     /// One step (collective): `features` are this rank's `[b, D]` on its tape, `labels` its

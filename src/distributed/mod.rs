@@ -214,6 +214,28 @@ impl World {
         }
     }
 
+    /// Every rank's `local`, concatenated in rank order, on `root` only (collective): `Some`
+    /// there, `None` on the other ranks.
+    ///
+    /// # Panics
+    /// When `root` is not a rank, or the ranks pass slices of different lengths (checked in
+    /// debug builds).
+    #[track_caller]
+    pub fn gather<T: Wire>(&self, local: &[T], root: usize) -> Option<Vec<T>> {
+        assert!(
+            root < self.size(),
+            "gather: root {root} is not a rank of a world of {}",
+            self.size()
+        );
+        self.check_same_len("gather", local.len());
+        let _timer = self.count(local);
+        match &self.backend {
+            Backend::Single => Some(local.to_vec()),
+            #[cfg(feature = "mpi")]
+            Backend::Mpi(m) => m.gather(local, root),
+        }
+    }
+
     /// `data ← root's data`, on every rank (collective).
     ///
     /// # Panics

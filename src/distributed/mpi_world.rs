@@ -69,6 +69,18 @@ impl MpiWorld {
         out
     }
 
+    pub(super) fn gather<T: Wire>(&self, local: &[T], root: usize) -> Option<Vec<T>> {
+        let root_process = self.comm.process_at_rank(root as i32);
+        if self.rank == root {
+            let mut out = vec![T::default(); local.len() * self.size];
+            root_process.gather_into_root(local, &mut out[..]);
+            Some(out)
+        } else {
+            root_process.gather_into(local);
+            None
+        }
+    }
+
     pub(super) fn broadcast<T: Wire>(&self, data: &mut [T], root: usize) {
         self.comm.process_at_rank(root as i32).broadcast_into(data);
     }
