@@ -23,9 +23,10 @@
 //!
 //! **Collectives are called by every rank in the same order** (as MPI requires): each method
 //! of [`World`] that communicates says so. A collective that a rank skips would leave the
-//! others waiting; the functions here check what could differ between ranks (lengths, the
-//! configuration, errors) with a small collective first, so that a mismatch is an error on
-//! every rank rather than a hang. Under MPI a panic on one rank aborts the whole run.
+//! others waiting: what can differ between ranks at run time (the configuration, a rank's
+//! data, the gradients' layout) is checked with a small collective first, so that a mismatch
+//! is an error on every rank rather than a hang; the lengths passed to each collective are
+//! checked the same way in debug builds. Under MPI a panic on one rank aborts the whole run.
 
 mod class_parallel;
 mod data_parallel;
