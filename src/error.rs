@@ -112,6 +112,12 @@ pub enum Error {
         /// The bytes available (`MemAvailable`); `None` where it cannot be read.
         available: Option<u64>,
     },
+    /// A run over several processes that cannot go on: a rank failed (every rank stops with
+    /// its message), or the ranks disagree (started with different configurations).
+    Distributed {
+        /// What happened, naming the ranks.
+        message: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -210,6 +216,7 @@ impl fmt::Display for Error {
                     gib(*needed)
                 ),
             },
+            Error::Distributed { message } => write!(f, "distributed run stopped: {message}"),
         }
     }
 }

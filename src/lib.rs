@@ -21,6 +21,8 @@
 //!   trainer behind the examples.
 //! - [`gradcheck`](mod@gradcheck): check any function's gradients against finite differences.
 //! - [`data`]: the UCI digits shipped inside the crate.
+//! - [`distributed`]: training over several processes (MPI behind the `mpi` feature): data
+//!   parallelism and a class-parallel margin head.
 //!
 //! # Layers
 //!
@@ -35,7 +37,8 @@
 //! 4. the engine: [`Graph`], [`Var`], backward ([`Gradients`]), fused-op plug-in
 //!    ([`CustomOp`]); and [`gradcheck`](mod@gradcheck) on top of it;
 //! 5. [`loss`], then [`nn`], then [`optim`];
-//! 6. around a model: [`data`], [`metrics`], [`plot`], [`checkpoint`];
+//! 6. around a model: [`data`], [`metrics`], [`plot`], [`checkpoint`], and [`distributed`]
+//!    (other processes);
 //! 7. [`train`], which wires them together.
 //!
 //! A linear classifier's gradient, the whole loop:
@@ -61,6 +64,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod distributed;
 mod element;
 mod engine;
 mod error;

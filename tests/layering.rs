@@ -26,8 +26,8 @@ const LAYERS: &[&[&str]] = &[
     &["loss"],
     &["nn"],
     &["optim"],
-    // what surrounds a model: data, judgement, figures, files
-    &["data", "metrics", "plot", "checkpoint"],
+    // what surrounds a model: data, judgement, figures, files, other processes
+    &["data", "metrics", "plot", "checkpoint", "distributed"],
     // the trainer wires everything together
     &["train"],
 ];

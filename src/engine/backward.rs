@@ -53,6 +53,15 @@ impl<F: Element> Gradients<F> {
             .filter_map(|(i, g)| g.as_ref().map(|g| (ParamId(i), g)))
     }
 
+    /// Every parameter gradient present, in id order, to change in place (to average them over
+    /// the processes of a distributed run, say).
+    pub fn params_mut(&mut self) -> impl Iterator<Item = (ParamId, &mut Tensor<F>)> {
+        self.params
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, g)| g.as_mut().map(|g| (ParamId(i), g)))
+    }
+
     /// Checks that every gradient is finite.
     ///
     /// # Errors

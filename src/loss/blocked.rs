@@ -183,6 +183,122 @@ impl BlockedHead {
     }
 }
 
+/// How the shards of a class-parallel head (each holding a contiguous range of the classes,
+/// [`BlockedHead::shard_step`]) combine what each computed over its own classes. A
+/// communicator implements it with all-reduces; every shard calls both methods once per step,
+/// in this order.
+pub trait ShardExchange<F> {
+    /// Turns each row's statistics over this shard's classes into those over every class, in
+    /// place: `max[r]`, the largest logit of row `r`; `sum[r] = Σ_j exp(z_rj − max[r])`;
+    /// `target[r]`, the target logit `z_{r,y_r}` (0 where the target is another shard's).
+    /// Combined: `max = maxₛ maxₛ`, `sum = Σₛ sumₛ·exp(maxₛ − max)`, `target = Σₛ targetₛ`.
+    fn combine_rows(&mut self, max: &mut [F], sum: &mut [F], target: &mut [F]);
+
+    /// Sums over the shards the gradient of the normalised features `∂L/∂x̂` (`[B, D]`), each
+    /// shard's holding the terms of its own classes, in place.
+    fn sum_features_grad(&mut self, grad: &mut [F]);
+}
+
+impl BlockedHead {
+    /// [`BlockedHead::step`] over one shard of the classes: `centres` (`[C_s, D]`) are the
+    /// classes `first_class..first_class + C_s` of a head of `labels.classes()` classes, and
+    /// `features` (`[B, D]`, row-major) and `labels` are the whole batch, the same on every
+    /// shard. The row statistics and the features' gradient are combined through `exchange`;
+    /// the loss `L` (the mean over the batch, over every class) is then the same on every
+    /// shard. `update(class, rows, grad)` receives `∂L/∂W` of this shard's centres, block by
+    /// block, with `class` the global index of the first row.
+    ///
+    /// Returns `L` and `∂L/∂x` for the whole batch, `[B, D]`.
+    ///
+    /// # Errors
+    /// [`Error::EmptyBatch`] for `B = 0`; [`Error::DataLength`] when there are not `B`
+    /// labels or `features` is not `B·D` long; [`Error::InvalidSetting`] when the shard's
+    /// classes run past `labels.classes()`; [`Error::NonFinite`] when the loss is not finite,
+    /// before any centre is updated. The same inputs give the same error on every shard.
+    ///
+    /// # Panics
+    /// When `centres` is not a `[C_s, D]` matrix.
+    #[track_caller]
+    pub fn shard_step<F: Element>(
+        &self,
+        features: &[F],
+        centres: &mut Tensor<F>,
+        first_class: usize,
+        labels: &Labels,
+        exchange: &mut impl ShardExchange<F>,
+        mut update: impl FnMut(usize, &mut [F], &[F]),
+    ) -> Result<(F, Vec<F>), Error> {
+        let &[own, d] = centres.shape() else {
+            panic!(
+                "shape mismatch in blocked head shard step: centres {:?} (expected [C, D])",
+                centres.shape()
+            )
+        };
+        let b = labels.len();
+        if b == 0 {
+            return Err(Error::EmptyBatch);
+        }
+        if features.len() != b * d {
+            return Err(Error::DataLength {
+                shape: vec![b, d],
+                expected: b * d,
+                found: features.len(),
+            });
+        }
+        let classes = labels.classes();
+        Error::check(
+            "first class of the shard",
+            first_class as f64,
+            first_class + own <= classes,
+            "such that the shard's centres are classes of the labels",
+        )?;
+        // a target in another shard is at a position no block reaches
+        let targets = labels
+            .values()
+            .iter()
+            .map(|&l| {
+                l.checked_sub(first_class)
+                    .filter(|&t| t < own)
+                    .unwrap_or(usize::MAX)
+            })
+            .collect();
+        let mut pass = Pass::new(features, b, d, targets, self, Selection::All(own));
+        let mut stats = pass.row_stats(centres.data());
+        let mut max: Vec<F> = stats.iter().map(|s| s.max).collect();
+        let mut sum: Vec<F> = stats.iter().map(|s| s.sum).collect();
+        let mut target: Vec<F> = stats.iter().map(|s| s.target_logit).collect();
+        exchange.combine_rows(&mut max, &mut sum, &mut target);
+        for (r, s) in stats.iter_mut().enumerate() {
+            *s = RowStats {
+                max: max[r],
+                sum: sum[r],
+                target_logit: target[r],
+            };
+        }
+        let coef = F::from_f64(1.0 / b as f64);
+        let loss = pass.finish(&stats, coef);
+        if !loss.is_finite() {
+            return Err(Error::NonFinite {
+                what: "class-parallel head loss (features or centres not finite)".into(),
+                index: 0,
+                value: loss.to_f64(),
+            });
+        }
+        let mut dxn = vec![F::ZERO; b * d];
+        for k in 0..pass.blocks() {
+            let span = pass.span(k);
+            pass.load(k, centres.data());
+            let dw = pass.backward_block(k, coef, &mut dxn);
+            let rows = span.start * d..span.end * d;
+            update(first_class + span.start, &mut centres.data_mut()[rows], dw);
+        }
+        exchange.sum_features_grad(&mut dxn);
+        let mut dx = vec![F::ZERO; b * d];
+        pass.features_grad(&dxn, &mut dx, true);
+        Ok((loss, dx))
+    }
+}
+
 /// Panics (at the caller's line) unless `x` is `[B, D]` and `w` is `[C, D]`; returns `(B, D, C)`.
 #[track_caller]
 fn check_shapes(op: &str, x: &[usize], w: &[usize]) -> (usize, usize, usize) {
@@ -404,6 +520,12 @@ impl<'a, F: Element> Pass<'a, F> {
 
     /// Pass 1: every row's log-sum-exp into `lse`; returns `Σ_r coef·(lse_r − z_{r,y})`.
     fn forward(&mut self, centres: &[F], coef: F) -> F {
+        let stats = self.row_stats(centres);
+        self.finish(&stats, coef)
+    }
+
+    /// Pass 1 proper: each row's running log-sum-exp over the selection.
+    fn row_stats(&mut self, centres: &[F]) -> Vec<RowStats<F>> {
         let neg_inf = F::from_f64(f64::NEG_INFINITY);
         let start = RowStats {
             max: neg_inf,
@@ -431,8 +553,14 @@ impl<'a, F: Element> Pass<'a, F> {
                 stats.iter_mut().enumerate().for_each(fold);
             }
         }
+        stats
+    }
+
+    /// Each row's log-sum-exp from its statistics into `lse`; returns
+    /// `Σ_r coef·(lse_r − z_{r,y})`.
+    fn finish(&mut self, stats: &[RowStats<F>], coef: F) -> F {
         let mut total = F::ZERO;
-        for (lse, s) in self.lse.iter_mut().zip(&stats) {
+        for (lse, s) in self.lse.iter_mut().zip(stats) {
             *lse = s.max + s.sum.ln();
             total += (*lse - s.target_logit) * coef;
         }
@@ -557,8 +685,8 @@ fn grad_row<F: Element>(map: &LogitMap<F>, row: &mut [F], target: Option<usize>,
 }
 
 /// The features' side of [`BlockedHead::step`]: `∂x = g·∂L/∂x`, computed in the step.
-struct FeatureGrad<F> {
-    dx: Vec<F>,
+pub(crate) struct FeatureGrad<F> {
+    pub(crate) dx: Vec<F>,
 }
 
 impl<F: Element> CustomOp<F> for FeatureGrad<F> {

@@ -30,7 +30,8 @@ mod sphereface2;
 mod subcenter;
 
 pub use adaface::{ADAFACE_EPS, ADAFACE_NORM_RANGE, AdaFace, AdaFaceNorms, adaface_loss};
-pub use blocked::{BlockedHead, ClassSample, HEAD_NORM_EPS};
+pub(crate) use blocked::FeatureGrad;
+pub use blocked::{BlockedHead, ClassSample, HEAD_NORM_EPS, ShardExchange};
 pub use curricularface::{CurricularFace, CurricularFaceState, curricularface_loss};
 pub use elasticface::{ElasticFace, ElasticKind, elasticface_loss};
 pub use magface::{MagFace, magface_loss};

@@ -1,0 +1,166 @@
+//! Data parallelism: each rank trains the same model on its own part of every global batch,
+//! and the ranks' gradients are combined before each optimiser step.
+
+use super::{Wire, World};
+use crate::{Element, Error, Gradients, Params, seeded_rng};
+use rand::seq::SliceRandom;
+
+/// One rank's part of the data, epoch by epoch: a seeded permutation of the `n` samples, the
+/// same on every rank, cut into global batches of `size · batch` samples, of which rank `r`
+/// takes the `r`-th run of `batch`. The ranks' parts are disjoint, and step `t`'s global batch
+/// (the ranks' batches concatenated in rank order) is exactly the `t`-th batch that one
+/// process (`size = 1`, batch `size · batch`) draws from the same seed. The samples past the
+/// last whole global batch are left out of that epoch (every rank takes the same number of
+/// steps); the permutation changes with the epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    rank: usize,
+    size: usize,
+    batch: usize,
+}
+
+impl Shard {
+    /// This rank's shard, with `batch` samples per rank and step.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for a batch of 0.
+    pub fn new(world: &World, batch: usize) -> Result<Shard, Error> {
+        Shard::of(world.rank(), world.size(), batch)
+    }
+
+    /// Rank `rank`'s shard in a world of `size` (for a rank other than this process's).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for a batch of 0 or a rank not below `size`.
+    pub fn of(rank: usize, size: usize, batch: usize) -> Result<Shard, Error> {
+        Error::check("batch per rank", batch as f64, batch > 0, "at least 1")?;
+        Error::check("rank", rank as f64, rank < size, "below the world size")?;
+        Ok(Shard { rank, size, batch })
+    }
+
+    /// The global batch: `size · batch` samples per step.
+    pub fn global_batch(&self) -> usize {
+        self.size * self.batch
+    }
+
+    /// The steps of one epoch over `n` samples: `⌊n / global batch⌋`.
+    pub fn steps(&self, n: usize) -> usize {
+        n / self.global_batch()
+    }
+
+    /// This rank's batches of epoch `epoch` over `n` samples, as sample indices.
+    pub fn batches(&self, n: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut rng = seeded_rng(seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        order.shuffle(&mut rng);
+        order
+            .chunks_exact(self.global_batch())
+            .map(|global| global[self.rank * self.batch..][..self.batch].to_vec())
+            .collect()
+    }
+}
+
+/// `g ← factor · Σ_ranks g` for every parameter gradient, through one flat buffer and one
+/// all-reduce (collective). With each rank's loss the mean over its own batch, `factor =
+/// 1/size` gives the gradient of the mean over the global batch (data parallelism); with a
+/// loss that is already the global batch's (a [`ClassParallelHead`](super::ClassParallelHead)),
+/// `factor = 1`.
+///
+/// # Errors
+/// [`Error::Distributed`] on every rank when the ranks hold gradients of different sizes (a
+/// different model, or a parameter that received no gradient on one rank only); nothing is
+/// changed then.
+pub fn reduce_gradients<F: Element + Wire>(
+    world: &World,
+    grads: &mut Gradients<F>,
+    factor: F,
+) -> Result<(), Error> {
+    if world.size() == 1 && factor == F::ONE {
+        return Ok(());
+    }
+    let mut flat: Vec<F> = Vec::new();
+    let mut layout = Vec::new();
+    for (id, g) in grads.params() {
+        flat.extend_from_slice(g.data());
+        layout.push((id.index() as u64) << 32 | g.numel() as u64);
+    }
+    // the same parameters with the same sizes on every rank, or no rank goes on
+    let mine = super::fnv1a(&words_as_bytes(&layout));
+    let mut both = [mine, u64::MAX - mine];
+    world.all_reduce_max(&mut both);
+    if both != [mine, u64::MAX - mine] {
+        return Err(Error::Distributed {
+            message: "the ranks' gradients are of different parameters or sizes (are all \
+                      ranks training the same model?)"
+                .into(),
+        });
+    }
+    world.all_reduce_sum(&mut flat);
+    let mut at = 0;
+    for (_, g) in grads.params_mut() {
+        let n = g.numel();
+        for (v, &s) in g.data_mut().iter_mut().zip(&flat[at..at + n]) {
+            *v = s * factor;
+        }
+        at += n;
+    }
+    Ok(())
+}
+
+fn words_as_bytes(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// Checks that every rank holds the same parameters, bit for bit (collective): an all-reduce
+/// of a 64-bit hash of every parameter's bits (the maximum and the minimum over the ranks
+/// must agree). Returns the hash.
+///
+/// # Errors
+/// [`Error::Distributed`] on every rank when the ranks' parameters differ.
+pub fn parameter_checksum<F: Element>(world: &World, params: &Params<F>) -> Result<u64, Error> {
+    let mut bytes = Vec::new();
+    for id in params.ids() {
+        for &v in params.get(id).data() {
+            bytes.extend_from_slice(&v.to_f64().to_bits().to_le_bytes());
+        }
+    }
+    let hash = super::fnv1a(&bytes);
+    let mut both = [hash, u64::MAX - hash];
+    world.all_reduce_max(&mut both);
+    if both[0] != hash || u64::MAX - both[1] != hash {
+        return Err(Error::Distributed {
+            message: "the ranks' parameters differ: training has diverged between ranks".into(),
+        });
+    }
+    Ok(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shards_are_disjoint_and_make_up_the_global_batches() {
+        let (n, size, batch) = (23, 3, 2);
+        let whole = Shard::of(0, 1, size * batch).unwrap();
+        let global = whole.batches(n, 7, 1);
+        assert_eq!(global.len(), 3);
+        let parts: Vec<Vec<Vec<usize>>> = (0..size)
+            .map(|r| Shard::of(r, size, batch).unwrap().batches(n, 7, 1))
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for (t, g) in global.iter().enumerate() {
+            let joined: Vec<usize> = parts.iter().flat_map(|p| p[t].clone()).collect();
+            assert_eq!(&joined, g);
+            for &i in g {
+                assert!(seen.insert(i), "sample {i} in two shards");
+            }
+        }
+        assert_ne!(
+            whole.batches(n, 7, 2),
+            global,
+            "each epoch has its own order"
+        );
+        assert!(Shard::of(3, 3, 2).is_err() && Shard::of(0, 1, 0).is_err());
+    }
+}

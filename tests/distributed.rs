@@ -1,0 +1,334 @@
+//! Distributed training without MPI: the class-parallel head's arithmetic, sharded over threads
+//! that stand for ranks, against the dense head on the same global batch; the class-parallel
+//! head and the data-parallel helpers in a world of one.
+
+mod common;
+use common::rng;
+use margrad::distributed::{ClassParallelHead, Shard, World, parameter_checksum, reduce_gradients};
+use margrad::loss::{
+    ArcFallback, BlockedHead, HEAD_NORM_EPS, MarginLoss, ShardExchange, margin_cross_entropy,
+};
+use margrad::{Element, Error, Graph, Labels, Params, Tensor};
+use std::sync::{Arc, Barrier, Mutex};
+
+/// Features `[B, D]`, centres `[C, D]`, labels.
+struct Problem<F: Element> {
+    x: Tensor<F>,
+    w: Tensor<F>,
+    labels: Labels,
+}
+
+fn problem<F: Element>(b: usize, d: usize, c: usize, seed: u64) -> Problem<F> {
+    let mut rng = rng(seed);
+    let x = Tensor::<f64>::randn(&[b, d], 0.0, 1.0, &mut rng).cast();
+    let w = Tensor::<f64>::randn(&[c, d], 0.0, 0.3, &mut rng).cast();
+    let labels = Labels::new((0..b).map(|i| (i * 7 + 3) % c).collect(), c).unwrap();
+    Problem { x, w, labels }
+}
+
+/// Loss, ∂x and ∂W of the dense head: `margin_cross_entropy(x̂ · Ŵᵀ)`.
+fn dense<F: Element>(p: &Problem<F>, loss: &MarginLoss) -> (F, Tensor<F>, Tensor<F>) {
+    let g = Graph::new();
+    let (x, w) = (g.leaf(p.x.clone()), g.leaf(p.w.clone()));
+    let eps = F::from_f64(HEAD_NORM_EPS);
+    let cos = x.normalize_rows(eps).matmul_nt(w.normalize_rows(eps));
+    let l = margin_cross_entropy(cos, &p.labels, loss).unwrap();
+    let grads = l.backward();
+    (
+        l.item(),
+        grads.wrt(x).unwrap().clone(),
+        grads.wrt(w).unwrap().clone(),
+    )
+}
+
+/// Ranks as threads: each puts its buffer in its slot, and after a barrier every one reads
+/// all of them.
+struct ThreadExchange<F> {
+    rank: usize,
+    barrier: Arc<Barrier>,
+    slots: Arc<Mutex<Vec<Vec<F>>>>,
+}
+
+impl<F: Element> ThreadExchange<F> {
+    /// Every rank's `mine`, in rank order.
+    fn gather(&self, mine: Vec<F>) -> Vec<Vec<F>> {
+        self.slots.lock().unwrap()[self.rank] = mine;
+        self.barrier.wait();
+        let all = self.slots.lock().unwrap().clone();
+        self.barrier.wait();
+        all
+    }
+}
+
+impl<F: Element> ShardExchange<F> for ThreadExchange<F> {
+    fn combine_rows(&mut self, max: &mut [F], sum: &mut [F], target: &mut [F]) {
+        let b = max.len();
+        let all = self.gather([&*max, &*sum, &*target].concat());
+        for r in 0..b {
+            let m = all
+                .iter()
+                .map(|s| s[r])
+                .fold(
+                    F::from_f64(f64::NEG_INFINITY),
+                    |a, v| {
+                        if v > a { v } else { a }
+                    },
+                );
+            max[r] = m;
+            sum[r] = all
+                .iter()
+                .map(|s| {
+                    if s[b + r] == F::ZERO {
+                        F::ZERO
+                    } else {
+                        s[b + r] * (s[r] - m).exp()
+                    }
+                })
+                .sum();
+            target[r] = all.iter().map(|s| s[2 * b + r]).sum();
+        }
+    }
+
+    fn sum_features_grad(&mut self, grad: &mut [F]) {
+        let all = self.gather(grad.to_vec());
+        for (i, g) in grad.iter_mut().enumerate() {
+            *g = all.iter().map(|s| s[i]).sum();
+        }
+    }
+}
+
+/// `shard_step` on `size` threads, each owning its shard of the centres: the loss (from each
+/// shard), `∂x` (from each shard) and `∂W` assembled from the shards' updates.
+fn sharded<F: Element>(
+    p: &Problem<F>,
+    head: &BlockedHead,
+    size: usize,
+) -> Vec<(F, Tensor<F>, Tensor<F>)> {
+    let [c, d] = [p.w.shape()[0], p.w.shape()[1]];
+    let barrier = Arc::new(Barrier::new(size));
+    let slots = Arc::new(Mutex::new(vec![Vec::new(); size]));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..size)
+            .map(|rank| {
+                let mut exchange = ThreadExchange {
+                    rank,
+                    barrier: barrier.clone(),
+                    slots: slots.clone(),
+                };
+                s.spawn(move || {
+                    let shard = ClassParallelHead::shard_of(c, size, rank);
+                    let rows = shard.start * d..shard.end * d;
+                    let mut w =
+                        Tensor::from_vec(p.w.data()[rows].to_vec(), &[shard.len(), d]).unwrap();
+                    let mut dw = Tensor::<F>::full(p.w.shape(), F::from_f64(f64::NAN));
+                    let (loss, dx) = head
+                        .shard_step(
+                            p.x.data(),
+                            &mut w,
+                            shard.start,
+                            &p.labels,
+                            &mut exchange,
+                            |first, _, grad| {
+                                dw.data_mut()[first * d..first * d + grad.len()]
+                                    .copy_from_slice(grad);
+                            },
+                        )
+                        .unwrap();
+                    (loss, Tensor::from_vec(dx, p.x.shape()).unwrap(), dw, shard)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        // every shard's loss and ∂x, each with ∂W put together from every shard's rows
+        let mut dw = Tensor::<F>::zeros(p.w.shape());
+        for (_, _, part, shard) in &results {
+            let rows = shard.start * d..shard.end * d;
+            dw.data_mut()[rows.clone()].copy_from_slice(&part.data()[rows]);
+        }
+        results
+            .into_iter()
+            .map(|(loss, dx, _, _)| (loss, dx, dw.clone()))
+            .collect()
+    })
+}
+
+fn relative(a: &Tensor<impl Element>, b: &Tensor<impl Element>) -> f64 {
+    let scale = b
+        .data()
+        .iter()
+        .map(|v| v.to_f64().abs())
+        .fold(0.0, f64::max);
+    let diff = a
+        .data()
+        .iter()
+        .zip(b.data())
+        .map(|(x, y)| (x.to_f64() - y.to_f64()).abs())
+        .fold(0.0, f64::max);
+    diff / scale.max(1e-30)
+}
+
+#[test]
+fn the_class_parallel_head_is_the_dense_head_on_the_global_batch() {
+    let losses = [
+        MarginLoss::am(30.0, 0.35).unwrap(),
+        MarginLoss::arcface(64.0, 0.5, ArcFallback::Threshold).unwrap(),
+        MarginLoss::enhanced(30.0, 0.35).unwrap(),
+    ];
+    for loss in &losses {
+        for (size, block) in [(1, 4), (2, 3), (3, 100), (4, 1)] {
+            let p = problem::<f64>(12, 8, 11, 1);
+            let head = BlockedHead::new(loss.clone(), block).unwrap();
+            let (l, dx, dw) = dense(&p, loss);
+            for (rank, (ls, dxs, dws)) in sharded(&p, &head, size).iter().enumerate() {
+                let what = format!("{:?} on {size} shards, rank {rank}", loss.kind);
+                assert!(
+                    (ls - l).abs() <= 1e-13 * l.abs(),
+                    "{what}: loss {ls} vs {l}"
+                );
+                assert!(relative(dxs, &dx) < 1e-12, "{what}: ∂x");
+                assert!(relative(dws, &dw) < 1e-12, "{what}: ∂W");
+            }
+        }
+    }
+    // in f32, to the precision the brief asks of the MPI runs
+    let loss = &losses[0];
+    let p = problem::<f32>(24, 16, 40, 2);
+    let p64 = Problem {
+        x: p.x.cast::<f64>(),
+        w: p.w.cast::<f64>(),
+        labels: p.labels.clone(),
+    };
+    let (l, dx, dw) = dense(&p64, loss);
+    for (ls, dxs, dws) in sharded(&p, &BlockedHead::new(loss.clone(), 8).unwrap(), 3) {
+        assert!((f64::from(ls) - l).abs() <= 1e-6 * l.abs(), "{ls} vs {l}");
+        assert!(relative(&dxs, &dx) < 1e-5 && relative(&dws, &dw) < 1e-5);
+    }
+}
+
+#[test]
+fn a_shard_holding_no_target_and_a_shard_of_one_class_still_agree() {
+    // every label in the first class: the other shards own no target
+    let mut p = problem::<f64>(6, 5, 4, 3);
+    p.labels = Labels::new(vec![0; 6], 4).unwrap();
+    let loss = MarginLoss::am(30.0, 0.35).unwrap();
+    let (l, dx, dw) = dense(&p, &loss);
+    for (ls, dxs, dws) in sharded(&p, &BlockedHead::new(loss.clone(), 2).unwrap(), 4) {
+        assert!((ls - l).abs() <= 1e-13 * l.abs());
+        assert!(relative(&dxs, &dx) < 1e-12 && relative(&dws, &dw) < 1e-12);
+    }
+}
+
+#[test]
+fn in_a_world_of_one_the_class_parallel_head_is_the_blocked_head_bit_for_bit() {
+    let p = problem::<f32>(16, 8, 30, 4);
+    let head = BlockedHead::new(MarginLoss::am(30.0, 0.35).unwrap(), 7).unwrap();
+    let world = World::single();
+    let parallel = ClassParallelHead::new(head.clone(), 30, &world).unwrap();
+    assert_eq!(parallel.shard(), 0..30);
+    let sgd = |_: usize, rows: &mut [f32], grad: &[f32]| {
+        rows.iter_mut().zip(grad).for_each(|(w, g)| *w -= 0.5 * g);
+    };
+    let run = |distributed: bool| {
+        let mut w = p.w.clone();
+        let g = Graph::new();
+        let x = g.leaf(p.x.clone());
+        let l = if distributed {
+            parallel.step(&world, x, &mut w, &p.labels, sgd).unwrap()
+        } else {
+            head.step(x, &mut w, &p.labels, None, sgd).unwrap()
+        };
+        let dx = l.backward().wrt(x).unwrap().clone();
+        (l.item().to_bits(), dx.into_vec(), w.into_vec())
+    };
+    assert_eq!(run(true), run(false));
+}
+
+#[test]
+fn bad_labels_are_refused_before_anything_moves() {
+    let p = problem::<f32>(4, 3, 5, 5);
+    let world = World::single();
+    let head = BlockedHead::new(MarginLoss::am(30.0, 0.35).unwrap(), 2).unwrap();
+    let parallel = ClassParallelHead::new(head.clone(), 5, &world).unwrap();
+    let g = Graph::new();
+    let mut w = p.w.clone();
+    let wrong = Labels::new(vec![0, 1, 7, 2], 9).unwrap();
+    let err = parallel
+        .step(&world, g.leaf(p.x.clone()), &mut w, &wrong, |_, _, _| {
+            panic!("no update")
+        })
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::LabelOutOfRange {
+            index: 2,
+            label: 7,
+            classes: 5
+        }
+    );
+    let short = Labels::new(vec![0, 1], 5).unwrap();
+    let err = parallel
+        .step(&world, g.leaf(p.x.clone()), &mut w, &short, |_, _, _| {
+            panic!("no update")
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::DataLength { .. }), "{err}");
+    assert!(ClassParallelHead::new(head, 0, &world).is_err());
+    assert_eq!(w.data(), p.w.data());
+}
+
+#[test]
+fn gradients_are_reduced_in_place_and_checksums_agree_in_a_world_of_one() {
+    let world = World::single();
+    let mut rng = rng(6);
+    let mut params = Params::<f32>::new();
+    let w = params.add("w", Tensor::randn(&[3, 2], 0.0, 1.0, &mut rng));
+    let b = params.add("b", Tensor::randn(&[2], 0.0, 1.0, &mut rng));
+    let mut grads = {
+        let g = Graph::new();
+        let x = g.constant(Tensor::randn(&[4, 3], 0.0, 1.0, &mut rng));
+        (x.matmul(g.param(&params, w)) + g.param(&params, b))
+            .sum()
+            .backward()
+    };
+    let before: Vec<Vec<f32>> = grads.params().map(|(_, t)| t.data().to_vec()).collect();
+    reduce_gradients(&world, &mut grads, 0.5).unwrap();
+    let after: Vec<Vec<f32>> = grads.params().map(|(_, t)| t.data().to_vec()).collect();
+    for (a, b) in after.iter().zip(&before) {
+        assert!(a.iter().zip(b).all(|(a, b)| *a == 0.5 * b));
+    }
+    let sum = parameter_checksum(&world, &params).unwrap();
+    params.get_mut(b).data_mut()[0] += 1.0;
+    assert_ne!(parameter_checksum(&world, &params).unwrap(), sum);
+    // one rank's shard is the whole data set's batches
+    let shard = Shard::new(&world, 5).unwrap();
+    assert_eq!(shard.steps(12), 2);
+    assert_eq!(shard.batches(12, 1, 0).concat().len(), 10);
+}
+
+#[test]
+fn a_whole_head_cuts_into_the_shards_of_any_world_and_gathers_back() {
+    let all = Tensor::<f32>::from_fn(&[10, 3], |i| i as f32);
+    let head = BlockedHead::new(MarginLoss::am(30.0, 0.35).unwrap(), 4).unwrap();
+    for size in 1..=4 {
+        let shards: Vec<Tensor<f32>> = (0..size)
+            .map(|rank| {
+                ClassParallelHead::for_rank(head.clone(), 10, rank, size)
+                    .unwrap()
+                    .take_shard(&all)
+                    .unwrap()
+            })
+            .collect();
+        let joined: Vec<f32> = shards.iter().flat_map(|s| s.data().to_vec()).collect();
+        assert_eq!(joined, all.data(), "{size} ranks");
+    }
+    let world = World::single();
+    let one = ClassParallelHead::new(head.clone(), 10, &world).unwrap();
+    let shard = one.take_shard(&all).unwrap();
+    assert_eq!(one.gather(&world, &shard).unwrap(), all);
+    let wrong = Tensor::<f32>::zeros(&[9, 3]);
+    assert!(matches!(
+        one.take_shard(&wrong),
+        Err(Error::DataLength { .. })
+    ));
+    assert!(ClassParallelHead::for_rank(head, 10, 2, 2).is_err());
+}
