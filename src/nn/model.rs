@@ -91,7 +91,7 @@ pub struct Model<F: Element = f32> {
     config: ModelConfig,
     embedder: Sequential<F>,
     head: Arc<dyn Head<F>>,
-    input_dim: usize,
+    input_shape: Vec<usize>,
     embedding_dim: usize,
 }
 
@@ -114,8 +114,9 @@ impl<F: Element> Model<F> {
     /// [`SeededRng`](crate::SeededRng) for a fresh model).
     ///
     /// # Errors
-    /// What [`Sequential::new_with`] returns for the embedder; [`Error::LayerSettings`] when
-    /// its input or output width is not fixed by any layer; [`Error::InvalidSetting`] for zero
+    /// What [`Sequential::new_with`] returns for the embedder (a layer that does not fit the
+    /// shape the layers before it give); [`Error::LayerSettings`] when no layer fixes its input
+    /// shape, or when it does not end in feature rows; [`Error::InvalidSetting`] for zero
     /// classes or an invalid loss.
     pub fn new_with(
         config: ModelConfig,
@@ -125,17 +126,25 @@ impl<F: Element> Model<F> {
     ) -> Result<Self, Error> {
         let embedder =
             Sequential::new_with(&config.embedder, registry, params, EMBEDDER_PREFIX, source)?;
-        let (Some(input_dim), Some(embedding_dim)) =
-            (embedder.input_width(), embedder.output_width(None))
-        else {
-            return Err(Error::LayerSettings {
-                layer: EMBEDDER_PREFIX.to_string(),
-                kind: SequentialConfig::KIND.to_string(),
-                message: "no layer fixes the embedder's input or output width: it needs one \
-                          that declares its widths (a Linear, a BatchNorm1d)"
-                    .to_string(),
-            });
+        let not_rows = |message: String| Error::LayerSettings {
+            layer: EMBEDDER_PREFIX.to_string(),
+            kind: SequentialConfig::KIND.to_string(),
+            message,
         };
+        let Some((input_shape, output_shape)) = embedder.item_shapes() else {
+            return Err(not_rows(
+                "no layer fixes the embedder's input shape: it needs one that declares it \
+                 (a Linear, a BatchNorm1d, an Unflatten)"
+                    .to_string(),
+            ));
+        };
+        let &[embedding_dim] = output_shape else {
+            return Err(not_rows(format!(
+                "it gives items of shape {output_shape:?}, the head takes feature rows (a \
+                 flatten or a global pooling at its end gives them)"
+            )));
+        };
+        let input_shape = input_shape.to_vec();
         let head = config
             .head
             .build(params, HEAD_PREFIX, embedding_dim, source)?;
@@ -146,7 +155,7 @@ impl<F: Element> Model<F> {
             },
             embedder,
             head,
-            input_dim,
+            input_shape,
             embedding_dim,
         })
     }
@@ -166,9 +175,17 @@ impl<F: Element> Model<F> {
         &*self.head
     }
 
-    /// The number of input features.
+    /// The number of input features: each row of `x` is one item of
+    /// [`input_shape`](Model::input_shape), flattened.
     pub fn input_dim(&self) -> usize {
-        self.input_dim
+        self.input_shape.iter().product()
+    }
+
+    /// The shape of one input item as the embedder's first layers see it: `[D]` for feature
+    /// rows; for a convolutional embedder, the rows it unflattens into planes
+    /// (`[784]` for MNIST, which its first layer turns into `[1, 28, 28]`).
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
     }
 
     /// The width `D` of the embedding.
