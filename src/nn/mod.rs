@@ -77,6 +77,7 @@ mod pool;
 mod prelu;
 mod registry;
 mod residual;
+mod resnet;
 mod sequential;
 mod trained_head;
 
@@ -87,12 +88,13 @@ pub use forward::{BufferUpdates, Forward};
 pub use layers::{Activation, BatchNorm1d, BatchNorm1dConfig, Dropout, Init, Linear, LinearConfig};
 pub use lenet::LeNetPlusPlus;
 pub use mlp::MlpConfig;
-pub use model::{EMBEDDER_PREFIX, HEAD_PREFIX, HeadConfig, Model, ModelConfig};
+pub use model::{EMBEDDER_PREFIX, EVAL_ROWS, HEAD_PREFIX, HeadConfig, Model, ModelConfig};
 pub use module::{Head, LayerSpec, Module};
 pub use pool::{AvgPool2d, Flatten, GlobalAvgPool, MaxPool2d, Unflatten};
 pub use prelu::{PRelu, PReluConfig};
 pub use registry::{BuildContext, LayerRegistry};
 pub use residual::{BasicBlock, BasicBlockConfig, BlockActivation};
+pub use resnet::ResNetConfig;
 pub use sequential::{Sequential, SequentialConfig};
 pub use trained_head::TrainedHead;
 

@@ -15,6 +15,33 @@ pub const EMBEDDER_PREFIX: &str = "embed";
 /// The prefix of the head's tensors (`head.weight`).
 pub const HEAD_PREFIX: &str = "head";
 
+/// The rows [`Model::predict`] and [`Model::embeddings`] take through the embedder at once:
+/// every row's result is its own (evaluation mode), and the memory a convolutional embedder's
+/// planes take stays that of this many rows, not of a whole test split (10,000 MNIST images
+/// through LeNet++'s first stage would hold 1 GB per layer).
+pub const EVAL_ROWS: usize = 256;
+
+/// `f` applied to the rows of `x` [`EVAL_ROWS`] at a time, the results stacked in order.
+fn by_rows<F: Element>(x: &Tensor<F>, f: impl Fn(Tensor<F>) -> Tensor<F>) -> Tensor<F> {
+    let rows = x.shape().first().copied().unwrap_or(0);
+    if rows <= EVAL_ROWS {
+        return f(x.clone());
+    }
+    let width = x.numel() / rows;
+    let (mut data, mut item) = (Vec::new(), Vec::new());
+    for start in (0..rows).step_by(EVAL_ROWS) {
+        let n = EVAL_ROWS.min(rows - start);
+        let mut shape = x.shape().to_vec();
+        shape[0] = n;
+        let slice = x.data()[start * width..(start + n) * width].to_vec();
+        let y = f(Tensor::from_vec(slice, &shape).expect("whole rows"));
+        item = y.shape()[1..].to_vec();
+        data.extend_from_slice(y.data());
+    }
+    let shape: Vec<usize> = std::iter::once(rows).chain(item).collect();
+    Tensor::from_vec(data, &shape).expect("rows of one shape")
+}
+
 /// The head on top of the embedding.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum HeadConfig {
@@ -242,25 +269,29 @@ impl<F: Element> Model<F> {
     }
 
     /// The predicted class of each row of `x` (evaluation mode): the embedder, then
-    /// [`Head::predict`].
+    /// [`Head::predict`]. The rows go through the embedder [`EVAL_ROWS`] at a time.
     ///
     /// # Panics
     /// When `x` is not `[B, input_dim]`.
     #[track_caller]
     pub fn predict(&self, params: &Params<F>, x: &Tensor<F>) -> Vec<usize> {
-        self.head.predict(params, &self.embedder.infer(params, x))
+        let features = by_rows(x, |rows| self.embedder.infer(params, &rows));
+        self.head.predict(params, &features)
     }
 
     /// L2-normalised embeddings of the rows of `x` (evaluation mode), for verification:
-    /// `ê_i = e_i / max(‖e_i‖, ε)` ([`l2_normalize`]) of [`Model::embed`]'s `e`.
+    /// `ê_i = e_i / max(‖e_i‖, ε)` ([`l2_normalize`]) of [`Model::embed`]'s `e`, [`EVAL_ROWS`]
+    /// rows at a time.
     ///
     /// # Panics
     /// When `x` is not `[B, input_dim]`.
     #[track_caller]
     pub fn embeddings(&self, params: &Params<F>, x: &Tensor<F>) -> Tensor<F> {
-        let g = Graph::inference();
-        let mut cx = Forward::eval(&g, params);
-        l2_normalize(self.embed(&mut cx, g.constant(x.clone()))).to_tensor()
+        by_rows(x, |rows| {
+            let g = Graph::inference();
+            let mut cx = Forward::eval(&g, params);
+            l2_normalize(self.embed(&mut cx, g.constant(rows))).to_tensor()
+        })
     }
 }
 
