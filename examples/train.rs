@@ -17,6 +17,7 @@ use cli::{
     DataFlags, Stdout, describe, given, loss_parser, model_parser, parse, print_final,
     refuse_mlp_flags, refuse_unread, usage,
 };
+use margrad::data::Augment;
 use margrad::loss::{ArcFallback, LossKind};
 use margrad::train::{
     CHECKPOINT_FILE, EXPORT_FILE, Event, MethodName, ModelKind, OutputPolicy, Setting, TrainConfig,
@@ -91,6 +92,26 @@ struct Cli {
     #[arg(long, value_name = "P", help_heading = "Model and training",
           default_value_t = TrainConfig::default().dropout)]
     dropout: f64,
+    /// Augment the training images (image data): random shifts of up to --translate pixels,
+    /// and with --erase a rectangle erased
+    #[arg(long, help_heading = "Model and training")]
+    augment: bool,
+    /// With --augment: the largest shift, in pixels, along each axis
+    #[arg(
+        long,
+        value_name = "N",
+        help_heading = "Model and training",
+        default_value_t = 2
+    )]
+    translate: usize,
+    /// With --augment: the probability that an image has a random rectangle erased
+    #[arg(
+        long,
+        value_name = "P",
+        help_heading = "Model and training",
+        default_value_t = 0.0
+    )]
+    erase: f64,
     /// Epochs
     #[arg(long, value_name = "N", help_heading = "Model and training",
           default_value_t = TrainConfig::default().epochs)]
@@ -221,6 +242,17 @@ const READ_BY_SOME: [(&str, &str, Setting); 9] = [
     ("momentum", "--momentum", Setting::Momentum),
 ];
 
+/// Refuses --translate and --erase without --augment, which alone reads them.
+fn refuse_without_augment(matches: &clap::ArgMatches, augment: bool) -> Result<(), String> {
+    match [("translate", "--translate"), ("erase", "--erase")]
+        .iter()
+        .find(|(id, _)| given(matches, id))
+    {
+        Some((_, flag)) if !augment => Err(format!("{flag} is read only with --augment")),
+        _ => Ok(()),
+    }
+}
+
 /// The run's configuration and output folder, every flag checked; a usage error otherwise.
 fn configure() -> (TrainConfig, PathBuf) {
     let (cli, matches) = parse::<Cli>();
@@ -232,6 +264,7 @@ fn configure() -> (TrainConfig, PathBuf) {
     ];
     let checked = refuse_unread(&matches, &READ_BY_SOME, &[cli.loss], optimizer)
         .and_then(|()| refuse_mlp_flags(&matches, &mlp_flags, cli.model))
+        .and_then(|()| refuse_without_augment(&matches, cli.augment))
         .and_then(|()| cli.data.settings(&matches));
     let data = checked.unwrap_or_else(|message| usage::<Cli>(message));
     // dropout and BatchNorm follow each hidden layer: with none, nothing reads them
@@ -258,6 +291,10 @@ fn configure() -> (TrainConfig, PathBuf) {
         embed_dim: cli.embed_dim,
         batch_norm: cli.batch_norm,
         dropout: cli.dropout,
+        augment: cli.augment.then_some(Augment {
+            translate: cli.translate,
+            erase: cli.erase,
+        }),
         epochs: cli.epochs,
         batch: cli.batch,
         optimizer,

@@ -35,7 +35,7 @@ use crate::metrics::{
 };
 use crate::nn::{LeNetPlusPlus, MlpConfig, Model, ModelConfig, ResNetConfig};
 use crate::optim::{LrSchedule, Method, Optimizer, Schedule};
-use crate::{Error, Params, SeededRng, seeded_rng};
+use crate::{Error, Params, SeededRng, Tensor, seeded_rng};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::Write;
@@ -673,6 +673,7 @@ fn run(
         let order = data.train.shuffled_batches(config.batch, &mut rng);
         for (index, (x, labels)) in order.enumerate() {
             let step = index + 1;
+            let x = augmented(config, x, epoch, step);
             let outcome =
                 match model_step(&model, &mut params, &mut optimizer, &mut rng, x, &labels) {
                     Ok(outcome) => outcome,
@@ -735,6 +736,17 @@ fn run(
     };
     write_outputs(out, &model, &params, &data, &metrics, &evaluation)?;
     Ok(metrics)
+}
+
+/// The batch `x` as the model trains on it: augmented when the run says so, with draws
+/// seeded by the run's seed, the epoch and the step (so that a resumed run draws the same).
+fn augmented(config: &TrainConfig, x: Tensor<f32>, epoch: usize, step: usize) -> Tensor<f32> {
+    match (&config.augment, config.data.source.image_shape()) {
+        (Some(augment), Some(image)) => {
+            augment.apply(&x, image, config.seed, epoch as u64, step as u64)
+        }
+        _ => x,
+    }
 }
 
 fn write_outputs(

@@ -1,7 +1,7 @@
 //! The settings of a training run, as `examples/train.rs` takes them from its flags.
 
 use crate::Error;
-use crate::data::{InputScaling, SyntheticConfig};
+use crate::data::{Augment, InputScaling, SyntheticConfig};
 use crate::loss::{ArcFallback, LossKind, LossSettings};
 use crate::nn::HeadConfig;
 use crate::train::output::OutputPolicy;
@@ -196,6 +196,10 @@ pub struct TrainConfig {
     pub batch_norm: bool,
     /// Dropout after each hidden layer of the MLP.
     pub dropout: f64,
+    /// Augmentation of the training images (image data only), drawn from the run's seed, the
+    /// epoch and the step.
+    #[serde(default)]
+    pub augment: Option<Augment>,
     /// Epochs.
     pub epochs: usize,
     /// Batch size.
@@ -251,6 +255,7 @@ impl Default for TrainConfig {
             embed_dim: 128,
             batch_norm: false,
             dropout: 0.2,
+            augment: None,
             epochs: 20,
             batch: 128,
             optimizer: MethodName::Adam,
@@ -279,6 +284,16 @@ impl TrainConfig {
         let input_dim = self.model.image_shape().map_or(1, |s| s.iter().product());
         super::model_config(self, input_dim, 1)?;
         self.data.validate()?;
+        if let Some(augment) = &self.augment {
+            let image = self.data.source.image_shape();
+            Error::check(
+                "augment",
+                1.0,
+                image.is_some(),
+                "used with image data only (--data digits or mnist)",
+            )?;
+            augment.validate(image.expect("checked"))?;
+        }
         Error::check("epochs", self.epochs as f64, self.epochs > 0, "at least 1")?;
         Error::check("batch", self.batch as f64, self.batch > 0, "at least 1")?;
         Error::check(
