@@ -9,7 +9,9 @@ const PIXELS: usize = 120;
 
 /// `n` images, each a single lit pixel at (5, 4).
 fn dots(n: usize) -> Tensor<f32> {
-    Tensor::from_fn(&[n, PIXELS], |i| if i % PIXELS == 5 * 10 + 4 { 1.0 } else { 0.0 })
+    Tensor::from_fn(&[n, PIXELS], |i| {
+        if i % PIXELS == 5 * 10 + 4 { 1.0 } else { 0.0 }
+    })
 }
 
 fn lit(row: &[f32]) -> Vec<usize> {
@@ -26,7 +28,11 @@ fn the_same_seed_epoch_and_step_give_the_same_batch_and_others_differ() {
     let first = a.apply(&x, IMAGE, 7, 3, 11);
     assert_eq!(first, a.apply(&x, IMAGE, 7, 3, 11));
     for (seed, epoch, step) in [(8, 3, 11), (7, 4, 11), (7, 3, 12)] {
-        assert_ne!(first, a.apply(&x, IMAGE, seed, epoch, step), "{seed} {epoch} {step}");
+        assert_ne!(
+            first,
+            a.apply(&x, IMAGE, seed, epoch, step),
+            "{seed} {epoch} {step}"
+        );
     }
     // on any number of threads: the draws are made in order on the calling thread
     let pool = rayon::ThreadPoolBuilder::new()
@@ -73,7 +79,11 @@ fn content_shifted_past_the_border_is_gone_and_the_border_filled_with_zeros() {
         let zero_cols = (0..10).filter(|c| (0..12).all(|r| row[r * 10 + c] == 0.0));
         let (zr, zc) = (zero_rows.count(), zero_cols.count());
         let ones = row.iter().filter(|&&v| v == 1.0).count();
-        assert_eq!(ones, (12 - zr) * (10 - zc), "a shift leaves a rectangle of ones");
+        assert_eq!(
+            ones,
+            (12 - zr) * (10 - zc),
+            "a shift leaves a rectangle of ones"
+        );
         assert!(zr <= 3 && zc <= 3);
     }
 }

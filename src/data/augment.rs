@@ -90,12 +90,13 @@ impl Augment {
             for (plane_in, plane_out) in from.chunks(h * w).zip(to.chunks_mut(h * w)) {
                 shift(plane_in, plane_out, [h, w], [dy, dx]);
             }
-            if self.erase > 0.0 && rng.random_bool(self.erase) {
-                if let Some([y0, x0, eh, ew]) = erased_rectangle(&mut rng, [h, w]) {
-                    for plane in to.chunks_mut(h * w) {
-                        for row in plane.chunks_mut(w).skip(y0).take(eh) {
-                            row[x0..x0 + ew].fill(0.0);
-                        }
+            if self.erase > 0.0
+                && rng.random_bool(self.erase)
+                && let Some([y0, x0, eh, ew]) = erased_rectangle(&mut rng, [h, w])
+            {
+                for plane in to.chunks_mut(h * w) {
+                    for row in plane.chunks_mut(w).skip(y0).take(eh) {
+                        row[x0..x0 + ew].fill(0.0);
                     }
                 }
             }
@@ -113,7 +114,7 @@ fn batch_seed(seed: u64, epoch: u64, step: u64) -> u64 {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     };
-    mix(mix(mix(seed ^ 0x6175_676d_656e_74) ^ epoch) ^ step)
+    mix(mix(mix(seed ^ 0x0061_7567_6d65_6e74) ^ epoch) ^ step)
 }
 
 /// `to[y, x] = from[y − dy, x − dx]`, zero where that falls outside; `to` starts at zero.
