@@ -40,8 +40,10 @@ pub struct ResNetConfig {
 
 impl ResNetConfig {
     /// MNIST-shaped input, 16/32/64 channels, one block per stage, an embedding of
-    /// `embedding_dim`: about 0.18 M parameters and 10 M multiply-adds per 28×28 image, the
-    /// size that trains MNIST for several epochs in minutes on two cores.
+    /// `embedding_dim`: 76 k convolution weights and 9.4 M multiply-adds per 28×28 image
+    /// (3.6 M of them in the first stage's block), so a training step costs about 56 MFLOP
+    /// per image, forward and backward: at the 50-80 GFLOP/s the convolutions reach on two
+    /// cores, about a minute per pass over MNIST's 60,000 images.
     pub fn new(embedding_dim: usize) -> Self {
         ResNetConfig {
             input: [1, 28, 28],
