@@ -10,9 +10,12 @@
 mod cli;
 
 use clap::Parser;
-use cli::{DataFlags, Stdout, describe, loss_parser, parse, refuse_unread, usage};
+use cli::{
+    DataFlags, Stdout, describe, loss_parser, model_parser, parse, refuse_mlp_flags, refuse_unread,
+    usage,
+};
 use margrad::loss::LossKind;
-use margrad::train::{Metrics, OutputPolicy, Setting, TrainConfig, TrainError, train};
+use margrad::train::{Metrics, ModelKind, OutputPolicy, Setting, TrainConfig, TrainError, train};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,7 +39,11 @@ struct Cli {
     /// Embedding dimension
     #[arg(long, value_name = "N", default_value_t = TrainConfig::default().embed_dim)]
     embed_dim: usize,
-    /// Dropout probability after the hidden layer
+    /// The embedder (as train's --model)
+    #[arg(long, value_name = "NAME", value_parser = model_parser(),
+          default_value = TrainConfig::default().model.name())]
+    model: ModelKind,
+    /// Dropout probability after the MLP's hidden layer
     #[arg(long, value_name = "P", default_value_t = TrainConfig::default().dropout)]
     dropout: f64,
     /// Logit scale s (for the losses that have one)
@@ -83,11 +90,13 @@ fn configure() -> (TrainConfig, Vec<LossKind>, Cli) {
         ("margin", "--margin", Setting::Margin),
     ];
     let data = refuse_unread(&matches, &flags, &losses, base.optimizer)
+        .and_then(|()| refuse_mlp_flags(&matches, &[("dropout", "--dropout")], cli.model))
         .and_then(|()| cli.data.settings(&matches))
         .unwrap_or_else(|message| usage::<Cli>(message));
     let mut base = TrainConfig {
         data,
         epochs: cli.epochs,
+        model: cli.model,
         embed_dim: cli.embed_dim,
         dropout: cli.dropout,
         output: if cli.overwrite {

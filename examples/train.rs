@@ -14,11 +14,14 @@ mod cli;
 
 use clap::{Parser, ValueEnum};
 use cli::{
-    DataFlags, Stdout, describe, given, loss_parser, parse, print_final, refuse_unread, usage,
+    DataFlags, Stdout, describe, given, loss_parser, model_parser, parse, print_final,
+    refuse_mlp_flags, refuse_unread, usage,
 };
+use margrad::data::Augment;
 use margrad::loss::{ArcFallback, LossKind};
 use margrad::train::{
-    CHECKPOINT_FILE, EXPORT_FILE, Event, MethodName, OutputPolicy, Setting, TrainConfig, train,
+    CHECKPOINT_FILE, EXPORT_FILE, Event, MethodName, ModelKind, OutputPolicy, Setting, TrainConfig,
+    train,
 };
 use std::fmt;
 use std::io::{IsTerminal, Write};
@@ -69,7 +72,12 @@ struct Cli {
     #[arg(long, value_enum, help_heading = "Loss", default_value_t = TrainConfig::default().loss.fallback.into())]
     fallback: Fallback,
 
-    /// Hidden layer widths, comma-separated (empty for none)
+    /// The embedder: an MLP of --hidden widths (any data), or for 28×28 grey images (MNIST)
+    /// LeNet++ or a small ResNet
+    #[arg(long, value_name = "NAME", value_parser = model_parser(), help_heading = "Model and training",
+          default_value = TrainConfig::default().model.name())]
+    model: ModelKind,
+    /// The MLP's hidden layer widths, comma-separated (empty for none)
     #[arg(long, value_name = "LIST", help_heading = "Model and training",
           default_value_t = Widths(TrainConfig::default().hidden))]
     hidden: Widths,
@@ -77,13 +85,33 @@ struct Cli {
     #[arg(long, value_name = "N", help_heading = "Model and training",
           default_value_t = TrainConfig::default().embed_dim)]
     embed_dim: usize,
-    /// BatchNorm1d after each hidden layer
+    /// BatchNorm1d after each of the MLP's hidden layers
     #[arg(long, help_heading = "Model and training")]
     batch_norm: bool,
-    /// Dropout probability after each hidden layer
+    /// Dropout probability after each of the MLP's hidden layers
     #[arg(long, value_name = "P", help_heading = "Model and training",
           default_value_t = TrainConfig::default().dropout)]
     dropout: f64,
+    /// Augment the training images (image data): random shifts of up to --translate pixels,
+    /// and with --erase a rectangle erased
+    #[arg(long, help_heading = "Model and training")]
+    augment: bool,
+    /// With --augment: the largest shift, in pixels, along each axis
+    #[arg(
+        long,
+        value_name = "N",
+        help_heading = "Model and training",
+        default_value_t = 2
+    )]
+    translate: usize,
+    /// With --augment: the probability that an image has a random rectangle erased
+    #[arg(
+        long,
+        value_name = "P",
+        help_heading = "Model and training",
+        default_value_t = 0.0
+    )]
+    erase: f64,
     /// Epochs
     #[arg(long, value_name = "N", help_heading = "Model and training",
           default_value_t = TrainConfig::default().epochs)]
@@ -214,11 +242,29 @@ const READ_BY_SOME: [(&str, &str, Setting); 9] = [
     ("momentum", "--momentum", Setting::Momentum),
 ];
 
+/// Refuses --translate and --erase without --augment, which alone reads them.
+fn refuse_without_augment(matches: &clap::ArgMatches, augment: bool) -> Result<(), String> {
+    match [("translate", "--translate"), ("erase", "--erase")]
+        .iter()
+        .find(|(id, _)| given(matches, id))
+    {
+        Some((_, flag)) if !augment => Err(format!("{flag} is read only with --augment")),
+        _ => Ok(()),
+    }
+}
+
 /// The run's configuration and output folder, every flag checked; a usage error otherwise.
 fn configure() -> (TrainConfig, PathBuf) {
     let (cli, matches) = parse::<Cli>();
     let optimizer = MethodName::from(cli.optimizer);
+    let mlp_flags = [
+        ("hidden", "--hidden"),
+        ("dropout", "--dropout"),
+        ("batch_norm", "--batch-norm"),
+    ];
     let checked = refuse_unread(&matches, &READ_BY_SOME, &[cli.loss], optimizer)
+        .and_then(|()| refuse_mlp_flags(&matches, &mlp_flags, cli.model))
+        .and_then(|()| refuse_without_augment(&matches, cli.augment))
         .and_then(|()| cli.data.settings(&matches));
     let data = checked.unwrap_or_else(|message| usage::<Cli>(message));
     // dropout and BatchNorm follow each hidden layer: with none, nothing reads them
@@ -240,10 +286,15 @@ fn configure() -> (TrainConfig, PathBuf) {
             combined: (cli.m1, cli.m2, cli.m3),
             fallback: cli.fallback.into(),
         },
+        model: cli.model,
         hidden: cli.hidden.0,
         embed_dim: cli.embed_dim,
         batch_norm: cli.batch_norm,
         dropout: cli.dropout,
+        augment: cli.augment.then_some(Augment {
+            translate: cli.translate,
+            erase: cli.erase,
+        }),
         epochs: cli.epochs,
         batch: cli.batch,
         optimizer,
@@ -271,7 +322,8 @@ fn main() -> ExitCode {
     let terminal = std::io::stderr().is_terminal();
     say!(
         stdout,
-        "training {} (s = {}, m = {}) for {} epochs; outputs in {}",
+        "training {} with {} (s = {}, m = {}) for {} epochs; outputs in {}",
+        config.model.name(),
         config.loss.kind.name(),
         config.loss.scale,
         config.loss.margin,

@@ -100,6 +100,16 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// Data that the model cannot take: images of another size than its input, features
+    /// where it takes images.
+    DataDoesNotFit {
+        /// The model, as its settings name it ("--model lenet++").
+        model: String,
+        /// What it takes ("28×28 grey images").
+        takes: String,
+        /// What the data gives ("--data digits: 8×8 images").
+        given: String,
+    },
     /// A setting so large that the memory a run would hold cannot be counted in 64 bits, or
     /// exceeds the memory the machine has available: refused before anything is allocated.
     TooLarge {
@@ -123,6 +133,14 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::DataDoesNotFit {
+                model,
+                takes,
+                given,
+            } => write!(
+                f,
+                "the data does not fit the model: {model} takes {takes}, {given}"
+            ),
             Error::DataLength {
                 shape,
                 expected,

@@ -3,6 +3,8 @@
 //! values too large for memory, a closed or full standard output, and an output folder in use.
 //! Each run is small (the digits, one epoch) and takes well under a second.
 
+mod common;
+
 use margrad::loss::LossKind;
 use margrad::train::CHECKPOINT_FILE;
 use std::ffi::OsString;
@@ -712,4 +714,107 @@ fn the_cnn_step_refuses_bad_arguments_and_data_files() {
     std::fs::write(dir.join("y.i32"), 2i32.to_le_bytes()).unwrap();
     assert_refused("reference_cnn_step", &[d, "1", "2", "1"], 1, "y.i32");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_model_is_chosen_by_name_and_checked_against_the_data_and_the_flags() {
+    let (status, stdout, _) = run("train", &["--help"]);
+    assert_eq!(status, 0);
+    assert!(
+        stdout.contains("--model <NAME>") && stdout.contains("lenet++"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("--augment") && stdout.contains("--erase <P>"),
+        "{stdout}"
+    );
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["--model", "lenet++"],
+            "the data does not fit the model: --model lenet++ takes 28×28 grey images, --data \
+             digits gives 8×8 images",
+        ),
+        (
+            &["--model", "resnet", "--data", "synthetic"],
+            "--data synthetic gives features, not images",
+        ),
+        (
+            &["--model", "resnet", "--hidden", "64"],
+            "--hidden is read only by --model mlp, not resnet",
+        ),
+        (
+            &["--model", "lenet++", "--batch-norm"],
+            "--batch-norm is read only by --model mlp, not lenet++",
+        ),
+        (
+            &["--model", "vgg"],
+            "invalid value 'vgg' for '--model <NAME>'",
+        ),
+        (&["--erase", "0.5"], "--erase is read only with --augment"),
+        (
+            &["--augment", "--data", "synthetic"],
+            "invalid augment = 1: must be used with image data only",
+        ),
+    ];
+    for (args, message) in cases {
+        assert_refused("train", args, 2, message);
+    }
+    assert_refused(
+        "train",
+        &["--augment", "--translate", "8"],
+        2,
+        "invalid translate = 8: must be smaller than the image's side",
+    );
+    assert_refused(
+        "compare_losses",
+        &["--model", "lenet++", "--losses", "am"],
+        2,
+        "--model lenet++ takes 28×28 grey images",
+    );
+    assert_refused(
+        "compare_losses",
+        &["--model", "resnet", "--dropout", "0.1"],
+        2,
+        "--dropout is read only by --model mlp, not resnet",
+    );
+}
+
+#[test]
+fn a_cnn_trained_from_the_command_line_verifies_to_the_same_figures() {
+    let data = temp("tiny-mnist");
+    common::write_tiny_mnist(&data);
+    let out = temp("lenet");
+    let data_flags = [
+        "--data",
+        "mnist",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--pairs",
+        "40",
+    ];
+    let mut args = vec!["--model", "lenet++", "--embed-dim", "8", "--epochs", "2"];
+    args.extend(["--batch", "16", "--augment", "--erase", "0.2", "--out"]);
+    args.push(out.to_str().unwrap());
+    args.extend(data_flags);
+    let (status, stdout, stderr) = run("train", &args);
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stdout.contains("training lenet++ with am"), "{stdout}");
+    let checkpoint = out.join(CHECKPOINT_FILE);
+    let mut verify = vec!["--model", checkpoint.to_str().unwrap(), "--json"];
+    verify.extend(data_flags);
+    let (status, json, stderr) = run("verify", &verify);
+    assert_eq!(status, 0, "{stderr}");
+    let verified: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(verified, metrics["final"]);
+    assert_eq!(metrics["config"]["model"], "lenet++");
+    assert_eq!(metrics["config"]["augment"]["erase"], 0.2);
+    // the model's images are not the digits'
+    assert_refused(
+        "verify",
+        &["--model", checkpoint.to_str().unwrap()],
+        1,
+        "the model takes 784 features",
+    );
 }

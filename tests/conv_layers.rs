@@ -320,7 +320,7 @@ fn conv1d_layers_compose_in_a_sequential() {
         .with(LinearConfig::new(24, 4).spec());
     let mut params = Params::<f32>::new();
     let seq = Sequential::new(&config, &mut params, "embed", &mut seeded_rng(0)).unwrap();
-    assert_eq!(seq.input_width(), Some(20));
+    assert_eq!(seq.item_shapes(), Some((&[20][..], &[4][..])));
     let y = seq.infer(&params, &Tensor::ones(&[5, 20]));
     assert_eq!(y.shape(), &[5, 4]);
 }
@@ -455,7 +455,7 @@ fn lenet_plus_plus_is_a_sequential_config_that_builds_and_embeds() {
     assert_eq!(config.layers[17].config["inputs"], 8);
     let mut params = Params::<f32>::new();
     let seq = Sequential::new(&config, &mut params, "embed", &mut seeded_rng(0)).unwrap();
-    assert_eq!(seq.input_width(), Some(192));
+    assert_eq!(seq.item_shapes(), Some((&[192][..], &[5][..])));
     assert_eq!(
         seq.infer(&params, &Tensor::ones(&[3, 192])).shape(),
         &[3, 5]
@@ -478,52 +478,146 @@ fn lenet_plus_plus_is_a_sequential_config_that_builds_and_embeds() {
     ));
 }
 
+/// Builds `layers` as an embedder behind an Unflatten to `item`, with a 3-class head: the
+/// error, if any.
+fn build_on(item: &[usize], layers: &[LayerSpec]) -> Result<Model, Error> {
+    let mut embedder = SequentialConfig::new().with(
+        Unflatten {
+            shape: item.to_vec(),
+        }
+        .spec(),
+    );
+    for layer in layers {
+        embedder = embedder.with(layer.clone());
+    }
+    let config = ModelConfig {
+        embedder,
+        head: HeadConfig::Linear { classes: 3 },
+    };
+    Model::new(config, &mut Params::new(), &mut seeded_rng(0))
+}
+
+/// Every misfit between a layer and the shape the layers before it give is an error naming the
+/// layer when the model is built, before any forward pass could panic on it.
 #[test]
-fn stored_layers_that_disagree_on_channels_are_errors() {
-    let refused = |config: SequentialConfig, needle: &str| match Sequential::<f32>::new(
-        &config,
-        &mut Params::new(),
-        "embed",
-        &mut seeded_rng(0),
-    ) {
-        Err(e) => assert!(e.to_string().contains(needle), "{e}"),
-        Ok(_) => panic!("{config:?} was built"),
+fn layers_that_do_not_fit_the_shape_before_them_are_errors_at_build() {
+    let refused = |item: &[usize], layers: &[LayerSpec], needle: &str| match build_on(item, layers)
+    {
+        Err(e @ Error::LayerSettings { .. }) => assert!(e.to_string().contains(needle), "{e}"),
+        Err(e) => panic!("{layers:?}: not a layer error: {e}"),
+        Ok(_) => panic!("{layers:?} was built"),
     };
     let conv = |c, o| Conv2dConfig::new(c, o, 3).padding(1).spec();
+    let flatten = LayerSpec::new(Flatten::KIND, &serde_json::json!({}));
+    let gap = LayerSpec::new(GlobalAvgPool::KIND, &serde_json::json!({}));
+    let pool = MaxPool2d(Pool2dOptions::new(2)).spec();
+    // channels
     refused(
-        SequentialConfig::new().with(conv(1, 4)).with(conv(8, 2)),
-        "layer embed.1 (\"conv2d\"): it takes 8 channels, the layers before it give 4",
+        &[1, 8, 8],
+        &[conv(1, 4), conv(8, 2), flatten.clone()],
+        "layer embed.2 (\"conv2d\"): it takes 8 channels, the layers before it give 4",
     );
     refused(
-        SequentialConfig::new()
-            .with(
-                Unflatten {
-                    shape: vec![3, 8, 8],
-                }
-                .spec(),
-            )
-            .with(MaxPool2d(Pool2dOptions::new(2)).spec())
-            .with(conv(1, 4)),
+        &[3, 8, 8],
+        &[pool.clone(), conv(1, 4)],
         "layer embed.2 (\"conv2d\"): it takes 1 channels, the layers before it give 3",
     );
     refused(
-        SequentialConfig::new()
-            .with(BasicBlockConfig::new(4, 8).spec())
-            .with(BatchNorm2dConfig::new(4).spec()),
-        "layer embed.1 (\"batch_norm2d\"): it takes 4 channels, the layers before it give 8",
+        &[4, 8, 8],
+        &[
+            BasicBlockConfig::new(4, 8).spec(),
+            BatchNorm2dConfig::new(4).spec(),
+        ],
+        "layer embed.2 (\"batch_norm2d\"): it takes 4 channels, the layers before it give 8",
     );
     refused(
-        SequentialConfig::new()
-            .with(conv(1, 4))
-            .with(PReluConfig::new(5).spec()),
-        "layer embed.1 (\"prelu\"): it takes 5 channels",
+        &[1, 8, 8],
+        &[conv(1, 4), PReluConfig::new(5).spec()],
+        "layer embed.2 (\"prelu\"): it takes 5 channels",
     );
-    // after a flatten or a global pooling, channels are no longer known: nothing to refuse
-    let fine = SequentialConfig::new()
-        .with(conv(1, 4))
-        .with(LayerSpec::new(GlobalAvgPool::KIND, &serde_json::json!({})))
-        .with(PReluConfig::new(6).spec());
-    assert!(Sequential::<f32>::new(&fine, &mut Params::new(), "embed", &mut seeded_rng(0)).is_ok());
+    refused(
+        &[1, 8, 8],
+        &[conv(1, 4), gap.clone(), PReluConfig::new(6).spec()],
+        "layer embed.3 (\"prelu\"): it takes 6 channels, the layers before it give 4",
+    );
+    // a Linear whose width is not the flattened size before it
+    refused(
+        &[1, 8, 8],
+        &[
+            conv(1, 4),
+            pool.clone(),
+            flatten.clone(),
+            LinearConfig::new(4 * 8 * 8, 2).spec(),
+        ],
+        "layer embed.4 (\"linear\"): it takes rows of 256 features, the layers before it give \
+         rows of 64 features",
+    );
+    // a Linear on planes: the flatten is missing
+    refused(
+        &[1, 8, 8],
+        &[conv(1, 4), LinearConfig::new(256, 2).spec()],
+        "the layers before it give items of shape [4, 8, 8] (a flatten or a global pooling",
+    );
+    // a kernel larger than the padded input
+    refused(
+        &[1, 4, 6],
+        &[Conv2dConfig::new(1, 2, 5).spec(), flatten.clone()],
+        "layer embed.1 (\"conv2d\"): its kernel [5, 5] (dilation [1, 1]) is larger than its \
+         4×6 input padded by [0, 0]",
+    );
+    // an image too small for the chain of strides and pools: 12 → 6 → 3 → 1, then a 2×2 pool
+    refused(
+        &[1, 12, 12],
+        &[
+            pool.clone(),
+            pool.clone(),
+            Conv2dConfig::new(1, 2, 3).stride(2).spec(),
+            pool.clone(),
+            flatten.clone(),
+        ],
+        "layer embed.4 (\"max_pool2d\"): its window [2, 2] is larger than its 1×1 input",
+    );
+    // planes where rows are taken, rows where planes are
+    refused(
+        &[1, 8, 8],
+        &[
+            BatchNorm2dConfig::new(1).spec(),
+            flatten.clone(),
+            gap.clone(),
+        ],
+        "layer embed.3 (\"global_avg_pool\"): it takes planes [C, H, W], the layers before \
+         it give rows of 64 features",
+    );
+    refused(
+        &[2, 8],
+        &[Conv1dConfig::new(2, 3, 9).spec(), flatten.clone()],
+        "layer embed.1 (\"conv1d\"): its kernel [1, 9]",
+    );
+    refused(
+        &[1, 8, 8],
+        &[Conv1dConfig::new(1, 3, 3).spec()],
+        "it takes sequences [C, L], the layers before it give items of shape [1, 8, 8]",
+    );
+    // an embedder that does not end in feature rows, one that fixes no input shape
+    refused(
+        &[1, 8, 8],
+        &[conv(1, 4)],
+        "it gives items of shape [4, 8, 8], the head takes feature rows",
+    );
+    let no_input = ModelConfig {
+        embedder: SequentialConfig::new().with(conv(1, 4)).with(gap.clone()),
+        head: HeadConfig::Linear { classes: 3 },
+    };
+    let e = Model::<f32>::new(no_input, &mut Params::new(), &mut seeded_rng(0)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no layer fixes the embedder's input shape"),
+        "{e}"
+    );
+    // the same layers fitted to each other build
+    let fitted = [conv(1, 4), pool, flatten, LinearConfig::new(64, 2).spec()];
+    let model = build_on(&[1, 8, 8], &fitted).unwrap();
+    assert_eq!((model.input_shape(), model.embedding_dim()), (&[64][..], 2));
 }
 
 /// A convolutional model as PyTorch saves it: beside every batch norm's running statistics

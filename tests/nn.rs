@@ -459,8 +459,10 @@ impl<F: Element> Module<F> for Scale {
         vec![self.a]
     }
 
-    fn input_width(&self) -> Option<usize> {
-        Some(self.config.features)
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        let fits = input == [self.config.features];
+        fits.then(|| input.to_vec())
+            .ok_or_else(|| format!("{input:?} is not [{}]", self.config.features))
     }
 }
 
@@ -864,8 +866,8 @@ fn configuration_errors_name_the_layer() {
     );
     assert_eq!(
         err.to_string(),
-        "invalid settings for layer embed.2 (\"linear\"): it takes 4 features, the layers before \
-         it give 3"
+        "invalid settings for layer embed.2 (\"linear\"): it takes rows of 4 features, the \
+         layers before it give rows of 3 features"
     );
     let err = build(SequentialConfig::new().with(LinearConfig::new(0, 3).spec()));
     assert_eq!(
@@ -873,7 +875,7 @@ fn configuration_errors_name_the_layer() {
         "invalid settings for layer embed.0 (\"linear\"): invalid Linear inputs = 0: must be \
          positive"
     );
-    // a model needs to know its widths
+    // a model needs to know its input shape
     let config = ModelConfig {
         embedder: SequentialConfig::new().with(Activation::Tanh.spec()),
         head: HeadConfig::Linear { classes: 2 },

@@ -5,12 +5,12 @@
 mod common;
 
 use margrad::checkpoint::{self, Checkpoint, CheckpointError};
-use margrad::data::{MnistSplit, SyntheticConfig, load_mnist, parse_idx, synthetic};
+use margrad::data::{Augment, MnistSplit, SyntheticConfig, load_mnist, parse_idx, synthetic};
 use margrad::loss::LossKind;
 use margrad::optim::OptimizerState;
 use margrad::train::{
-    CHECKPOINT_FILE, DataSettings, DataSource, EXPORT_FILE, Event, MethodName, ResumeError,
-    TrainConfig, TrainError, evaluate, prepare_data, train,
+    CHECKPOINT_FILE, DataSettings, DataSource, EXPORT_FILE, Event, MethodName, ModelKind,
+    ResumeError, TrainConfig, TrainError, evaluate, prepare_data, train,
 };
 use margrad::{Error, Params, Tensor};
 use std::path::{Path, PathBuf};
@@ -1048,4 +1048,139 @@ fn a_resume_into_the_folder_of_another_run_is_refused_before_it_replaces_its_che
     let elsewhere = temp("resume-elsewhere");
     train(&resuming, &elsewhere, &mut |_| {}).unwrap();
     train(&resuming, &first, &mut |_| {}).unwrap();
+}
+
+// ---- convolutional models ----
+
+fn cnn(model: ModelKind, data: &Path) -> TrainConfig {
+    TrainConfig {
+        model,
+        embed_dim: 8,
+        epochs: 3,
+        batch: 16,
+        lr: 2e-3,
+        data: DataSettings {
+            source: DataSource::Mnist {
+                dir: data.to_path_buf(),
+            },
+            holdout_classes: 0,
+            pairs: 40,
+            seed: 0,
+        },
+        ..TrainConfig::default()
+    }
+}
+
+#[test]
+fn lenet_and_resnet_train_on_images_and_their_checkpoints_give_the_same_figures() {
+    let data = temp("tiny-mnist");
+    common::write_tiny_mnist(&data);
+    for model in [ModelKind::LeNetPlusPlus, ModelKind::ResNet] {
+        let out = temp(&format!("cnn-{}", model.name()));
+        let config = cnn(model, &data);
+        let metrics = train(&config, &out, &mut |_| {}).unwrap();
+        let losses: Vec<f64> = metrics.history.iter().map(|r| r.loss).collect();
+        assert!(losses[2] < losses[0], "{}: losses {losses:?}", model.name());
+        // metrics.json names the model and lists its layers
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap())
+                .unwrap();
+        assert_eq!(json["config"]["model"], model.name());
+        assert_eq!(json["model"]["embedder"]["layers"][0]["kind"], "unflatten");
+        // the checkpoint rebuilds the CNN, and verify's path gives the run's figures exactly
+        let saved = checkpoint::load::<f32>(&out.join(CHECKPOINT_FILE)).unwrap();
+        assert_eq!(saved.model.config(), &metrics.model);
+        let prepared = prepare_data(&config.data).unwrap();
+        let again = evaluate(&saved.model, &saved.params, &prepared, &config.data).unwrap();
+        assert_eq!(again.metrics, metrics.final_metrics, "{}", model.name());
+    }
+}
+
+#[test]
+fn an_augmented_cnn_run_resumed_ends_bit_for_bit_where_an_uninterrupted_one_does() {
+    let data = temp("tiny-mnist-resume");
+    common::write_tiny_mnist(&data);
+    let config = TrainConfig {
+        augment: Some(Augment {
+            translate: 2,
+            erase: 0.5,
+        }),
+        ..cnn(ModelKind::ResNet, &data)
+    };
+    let straight_dir = temp("cnn-straight");
+    let kept = train_keeping(&config, &straight_dir, 1);
+    let resumed_dir = temp("cnn-resumed");
+    let resumed = TrainConfig {
+        resume: Some(kept),
+        ..config.clone()
+    };
+    train(&resumed, &resumed_dir, &mut |_| {}).unwrap();
+    let a = checkpoint::load::<f32>(&straight_dir.join(CHECKPOINT_FILE)).unwrap();
+    let b = checkpoint::load::<f32>(&resumed_dir.join(CHECKPOINT_FILE)).unwrap();
+    assert_same_params(&a.params, &b.params); // BatchNorm2d's running statistics included
+    let (a, b) = (a.training.unwrap(), b.training.unwrap());
+    assert_same_optimizer(&a.optimizer, &b.optimizer);
+    let figures = |h: &[margrad::metrics::EpochRecord]| -> Vec<[u64; 3]> {
+        h.iter()
+            .map(|r| [r.loss, r.train_accuracy, r.test_accuracy].map(f64::to_bits))
+            .collect()
+    };
+    assert_eq!(figures(&a.history), figures(&b.history));
+    // the augmentation changes the run: without it, other losses
+    let plain_dir = temp("cnn-plain");
+    train_keeping(&cnn(ModelKind::ResNet, &data), &plain_dir, 1);
+    let plain = checkpoint::load::<f32>(&plain_dir.join(CHECKPOINT_FILE)).unwrap();
+    assert_ne!(
+        figures(&plain.training.unwrap().history),
+        figures(&a.history)
+    );
+}
+
+#[test]
+fn data_a_cnn_cannot_take_is_refused_before_training() {
+    let refused = |config: TrainConfig, needle: &str| {
+        let out = temp("cnn-refused");
+        match train(&config, &out, &mut |_| panic!("it trained")) {
+            Err(TrainError::Input(e)) => assert!(e.to_string().contains(needle), "{e}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("trained"),
+        }
+        assert!(!out.exists(), "the output folder was touched");
+    };
+    let lenet = TrainConfig {
+        model: ModelKind::LeNetPlusPlus,
+        ..TrainConfig::default()
+    };
+    refused(
+        lenet.clone(),
+        "the data does not fit the model: --model lenet++ takes 28×28 grey images, --data \
+         digits gives 8×8 images",
+    );
+    let mut synthetic = TrainConfig {
+        model: ModelKind::ResNet,
+        ..TrainConfig::default()
+    };
+    synthetic.data.source = DataSource::Synthetic(SyntheticConfig::default());
+    refused(
+        synthetic.clone(),
+        "--data synthetic gives features, not images",
+    );
+    // augmentation is for images
+    synthetic.model = ModelKind::Mlp;
+    synthetic.augment = Some(Augment {
+        translate: 2,
+        erase: 0.0,
+    });
+    refused(synthetic, "invalid augment");
+    let wide = TrainConfig {
+        augment: Some(Augment {
+            translate: 8,
+            erase: 0.0,
+        }),
+        ..TrainConfig::default()
+    };
+    refused(
+        wide,
+        "invalid translate = 8: must be smaller than the image's side",
+    );
 }

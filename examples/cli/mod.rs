@@ -13,7 +13,7 @@ use clap::{ArgMatches, Args, CommandFactory, ValueEnum};
 use margrad::data::SyntheticConfig;
 use margrad::loss::LossKind;
 use margrad::train::{
-    DataSettings, DataSource, FinalMetrics, FolderError, MethodName, Setting, TrainError,
+    DataSettings, DataSource, FinalMetrics, FolderError, MethodName, ModelKind, Setting, TrainError,
 };
 use std::fmt;
 use std::io::Write;
@@ -183,6 +183,28 @@ pub fn loss_parser() -> impl clap::builder::TypedValueParser<Value = LossKind> {
     use clap::builder::TypedValueParser as _;
     clap::builder::PossibleValuesParser::new(LossKind::ALL.map(LossKind::name))
         .map(|name| LossKind::from_name(&name).expect("one of the possible values"))
+}
+
+/// A model by name, from the library's list ([`ModelKind::ALL`]).
+pub fn model_parser() -> impl clap::builder::TypedValueParser<Value = ModelKind> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(ModelKind::ALL.map(ModelKind::name))
+        .map(|name| ModelKind::from_name(&name).expect("one of the possible values"))
+}
+
+/// Refuses the MLP's flags (`(id, flag)` pairs) given for another model.
+pub fn refuse_mlp_flags(
+    matches: &ArgMatches,
+    flags: &[(&str, &str)],
+    model: ModelKind,
+) -> Result<(), String> {
+    match flags.iter().find(|(id, _)| given(matches, id)) {
+        Some((_, flag)) if !model.reads_mlp_settings() => Err(format!(
+            "{flag} is read only by --model mlp, not {}",
+            model.name()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A train error, with the flags that resolve it when a new run finds its folder in use.

@@ -1,10 +1,12 @@
 //! Data sets: the UCI 8x8 digits shipped inside the crate, MNIST's IDX files, a synthetic
 //! open-set generator, and the type every loader returns, with seeded batching and splits.
 
+mod augment;
 mod digits;
 mod idx;
 mod synthetic;
 
+pub use augment::Augment;
 pub use digits::{digits, parse_digits_csv};
 pub use idx::{IdxArray, MnistSplit, load_idx, load_mnist, parse_idx};
 pub use synthetic::{SyntheticConfig, synthetic};

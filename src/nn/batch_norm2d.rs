@@ -132,7 +132,15 @@ impl<F: Element> Module<F> for BatchNorm2d {
         vec![self.running_mean, self.running_var]
     }
 
-    fn input_channels(&self) -> Option<usize> {
-        Some(self.config.channels)
+    /// Keeps the shape, planes `[C, …]` of its `C` channels.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        let [c, _, ..] = input else {
+            return Err(format!(
+                "it takes planes [C, H, W] (or [C, L]), the layers before it give {}",
+                super::module::describe_item(input)
+            ));
+        };
+        super::module::check_channels(self.config.channels, *c)?;
+        Ok(input.to_vec())
     }
 }

@@ -1,6 +1,7 @@
 //! Convolution layers: [`Conv2d`] over `[N, C, H, W]` and [`Conv1d`] over `[N, C, L]`, with
 //! weights stored as PyTorch stores them (`[O, C/groups, kh, kw]`, `[O, C/groups, k]`).
 
+use super::module::{check_channels, item_dims, window_output};
 use super::{Fill, Forward, Init, LayerSpec, Module, ParamSource};
 use crate::{Conv1dOptions, Conv2dOptions, Element, Error, ParamId, Params, Var};
 use serde::{Deserialize, Serialize};
@@ -142,6 +143,38 @@ impl Conv2dConfig {
     }
 
     /// The weight's shape, `[O, C/groups, kh, kw]`.
+    /// The shape of one output item given one input item `[C, H, W]`:
+    /// `[O, OH, OW]` with `OH = ⌊(H + 2p − d(kh − 1) − 1)/s⌋ + 1` (likewise `OW`).
+    ///
+    /// # Errors
+    /// The reason, as a sentence, when the item is not `[C, H, W]` with `C = in_channels`, or
+    /// the dilated kernel is larger than the padded input.
+    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        Ok(self
+            .plane_output(item_dims(input, "planes [C, H, W]")?)?
+            .to_vec())
+    }
+
+    fn plane_output(&self, [c, h, w]: [usize; 3]) -> Result<[usize; 3], String> {
+        check_channels(self.in_channels, c)?;
+        let side = |axis: usize, input: usize| {
+            window_output(
+                input,
+                self.kernel[axis],
+                self.stride[axis],
+                self.padding[axis],
+                self.dilation[axis],
+            )
+        };
+        match (side(0, h), side(1, w)) {
+            (Some(oh), Some(ow)) => Ok([self.out_channels, oh, ow]),
+            _ => Err(format!(
+                "its kernel {:?} (dilation {:?}) is larger than its {h}×{w} input padded by {:?}",
+                self.kernel, self.dilation, self.padding
+            )),
+        }
+    }
+
     fn weight_shape(&self) -> [usize; 4] {
         let [kh, kw] = self.kernel;
         [self.out_channels, self.in_channels / self.groups, kh, kw]
@@ -248,16 +281,9 @@ impl<F: Element> Module<F> for Conv2d {
     }
 
     /// Unknown: the output is `[N, O, OH, OW]`, not a width.
-    fn output_width(&self, _input: Option<usize>) -> Option<usize> {
-        None
-    }
-
-    fn input_channels(&self) -> Option<usize> {
-        Some(self.config.in_channels)
-    }
-
-    fn output_channels(&self, _input: Option<usize>) -> Option<usize> {
-        Some(self.config.out_channels)
+    /// `[C, H, W] → [O, OH, OW]`.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        self.config.output_shape(input)
     }
 }
 
@@ -390,15 +416,10 @@ impl<F: Element> Module<F> for Conv1d {
     }
 
     /// Unknown: the output is `[N, O, OL]`, whose last dimension is a length.
-    fn output_width(&self, _input: Option<usize>) -> Option<usize> {
-        None
-    }
-
-    fn input_channels(&self) -> Option<usize> {
-        Some(self.config.in_channels)
-    }
-
-    fn output_channels(&self, _input: Option<usize>) -> Option<usize> {
-        Some(self.config.out_channels)
+    /// `[C, L] → [O, OL]`.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        let [c, l] = item_dims(input, "sequences [C, L]")?;
+        let [o, _, ol] = self.config.as_2d().plane_output([c, 1, l])?;
+        Ok(vec![o, ol])
     }
 }

@@ -175,12 +175,14 @@ impl<F: Element> Module<F> for Linear {
         std::iter::once(self.weight).chain(self.bias).collect()
     }
 
-    fn input_width(&self) -> Option<usize> {
-        Some(self.config.inputs)
+    fn input_shape(&self) -> Option<Vec<usize>> {
+        Some(vec![self.config.inputs])
     }
 
-    fn output_width(&self, _input: Option<usize>) -> Option<usize> {
-        Some(self.config.outputs)
+    /// `[in] → [out]`.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        rows_of(self.config.inputs, input)?;
+        Ok(vec![self.config.outputs])
     }
 }
 
@@ -403,12 +405,14 @@ impl<F: Element> Module<F> for BatchNorm1d {
         vec![self.running_mean, self.running_var]
     }
 
-    fn input_width(&self) -> Option<usize> {
-        Some(self.config.features)
+    fn input_shape(&self) -> Option<Vec<usize>> {
+        Some(vec![self.config.features])
     }
 
-    fn output_width(&self, _input: Option<usize>) -> Option<usize> {
-        Some(self.config.features)
+    /// `[D] → [D]`.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        rows_of(self.config.features, input)?;
+        Ok(input.to_vec())
     }
 }
 
@@ -544,4 +548,21 @@ impl<F: Element> Module<F> for Activation {
     fn spec(&self) -> LayerSpec {
         Activation::spec(*self)
     }
+}
+
+/// `Ok` when `input` is a row of `features` features, the one item a Linear, a BatchNorm1d or
+/// a head takes.
+pub(super) fn rows_of(features: usize, input: &[usize]) -> Result<(), String> {
+    if input == [features] {
+        return Ok(());
+    }
+    let hint = if input.len() > 1 {
+        " (a flatten or a global pooling before it gives rows)"
+    } else {
+        ""
+    };
+    Err(format!(
+        "it takes rows of {features} features, the layers before it give {}{hint}",
+        super::module::describe_item(input)
+    ))
 }

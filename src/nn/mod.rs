@@ -50,15 +50,19 @@
 //! row-major, as PyTorch lays them out. The spatial shape travels in the tensor, not in the
 //! layers' settings, so a convolution or pooling layer takes any `H×W`. The data sets give
 //! rows, so a convolutional embedder begins with an [`Unflatten`] (`[N, 784] → [N, 1, 28, 28]`,
-//! which also fixes the embedder's input width) and reaches the rows again through a
-//! [`Flatten`] or a [`GlobalAvgPool`] before its Linear layers. The layers after an
-//! `Unflatten` declare no width (the last dimension is no longer the features); instead they
-//! declare channels ([`Module::input_channels`], [`Module::output_channels`]), and a
-//! [`Sequential`] whose stored layers disagree on them (a Conv2d taking 8 channels after one
-//! giving 4) is refused as an [`Error`](crate::Error) when built, as are settings that cannot
-//! hold (groups that do not divide the channels, a zero stride). Planes that do not fit a
-//! layer at the forward pass (a window larger than the padded input, an input with other
-//! channels than the first layer takes) panic there, naming the op and the shapes.
+//! which also fixes the embedder's input shape) and reaches the rows again through a
+//! [`Flatten`] or a [`GlobalAvgPool`] before its Linear layers.
+//!
+//! A [`Sequential`] knows the shape of one item at each layer: the first layer that fixes its
+//! input ([`Module::input_shape`]: a Linear's `[in]`, an Unflatten's `[C·H·W]`) gives the
+//! input's, and each layer states the shape it gives ([`Module::output_shape`]: a convolution
+//! `[C, H, W] → [O, OH, OW]`, a flatten `[C, H, W] → [C·H·W]`). A stored configuration whose
+//! layers do not fit (a Conv2d taking 8 channels after one giving 4, a Linear whose width is not
+//! the flattened size before it, a window larger than its padded input, an image too small for
+//! its strides and pools) is refused as an [`Error`](crate::Error) naming the layer when it is
+//! built, as are settings that cannot hold (groups that do not divide the channels, a zero
+//! stride). Tensors that do not fit at the forward pass (a batch of another shape than the
+//! model's input) panic there, naming the op and the shapes.
 
 mod batch_norm2d;
 mod conv;
@@ -73,6 +77,7 @@ mod pool;
 mod prelu;
 mod registry;
 mod residual;
+mod resnet;
 mod sequential;
 mod trained_head;
 
@@ -83,12 +88,13 @@ pub use forward::{BufferUpdates, Forward};
 pub use layers::{Activation, BatchNorm1d, BatchNorm1dConfig, Dropout, Init, Linear, LinearConfig};
 pub use lenet::LeNetPlusPlus;
 pub use mlp::MlpConfig;
-pub use model::{EMBEDDER_PREFIX, HEAD_PREFIX, HeadConfig, Model, ModelConfig};
+pub use model::{EMBEDDER_PREFIX, EVAL_ROWS, HEAD_PREFIX, HeadConfig, Model, ModelConfig};
 pub use module::{Head, LayerSpec, Module};
 pub use pool::{AvgPool2d, Flatten, GlobalAvgPool, MaxPool2d, Unflatten};
 pub use prelu::{PRelu, PReluConfig};
 pub use registry::{BuildContext, LayerRegistry};
 pub use residual::{BasicBlock, BasicBlockConfig, BlockActivation};
+pub use resnet::ResNetConfig;
 pub use sequential::{Sequential, SequentialConfig};
 pub use trained_head::TrainedHead;
 

@@ -15,6 +15,33 @@ pub const EMBEDDER_PREFIX: &str = "embed";
 /// The prefix of the head's tensors (`head.weight`).
 pub const HEAD_PREFIX: &str = "head";
 
+/// The rows [`Model::predict`] and [`Model::embeddings`] take through the embedder at once:
+/// every row's result is its own (evaluation mode), and the memory a convolutional embedder's
+/// planes take stays that of this many rows, not of a whole test split (10,000 MNIST images
+/// through LeNet++'s first stage would hold 1 GB per layer).
+pub const EVAL_ROWS: usize = 256;
+
+/// `f` applied to the rows of `x` [`EVAL_ROWS`] at a time, the results stacked in order.
+fn by_rows<F: Element>(x: &Tensor<F>, f: impl Fn(Tensor<F>) -> Tensor<F>) -> Tensor<F> {
+    let rows = x.shape().first().copied().unwrap_or(0);
+    if rows <= EVAL_ROWS {
+        return f(x.clone());
+    }
+    let width = x.numel() / rows;
+    let (mut data, mut item) = (Vec::new(), Vec::new());
+    for start in (0..rows).step_by(EVAL_ROWS) {
+        let n = EVAL_ROWS.min(rows - start);
+        let mut shape = x.shape().to_vec();
+        shape[0] = n;
+        let slice = x.data()[start * width..(start + n) * width].to_vec();
+        let y = f(Tensor::from_vec(slice, &shape).expect("whole rows"));
+        item = y.shape()[1..].to_vec();
+        data.extend_from_slice(y.data());
+    }
+    let shape: Vec<usize> = std::iter::once(rows).chain(item).collect();
+    Tensor::from_vec(data, &shape).expect("rows of one shape")
+}
+
 /// The head on top of the embedding.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum HeadConfig {
@@ -91,7 +118,7 @@ pub struct Model<F: Element = f32> {
     config: ModelConfig,
     embedder: Sequential<F>,
     head: Arc<dyn Head<F>>,
-    input_dim: usize,
+    input_shape: Vec<usize>,
     embedding_dim: usize,
 }
 
@@ -114,8 +141,9 @@ impl<F: Element> Model<F> {
     /// [`SeededRng`](crate::SeededRng) for a fresh model).
     ///
     /// # Errors
-    /// What [`Sequential::new_with`] returns for the embedder; [`Error::LayerSettings`] when
-    /// its input or output width is not fixed by any layer; [`Error::InvalidSetting`] for zero
+    /// What [`Sequential::new_with`] returns for the embedder (a layer that does not fit the
+    /// shape the layers before it give); [`Error::LayerSettings`] when no layer fixes its input
+    /// shape, or when it does not end in feature rows; [`Error::InvalidSetting`] for zero
     /// classes or an invalid loss.
     pub fn new_with(
         config: ModelConfig,
@@ -125,17 +153,25 @@ impl<F: Element> Model<F> {
     ) -> Result<Self, Error> {
         let embedder =
             Sequential::new_with(&config.embedder, registry, params, EMBEDDER_PREFIX, source)?;
-        let (Some(input_dim), Some(embedding_dim)) =
-            (embedder.input_width(), embedder.output_width(None))
-        else {
-            return Err(Error::LayerSettings {
-                layer: EMBEDDER_PREFIX.to_string(),
-                kind: SequentialConfig::KIND.to_string(),
-                message: "no layer fixes the embedder's input or output width: it needs one \
-                          that declares its widths (a Linear, a BatchNorm1d)"
-                    .to_string(),
-            });
+        let not_rows = |message: String| Error::LayerSettings {
+            layer: EMBEDDER_PREFIX.to_string(),
+            kind: SequentialConfig::KIND.to_string(),
+            message,
         };
+        let Some((input_shape, output_shape)) = embedder.item_shapes() else {
+            return Err(not_rows(
+                "no layer fixes the embedder's input shape: it needs one that declares it \
+                 (a Linear, a BatchNorm1d, an Unflatten)"
+                    .to_string(),
+            ));
+        };
+        let &[embedding_dim] = output_shape else {
+            return Err(not_rows(format!(
+                "it gives items of shape {output_shape:?}, the head takes feature rows (a \
+                 flatten or a global pooling at its end gives them)"
+            )));
+        };
+        let input_shape = input_shape.to_vec();
         let head = config
             .head
             .build(params, HEAD_PREFIX, embedding_dim, source)?;
@@ -146,7 +182,7 @@ impl<F: Element> Model<F> {
             },
             embedder,
             head,
-            input_dim,
+            input_shape,
             embedding_dim,
         })
     }
@@ -166,9 +202,17 @@ impl<F: Element> Model<F> {
         &*self.head
     }
 
-    /// The number of input features.
+    /// The number of input features: each row of `x` is one item of
+    /// [`input_shape`](Model::input_shape), flattened.
     pub fn input_dim(&self) -> usize {
-        self.input_dim
+        self.input_shape.iter().product()
+    }
+
+    /// The shape of one input item as the embedder's first layers see it: `[D]` for feature
+    /// rows; for a convolutional embedder, the rows it unflattens into planes
+    /// (`[784]` for MNIST, which its first layer turns into `[1, 28, 28]`).
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
     }
 
     /// The width `D` of the embedding.
@@ -225,25 +269,29 @@ impl<F: Element> Model<F> {
     }
 
     /// The predicted class of each row of `x` (evaluation mode): the embedder, then
-    /// [`Head::predict`].
+    /// [`Head::predict`]. The rows go through the embedder [`EVAL_ROWS`] at a time.
     ///
     /// # Panics
     /// When `x` is not `[B, input_dim]`.
     #[track_caller]
     pub fn predict(&self, params: &Params<F>, x: &Tensor<F>) -> Vec<usize> {
-        self.head.predict(params, &self.embedder.infer(params, x))
+        let features = by_rows(x, |rows| self.embedder.infer(params, &rows));
+        self.head.predict(params, &features)
     }
 
     /// L2-normalised embeddings of the rows of `x` (evaluation mode), for verification:
-    /// `ê_i = e_i / max(‖e_i‖, ε)` ([`l2_normalize`]) of [`Model::embed`]'s `e`.
+    /// `ê_i = e_i / max(‖e_i‖, ε)` ([`l2_normalize`]) of [`Model::embed`]'s `e`, [`EVAL_ROWS`]
+    /// rows at a time.
     ///
     /// # Panics
     /// When `x` is not `[B, input_dim]`.
     #[track_caller]
     pub fn embeddings(&self, params: &Params<F>, x: &Tensor<F>) -> Tensor<F> {
-        let g = Graph::inference();
-        let mut cx = Forward::eval(&g, params);
-        l2_normalize(self.embed(&mut cx, g.constant(x.clone()))).to_tensor()
+        by_rows(x, |rows| {
+            let g = Graph::inference();
+            let mut cx = Forward::eval(&g, params);
+            l2_normalize(self.embed(&mut cx, g.constant(rows))).to_tensor()
+        })
     }
 }
 

@@ -53,32 +53,27 @@ pub trait Module<F: Element>: fmt::Debug + Send + Sync {
         Vec::new()
     }
 
-    /// The width `x` must have (its last dimension), when the layer fixes it. `None` (the
-    /// default) for a layer that takes any width.
-    fn input_width(&self) -> Option<usize> {
+    /// The shape one item of `x` must have (`x` without its batch dimension), when the
+    /// layer's settings alone fix it: `[in]` for a Linear, `[C·H·W]` for an Unflatten to
+    /// `[C, H, W]`. `None` (the default) for a layer that takes any shape
+    /// [`output_shape`](Module::output_shape) accepts. A [`Sequential`](super::Sequential) takes
+    /// its input shape from the first layer that fixes one.
+    fn input_shape(&self) -> Option<Vec<usize>> {
         None
     }
 
-    /// The width of `y` given the width of `x` (`None`: unknown). The default keeps the width,
-    /// as activations, dropout and other element-wise layers do; override it when the layer
-    /// changes the width.
-    fn output_width(&self, input: Option<usize>) -> Option<usize> {
-        input
-    }
-
-    /// The channels `x` must have (dimension 1 of `[N, C, H, W]`), when the layer fixes them:
-    /// a convolution's input channels, a BatchNorm2d's. `None` (the default) for a layer that
-    /// takes any.
-    fn input_channels(&self) -> Option<usize> {
-        None
-    }
-
-    /// The channels of `y` given those of `x` (`None`: unknown, or no longer planes). The
-    /// default keeps them, as element-wise layers and pooling do; a convolution gives its
-    /// output channels, a flatten `None`. [`Sequential`](super::Sequential) checks each
-    /// layer's [`input_channels`](Module::input_channels) against them when it is built.
-    fn output_channels(&self, input: Option<usize>) -> Option<usize> {
-        input
+    /// The shape of one item of `y` given that of `x` (both without the batch dimension: `[D]`
+    /// for feature rows, `[C, L]` for sequences, `[C, H, W]` for planes), or why such an `x`
+    /// does not fit the layer, as a sentence naming the shapes. The default keeps the shape, as
+    /// element-wise layers do; a layer that changes it or takes only some shapes overrides it.
+    /// [`Sequential`](super::Sequential) calls it for each layer when it is built, so that a
+    /// mismatch is an [`Error::LayerSettings`] naming the layer, not a panic at the first
+    /// forward pass.
+    ///
+    /// # Errors
+    /// The reason, when `x` of shape `[B, input…]` would not fit.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        Ok(input.to_vec())
     }
 
     /// `f(x)` in evaluation mode, on a graph that records nothing: the one inference path
@@ -225,4 +220,52 @@ mod settings_codec {
             })
         }
     }
+}
+
+/// One item's shape in words, for the messages of [`Module::output_shape`]: "rows of 784
+/// features", "items of shape [32, 14, 14]".
+pub(super) fn describe_item(shape: &[usize]) -> String {
+    match shape {
+        [d] => format!("rows of {d} features"),
+        _ => format!("items of shape {shape:?}"),
+    }
+}
+
+/// `input` as `N` dimensions (`[C, L]`, `[C, H, W]`), or the sentence saying that the layer
+/// takes `what` and what it was given instead.
+pub(super) fn item_dims<const N: usize>(input: &[usize], what: &str) -> Result<[usize; N], String> {
+    input.try_into().map_err(|_| {
+        format!(
+            "it takes {what}, the layers before it give {}",
+            describe_item(input)
+        )
+    })
+}
+
+/// `Ok` when the item's channels (its first dimension) are the `takes` the layer needs.
+pub(super) fn check_channels(takes: usize, given: usize) -> Result<(), String> {
+    if takes == given {
+        Ok(())
+    } else {
+        Err(format!(
+            "it takes {takes} channels, the layers before it give {given}"
+        ))
+    }
+}
+
+/// The output length of a window sliding over `input` positions padded by `padding` on each
+/// side: `⌊(input + 2p − d(k − 1) − 1)/s⌋ + 1`; `None` when the dilated window is larger than
+/// the padded input (or the stride is zero).
+pub(super) fn window_output(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Option<usize> {
+    let span = dilation
+        .checked_mul(kernel.checked_sub(1)?)?
+        .checked_add(1)?;
+    let padded = input.checked_add(padding.checked_mul(2)?)?;
+    (stride > 0 && padded >= span).then(|| (padded - span) / stride + 1)
 }

@@ -2,10 +2,31 @@
 //! and the two reshapes between a batch of feature rows `[N, D]` and a batch of planes
 //! `[N, C, H, W]` ([`Unflatten`] in, [`Flatten`] out).
 
+use super::module::{item_dims, window_output};
 use super::registry::NoSettings;
 use super::{Forward, LayerSpec, Module};
 use crate::{Element, Error, Pool2dOptions, Var};
 use serde::{Deserialize, Serialize};
+
+/// The item shape a pooling with `options` gives from `input` (`[C, H, W]`).
+fn pooled_shape(options: &Pool2dOptions, input: &[usize]) -> Result<Vec<usize>, String> {
+    let [c, h, w] = item_dims(input, "planes [C, H, W]")?;
+    let side = |axis: usize, len: usize| {
+        let (k, s, p) = (
+            options.kernel[axis],
+            options.stride[axis],
+            options.padding[axis],
+        );
+        window_output(len, k, s, p, 1)
+    };
+    match (side(0, h), side(1, w)) {
+        (Some(oh), Some(ow)) => Ok(vec![c, oh, ow]),
+        _ => Err(format!(
+            "its window {:?} is larger than its {h}×{w} input padded by {:?}",
+            options.kernel, options.padding
+        )),
+    }
+}
 
 /// Checks pooling settings.
 fn validate_pool(name: &'static str, o: &Pool2dOptions) -> Result<(), Error> {
@@ -57,8 +78,9 @@ impl<F: Element> Module<F> for MaxPool2d {
     fn spec(&self) -> LayerSpec {
         MaxPool2d::spec(self)
     }
-    fn output_width(&self, _input: Option<usize>) -> Option<usize> {
-        None
+    /// `[C, H, W] → [C, OH, OW]`.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        pooled_shape(&self.0, input)
     }
 }
 
@@ -96,8 +118,9 @@ impl<F: Element> Module<F> for AvgPool2d {
     fn spec(&self) -> LayerSpec {
         AvgPool2d::spec(self)
     }
-    fn output_width(&self, _input: Option<usize>) -> Option<usize> {
-        None
+    /// `[C, H, W] → [C, OH, OW]`.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        pooled_shape(&self.0, input)
     }
 }
 
@@ -121,11 +144,10 @@ impl<F: Element> Module<F> for GlobalAvgPool {
     fn spec(&self) -> LayerSpec {
         LayerSpec::new(Self::KIND, &NoSettings {})
     }
-    fn output_width(&self, _input: Option<usize>) -> Option<usize> {
-        None
-    }
-    fn output_channels(&self, _input: Option<usize>) -> Option<usize> {
-        None
+    /// `[C, H, W] → [C]`.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        let [c, _, _] = item_dims(input, "planes [C, H, W]")?;
+        Ok(vec![c])
     }
 }
 
@@ -154,11 +176,9 @@ impl<F: Element> Module<F> for Flatten {
     fn spec(&self) -> LayerSpec {
         LayerSpec::new(Self::KIND, &NoSettings {})
     }
-    fn output_width(&self, _input: Option<usize>) -> Option<usize> {
-        None
-    }
-    fn output_channels(&self, _input: Option<usize>) -> Option<usize> {
-        None
+    /// `[d₁, d₂, …] → [d₁·d₂·…]`.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        Ok(vec![input.iter().product()])
     }
 }
 
@@ -225,14 +245,12 @@ impl<F: Element> Module<F> for Unflatten {
     fn spec(&self) -> LayerSpec {
         Unflatten::spec(self)
     }
-    fn input_width(&self) -> Option<usize> {
-        Some(self.width())
+    fn input_shape(&self) -> Option<Vec<usize>> {
+        Some(vec![self.width()])
     }
-    fn output_width(&self, _input: Option<usize>) -> Option<usize> {
-        None
-    }
-    /// The first dimension of an item of rank 2 or more (`C` of `[C, H, W]`).
-    fn output_channels(&self, _input: Option<usize>) -> Option<usize> {
-        (self.shape.len() >= 2).then(|| self.shape[0])
+    /// `[d₁·d₂·…] → [d₁, d₂, …]`.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        super::layers::rows_of(self.width(), input)?;
+        Ok(self.shape.clone())
     }
 }

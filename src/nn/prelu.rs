@@ -89,8 +89,18 @@ impl<F: Element> Module<F> for PRelu {
         vec![self.weight]
     }
 
-    /// Its slopes' count, unless one slope is shared by every channel.
-    fn input_channels(&self) -> Option<usize> {
-        (self.config.parameters > 1).then_some(self.config.parameters)
+    /// Keeps the shape; with a slope per channel, the item's first dimension (the channels of
+    /// `[C, …]`, the features of a row) must be their count.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        let slopes = self.config.parameters;
+        if slopes > 1 {
+            let [c, ..] = input else {
+                return Err(format!(
+                    "it takes {slopes} channels, the layers before it give a scalar"
+                ));
+            };
+            super::module::check_channels(slopes, *c)?;
+        }
+        Ok(input.to_vec())
     }
 }

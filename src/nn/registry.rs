@@ -105,8 +105,9 @@ type Builder<F> = Arc<
 ///     fn parameters(&self) -> Vec<ParamId> {
 ///         vec![self.a]
 ///     }
-///     fn input_width(&self) -> Option<usize> {
-///         Some(self.config.features)
+///     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+///         let fits = input == [self.config.features];
+///         fits.then(|| input.to_vec()).ok_or_else(|| format!("{input:?} is not [features]"))
 ///     }
 /// }
 ///

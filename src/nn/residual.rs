@@ -225,15 +225,10 @@ impl<F: Element> Module<F> for BasicBlock {
             .collect()
     }
 
-    fn output_width(&self, _input: Option<usize>) -> Option<usize> {
-        None
-    }
-
-    fn input_channels(&self) -> Option<usize> {
-        Some(self.config.in_channels)
-    }
-
-    fn output_channels(&self, _input: Option<usize>) -> Option<usize> {
-        Some(self.config.out_channels)
+    /// `[C, H, W] → [O, OH, OW]`: the first convolution's shape (the second keeps it, and so
+    /// does the shortcut's 1×1 convolution of the same stride).
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        let out = self.config.conv1().output_shape(input)?;
+        self.config.conv2().output_shape(&out)
     }
 }

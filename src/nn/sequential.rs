@@ -51,7 +51,8 @@ impl SequentialConfig {
 pub struct Sequential<F: Element = f32> {
     config: SequentialConfig,
     layers: Vec<Arc<dyn Module<F>>>,
-    input_width: Option<usize>,
+    input_shape: Option<Vec<usize>>,
+    output_shape: Option<Vec<usize>>,
 }
 
 impl<F: Element> Sequential<F> {
@@ -73,11 +74,17 @@ impl<F: Element> Sequential<F> {
     /// tensors to `params` in order, drawn from `source` (a [`SeededRng`](crate::SeededRng)
     /// for fresh layers, a checkpoint's tensors when loading).
     ///
+    /// The shape of one input item follows from the layers: the first layer that fixes one
+    /// ([`Module::input_shape`]) gives it, when every layer before it keeps that shape. From
+    /// there each layer states the shape it gives ([`Module::output_shape`]), so that a layer
+    /// that does not fit what the layers before it give is refused here, not at the first
+    /// forward pass.
+    ///
     /// # Errors
     /// What `registry` returns for a layer ([`Error::UnknownLayerKind`],
-    /// [`Error::LayerSettings`], [`Error::InvalidSetting`]); [`Error::LayerSettings`] when a
-    /// layer's input width (or, for planes, its input channels) is not what the layers before
-    /// it give.
+    /// [`Error::LayerSettings`], [`Error::InvalidSetting`]); [`Error::LayerSettings`] naming
+    /// the first layer whose input does not fit (a Linear whose width is not the flattened
+    /// size before it, channels that differ, a window larger than its padded input).
     pub fn new_with(
         config: &SequentialConfig,
         registry: &LayerRegistry<F>,
@@ -86,40 +93,24 @@ impl<F: Element> Sequential<F> {
         source: &mut dyn ParamSource<F>,
     ) -> Result<Self, Error> {
         let mut layers = Vec::with_capacity(config.layers.len());
-        let (mut width, mut input_width, mut channels) = (None, None, None);
         for (i, spec) in config.layers.iter().enumerate() {
-            let name = format!("{prefix}.{i}");
-            let layer = registry.build(spec, params, &name, source)?;
-            if let (Some(takes), Some(given)) = (layer.input_channels(), channels)
-                && takes != given
-            {
-                return Err(Error::LayerSettings {
-                    layer: name,
-                    kind: spec.kind.clone(),
-                    message: format!(
-                        "it takes {takes} channels, the layers before it give {given}"
-                    ),
-                });
+            layers.push(registry.build(spec, params, &format!("{prefix}.{i}"), source)?);
+        }
+        let input_shape = first_fixed_shape(&layers);
+        let mut shape = input_shape.clone();
+        for (i, layer) in layers.iter().enumerate() {
+            // before the first layer that fixes a shape, nothing is known to check
+            shape = shape.or_else(|| layer.input_shape());
+            if let Some(input) = &shape {
+                let output = layer
+                    .output_shape(input)
+                    .map_err(|message| Error::LayerSettings {
+                        layer: format!("{prefix}.{i}"),
+                        kind: config.layers[i].kind.clone(),
+                        message,
+                    })?;
+                shape = Some(output);
             }
-            channels = layer.output_channels(channels.or(layer.input_channels()));
-            if let Some(takes) = layer.input_width() {
-                match width {
-                    Some(given) if given != takes => {
-                        return Err(Error::LayerSettings {
-                            layer: name,
-                            kind: spec.kind.clone(),
-                            message: format!(
-                                "it takes {takes} features, the layers before it give {given}"
-                            ),
-                        });
-                    }
-                    Some(_) => {}
-                    // nothing before it fixed a width: the sequence takes this one
-                    None => input_width = input_width.or(Some(takes)),
-                }
-            }
-            width = layer.output_width(width.or(layer.input_width()));
-            layers.push(layer);
         }
         Ok(Sequential {
             // the layers' own account of themselves: canonical, whatever form the input had
@@ -127,8 +118,15 @@ impl<F: Element> Sequential<F> {
                 layers: layers.iter().map(|l| l.spec()).collect(),
             },
             layers,
-            input_width,
+            input_shape,
+            output_shape: shape,
         })
+    }
+
+    /// The shapes of one input item and of one output item (`[784]` and `[128]` for an MLP
+    /// on MNIST), when a layer fixes the input's (see [`Sequential::new_with`]).
+    pub fn item_shapes(&self) -> Option<(&[usize], &[usize])> {
+        Some((self.input_shape.as_deref()?, self.output_shape.as_deref()?))
     }
 
     /// The configuration, as the layers state it ([`Module::spec`]).
@@ -182,23 +180,32 @@ impl<F: Element> Module<F> for Sequential<F> {
         self.layers.iter().flat_map(|l| l.buffers()).collect()
     }
 
-    /// The first width a layer fixes, when no layer before it changes the width.
-    fn input_width(&self) -> Option<usize> {
-        self.input_width
+    fn input_shape(&self) -> Option<Vec<usize>> {
+        self.input_shape.clone()
     }
 
-    fn output_width(&self, input: Option<usize>) -> Option<usize> {
-        let start = input.or(self.input_width);
-        self.layers.iter().fold(start, |w, l| l.output_width(w))
+    /// Each layer's [`Module::output_shape`] in turn; a misfit names the layer's index and kind.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        self.layers
+            .iter()
+            .enumerate()
+            .try_fold(input.to_vec(), |shape, (i, layer)| {
+                layer
+                    .output_shape(&shape)
+                    .map_err(|e| format!("layer {i} ({}): {e}", layer.spec().kind))
+            })
     }
+}
 
-    /// The first layer's, when it fixes them.
-    fn input_channels(&self) -> Option<usize> {
-        self.layers.first().and_then(|l| l.input_channels())
-    }
-
-    fn output_channels(&self, input: Option<usize>) -> Option<usize> {
-        let start = input.or(self.input_channels());
-        self.layers.iter().fold(start, |c, l| l.output_channels(c))
-    }
+/// The item shape the first layer that fixes one takes, when every layer before it keeps that
+/// shape (dropout or an activation in front of a Linear); `None` otherwise.
+fn first_fixed_shape<F: Element>(layers: &[Arc<dyn Module<F>>]) -> Option<Vec<usize>> {
+    let (at, shape) = layers
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| l.input_shape().map(|s| (i, s)))?;
+    layers[..at]
+        .iter()
+        .all(|l| l.output_shape(&shape).as_ref() == Ok(&shape))
+        .then_some(shape)
 }

@@ -22,7 +22,9 @@ pub use memory::{DataShape, Footprint, available_memory};
 pub use output::{
     CHECKPOINT_FILE, EXPORT_FILE, FIGURE_FILES, FolderError, METRICS_FILE, OutputPolicy, RUN_FILES,
 };
-pub use settings::{DataSettings, DataSource, MethodName, Setting, TrainConfig, head_config};
+pub use settings::{
+    DataSettings, DataSource, MethodName, ModelKind, Setting, TrainConfig, head_config,
+};
 pub use step::{StepError, StepOutcome, model_step, train_step};
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, TrainingState};
@@ -31,9 +33,9 @@ use crate::metrics::{
     EpochRecord, Geometry, Roc, Verification, geometry, make_pairs, pair_scores, top1_accuracy,
     verification,
 };
-use crate::nn::{MlpConfig, Model, ModelConfig};
+use crate::nn::{LeNetPlusPlus, MlpConfig, Model, ModelConfig, ResNetConfig};
 use crate::optim::{LrSchedule, Method, Optimizer, Schedule};
-use crate::{Error, Params, SeededRng, seeded_rng};
+use crate::{Error, Params, SeededRng, Tensor, seeded_rng};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::Write;
@@ -404,25 +406,56 @@ impl From<CheckpointError> for TrainError {
     }
 }
 
-/// The model a configuration describes, for data of `input_dim` features and `classes` classes.
+/// The model a configuration describes, for data of `input_dim` features and `classes` classes:
+/// its [`TrainConfig::model`] embedder ([`MlpConfig`], [`LeNetPlusPlus`] or [`ResNetConfig`],
+/// the convolutional ones built for [`ModelKind::image_shape`]) and the loss's head.
 ///
 /// # Errors
-/// [`Error::InvalidSetting`] for a loss setting out of range.
+/// [`Error::InvalidSetting`] for a loss or embedder setting out of range;
+/// [`Error::DataDoesNotFit`] when a convolutional model is given `input_dim` features that are
+/// not its images' pixels.
 pub fn model_config(
     config: &TrainConfig,
     input_dim: usize,
     classes: usize,
 ) -> Result<ModelConfig, Error> {
-    let mut sizes = vec![input_dim];
-    sizes.extend(&config.hidden);
-    sizes.push(config.embed_dim);
-    Ok(ModelConfig {
-        embedder: MlpConfig {
-            batch_norm: config.batch_norm,
-            dropout: config.dropout,
-            ..MlpConfig::new(&sizes)
+    let embedder = match config.model.image_shape() {
+        None => {
+            let mut sizes = vec![input_dim];
+            sizes.extend(&config.hidden);
+            sizes.push(config.embed_dim);
+            MlpConfig {
+                batch_norm: config.batch_norm,
+                dropout: config.dropout,
+                ..MlpConfig::new(&sizes)
+            }
+            .sequential()?
         }
-        .sequential()?,
+        Some(input) => {
+            let pixels: usize = input.iter().product();
+            if input_dim != pixels {
+                return Err(Error::DataDoesNotFit {
+                    model: format!("--model {}", config.model.name()),
+                    takes: format!("{}×{} grey images ({pixels} features)", input[1], input[2]),
+                    given: format!("the data has {input_dim} features"),
+                });
+            }
+            match config.model {
+                ModelKind::ResNet => ResNetConfig {
+                    input,
+                    ..ResNetConfig::new(config.embed_dim)
+                }
+                .sequential()?,
+                _ => LeNetPlusPlus {
+                    input,
+                    ..LeNetPlusPlus::new(config.embed_dim)
+                }
+                .sequential()?,
+            }
+        }
+    };
+    Ok(ModelConfig {
+        embedder,
         head: head_config(&config.loss, classes)?,
     })
 }
@@ -640,6 +673,7 @@ fn run(
         let order = data.train.shuffled_batches(config.batch, &mut rng);
         for (index, (x, labels)) in order.enumerate() {
             let step = index + 1;
+            let x = augmented(config, x, epoch, step);
             let outcome =
                 match model_step(&model, &mut params, &mut optimizer, &mut rng, x, &labels) {
                     Ok(outcome) => outcome,
@@ -702,6 +736,17 @@ fn run(
     };
     write_outputs(out, &model, &params, &data, &metrics, &evaluation)?;
     Ok(metrics)
+}
+
+/// The batch `x` as the model trains on it: augmented when the run says so, with draws
+/// seeded by the run's seed, the epoch and the step (so that a resumed run draws the same).
+fn augmented(config: &TrainConfig, x: Tensor<f32>, epoch: usize, step: usize) -> Tensor<f32> {
+    match (&config.augment, config.data.source.image_shape()) {
+        (Some(augment), Some(image)) => {
+            augment.apply(&x, image, config.seed, epoch as u64, step as u64)
+        }
+        _ => x,
+    }
 }
 
 fn write_outputs(

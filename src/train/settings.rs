@@ -1,7 +1,7 @@
 //! The settings of a training run, as `examples/train.rs` takes them from its flags.
 
 use crate::Error;
-use crate::data::{InputScaling, SyntheticConfig};
+use crate::data::{Augment, InputScaling, SyntheticConfig};
 use crate::loss::{ArcFallback, LossKind, LossSettings};
 use crate::nn::HeadConfig;
 use crate::train::output::OutputPolicy;
@@ -29,6 +29,100 @@ impl DataSource {
             DataSource::Digits => InputScaling::digits(),
             DataSource::Mnist { .. } => InputScaling::mnist(),
             DataSource::Synthetic(_) => InputScaling::none(),
+        }
+    }
+
+    /// The shape of one sample as an image, `[C, H, W]`: `[1, 8, 8]` for the digits,
+    /// `[1, 28, 28]` for MNIST; `None` for synthetic features, which are no image.
+    pub fn image_shape(&self) -> Option<[usize; 3]> {
+        match self {
+            DataSource::Digits => Some([1, 8, 8]),
+            DataSource::Mnist { .. } => Some([1, 28, 28]),
+            DataSource::Synthetic(_) => None,
+        }
+    }
+
+    /// The source's name, as `--data` takes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DataSource::Digits => "digits",
+            DataSource::Mnist { .. } => "mnist",
+            DataSource::Synthetic(_) => "synthetic",
+        }
+    }
+}
+
+/// The embedder a run trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelKind {
+    /// An MLP of [`TrainConfig::hidden`] widths ([`MlpConfig`](crate::nn::MlpConfig)), on any
+    /// features.
+    #[default]
+    #[serde(rename = "mlp")]
+    Mlp,
+    /// LeNet++ ([`LeNetPlusPlus`](crate::nn::LeNetPlusPlus)), on 28×28 grey images.
+    #[serde(rename = "lenet++")]
+    LeNetPlusPlus,
+    /// The small residual embedder ([`ResNetConfig`](crate::nn::ResNetConfig)), on 28×28 grey
+    /// images.
+    #[serde(rename = "resnet")]
+    ResNet,
+}
+
+impl ModelKind {
+    /// Every kind.
+    pub const ALL: [ModelKind; 3] = [ModelKind::Mlp, ModelKind::LeNetPlusPlus, ModelKind::ResNet];
+
+    /// The name `--model` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Mlp => "mlp",
+            ModelKind::LeNetPlusPlus => "lenet++",
+            ModelKind::ResNet => "resnet",
+        }
+    }
+
+    /// The kind named `name` (as [`ModelKind::name`] gives it).
+    pub fn from_name(name: &str) -> Option<ModelKind> {
+        ModelKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The image shape `[C, H, W]` the convolutional embedders are built for; `None` for the
+    /// MLP, which takes any features.
+    pub fn image_shape(self) -> Option<[usize; 3]> {
+        match self {
+            ModelKind::Mlp => None,
+            ModelKind::LeNetPlusPlus | ModelKind::ResNet => Some([1, 28, 28]),
+        }
+    }
+
+    /// Whether the embedder reads [`TrainConfig::hidden`], [`TrainConfig::batch_norm`] and
+    /// [`TrainConfig::dropout`]: the MLP only.
+    pub fn reads_mlp_settings(self) -> bool {
+        self == ModelKind::Mlp
+    }
+
+    /// Checks that the model can take `source`'s samples.
+    ///
+    /// # Errors
+    /// [`Error::DataDoesNotFit`] when a convolutional model is given features that are no
+    /// image, or images of another size than it takes.
+    pub fn check_data(self, source: &DataSource) -> Result<(), Error> {
+        let Some(takes) = self.image_shape() else {
+            return Ok(());
+        };
+        let refuse = |found: String| Error::DataDoesNotFit {
+            model: format!("--model {}", self.name()),
+            takes: format!("{}×{} grey images", takes[1], takes[2]),
+            given: format!(
+                "--data {} gives {found} (--model mlp takes any)",
+                source.name()
+            ),
+        };
+        match source.image_shape() {
+            Some(shape) if shape == takes => Ok(()),
+            Some([_, h, w]) => Err(refuse(format!("{h}×{w} images"))),
+            None => Err(refuse("features, not images".to_string())),
         }
     }
 }
@@ -91,14 +185,21 @@ pub struct TrainConfig {
     pub data: DataSettings,
     /// The loss.
     pub loss: LossSettings,
-    /// Hidden layer widths of the embedder.
+    /// The embedder (metrics.json records its name here and its layers beside).
+    #[serde(default)]
+    pub model: ModelKind,
+    /// Hidden layer widths of the MLP embedder.
     pub hidden: Vec<usize>,
     /// The embedding dimension.
     pub embed_dim: usize,
-    /// BatchNorm1d after each hidden layer.
+    /// BatchNorm1d after each hidden layer of the MLP.
     pub batch_norm: bool,
-    /// Dropout after each hidden layer.
+    /// Dropout after each hidden layer of the MLP.
     pub dropout: f64,
+    /// Augmentation of the training images (image data only), drawn from the run's seed, the
+    /// epoch and the step.
+    #[serde(default)]
+    pub augment: Option<Augment>,
     /// Epochs.
     pub epochs: usize,
     /// Batch size.
@@ -149,10 +250,12 @@ impl Default for TrainConfig {
                 combined: (1.0, 0.3, 0.2),
                 fallback: ArcFallback::Threshold,
             },
+            model: ModelKind::Mlp,
             hidden: vec![512],
             embed_dim: 128,
             batch_norm: false,
             dropout: 0.2,
+            augment: None,
             epochs: 20,
             batch: 128,
             optimizer: MethodName::Adam,
@@ -169,16 +272,28 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// Checks every setting before anything is loaded or allocated: the ones no constructor
-    /// checks later, the loss's ([`LossSettings::margin_loss`]), the embedder's widths and
-    /// dropout, and the data's ([`DataSettings::validate`]). The memory the settings need is
+    /// checks later, the loss's ([`LossSettings::margin_loss`]), the model's fit to the data
+    /// ([`ModelKind::check_data`]), the embedder's widths and dropout, and the data's ([`DataSettings::validate`]). The memory the settings need is
     /// checked once the data's size is known ([`Footprint`](super::Footprint)).
     ///
     /// # Errors
     /// [`Error::InvalidSetting`] naming the first setting out of range.
     pub fn validate(&self) -> Result<(), Error> {
         self.loss.margin_loss()?;
-        super::model_config(self, 1, 1)?;
+        self.model.check_data(&self.data.source)?;
+        let input_dim = self.model.image_shape().map_or(1, |s| s.iter().product());
+        super::model_config(self, input_dim, 1)?;
         self.data.validate()?;
+        if let Some(augment) = &self.augment {
+            let image = self.data.source.image_shape();
+            Error::check(
+                "augment",
+                1.0,
+                image.is_some(),
+                "used with image data only (--data digits or mnist)",
+            )?;
+            augment.validate(image.expect("checked"))?;
+        }
         Error::check("epochs", self.epochs as f64, self.epochs > 0, "at least 1")?;
         Error::check("batch", self.batch as f64, self.batch > 0, "at least 1")?;
         Error::check(
