@@ -7,7 +7,9 @@ mod synthetic;
 
 pub use digits::{digits, parse_digits_csv};
 pub use idx::{IdxArray, MnistSplit, load_idx, load_mnist, parse_idx};
-pub use synthetic::{SyntheticConfig, synthetic};
+pub use synthetic::{
+    BatchSampler, IdentitiesConfig, SyntheticConfig, SyntheticIdentities, synthetic,
+};
 
 use crate::{Error, Labels, Tensor};
 use rand::Rng;
