@@ -2,12 +2,12 @@
 //! state, in one file that is checked before it is trusted; and safetensors files for PyTorch,
 //! written and read ([`save_safetensors`], [`load_safetensors`]).
 //!
-//! # The checkpoint format (version 3)
+//! # The checkpoint format (version 4)
 //!
 //! | bytes | content |
 //! |---|---|
 //! | 0..8 | magic `MARGRAD\0` |
-//! | 8..12 | format version, u32 little-endian (3) |
+//! | 8..12 | format version, u32 little-endian (4) |
 //! | 12..16 | element type, ASCII, zero-padded (`f32`, `f64`) |
 //! | 16..32 | version of the crate that wrote it, ASCII, zero-padded |
 //! | 32..40 | body length in bytes, u64 little-endian |
@@ -19,9 +19,9 @@
 //! - the magic says the file is a margrad checkpoint at all: a file that does not begin with
 //!   it is "not a margrad checkpoint" whatever its length (and the error says what it looks
 //!   like when that is plain: JSON, safetensors, a PyTorch zip or pickle, gzip);
-//! - the format version alone says how the rest is laid out, and only [`FORMAT_VERSION`] is
-//!   read: a lower one was written by an older margrad, a higher one by a newer margrad, and
-//!   0 by none (versions count from 1);
+//! - the format version alone says how the rest is laid out, and only versions
+//!   [`OLDEST_READABLE_VERSION`] to [`FORMAT_VERSION`] are read: a lower one was written by an
+//!   older margrad, a higher one by a newer margrad, and 0 by none (versions count from 1);
 //! - the crate version is for people, not for the reader: it is named in the messages (a file
 //!   from a newer margrad says which), and must be one or more printable ASCII characters then
 //!   zero bytes, else the header is damaged;
@@ -32,7 +32,9 @@
 //!
 //! The model configuration is the embedder's layers, in order, each as its kind name and its
 //! settings as JSON text (`"linear"`, `{"bias":true,"init":"KaimingNormal","inputs":64,…}`),
-//! then the head's configuration. Version 2 stores the embedder this way, as an open list that
+//! then the head's configuration. Version 4 adds a head kind (class centres stored one per
+//! row, [`HeadConfig::Centres`](crate::nn::HeadConfig::Centres)) and nothing else, so a body of
+//! version 3 is read as one of version 4. Version 2 stores the embedder this way, as an open list that
 //! any registered layer kind can stand in; version 1 stored the MLP's fixed fields.
 //!
 //! The header is read by hand and checked field by field (magic, version, reserved bytes,
@@ -76,11 +78,15 @@ use std::path::{Path, PathBuf};
 
 /// The first eight bytes of every checkpoint.
 pub const MAGIC: [u8; 8] = *b"MARGRAD\0";
-/// The format version this crate writes and the only one it reads. Any change to the body's
+/// The format version this crate writes and the newest it reads. Any change to the body's
 /// layout (a field added to a stored configuration, a type changed) bumps it: the body is
 /// decoded by position, so an old file read as new would be misread. `tests/checkpoint.rs`
 /// holds a committed file of this version and fails when the layout moves without a bump.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
+/// The oldest format version this crate reads: every body of a version from it up to
+/// [`FORMAT_VERSION`] is laid out as one of [`FORMAT_VERSION`] (a later version only added
+/// kinds to a stored choice, which an older body never uses).
+pub const OLDEST_READABLE_VERSION: u32 = 3;
 /// Bytes before the body.
 pub const HEADER_LEN: usize = 48;
 
@@ -305,8 +311,8 @@ impl fmt::Display for CheckpointError {
             } => {
                 write!(
                     f,
-                    "checkpoint format version {found}, but this margrad reads version \
-                     {supported} only: "
+                    "checkpoint format version {found}, but this margrad reads versions \
+                     {OLDEST_READABLE_VERSION} to {supported} only: "
                 )?;
                 let by = written_by
                     .as_ref()
@@ -542,7 +548,7 @@ fn checked_header<F: Element>(bytes: &[u8]) -> Result<u64, CheckpointError> {
     }
     let written_by = padded_text(&field::<16>(bytes, 16));
     let version = u32::from_le_bytes(field(bytes, 8));
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(CheckpointError::UnsupportedVersion {
             found: version,
             supported: FORMAT_VERSION,

@@ -97,10 +97,13 @@ impl<F: Element> TrainedHead<F> {
         &self.params
     }
 
-    /// The class centres `[D, C]` of a cosine head.
+    /// The class centres of a cosine head: `[D, C]` ([`HeadConfig::Cosine`]) or `[C, D]`
+    /// ([`HeadConfig::Centres`]).
     pub fn centres(&self) -> Option<&Tensor<F>> {
         match self.config {
-            HeadConfig::Cosine { .. } => Some(self.params.get(self.head.parameters()[0])),
+            HeadConfig::Cosine { .. } | HeadConfig::Centres { .. } => {
+                Some(self.params.get(self.head.parameters()[0]))
+            }
             HeadConfig::Linear { .. } => None,
         }
     }

@@ -13,11 +13,16 @@
 //! one step of a [`Model`].
 
 mod figures;
+mod large_head;
 mod memory;
 mod output;
 mod settings;
 mod step;
 
+pub use large_head::{
+    LargeHeadConfig, LargeHeadError, LargeHeadEvent, LargeHeadReport, nearest_centres,
+    train_large_head,
+};
 pub use memory::{DataShape, Footprint, available_memory};
 pub use output::{
     CHECKPOINT_FILE, EXPORT_FILE, FIGURE_FILES, FolderError, METRICS_FILE, OutputPolicy, RUN_FILES,
