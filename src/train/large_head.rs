@@ -272,17 +272,24 @@ impl From<Error> for LargeHeadError {
 /// Elements per task of the centres' update (fixed, so the same bits on any threads).
 const UPDATE_CHUNK: usize = 1 << 14;
 
-/// `v ← μ v + g`, `w ← w − η v` over one run of centres, in fixed chunks across threads.
+/// `v ← μ v + g`, `w ← w − η v` over one run of centres, in fixed chunks across threads (a
+/// run of one chunk or less, as a sampled head's runs mostly are, on the calling thread: the
+/// same arithmetic per element either way).
 fn momentum_update(w: &mut [f32], v: &mut [f32], g: &[f32], lr: f32, momentum: f32) {
-    w.par_chunks_mut(UPDATE_CHUNK)
-        .zip(v.par_chunks_mut(UPDATE_CHUNK))
-        .zip(g.par_chunks(UPDATE_CHUNK))
-        .for_each(|((w, v), g)| {
-            for ((w, v), &g) in w.iter_mut().zip(v.iter_mut()).zip(g) {
-                *v = momentum * *v + g;
-                *w -= lr * *v;
-            }
-        });
+    let chunk = |((w, v), g): ((&mut [f32], &mut [f32]), &[f32])| {
+        for ((w, v), &g) in w.iter_mut().zip(v.iter_mut()).zip(g) {
+            *v = momentum * *v + g;
+            *w -= lr * *v;
+        }
+    };
+    if w.len() <= UPDATE_CHUNK {
+        chunk(((w, v), g));
+    } else {
+        w.par_chunks_mut(UPDATE_CHUNK)
+            .zip(v.par_chunks_mut(UPDATE_CHUNK))
+            .zip(g.par_chunks(UPDATE_CHUNK))
+            .for_each(chunk);
+    }
 }
 
 /// Trains the embedder and the blocked head of `config`, writes the checkpoint to
