@@ -468,8 +468,12 @@ pub fn nearest_centres(
 ) -> Vec<usize> {
     let (n, d) = embeddings.matrix_dims().expect("embeddings [N, D]");
     let classes = centres.shape()[0];
-    let g = Graph::inference();
-    let e = g.constant(embeddings.clone()).normalize_rows(1e-12);
+    let normalised = {
+        let g = Graph::inference();
+        g.constant(embeddings.clone())
+            .normalize_rows(1e-12)
+            .to_tensor()
+    };
     let mut best = vec![(f32::NEG_INFINITY, 0usize); n];
     for start in (0..classes).step_by(block.max(1)) {
         let end = (start + block).min(classes);
@@ -478,6 +482,9 @@ pub fn nearest_centres(
             &[end - start, d],
         )
         .expect("rows of width D");
+        // a graph per block: a graph keeps its values until it is dropped
+        let g = Graph::inference();
+        let e = g.constant(normalised.clone());
         let cos = e
             .matmul_nt(g.constant(rows).normalize_rows(1e-12))
             .to_tensor();

@@ -10,7 +10,8 @@
 //! ([`Footprint`]). [`evaluate`]
 //! computes the final figures; `verify` calls the same function on a reloaded checkpoint, so the
 //! two report identical numbers. [`train_step`] is one step of any forward pass, [`model_step`]
-//! one step of a [`Model`].
+//! one step of a [`Model`]. [`train_large_head`] trains over many identities, with a blocked
+//! head whose centres are updated as they are visited.
 
 mod figures;
 mod large_head;
