@@ -17,6 +17,7 @@
 use super::{Footprint, available_memory};
 use crate::checkpoint::{self, CheckpointError, TrainingState};
 use crate::data::{BatchSampler, IdentitiesConfig, SyntheticIdentities};
+use crate::kernels::{MatRef, gemm, normalize_rows};
 use crate::loss::{BlockedHead, ClassSample, MarginLoss};
 use crate::metrics::{Verification, make_pairs, pair_scores, verification};
 use crate::nn::{Forward, HeadConfig, MlpConfig, Model, ModelConfig};
@@ -460,7 +461,7 @@ fn save(
 }
 
 /// The nearest centre (largest cosine) of each embedding, over the centres `[C, D]` visited
-/// `block` rows at a time, so that no `N×C` score matrix is held.
+/// `block` rows at a time in buffers allocated once, so that no `N×C` score matrix is held.
 pub fn nearest_centres(
     embeddings: &Tensor<f32>,
     centres: &Tensor<f32>,
@@ -468,27 +469,25 @@ pub fn nearest_centres(
 ) -> Vec<usize> {
     let (n, d) = embeddings.matrix_dims().expect("embeddings [N, D]");
     let classes = centres.shape()[0];
-    let normalised = {
-        let g = Graph::inference();
-        g.constant(embeddings.clone())
-            .normalize_rows(1e-12)
-            .to_tensor()
-    };
+    let block = block.clamp(1, classes.max(1));
+    let eps = crate::nn::NORM_EPS as f32;
+    let (mut e, mut e_norms) = (vec![0.0; n * d], vec![0.0; n]);
+    normalize_rows(embeddings.data(), d, eps, &mut e, &mut e_norms);
+    let (mut wn, mut w_norms, mut cos) =
+        (vec![0.0; block * d], vec![0.0; block], vec![0.0; n * block]);
     let mut best = vec![(f32::NEG_INFINITY, 0usize); n];
-    for start in (0..classes).step_by(block.max(1)) {
-        let end = (start + block).min(classes);
-        let rows = Tensor::from_vec(
-            centres.data()[start * d..end * d].to_vec(),
-            &[end - start, d],
-        )
-        .expect("rows of width D");
-        // a graph per block: a graph keeps its values until it is dropped
-        let g = Graph::inference();
-        let e = g.constant(normalised.clone());
-        let cos = e
-            .matmul_nt(g.constant(rows).normalize_rows(1e-12))
-            .to_tensor();
-        for (r, row) in cos.data().chunks(end - start).enumerate() {
+    for start in (0..classes).step_by(block) {
+        let m = (start + block).min(classes) - start;
+        let rows = &centres.data()[start * d..(start + m) * d];
+        normalize_rows(rows, d, eps, &mut wn[..m * d], &mut w_norms[..m]);
+        gemm(
+            1.0,
+            MatRef::new(&e, n, d, false),
+            MatRef::new(&wn[..m * d], m, d, true),
+            0.0,
+            &mut cos[..n * m],
+        );
+        for (r, row) in cos[..n * m].chunks(m).enumerate() {
             for (j, &c) in row.iter().enumerate() {
                 if c > best[r].0 {
                     best[r] = (c, start + j);
