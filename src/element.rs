@@ -74,6 +74,8 @@ pub trait Element:
     fn min(self, other: Self) -> Self;
     /// Neither NaN nor infinite.
     fn is_finite(self) -> bool;
+    /// The value whose little-endian bytes `bytes` holds (exactly `size_of::<Self>()` of them).
+    fn from_le_slice(bytes: &[u8]) -> Self;
 }
 
 /// `eˣ` for `f32`, branch-free so that loops calling it vectorise: `x = n·ln 2 + r` with
@@ -117,6 +119,10 @@ macro_rules! impl_element {
             const ONE: Self = 1.0;
             const NAME: &'static str = stringify!($t);
 
+            #[inline]
+            fn from_le_slice(bytes: &[u8]) -> Self {
+                $t::from_le_bytes(bytes.try_into().expect("size_of::<Self>() bytes"))
+            }
             #[inline]
             fn from_f64(v: f64) -> Self {
                 v as $t

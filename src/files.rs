@@ -12,6 +12,7 @@
 //! the new one, never a part.
 
 use serde::de::{self, Deserializer, Visitor};
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::fmt;
 use std::fs::{self, File, FileType, OpenOptions};
@@ -37,6 +38,51 @@ pub(crate) fn read_str<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Str
         }
     }
     deserializer.deserialize_str(StrVisitor)
+}
+
+thread_local! {
+    /// The bytes a sequence being deserialised on this thread may set aside before its
+    /// elements arrive ([`read_elements`]).
+    static SEQUENCE_ALLOWANCE: Cell<u64> = const { Cell::new(1 << 20) };
+}
+
+/// Runs `f` with `bytes` as the allowance of [`read_elements`] on this thread: a reader that
+/// knows the input holds `bytes` more bytes (a file whose size was checked) lets a sequence
+/// be allocated once, at its full length, rather than grown as it arrives.
+pub(crate) fn with_sequence_allowance<T>(bytes: u64, f: impl FnOnce() -> T) -> T {
+    let before = SEQUENCE_ALLOWANCE.with(|a| a.replace(bytes));
+    let out = f();
+    SEQUENCE_ALLOWANCE.with(|a| a.set(before));
+    out
+}
+
+/// Deserialises a `Vec<T>`, setting aside room for the length the input claims only up to
+/// the allowance ([`with_sequence_allowance`]; 1 MiB, serde's own cap, unless a reader says
+/// more): beyond it the vector grows as elements actually arrive. Use it
+/// (`#[serde(deserialize_with = ...)]`) on a stored sequence that may be large.
+pub(crate) fn read_elements<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: de::Deserialize<'de>,
+{
+    struct Elements<T>(std::marker::PhantomData<T>);
+    impl<'de, T: de::Deserialize<'de>> Visitor<'de> for Elements<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let size = std::mem::size_of::<T>().max(1) as u64;
+            let allowed = SEQUENCE_ALLOWANCE.with(Cell::get) / size;
+            let claimed = seq.size_hint().unwrap_or(0) as u64;
+            let mut out = Vec::with_capacity(claimed.min(allowed) as usize);
+            while let Some(value) = seq.next_element()? {
+                out.push(value);
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_seq(Elements(std::marker::PhantomData))
 }
 
 /// The most a reader sets aside for data that a file claims before that data has arrived:

@@ -24,6 +24,7 @@ pub struct Tensor<F: Element = f32> {
 #[serde(bound = "F: Element")]
 struct RawTensor<F: Element> {
     shape: Vec<usize>,
+    #[serde(deserialize_with = "crate::files::read_elements")]
     data: Vec<F>,
 }
 

@@ -262,7 +262,10 @@ fn wrong_magic_future_version_wrong_element_type() {
             current + 5,
             "written by a newer margrad (0.1.0); upgrade to read it",
         ),
-        (current - 1, "written by an older margrad (0.1.0)"),
+        (
+            checkpoint::OLDEST_READABLE_VERSION - 1,
+            "written by an older margrad (0.1.0)",
+        ),
         (
             0,
             "0 is not a version margrad ever wrote; the header is damaged or the file was not \
@@ -281,7 +284,10 @@ fn wrong_magic_future_version_wrong_element_type() {
             }
         );
         let message = err.to_string();
-        let both = format!("format version {version}, but this margrad reads version {current}");
+        let both = format!(
+            "format version {version}, but this margrad reads versions {} to {current}",
+            checkpoint::OLDEST_READABLE_VERSION
+        );
         assert!(
             message.contains(&both) && message.contains(says),
             "{message}"
@@ -648,7 +654,7 @@ fn the_committed_checkpoint_of_this_format_version_loads_and_matches_what_we_wri
 #[test]
 fn a_checkpoint_written_by_an_earlier_format_is_refused_naming_both_versions() {
     let current = checkpoint::FORMAT_VERSION;
-    for version in 1..current {
+    for version in 1..checkpoint::OLDEST_READABLE_VERSION {
         let bytes = std::fs::read(fixture_path(version)).unwrap();
         let err = checkpoint::decode::<f32>(&bytes).unwrap_err();
         assert_eq!(
@@ -662,10 +668,25 @@ fn a_checkpoint_written_by_an_earlier_format_is_refused_naming_both_versions() {
         let message = err.to_string();
         assert!(
             message.contains(&format!(
-                "format version {version}, but this margrad reads version {current}"
+                "format version {version}, but this margrad reads versions {} to {current}",
+                checkpoint::OLDEST_READABLE_VERSION
             )) && message.contains("older margrad"),
             "{message}"
         );
+    }
+}
+
+/// A version that only added a kind to a stored choice reads the files of the versions before
+/// it: the committed file of every readable version loads as the model it holds.
+#[test]
+fn a_checkpoint_of_every_readable_earlier_version_still_loads() {
+    let (model, params, training) = fixture();
+    for version in checkpoint::OLDEST_READABLE_VERSION..checkpoint::FORMAT_VERSION {
+        let stored = std::fs::read(fixture_path(version)).unwrap();
+        let loaded: Checkpoint<f32> = checkpoint::decode(&stored).unwrap();
+        assert_eq!(loaded.model, model);
+        assert!(same_bits(&loaded.params, &params));
+        assert_eq!(loaded.training.as_ref(), Some(&training));
     }
 }
 

@@ -2,12 +2,12 @@
 //! state, in one file that is checked before it is trusted; and safetensors files for PyTorch,
 //! written and read ([`save_safetensors`], [`load_safetensors`]).
 //!
-//! # The checkpoint format (version 3)
+//! # The checkpoint format (version 4)
 //!
 //! | bytes | content |
 //! |---|---|
 //! | 0..8 | magic `MARGRAD\0` |
-//! | 8..12 | format version, u32 little-endian (3) |
+//! | 8..12 | format version, u32 little-endian (4) |
 //! | 12..16 | element type, ASCII, zero-padded (`f32`, `f64`) |
 //! | 16..32 | version of the crate that wrote it, ASCII, zero-padded |
 //! | 32..40 | body length in bytes, u64 little-endian |
@@ -19,9 +19,9 @@
 //! - the magic says the file is a margrad checkpoint at all: a file that does not begin with
 //!   it is "not a margrad checkpoint" whatever its length (and the error says what it looks
 //!   like when that is plain: JSON, safetensors, a PyTorch zip or pickle, gzip);
-//! - the format version alone says how the rest is laid out, and only [`FORMAT_VERSION`] is
-//!   read: a lower one was written by an older margrad, a higher one by a newer margrad, and
-//!   0 by none (versions count from 1);
+//! - the format version alone says how the rest is laid out, and only versions
+//!   [`OLDEST_READABLE_VERSION`] to [`FORMAT_VERSION`] are read: a lower one was written by an
+//!   older margrad, a higher one by a newer margrad, and 0 by none (versions count from 1);
 //! - the crate version is for people, not for the reader: it is named in the messages (a file
 //!   from a newer margrad says which), and must be one or more printable ASCII characters then
 //!   zero bytes, else the header is damaged;
@@ -32,15 +32,24 @@
 //!
 //! The model configuration is the embedder's layers, in order, each as its kind name and its
 //! settings as JSON text (`"linear"`, `{"bias":true,"init":"KaimingNormal","inputs":64,…}`),
-//! then the head's configuration. Version 2 stores the embedder this way, as an open list that
+//! then the head's configuration. Version 4 adds a head kind (class centres stored one per
+//! row, [`HeadConfig::Centres`](crate::nn::HeadConfig::Centres)) and nothing else, so a body of
+//! version 3 is read as one of version 4. Version 2 stores the embedder this way, as an open list that
 //! any registered layer kind can stand in; version 1 stored the MLP's fixed fields.
 //!
 //! The header is read by hand and checked field by field (magic, version, reserved bytes,
-//! crate version, element type, body length against the file's, checksum) before the body is
-//! decoded. [`load`] reads the header
+//! crate version, element type, body length against the file's) before the body is read.
+//! [`load`] reads the header
 //! alone first, from a file it has seen to be a regular one (never a FIFO or a device), and
 //! reads the body only when the file's size is exactly what the header declares, so a file can
-//! make it neither allocate by a claimed length nor wait. The model is then rebuilt
+//! make it neither allocate by a claimed length nor wait. The body streams from the file into
+//! the tensors, each allocated once and filled as its bytes arrive, while its checksum is
+//! computed; a body that then fails the checksum is refused as corrupt whatever it decoded
+//! to, and nothing of it is returned. A save streams the other way, from each tensor's own
+//! buffer through a bounded one, and writes the body's length and checksum into the header at
+//! the end. So a head of a million classes is never held twice: `examples/checkpoint_large.rs`
+//! measures it. [`load_head`] decodes the model's tensors and skips the training state (its
+//! bytes still go into the checksum). The model is then rebuilt
 //! from its configuration by the same constructors that made it, each taking its tensor from the
 //! file by name and shape, so a file can neither leave a parameter out nor smuggle one in.
 //! Writes go to a temporary file that is flushed, synced and renamed over the target: a crash
@@ -53,7 +62,7 @@ pub use self::safetensors::{
     EXPORT_VERSION, decode_safetensors, decode_safetensors_with, export_metadata, load_safetensors,
     load_safetensors_with, safetensors_bytes, save_safetensors,
 };
-use crate::files::{self, Arrived, OpenError};
+use crate::files::{self, OpenError};
 
 use crate::error::{Quoted, Shape};
 use crate::metrics::EpochRecord;
@@ -64,16 +73,20 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// The first eight bytes of every checkpoint.
 pub const MAGIC: [u8; 8] = *b"MARGRAD\0";
-/// The format version this crate writes and the only one it reads. Any change to the body's
+/// The format version this crate writes and the newest it reads. Any change to the body's
 /// layout (a field added to a stored configuration, a type changed) bumps it: the body is
 /// decoded by position, so an old file read as new would be misread. `tests/checkpoint.rs`
 /// holds a committed file of this version and fails when the layout moves without a bump.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
+/// The oldest format version this crate reads: every body of a version from it up to
+/// [`FORMAT_VERSION`] is laid out as one of [`FORMAT_VERSION`] (a later version only added
+/// kinds to a stored choice, which an older body never uses).
+pub const OLDEST_READABLE_VERSION: u32 = 3;
 /// Bytes before the body.
 pub const HEADER_LEN: usize = 48;
 
@@ -298,8 +311,8 @@ impl fmt::Display for CheckpointError {
             } => {
                 write!(
                     f,
-                    "checkpoint format version {found}, but this margrad reads version \
-                     {supported} only: "
+                    "checkpoint format version {found}, but this margrad reads versions \
+                     {OLDEST_READABLE_VERSION} to {supported} only: "
                 )?;
                 let by = written_by
                     .as_ref()
@@ -408,19 +421,20 @@ impl From<codec::PartError> for CheckpointError {
 /// A tensor with its name, as the body stores it.
 #[derive(Serialize)]
 #[serde(bound = "F: Element")]
-struct NamedTensor<F: Element> {
-    name: String,
-    tensor: Tensor<F>,
+struct NamedTensor<'a, F: Element> {
+    name: &'a str,
+    tensor: &'a Tensor<F>,
 }
 
-/// The body, as written. It is read part by part, in this order ([`decode_with`]), so that an
-/// error names the part.
+/// The body, as written: borrowed from the model, the parameters and the training state, so
+/// that nothing is copied on its way to the file. It is read part by part, in this order
+/// ([`read_parts`]), so that an error names the part.
 #[derive(Serialize)]
 #[serde(bound = "F: Element")]
-struct Body<F: Element> {
-    config: ModelConfig,
-    tensors: Vec<NamedTensor<F>>,
-    training: Option<TrainingState<F>>,
+struct Body<'a, F: Element> {
+    config: &'a ModelConfig,
+    tensors: Vec<NamedTensor<'a, F>>,
+    training: Option<&'a TrainingState<F>>,
 }
 
 /// A checkpoint's bytes: header and body.
@@ -429,28 +443,75 @@ pub fn encode<F: Element>(
     params: &Params<F>,
     training: Option<&TrainingState<F>>,
 ) -> Vec<u8> {
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    write_checkpoint(&mut bytes, model, params, training).expect("writing to memory cannot fail");
+    bytes.into_inner()
+}
+
+/// Writes a checkpoint to `out` from its current position: the header, then the body,
+/// streamed from each tensor's own buffer through a bounded buffer (never a second copy of a
+/// tensor in memory); the body's length and CRC-32, known at its end, are then written into
+/// the header.
+fn write_checkpoint<F: Element, W: Write + Seek>(
+    out: &mut W,
+    model: &Model<F>,
+    params: &Params<F>,
+    training: Option<&TrainingState<F>>,
+) -> std::io::Result<()> {
+    let start = out.stream_position()?;
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    header.extend_from_slice(&MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&padded::<4>(F::NAME));
+    header.extend_from_slice(&padded::<16>(env!("CARGO_PKG_VERSION")));
+    header.extend_from_slice(&[0; 16]); // body length, CRC-32, reserved: filled in below
+    out.write_all(&header)?;
     let body = Body {
-        config: model.config().clone(),
+        config: model.config(),
         tensors: params
             .ids()
             .map(|id| NamedTensor {
-                name: params.name(id).to_string(),
-                tensor: params.get(id).clone(),
+                name: params.name(id),
+                tensor: params.get(id),
             })
             .collect(),
-        training: training.cloned(),
+        training,
     };
-    let body = codec::encode(&body);
-    let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
-    bytes.extend_from_slice(&MAGIC);
-    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    bytes.extend_from_slice(&padded::<4>(F::NAME));
-    bytes.extend_from_slice(&padded::<16>(env!("CARGO_PKG_VERSION")));
-    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    bytes.extend_from_slice(&[0; 4]);
-    bytes.extend_from_slice(&body);
-    bytes
+    let mut hashed = Hashed {
+        inner: &mut *out,
+        hasher: crc32fast::Hasher::new(),
+        len: 0,
+    };
+    let mut buffered = BufWriter::with_capacity(1 << 20, &mut hashed);
+    codec::encode_into(&body, &mut buffered)?;
+    buffered.flush()?;
+    drop(buffered);
+    let (len, crc) = (hashed.len, hashed.hasher.finalize());
+    out.seek(SeekFrom::Start(start + 32))?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(&crc.to_le_bytes())?;
+    out.seek(SeekFrom::Start(start + HEADER_LEN as u64 + len))?;
+    Ok(())
+}
+
+/// A writer that counts and hashes what passes through it.
+struct Hashed<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for Hashed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn padded<const N: usize>(text: &str) -> [u8; N] {
@@ -464,18 +525,6 @@ fn field<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
     bytes[at..at + N]
         .try_into()
         .expect("inside the checked header")
-}
-
-/// Checks the header and returns the body.
-fn checked_body<F: Element>(bytes: &[u8]) -> Result<&[u8], CheckpointError> {
-    let declared = checked_header::<F>(bytes)?;
-    check_body_len(declared, (bytes.len() - HEADER_LEN) as u64)?;
-    let body = &bytes[HEADER_LEN..];
-    let (expected, found) = (u32::from_le_bytes(field(bytes, 40)), crc32fast::hash(body));
-    if expected != found {
-        return Err(CheckpointError::Checksum { expected, found });
-    }
-    Ok(body)
 }
 
 /// Checks the header at the start of `bytes` (which may hold nothing more): the magic first
@@ -499,7 +548,7 @@ fn checked_header<F: Element>(bytes: &[u8]) -> Result<u64, CheckpointError> {
     }
     let written_by = padded_text(&field::<16>(bytes, 16));
     let version = u32::from_le_bytes(field(bytes, 8));
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(CheckpointError::UnsupportedVersion {
             found: version,
             supported: FORMAT_VERSION,
@@ -683,7 +732,21 @@ pub fn decode_with<F: Element>(
     bytes: &[u8],
     registry: &LayerRegistry<F>,
 ) -> Result<Checkpoint<F>, CheckpointError> {
-    let (config, tensors, training) = read_body::<F>(checked_body::<F>(bytes)?)?;
+    let declared = checked_header::<F>(bytes)?;
+    check_body_len(declared, (bytes.len() - HEADER_LEN) as u64)?;
+    let crc = u32::from_le_bytes(field(bytes, 40));
+    let (parts, _) = read_body(&bytes[HEADER_LEN..], declared, crc, Parts::All, |e| {
+        unreachable!("reading memory cannot fail: {e}")
+    })?;
+    assemble(parts, registry)
+}
+
+/// A checkpoint from its decoded parts: the model rebuilt through `registry`, the training
+/// state checked against its parameters.
+fn assemble<F: Element>(
+    (config, tensors, training): BodyParts<F>,
+    registry: &LayerRegistry<F>,
+) -> Result<Checkpoint<F>, CheckpointError> {
     let (model, params) = rebuild(config, registry, tensors, HashSet::new())?;
     if let Some(training) = &training {
         training
@@ -705,21 +768,70 @@ type BodyParts<F> = (
     Option<TrainingState<F>>,
 );
 
-fn read_body<F: Element>(body: &[u8]) -> Result<BodyParts<F>, CheckpointError> {
-    let mut reader = codec::Reader::new(body);
+/// Which parts of a body to decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Parts {
+    /// Every part.
+    All,
+    /// The configuration and the tensors; the training state's bytes are only checked
+    /// against the checksum.
+    Model,
+}
+
+/// Reads the `declared` bytes of a body from `source` as they stream, each tensor straight
+/// into its buffer, and checks them against the header's `crc`: a body whose bytes do not
+/// match is [`CheckpointError::Checksum`] whatever its parts decoded to, and one that ends
+/// early is [`CheckpointError::Truncated`]. Returns the parts and the source, after the body.
+fn read_body<F: Element, R: Read>(
+    source: R,
+    declared: u64,
+    crc: u32,
+    parts: Parts,
+    io_error: impl FnOnce(std::io::Error) -> CheckpointError,
+) -> Result<(BodyParts<F>, R), CheckpointError> {
+    let mut reader = codec::Reader::new(source, declared);
+    let decoded = read_parts(&mut reader, parts);
+    let (ending, source) = reader.end().map_err(io_error)?;
+    if ending.found < declared {
+        return Err(CheckpointError::Truncated {
+            part: "body",
+            expected: declared,
+            found: ending.found,
+        });
+    }
+    if ending.crc != crc {
+        return Err(CheckpointError::Checksum {
+            expected: crc,
+            found: ending.crc,
+        });
+    }
+    Ok((decoded?, source))
+}
+
+fn read_parts<F: Element, R: Read>(
+    reader: &mut codec::Reader<R>,
+    parts: Parts,
+) -> Result<BodyParts<F>, CheckpointError> {
     let config = reader.read(|| "the model configuration".to_string())?;
     let count = reader.read_len(|| "the tensor count".to_string())?;
     // no capacity by the count: each tensor takes bytes, so the loop ends with the body
     let mut tensors = HashMap::new();
     for i in 0..count {
-        let name: &str = reader.read(|| format!("tensor #{i}'s name"))?;
-        let tensor = reader.read(|| format!("tensor {}", Quoted(name)))?;
-        if tensors.insert(name.to_string(), tensor).is_some() {
-            return Err(CheckpointError::UnexpectedTensor(name.to_string()));
+        let name = reader.read_text(|| format!("tensor #{i}'s name"))?;
+        let tensor = reader.read_tensor(|| format!("tensor {}", Quoted(&name)))?;
+        if tensors.contains_key(&name) {
+            return Err(CheckpointError::UnexpectedTensor(name));
         }
+        tensors.insert(name, tensor);
     }
-    let training = reader.read(|| "the training state".to_string())?;
-    reader.finish()?;
+    let training = match parts {
+        Parts::All => {
+            let training = reader.read_stream(|| "the training state".to_string())?;
+            reader.finish()?;
+            training
+        }
+        Parts::Model => None,
+    };
     Ok((config, tensors, training))
 }
 
@@ -744,8 +856,7 @@ pub fn save<F: Element>(
             .validate(params)
             .map_err(CheckpointError::UnsoundTrainingState)?;
     }
-    let bytes = encode(model, params, training);
-    write_atomically(path, |file| file.write_all(&bytes))
+    write_atomically(path, |file| write_checkpoint(file, model, params, training))
 }
 
 /// Loads a checkpoint, building its layers with the crate's kinds
@@ -772,12 +883,12 @@ pub fn load_with<F: Element>(
     path: &Path,
     registry: &LayerRegistry<F>,
 ) -> Result<Checkpoint<F>, CheckpointError> {
-    decode_with(&read_file::<F>(path)?, registry)
+    assemble(read_file(path, Parts::All)?, registry)
 }
 
-/// A checkpoint file's bytes, read without trusting them: see [`load`]. The header is checked
-/// here; [`decode_with`] checks it again (cheaply) with the rest.
-fn read_file<F: Element>(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+/// A checkpoint file's parts, read without trusting them: see [`load`]. The body streams
+/// from the file into the tensors, never held whole.
+fn read_file<F: Element>(path: &Path, parts: Parts) -> Result<BodyParts<F>, CheckpointError> {
     let (file, len) = files::open_regular(path).map_err(|e| match e {
         OpenError::Io(e) => io_error(path, e),
         OpenError::NotRegular(kind) => CheckpointError::NotRegularFile {
@@ -785,26 +896,22 @@ fn read_file<F: Element>(path: &Path) -> Result<Vec<u8>, CheckpointError> {
             kind,
         },
     })?;
-    let mut bytes = Vec::with_capacity(HEADER_LEN);
-    files::read_prefix(&file, HEADER_LEN as u64, &mut bytes).map_err(|e| io_error(path, e))?;
-    let declared = checked_header::<F>(&bytes)?;
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    files::read_prefix(&file, HEADER_LEN as u64, &mut header).map_err(|e| io_error(path, e))?;
+    let declared = checked_header::<F>(&header)?;
     check_body_len(declared, len.saturating_sub(HEADER_LEN as u64))?;
     // the claim now matches the file's size; the file may still change while it is read
-    match files::read_claimed(&file, declared, declared, &mut bytes) {
-        Ok(Arrived::Exactly) => Ok(bytes),
-        Ok(Arrived::Short(found)) => Err(CheckpointError::Truncated {
-            part: "body",
-            expected: declared,
-            found,
-        }),
-        Ok(Arrived::More) => Err(CheckpointError::TrailingBytes {
+    let crc = u32::from_le_bytes(field(&header, 40));
+    let (parts, mut rest) = read_body(&file, declared, crc, parts, |e| io_error(path, e))?;
+    if rest.read(&mut [0; 1]).map_err(|e| io_error(path, e))? > 0 {
+        return Err(CheckpointError::TrailingBytes {
             expected: declared,
             found: file.metadata().map_or(declared.saturating_add(1), |m| {
                 m.len().saturating_sub(HEADER_LEN as u64)
             }),
-        }),
-        Err(e) => Err(io_error(path, e)),
+        });
     }
+    Ok(parts)
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> CheckpointError {
@@ -822,7 +929,10 @@ pub(crate) fn write_atomically(
     crate::files::write_atomically(path, write).map_err(|e| io_error(path, e))
 }
 
-/// Loads only the head of a checkpoint: its centres (or linear classifier) and loss.
+/// Loads only the head of a checkpoint: its centres (or linear classifier) and loss. The
+/// training state is not decoded (its bytes are checked against the checksum), and the
+/// centres are moved into the head, not copied: loading a head of `C×D` centres holds them
+/// once.
 ///
 /// # Errors
 /// As [`load`].
@@ -838,8 +948,9 @@ pub fn load_head_with<F: Element>(
     path: &Path,
     registry: &LayerRegistry<F>,
 ) -> Result<TrainedHead<F>, CheckpointError> {
-    let checkpoint = load_with::<F>(path, registry)?;
-    Ok(TrainedHead::new(&checkpoint.model, &checkpoint.params))
+    let (config, tensors, _) = read_file::<F>(path, Parts::Model)?;
+    let (model, params) = rebuild(config, registry, tensors, HashSet::new())?;
+    Ok(TrainedHead::take(&model, params))
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ pub fn export_metadata(config: &ModelConfig, input: &InputScaling) -> BTreeMap<S
         })
         .collect();
     let head = match config.head {
-        HeadConfig::Cosine { .. } => json!({
+        HeadConfig::Cosine { .. } | HeadConfig::Centres { .. } => json!({
             "kind": "cosine",
             "weight": "[classes, dim]",
             "scores": "cosine of the L2-normalised embedding and each L2-normalised row of \

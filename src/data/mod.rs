@@ -9,7 +9,9 @@ mod synthetic;
 pub use augment::Augment;
 pub use digits::{digits, parse_digits_csv};
 pub use idx::{IdxArray, MnistSplit, load_idx, load_mnist, parse_idx};
-pub use synthetic::{SyntheticConfig, synthetic};
+pub use synthetic::{
+    BatchSampler, IdentitiesConfig, SyntheticConfig, SyntheticIdentities, synthetic,
+};
 
 use crate::{Error, Labels, Tensor};
 use rand::Rng;

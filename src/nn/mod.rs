@@ -65,6 +65,7 @@
 //! model's input) panic there, naming the op and the shapes.
 
 mod batch_norm2d;
+mod centres_head;
 mod conv;
 mod cosine_head;
 mod forward;
@@ -82,6 +83,7 @@ mod sequential;
 mod trained_head;
 
 pub use batch_norm2d::{BatchNorm2d, BatchNorm2dConfig};
+pub use centres_head::CentresHead;
 pub use conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
 pub use cosine_head::{CosineHead, CosineHeadConfig};
 pub use forward::{BufferUpdates, Forward};

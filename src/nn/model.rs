@@ -2,8 +2,8 @@
 //! configuration.
 
 use super::{
-    CosineHead, CosineHeadConfig, Forward, Head, Init, LayerRegistry, Linear, LinearConfig, Module,
-    ParamSource, Sequential, SequentialConfig, l2_normalize,
+    CentresHead, CosineHead, CosineHeadConfig, Forward, Head, Init, LayerRegistry, Linear,
+    LinearConfig, Module, ParamSource, Sequential, SequentialConfig, l2_normalize,
 };
 use crate::loss::MarginLoss;
 use crate::{Element, Error, Graph, Labels, Params, Tensor, Var};
@@ -53,6 +53,15 @@ pub enum HeadConfig {
         /// The loss.
         loss: MarginLoss,
     },
+    /// A cosine classifier whose centres are stored one class per row (`head.weight`,
+    /// `[C, D]`), the layout the blocked large-class head trains: a [`CentresHead`]. Added in
+    /// checkpoint format version 4.
+    Centres {
+        /// The number of classes.
+        classes: usize,
+        /// The loss.
+        loss: MarginLoss,
+    },
     /// A plain linear classifier `x Wᵀ + b` trained with softmax cross-entropy
     /// (`head.weight` `[C, D]`, `head.bias` `[C]`, Xavier-normal): a [`Linear`].
     Linear {
@@ -65,7 +74,9 @@ impl HeadConfig {
     /// The number of classes.
     pub fn classes(&self) -> usize {
         match self {
-            HeadConfig::Cosine { classes, .. } | HeadConfig::Linear { classes } => *classes,
+            HeadConfig::Cosine { classes, .. }
+            | HeadConfig::Centres { classes, .. }
+            | HeadConfig::Linear { classes } => *classes,
         }
     }
 
@@ -84,14 +95,18 @@ impl HeadConfig {
         let classes = self.classes();
         Error::check("classes", classes as f64, classes > 0, "at least 1")?;
         Ok(match self {
-            HeadConfig::Cosine { loss, .. } => {
+            HeadConfig::Cosine { loss, .. } | HeadConfig::Centres { loss, .. } => {
                 let config = CosineHeadConfig {
                     dim,
                     classes,
                     loss: loss.clone(),
                 };
                 config.validate()?;
-                Arc::new(CosineHead::new(params, prefix, config, source))
+                if let HeadConfig::Centres { .. } = self {
+                    Arc::new(CentresHead::new(params, prefix, config, source))
+                } else {
+                    Arc::new(CosineHead::new(params, prefix, config, source))
+                }
             }
             HeadConfig::Linear { .. } => {
                 let config = LinearConfig::new(dim, classes).with_init(Init::XavierNormal);

@@ -1,7 +1,7 @@
 //! A trained head on its own, for inference on embeddings.
 
 use super::{Fill, HEAD_PREFIX, Head, HeadConfig, Model, ParamSource};
-use crate::{Element, Params, Tensor};
+use crate::{Element, ParamId, Params, Tensor};
 use std::sync::Arc;
 
 /// The head of a trained model, on its own: class centres (or a linear classifier), its loss
@@ -14,21 +14,36 @@ pub struct TrainedHead<F: Element = f32> {
     params: Params<F>,
 }
 
-/// Hands a model's own tensors, by name, to the head's builder.
+/// Hands copies of a model's own tensors, by name, to the head's builder.
 struct CopyOf<'a, F: Element>(&'a Params<F>);
+
+/// Hands a model's own tensors, by name, to the head's builder, moved out of the store.
+struct MovedFrom<'a, F: Element>(&'a mut Params<F>);
+
+/// The id of the tensor `name` of `params`, checked to have `shape`.
+#[track_caller]
+fn model_tensor<F: Element>(params: &Params<F>, name: &str, shape: &[usize]) -> ParamId {
+    let id = params
+        .find(name)
+        .unwrap_or_else(|| panic!("TrainedHead: the parameters lack {name:?}: not this model's"));
+    assert_eq!(
+        params.get(id).shape(),
+        shape,
+        "TrainedHead: {name:?} does not have the shape the model gives it"
+    );
+    id
+}
 
 impl<F: Element> ParamSource<F> for CopyOf<'_, F> {
     fn tensor(&mut self, name: &str, shape: &[usize], _fill: Fill) -> Tensor<F> {
-        let id = self.0.find(name).unwrap_or_else(|| {
-            panic!("TrainedHead::new: the parameters lack {name:?}: not this model's")
-        });
-        let value = self.0.get(id);
-        assert_eq!(
-            value.shape(),
-            shape,
-            "TrainedHead::new: {name:?} does not have the shape the model gives it"
-        );
-        value.clone()
+        self.0.get(model_tensor(self.0, name, shape)).clone()
+    }
+}
+
+impl<F: Element> ParamSource<F> for MovedFrom<'_, F> {
+    fn tensor(&mut self, name: &str, shape: &[usize], _fill: Fill) -> Tensor<F> {
+        let id = model_tensor(self.0, name, shape);
+        std::mem::replace(self.0.get_mut(id), Tensor::zeros(&[0]))
     }
 }
 
@@ -40,15 +55,25 @@ impl<F: Element> TrainedHead<F> {
     /// When `params` are not `model`'s (a head tensor missing or of another shape).
     #[track_caller]
     pub fn new(model: &Model<F>, params: &Params<F>) -> Self {
+        Self::build(model, &mut CopyOf(params))
+    }
+
+    /// The head of `model`, its tensors moved out of `params` (which are dropped): no copy of
+    /// the centres is made, however many classes there are.
+    ///
+    /// # Panics
+    /// As [`TrainedHead::new`].
+    #[track_caller]
+    pub fn take(model: &Model<F>, mut params: Params<F>) -> Self {
+        Self::build(model, &mut MovedFrom(&mut params))
+    }
+
+    #[track_caller]
+    fn build(model: &Model<F>, source: &mut dyn ParamSource<F>) -> Self {
         let config = model.config().head.clone();
         let mut own = Params::new();
         let head = config
-            .build(
-                &mut own,
-                HEAD_PREFIX,
-                model.embedding_dim(),
-                &mut CopyOf(params),
-            )
+            .build(&mut own, HEAD_PREFIX, model.embedding_dim(), source)
             .expect("a built model's head configuration is valid");
         TrainedHead {
             config,
@@ -72,10 +97,13 @@ impl<F: Element> TrainedHead<F> {
         &self.params
     }
 
-    /// The class centres `[D, C]` of a cosine head.
+    /// The class centres of a cosine head: `[D, C]` ([`HeadConfig::Cosine`]) or `[C, D]`
+    /// ([`HeadConfig::Centres`]).
     pub fn centres(&self) -> Option<&Tensor<F>> {
         match self.config {
-            HeadConfig::Cosine { .. } => Some(self.params.get(self.head.parameters()[0])),
+            HeadConfig::Cosine { .. } | HeadConfig::Centres { .. } => {
+                Some(self.params.get(self.head.parameters()[0]))
+            }
             HeadConfig::Linear { .. } => None,
         }
     }

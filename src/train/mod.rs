@@ -10,14 +10,20 @@
 //! ([`Footprint`]). [`evaluate`]
 //! computes the final figures; `verify` calls the same function on a reloaded checkpoint, so the
 //! two report identical numbers. [`train_step`] is one step of any forward pass, [`model_step`]
-//! one step of a [`Model`].
+//! one step of a [`Model`]. [`train_large_head`] trains over many identities, with a blocked
+//! head whose centres are updated as they are visited.
 
 mod figures;
+mod large_head;
 mod memory;
 mod output;
 mod settings;
 mod step;
 
+pub use large_head::{
+    LargeHeadConfig, LargeHeadError, LargeHeadEvent, LargeHeadReport, nearest_centres,
+    train_large_head,
+};
 pub use memory::{DataShape, Footprint, available_memory};
 pub use output::{
     CHECKPOINT_FILE, EXPORT_FILE, FIGURE_FILES, FolderError, METRICS_FILE, OutputPolicy, RUN_FILES,

@@ -1,0 +1,499 @@
+//! Training over many identities: an MLP embedder and a [`BlockedHead`] end to end, on the
+//! synthetic identities made on demand ([`SyntheticIdentities`]), verified on identities never
+//! trained on.
+//!
+//! A step draws its `(identity, sample)` pairs from [`BatchSampler`] (seeded by the step),
+//! makes their features, embeds them on the tape, and runs the blocked head's fused step: the
+//! centres (`[C, D]`, one identity per row, [`HeadConfig::Centres`]) are updated block by block
+//! by SGD with momentum (`v ← μ v + ∂L/∂w`, `w ← w − η v`, PyTorch's rule) while the loss's
+//! gradient flows back into the embedder, which the crate's [`Optimizer`] updates with the
+//! same rule. With a sampling rate `r < 1` each step visits the batch's identities and
+//! uniformly sampled others only ([`ClassSample`]); a centre left out keeps its value and its
+//! momentum. The memory the run will hold is counted before anything is allocated
+//! ([`Footprint`]); the checkpoint (model, embedder optimiser, centres' momentum) is written
+//! streaming; the figures are verification on pairs of unseen identities and closed-set
+//! accuracy over all `C` identities on held-out samples of some of them.
+
+use super::{Footprint, available_memory};
+use crate::checkpoint::{self, CheckpointError, TrainingState};
+use crate::data::{BatchSampler, IdentitiesConfig, SyntheticIdentities};
+use crate::kernels::{MatRef, gemm, normalize_rows};
+use crate::loss::{BlockedHead, ClassSample, MarginLoss};
+use crate::metrics::{Verification, make_pairs, pair_scores, verification};
+use crate::nn::{Forward, HeadConfig, MlpConfig, Model, ModelConfig};
+use crate::optim::{Method, Optimizer, ParamState};
+use crate::{Error, Graph, Labels, ParamId, Params, Tensor, seeded_rng};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Instant;
+
+/// The settings of a large-head run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LargeHeadConfig {
+    /// The identities: how many are trained on (the head's classes) and how many are kept
+    /// unseen for verification, their samples, and the data seed.
+    pub identities: IdentitiesConfig,
+    /// The embedder's hidden widths (ReLU between layers).
+    pub hidden: Vec<usize>,
+    /// The embedding dimension `D` (the centres' width).
+    pub embed_dim: usize,
+    /// The margin loss.
+    pub loss: MarginLoss,
+    /// Classes per block of the head.
+    pub block: usize,
+    /// The class sampling rate `r` (`0 < r ≤ 1`; 1: every class, every step).
+    pub sample_rate: f64,
+    /// Samples per step.
+    pub batch: usize,
+    /// Training steps.
+    pub steps: u64,
+    /// The learning rate `η` of embedder and centres.
+    pub lr: f64,
+    /// SGD's momentum `μ` (embedder and centres).
+    pub momentum: f64,
+    /// Samples of each unseen identity to verify.
+    pub verify_samples: u64,
+    /// Verification pairs to draw.
+    pub pairs: usize,
+    /// Trained identities whose held-out samples are classified among all `C`.
+    pub accuracy_identities: usize,
+    /// Seeds the model, the class samples and the pairs.
+    pub seed: u64,
+}
+
+impl Default for LargeHeadConfig {
+    fn default() -> Self {
+        LargeHeadConfig {
+            identities: IdentitiesConfig::default(),
+            hidden: vec![256],
+            embed_dim: 128,
+            loss: MarginLoss::am(30.0, 0.35).expect("valid settings"),
+            block: 4096,
+            sample_rate: 1.0,
+            batch: 256,
+            steps: 1000,
+            lr: 0.1,
+            momentum: 0.9,
+            verify_samples: 4,
+            pairs: 6000,
+            accuracy_identities: 1000,
+            seed: 0,
+        }
+    }
+}
+
+impl LargeHeadConfig {
+    /// The model: an MLP `input → hidden… → D` and centres `[C, D]`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for a zero width or an invalid loss.
+    pub fn model(&self) -> Result<ModelConfig, Error> {
+        let mut sizes = vec![self.identities.input_dim];
+        sizes.extend(&self.hidden);
+        sizes.push(self.embed_dim);
+        Ok(ModelConfig {
+            embedder: MlpConfig::new(&sizes).sequential()?,
+            head: HeadConfig::Centres {
+                classes: self.identities.trained,
+                loss: self.loss.clone(),
+            },
+        })
+    }
+
+    /// Checks every setting no constructor checks.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] naming the setting out of range.
+    pub fn validate(&self) -> Result<(), Error> {
+        Error::check(
+            "class sampling rate",
+            self.sample_rate,
+            self.sample_rate > 0.0 && self.sample_rate <= 1.0,
+            "in (0, 1]",
+        )?;
+        Error::check(
+            "class block",
+            self.block as f64,
+            self.block > 0,
+            "at least 1 class",
+        )?;
+        Error::check("batch size", self.batch as f64, self.batch > 0, "positive")?;
+        Error::check("steps", self.steps as f64, self.steps > 0, "positive")?;
+        Error::check(
+            "learning rate",
+            self.lr,
+            self.lr > 0.0,
+            "positive and finite",
+        )?;
+        Error::check(
+            "momentum",
+            self.momentum,
+            (0.0..1.0).contains(&self.momentum),
+            "in [0, 1)",
+        )?;
+        Error::check("pairs", self.pairs as f64, self.pairs >= 20, "at least 20")?;
+        Error::check(
+            "verification samples per identity",
+            self.verify_samples as f64,
+            self.verify_samples >= 2,
+            "at least 2 (a same-identity pair needs two)",
+        )?;
+        Error::check(
+            "accuracy identities",
+            self.accuracy_identities as f64,
+            (1..=self.identities.trained).contains(&self.accuracy_identities),
+            "between 1 and the trained identities",
+        )?;
+        self.loss.validate()
+    }
+
+    /// The memory the run will hold, counted from the settings: centres and their momentum,
+    /// the embedder with its gradient and momentum, a step's buffers, the verification and
+    /// accuracy samples, the pairs.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] when a share overflows 64 bits.
+    pub fn footprint(&self) -> Result<Footprint, Error> {
+        const F32: u64 = 4;
+        let classes = ("identities", self.identities.trained);
+        let dim = ("embed_dim", self.embed_dim);
+        let mut footprint = Footprint::new();
+        // centres and momentum
+        footprint.add(2 * F32, &[classes, dim])?;
+        // the embedder's weights, gradients and momentum
+        let mut width = self.identities.input_dim;
+        for &next in self.hidden.iter().chain([&self.embed_dim]) {
+            footprint.add(3 * F32, &[("hidden", width), ("hidden", next + 1)])?;
+            width = next;
+        }
+        // a step: the block's cosines and centres, the batch's features and activations
+        let block = ("block", self.block.min(self.identities.trained));
+        footprint.add(F32, &[("batch", self.batch), block])?;
+        footprint.add(4 * F32, &[block, dim])?;
+        let widest = self
+            .hidden
+            .iter()
+            .copied()
+            .chain([self.identities.input_dim, self.embed_dim]);
+        let widest = widest.max().unwrap_or(0);
+        footprint.add(8 * F32, &[("batch", self.batch), ("hidden", widest)])?;
+        // the sample of classes
+        if self.sample_rate < 1.0 {
+            footprint.add(16, &[classes])?;
+        }
+        // evaluation: features and embeddings of the unseen and held-out samples, the pairs
+        let verify = ("unseen identities", self.identities.unseen);
+        let per = ("verify_samples", self.verify_samples as usize);
+        footprint.add(F32, &[verify, per, ("hidden", widest)])?;
+        footprint.add(
+            F32,
+            &[
+                ("accuracy identities", self.accuracy_identities),
+                ("hidden", widest),
+            ],
+        )?;
+        footprint.add(48, &[("pairs", self.pairs)])?;
+        Ok(footprint)
+    }
+}
+
+/// What a large-head run reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LargeHeadReport {
+    /// The settings.
+    pub config: LargeHeadConfig,
+    /// The mean loss of the first and of the last tenth of the steps.
+    pub first_loss: f64,
+    /// See `first_loss`.
+    pub last_loss: f64,
+    /// Seconds spent training (steps only).
+    pub train_seconds: f64,
+    /// Seconds spent writing the checkpoint.
+    pub save_seconds: f64,
+    /// Closed-set top-1 accuracy among all trained identities, on held-out samples of the
+    /// first `accuracy_identities` of them.
+    pub accuracy: f64,
+    /// Verification on pairs of unseen identities.
+    pub verification: Verification,
+    /// The bytes counted before allocating.
+    pub footprint_bytes: u64,
+}
+
+/// What [`train_large_head`] reports while it runs.
+#[derive(Clone, Copy, Debug)]
+pub enum LargeHeadEvent {
+    /// Steps `step - every + 1 ..= step` ran, with this mean loss.
+    Steps {
+        /// 1-based step.
+        step: u64,
+        /// Mean loss since the last report.
+        loss: f64,
+        /// Steps per second since the last report.
+        steps_per_sec: f64,
+    },
+}
+
+/// Why a large-head run stopped.
+#[derive(Debug)]
+pub enum LargeHeadError {
+    /// A setting, or the memory it needs.
+    Input(Error),
+    /// The loss or an update became non-finite at a step.
+    Diverged {
+        /// 1-based step.
+        step: u64,
+        /// The error.
+        error: Error,
+    },
+    /// The checkpoint could not be written.
+    Checkpoint(CheckpointError),
+}
+
+impl std::fmt::Display for LargeHeadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LargeHeadError::Input(e) => write!(f, "{e}"),
+            LargeHeadError::Diverged { step, error } => {
+                write!(f, "training diverged at step {step}: {error}")
+            }
+            LargeHeadError::Checkpoint(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for LargeHeadError {}
+
+impl From<Error> for LargeHeadError {
+    fn from(e: Error) -> Self {
+        LargeHeadError::Input(e)
+    }
+}
+
+/// Elements per task of the centres' update (fixed, so the same bits on any threads).
+const UPDATE_CHUNK: usize = 1 << 14;
+
+/// `v ← μ v + g`, `w ← w − η v` over one run of centres, in fixed chunks across threads (a
+/// run of one chunk or less, as a sampled head's runs mostly are, on the calling thread: the
+/// same arithmetic per element either way).
+fn momentum_update(w: &mut [f32], v: &mut [f32], g: &[f32], lr: f32, momentum: f32) {
+    let chunk = |((w, v), g): ((&mut [f32], &mut [f32]), &[f32])| {
+        for ((w, v), &g) in w.iter_mut().zip(v.iter_mut()).zip(g) {
+            *v = momentum * *v + g;
+            *w -= lr * *v;
+        }
+    };
+    if w.len() <= UPDATE_CHUNK {
+        chunk(((w, v), g));
+    } else {
+        w.par_chunks_mut(UPDATE_CHUNK)
+            .zip(v.par_chunks_mut(UPDATE_CHUNK))
+            .zip(g.par_chunks(UPDATE_CHUNK))
+            .for_each(chunk);
+    }
+}
+
+/// Trains the embedder and the blocked head of `config`, writes the checkpoint to
+/// `checkpoint_path` (when given), and judges the model; `on_event` hears every `report_every`
+/// steps.
+///
+/// # Errors
+/// [`LargeHeadError::Input`] for a setting out of range or a run that would not fit in the
+/// memory available ([`Error::TooLarge`], before anything is allocated);
+/// [`LargeHeadError::Diverged`] when the loss or an update is not finite (nothing is saved);
+/// [`LargeHeadError::Checkpoint`] when the checkpoint cannot be written.
+pub fn train_large_head(
+    config: &LargeHeadConfig,
+    checkpoint_path: Option<&Path>,
+    report_every: u64,
+    mut on_event: impl FnMut(LargeHeadEvent),
+) -> Result<LargeHeadReport, LargeHeadError> {
+    config.validate()?;
+    let identities = SyntheticIdentities::new(config.identities.clone())?;
+    let footprint_bytes = config.footprint()?.check(available_memory())?;
+    let classes = config.identities.trained;
+    let head = BlockedHead::new(config.loss.clone(), config.block)?;
+    let sampler = BatchSampler::new(
+        classes,
+        config.identities.train_samples,
+        config.batch,
+        config.identities.seed,
+    )?;
+    let mut rng = seeded_rng(config.seed);
+    let mut params = Params::<f32>::new();
+    let model = Model::new(config.model()?, &mut params, &mut rng)?;
+    let method = Method::Sgd {
+        momentum: config.momentum,
+        nesterov: false,
+    };
+    let mut optimizer = Optimizer::new(method, &params, config.lr, 0.0)?;
+    let centres_id = model.head().parameters()[0];
+    // the centres live outside the store while training (a graph holds the store), and go
+    // back for saving: moved, never copied
+    let mut centres = std::mem::replace(params.get_mut(centres_id), Tensor::zeros(&[0]));
+    let mut velocity = Tensor::<f32>::zeros(centres.shape());
+    let (lr, momentum) = (config.lr as f32, config.momentum as f32);
+    let d = config.embed_dim;
+
+    let started = Instant::now();
+    let (mut window_loss, mut window_start) = (0.0, Instant::now());
+    let tenth = (config.steps / 10).max(1);
+    let (mut first, mut last) = (0.0, 0.0);
+    for step in 0..config.steps {
+        let pairs = sampler.batch(step);
+        let x = identities.features(&pairs);
+        let labels = Labels::new(pairs.iter().map(|&(k, _)| k).collect(), classes)?;
+        let sample = (config.sample_rate < 1.0)
+            .then(|| ClassSample::draw(&labels, classes, config.sample_rate, &mut rng))
+            .transpose()?;
+        let (loss, grads) = {
+            let g = Graph::new();
+            let mut cx = Forward::train(&g, &params, &mut rng);
+            let embeddings = model.embed(&mut cx, g.constant(x));
+            let update = |first: usize, w: &mut [f32], grad: &[f32]| {
+                let v = &mut velocity.data_mut()[first * d..first * d + w.len()];
+                momentum_update(w, v, grad, lr, momentum);
+            };
+            let loss = head
+                .step(embeddings, &mut centres, &labels, sample.as_ref(), update)
+                .map_err(|error| LargeHeadError::Diverged {
+                    step: step + 1,
+                    error,
+                })?;
+            (loss.value().data()[0] as f64, loss.backward())
+        };
+        optimizer
+            .step(&mut params, &grads)
+            .map_err(|error| LargeHeadError::Diverged {
+                step: step + 1,
+                error,
+            })?;
+        if step < tenth {
+            first += loss / tenth as f64;
+        }
+        if step >= config.steps - tenth {
+            last += loss / tenth as f64;
+        }
+        window_loss += loss;
+        if (step + 1) % report_every.max(1) == 0 {
+            let n = report_every.max(1) as f64;
+            on_event(LargeHeadEvent::Steps {
+                step: step + 1,
+                loss: window_loss / n,
+                steps_per_sec: n / window_start.elapsed().as_secs_f64(),
+            });
+            (window_loss, window_start) = (0.0, Instant::now());
+        }
+    }
+    let train_seconds = started.elapsed().as_secs_f64();
+
+    // the figures, from the embeddings of samples never trained on
+    let held_out = identities.dataset(
+        0..config.accuracy_identities,
+        config.identities.train_samples,
+        1,
+    )?;
+    let embeddings = model.embeddings(&params, &held_out.features);
+    let predicted = nearest_centres(&embeddings, &centres, config.block);
+    let accuracy = predicted
+        .iter()
+        .zip(&held_out.labels)
+        .filter(|(p, l)| p == l)
+        .count() as f64
+        / held_out.len() as f64;
+    let unseen = identities.dataset(identities.unseen(), 0, config.verify_samples)?;
+    let embeddings = model.embeddings(&params, &unseen.features);
+    let pairs = make_pairs(
+        &unseen.labels,
+        config.pairs,
+        &mut seeded_rng(config.seed ^ 0x9e37_79b9),
+    );
+    let scores = pair_scores(&embeddings, &pairs);
+    let verification = verification(&pairs, &scores, crate::metrics::FOLDS, config.seed)?;
+
+    let save_started = Instant::now();
+    if let Some(path) = checkpoint_path {
+        *params.get_mut(centres_id) = centres;
+        let saved = save(
+            path, &model, &params, &optimizer, centres_id, velocity, config,
+        );
+        saved.map_err(LargeHeadError::Checkpoint)?;
+    }
+    Ok(LargeHeadReport {
+        config: config.clone(),
+        first_loss: first,
+        last_loss: last,
+        train_seconds,
+        save_seconds: save_started.elapsed().as_secs_f64(),
+        accuracy,
+        verification,
+        footprint_bytes,
+    })
+}
+
+/// Saves the model with its training state: the embedder's optimiser and the centres'
+/// momentum (moved into the state, not copied), written streaming.
+fn save(
+    path: &Path,
+    model: &Model<f32>,
+    params: &Params<f32>,
+    optimizer: &Optimizer<f32>,
+    centres: ParamId,
+    velocity: Tensor<f32>,
+    config: &LargeHeadConfig,
+) -> Result<(), CheckpointError> {
+    let mut state = optimizer.state().clone();
+    if state.per_param.len() <= centres.index() {
+        state.per_param.resize_with(centres.index() + 1, || None);
+    }
+    state.per_param[centres.index()] = Some(ParamState {
+        steps: config.steps,
+        first: velocity,
+        second: Tensor::zeros(&[0]),
+    });
+    let training = TrainingState {
+        optimizer: state,
+        epoch: 1,
+        rng: seeded_rng(config.seed),
+        history: Vec::new(),
+    };
+    checkpoint::save(path, model, params, Some(&training))
+}
+
+/// The nearest centre (largest cosine) of each embedding, over the centres `[C, D]` visited
+/// `block` rows at a time in buffers allocated once, so that no `N×C` score matrix is held.
+pub fn nearest_centres(
+    embeddings: &Tensor<f32>,
+    centres: &Tensor<f32>,
+    block: usize,
+) -> Vec<usize> {
+    let (n, d) = embeddings.matrix_dims().expect("embeddings [N, D]");
+    let classes = centres.shape()[0];
+    let block = block.clamp(1, classes.max(1));
+    let eps = crate::nn::NORM_EPS as f32;
+    let (mut e, mut e_norms) = (vec![0.0; n * d], vec![0.0; n]);
+    normalize_rows(embeddings.data(), d, eps, &mut e, &mut e_norms);
+    let (mut wn, mut w_norms, mut cos) =
+        (vec![0.0; block * d], vec![0.0; block], vec![0.0; n * block]);
+    let mut best = vec![(f32::NEG_INFINITY, 0usize); n];
+    for start in (0..classes).step_by(block) {
+        let m = (start + block).min(classes) - start;
+        let rows = &centres.data()[start * d..(start + m) * d];
+        normalize_rows(rows, d, eps, &mut wn[..m * d], &mut w_norms[..m]);
+        gemm(
+            1.0,
+            MatRef::new(&e, n, d, false),
+            MatRef::new(&wn[..m * d], m, d, true),
+            0.0,
+            &mut cos[..n * m],
+        );
+        for (r, row) in cos[..n * m].chunks(m).enumerate() {
+            for (j, &c) in row.iter().enumerate() {
+                if c > best[r].0 {
+                    best[r] = (c, start + j);
+                }
+            }
+        }
+    }
+    best.into_iter().map(|(_, class)| class).collect()
+}

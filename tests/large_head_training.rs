@@ -1,0 +1,187 @@
+//! The large-head trainer on a small problem: it learns (verification on unseen identities far
+//! above chance), its checkpoint loads and its head alone loads, bad settings and a run too
+//! large for memory are refused before anything is allocated, and the stored centres head
+//! scores as the blocked head trains.
+
+use margrad::checkpoint::{self, load_head};
+use margrad::data::IdentitiesConfig;
+use margrad::loss::{BlockedHead, MarginLoss};
+use margrad::nn::{CentresHead, HeadConfig, Model, Module};
+use margrad::train::{LargeHeadConfig, LargeHeadError, nearest_centres, train_large_head};
+use margrad::{Error, Graph, Labels, Params, Tensor, seeded_rng};
+
+fn small(sample_rate: f64) -> LargeHeadConfig {
+    LargeHeadConfig {
+        identities: IdentitiesConfig {
+            trained: 600,
+            unseen: 100,
+            ..IdentitiesConfig::default()
+        },
+        hidden: vec![64],
+        embed_dim: 32,
+        block: 128,
+        sample_rate,
+        batch: 64,
+        steps: 200,
+        pairs: 2000,
+        accuracy_identities: 200,
+        ..LargeHeadConfig::default()
+    }
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("margrad-large-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn the_trainer_learns_an_embedding_that_verifies_unseen_identities_and_saves_it() {
+    let path = temp("full.margrad");
+    let config = small(1.0);
+    let report = train_large_head(&config, Some(&path), 50, |_| {}).unwrap();
+    assert!(
+        report.last_loss < 0.5 * report.first_loss,
+        "{} -> {}",
+        report.first_loss,
+        report.last_loss
+    );
+    let v = &report.verification;
+    assert!(v.accuracy_mean.unwrap() > 0.9, "{v:?}");
+    assert!(v.eer.unwrap() < 0.1, "{v:?}");
+    assert!(
+        report.accuracy > 0.5,
+        "closed-set accuracy {}",
+        report.accuracy
+    );
+
+    // the checkpoint: the model, its centres one identity per row, the centres' momentum
+    let loaded = checkpoint::load::<f32>(&path).unwrap();
+    assert_eq!(loaded.model.config(), &config.model().unwrap());
+    let id = loaded.params.find("head.weight").unwrap();
+    assert_eq!(loaded.params.get(id).shape(), &[600, 32]);
+    let training = loaded.training.unwrap();
+    let momentum = training.optimizer.per_param[id.index()].as_ref().unwrap();
+    assert_eq!(momentum.first.shape(), &[600, 32]);
+    assert!(momentum.first.data().iter().any(|&v| v != 0.0));
+    // its head alone predicts as the trainer's blocked argmax does
+    let head = load_head::<f32>(&path).unwrap();
+    assert!(matches!(
+        head.config(),
+        HeadConfig::Centres { classes: 600, .. }
+    ));
+    let e = Tensor::randn(&[20, 32], 0.0, 1.0, &mut seeded_rng(3));
+    assert_eq!(
+        head.predict(&e),
+        nearest_centres(&e, loaded.params.get(id), 128)
+    );
+}
+
+#[test]
+fn class_sampling_trains_too_and_runs_are_deterministic() {
+    let config = small(0.2);
+    let a = train_large_head(&config, None, 1000, |_| {}).unwrap();
+    let b = train_large_head(&config, None, 1000, |_| {}).unwrap();
+    assert_eq!(a.last_loss, b.last_loss);
+    assert_eq!(a.verification, b.verification);
+    assert!(
+        a.verification.accuracy_mean.unwrap() > 0.85,
+        "{:?}",
+        a.verification
+    );
+}
+
+#[test]
+fn bad_settings_and_a_head_too_large_for_memory_are_refused_before_allocating() {
+    for (config, name) in [
+        (
+            LargeHeadConfig {
+                sample_rate: 0.0,
+                ..small(1.0)
+            },
+            "class sampling rate",
+        ),
+        (
+            LargeHeadConfig {
+                sample_rate: 1.5,
+                ..small(1.0)
+            },
+            "class sampling rate",
+        ),
+        (
+            LargeHeadConfig {
+                block: 0,
+                ..small(1.0)
+            },
+            "class block",
+        ),
+        (
+            LargeHeadConfig {
+                momentum: 1.0,
+                ..small(1.0)
+            },
+            "momentum",
+        ),
+    ] {
+        let err = train_large_head(&config, None, 1, |_| {}).unwrap_err();
+        assert!(
+            matches!(&err, LargeHeadError::Input(Error::InvalidSetting { name: n, .. }) if *n == name),
+            "{err}"
+        );
+    }
+    // 10¹² identities of 32 features: 128 TB of centres and momentum, refused naming the bytes
+    let mut huge = small(1.0);
+    huge.identities.trained = 1_000_000_000_000;
+    let err = train_large_head(&huge, None, 1, |_| {}).unwrap_err();
+    match err {
+        LargeHeadError::Input(Error::TooLarge {
+            setting, needed, ..
+        }) => {
+            assert_eq!(setting, "identities");
+            assert!(needed.unwrap() > 1_000_000_000_000 * 32 * 8);
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn the_stored_centres_head_gives_the_cosines_and_loss_the_blocked_head_trains() {
+    let loss = MarginLoss::enhanced(16.0, 0.3).unwrap();
+    let config = margrad::nn::ModelConfig {
+        embedder: margrad::nn::MlpConfig::new(&[8, 6]).sequential().unwrap(),
+        head: HeadConfig::Centres {
+            classes: 9,
+            loss: loss.clone(),
+        },
+    };
+    let mut params = Params::<f64>::new();
+    let model = Model::new(config, &mut params, &mut seeded_rng(4)).unwrap();
+    let head: &dyn Module<f64> = model.head();
+    let w_id = head.parameters()[0];
+    assert_eq!(params.get(w_id).shape(), &[9, 6]);
+    let x = Tensor::<f64>::randn(&[5, 6], 0.0, 1.0, &mut seeded_rng(5));
+    let labels = Labels::new(vec![0, 3, 8, 3, 1], 9).unwrap();
+    let dense = {
+        let g = Graph::new();
+        let mut cx = margrad::nn::Forward::eval(&g, &params);
+        let l = model
+            .head()
+            .loss(&mut cx, g.constant(x.clone()), &labels)
+            .unwrap();
+        l.value().data()[0]
+    };
+    let blocked = {
+        let g = Graph::new();
+        let w = g.constant(params.get(w_id).clone());
+        let l = BlockedHead::new(loss, 4)
+            .unwrap()
+            .loss(g.constant(x.clone()), w, &labels)
+            .unwrap();
+        l.value().data()[0]
+    };
+    assert!(
+        (dense - blocked).abs() < 1e-12 * dense.abs(),
+        "{dense} vs {blocked}"
+    );
+    let _ = CentresHead::KIND;
+}
