@@ -70,12 +70,14 @@ impl<F: Element> Module<F> for CentresHead {
         vec![self.weight]
     }
 
-    fn input_width(&self) -> Option<usize> {
-        Some(self.config.dim)
+    fn input_shape(&self) -> Option<Vec<usize>> {
+        Some(vec![self.config.dim])
     }
 
-    fn output_width(&self, _input: Option<usize>) -> Option<usize> {
-        Some(self.config.classes)
+    /// `[D] → [C]`.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, String> {
+        super::layers::rows_of(self.config.dim, input)?;
+        Ok(vec![self.config.classes])
     }
 }
 
