@@ -118,8 +118,8 @@ fn clip_norm(a: f64) -> f64 {
     a.clamp(ADAFACE_NORM_RANGE.0, ADAFACE_NORM_RANGE.1)
 }
 
-/// AdaFace's running statistics of the feature norms, carried from batch to batch (and saved
-/// with a checkpoint); [`Default`] gives the official starting values `μ = 20, σ = 100`.
+/// AdaFace's running statistics of the feature norms, carried from batch to batch (serialisable,
+/// for a training loop to keep with its checkpoint); [`Default`] gives the official starting values `μ = 20, σ = 100`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdaFaceNorms {
     /// `μ`, the running mean of the norms.

@@ -84,8 +84,8 @@ impl CurricularFace {
     }
 }
 
-/// CurricularFace's `t`, carried from batch to batch (and saved with a checkpoint); it starts
-/// at 0 ([`Default`]).
+/// CurricularFace's `t`, carried from batch to batch (serialisable, for a training loop to keep
+/// with its checkpoint); it starts at 0 ([`Default`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CurricularFaceState {
     /// `t`, the running mean of the target cosines, in `[−1, 1]`.
