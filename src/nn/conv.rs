@@ -1,8 +1,9 @@
 //! Convolution layers: [`Conv2d`] over `[N, C, H, W]` and [`Conv1d`] over `[N, C, L]`, with
 //! weights stored as PyTorch stores them (`[O, C/groups, kh, kw]`, `[O, C/groups, k]`).
 
-use super::module::{check_channels, item_dims, window_output};
+use super::module::{check_channels, item_dims};
 use super::{Fill, Forward, Init, LayerSpec, Module, ParamSource};
+use crate::kernels::Window;
 use crate::{Conv1dOptions, Conv2dOptions, Element, Error, ParamId, Params, Var};
 use serde::{Deserialize, Serialize};
 
@@ -157,17 +158,15 @@ impl Conv2dConfig {
 
     fn plane_output(&self, [c, h, w]: [usize; 3]) -> Result<[usize; 3], String> {
         check_channels(self.in_channels, c)?;
-        let side = |axis: usize, input: usize| {
-            window_output(
-                input,
-                self.kernel[axis],
-                self.stride[axis],
-                self.padding[axis],
-                self.dilation[axis],
-            )
+        let window = Window {
+            input: [h, w],
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
         };
-        match (side(0, h), side(1, w)) {
-            (Some(oh), Some(ow)) => Ok([self.out_channels, oh, ow]),
+        match window.output() {
+            Some([oh, ow]) => Ok([self.out_channels, oh, ow]),
             _ => Err(format!(
                 "its kernel {:?} (dilation {:?}) is larger than its {h}×{w} input padded by {:?}",
                 self.kernel, self.dilation, self.padding

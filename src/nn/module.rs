@@ -252,20 +252,3 @@ pub(super) fn check_channels(takes: usize, given: usize) -> Result<(), String> {
         ))
     }
 }
-
-/// The output length of a window sliding over `input` positions padded by `padding` on each
-/// side: `⌊(input + 2p − d(k − 1) − 1)/s⌋ + 1`; `None` when the dilated window is larger than
-/// the padded input (or the stride is zero).
-pub(super) fn window_output(
-    input: usize,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-    dilation: usize,
-) -> Option<usize> {
-    let span = dilation
-        .checked_mul(kernel.checked_sub(1)?)?
-        .checked_add(1)?;
-    let padded = input.checked_add(padding.checked_mul(2)?)?;
-    (stride > 0 && padded >= span).then(|| (padded - span) / stride + 1)
-}

@@ -2,25 +2,25 @@
 //! and the two reshapes between a batch of feature rows `[N, D]` and a batch of planes
 //! `[N, C, H, W]` ([`Unflatten`] in, [`Flatten`] out).
 
-use super::module::{item_dims, window_output};
+use super::module::item_dims;
 use super::registry::NoSettings;
 use super::{Forward, LayerSpec, Module};
+use crate::kernels::Window;
 use crate::{Element, Error, Pool2dOptions, Var};
 use serde::{Deserialize, Serialize};
 
 /// The item shape a pooling with `options` gives from `input` (`[C, H, W]`).
 fn pooled_shape(options: &Pool2dOptions, input: &[usize]) -> Result<Vec<usize>, String> {
     let [c, h, w] = item_dims(input, "planes [C, H, W]")?;
-    let side = |axis: usize, len: usize| {
-        let (k, s, p) = (
-            options.kernel[axis],
-            options.stride[axis],
-            options.padding[axis],
-        );
-        window_output(len, k, s, p, 1)
+    let window = Window {
+        input: [h, w],
+        kernel: options.kernel,
+        stride: options.stride,
+        padding: options.padding,
+        dilation: [1, 1],
     };
-    match (side(0, h), side(1, w)) {
-        (Some(oh), Some(ow)) => Ok(vec![c, oh, ow]),
+    match window.output() {
+        Some([oh, ow]) => Ok(vec![c, oh, ow]),
         _ => Err(format!(
             "its window {:?} is larger than its {h}×{w} input padded by {:?}",
             options.kernel, options.padding
