@@ -830,6 +830,48 @@ fn a_footprint_names_its_largest_share_and_the_bytes_needed_and_available() {
     assert!(margrad::train::available_memory().is_none_or(|bytes| bytes > 0));
 }
 
+#[test]
+fn a_cnn_footprint_counts_the_planes_of_every_image_of_the_batch_and_refuses_a_batch_too_large() {
+    use margrad::train::{DataShape, Footprint};
+    let shape = DataShape {
+        train: 60_000,
+        test: 10_000,
+        verify: 10_000,
+        input_dim: 784,
+        classes: 10,
+    };
+    // the first convolution's planes of one image: LeNet++ 32 × 28 × 28, the ResNet 16 × 28 × 28
+    for (model, planes) in [
+        (ModelKind::LeNetPlusPlus, 32 * 28 * 28u64),
+        (ModelKind::ResNet, 16 * 28 * 28),
+    ] {
+        let footprint = |batch| {
+            let config = TrainConfig {
+                model,
+                batch,
+                ..small(LossKind::Am)
+            };
+            Footprint::of_run(&config, &shape).unwrap()
+        };
+        let bytes = |batch| footprint(batch).bytes().unwrap();
+        // each image more holds at least the value and gradient of those planes
+        let per_image = (bytes(2000) - bytes(1000)) / 1000;
+        assert!(per_image >= 2 * 4 * planes, "{model:?}: {per_image} bytes");
+        // a batch whose first planes alone exceed the memory is refused, naming the batch
+        let batch = 60_000;
+        let available = batch as u64 * 4 * planes;
+        match footprint(batch).check(Some(available)) {
+            Err(Error::TooLarge {
+                setting: "batch",
+                value: 60_000,
+                needed: Some(needed),
+                available: Some(a),
+            }) => assert!(needed > a, "{model:?}: {needed} ≤ {a}"),
+            other => panic!("{model:?}: expected the batch refused, got {other:?}"),
+        }
+    }
+}
+
 // ---- the output folder ----
 
 /// A one-epoch run.
