@@ -18,8 +18,8 @@
 //! `--corrupt-rank R` gives rank R a label out of range at step 2 and `--panic-rank R` makes
 //! rank R panic there (`--panic-at-exit R`: after MPI is finalised), and `--short-rank R`
 //! gives rank R one sample fewer (in its data set, or in its batch at step 2), to see every
-//! rank stop. A non-finite loss or gradient (a learning rate
-//! far too large) stops every rank with an error, and no results are written.
+//! rank stop. A non-finite loss or gradient (a learning rate far too large) stops every rank
+//! with an error, and no results are written.
 //!
 //! Built without the `mpi` feature, the example refuses to run under `mpirun` with more than
 //! one rank (it would run independent worlds of one, all writing the same `--out`).
