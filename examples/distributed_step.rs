@@ -16,7 +16,13 @@
 //! bytes each rank hands to collectives per step; `--out FILE` writes the losses and the final
 //! parameters (centres gathered) as JSON, for comparing runs on different numbers of ranks.
 //! `--corrupt-rank R` gives rank R a label out of range at step 2 and `--panic-rank R` makes
-//! rank R panic there, to see every rank stop.
+//! rank R panic there (`--panic-at-exit R`: after MPI is finalised), and `--short-rank R`
+//! gives rank R one sample fewer (in its data set, or in its batch at step 2), to see every
+//! rank stop. A non-finite loss or gradient (a learning rate far too large) stops every rank
+//! with an error, and no results are written.
+//!
+//! Built without the `mpi` feature, the example refuses to run under `mpirun` with more than
+//! one rank (it would run independent worlds of one, all writing the same `--out`).
 
 use clap::{Parser, ValueEnum};
 use margrad::distributed::{
@@ -87,6 +93,15 @@ struct Args {
     #[arg(long)]
     #[serde(skip)]
     panic_rank: Option<usize>,
+    /// This rank panics at the end, after MPI is finalised.
+    #[arg(long)]
+    #[serde(skip)]
+    panic_at_exit: Option<usize>,
+    /// This rank holds one sample fewer: in its data set (data mode) or in its batch of step
+    /// 2 (class mode).
+    #[arg(long)]
+    #[serde(skip)]
+    short_rank: Option<usize>,
 }
 
 /// What `--out` holds.
@@ -102,7 +117,7 @@ struct Outcome {
 
 fn main() {
     let args = Args::parse();
-    let code = {
+    let (code, rank) = {
         #[cfg(feature = "mpi")]
         let world = match World::mpi() {
             Ok(world) => world,
@@ -112,8 +127,17 @@ fn main() {
             }
         };
         #[cfg(not(feature = "mpi"))]
-        let world = World::single();
-        match run(&args, &world) {
+        let world = match launched_ranks() {
+            Some(ranks) if ranks > 1 => {
+                eprintln!(
+                    "error: started as one of {ranks} ranks, but this build has no MPI: build \
+                     with `--features mpi`"
+                );
+                std::process::exit(2);
+            }
+            _ => World::single(),
+        };
+        let code = match run(&args, &world) {
             Ok(()) => 0,
             Err(e) => {
                 // one write, so that the ranks' messages do not interleave
@@ -121,9 +145,13 @@ fn main() {
                 let _ = std::io::stderr().write_all(message.as_bytes());
                 1
             }
-        }
+        };
+        (code, world.rank())
         // the world is dropped here: MPI is finalised before the exit
     };
+    if args.panic_at_exit == Some(rank) {
+        panic!("rank {rank} panics after the end of the run, as --panic-at-exit asked");
+    }
     std::process::exit(code);
 }
 
@@ -143,12 +171,14 @@ fn run(args: &Args, world: &World) -> Result<(), Error> {
         });
     }
     let local = args.batch / size;
-    let shard = Shard::new(world, local)?;
     let total = args.warmup + args.steps;
 
     // the same data and initial parameters on every rank, from the seed
     let mut rng = seeded_rng(args.seed);
     let n = args.batch * total;
+    let short = args.short_rank == Some(rank);
+    let samples = n - usize::from(short && args.mode == Mode::Data);
+    let shard = Shard::new(world, local, samples)?;
     let x_all = Tensor::<f32>::randn(&[n, args.input], 0.0, 1.0, &mut rng);
     let y_all: Vec<usize> = (0..n).map(|i| (i * 7 + i / 3) % args.classes).collect();
     let mut params = Params::<f32>::new();
@@ -188,10 +218,10 @@ fn run(args: &Args, world: &World) -> Result<(), Error> {
     };
     let model = Model { w1, b1, w2, b2 };
 
-    let batches = shard.batches(n, args.seed, 0);
+    let batches = shard.batches(args.seed, 0);
     let mut losses = Vec::new();
     let (mut busy, mut cpu_start) = (Duration::ZERO, cpu_time());
-    for (step, indices) in batches.iter().take(total).enumerate() {
+    for (step, mut indices) in batches.iter().map(Vec::as_slice).take(total).enumerate() {
         if step == args.warmup {
             world.barrier();
             world.take_traffic();
@@ -199,6 +229,9 @@ fn run(args: &Args, world: &World) -> Result<(), Error> {
             cpu_start = cpu_time();
         }
         let start = Instant::now();
+        if step == 2 && short && args.mode == Mode::Class {
+            indices = &indices[1..];
+        }
         let rows: Vec<f32> = indices
             .iter()
             .flat_map(|&i| {
@@ -207,7 +240,7 @@ fn run(args: &Args, world: &World) -> Result<(), Error> {
                     .copied()
             })
             .collect();
-        let x = Tensor::from_vec(rows, &[local, args.input])?;
+        let x = Tensor::from_vec(rows, &[indices.len(), args.input])?;
         let mut labels: Vec<usize> = indices.iter().map(|&i| y_all[i]).collect();
         if step == 2 && args.corrupt_rank == Some(rank) {
             labels[0] = args.classes + 5;
@@ -226,9 +259,14 @@ fn run(args: &Args, world: &World) -> Result<(), Error> {
                     let eps = HEAD_NORM_EPS as f32;
                     let cos = f.normalize_rows(eps).matmul_nt(w.normalize_rows(eps));
                     let labels = Labels::new(labels.values().to_vec(), args.classes);
-                    world.agree(labels.and_then(|l| margin_cross_entropy(cos, &l, &loss)))?
+                    world.agree(
+                        labels
+                            .and_then(|l| margin_cross_entropy(cos, &l, &loss))
+                            .and_then(finite),
+                    )?
                 }
                 Mode::Class => {
+                    // refuses a non-finite loss itself, on every rank
                     parallel.step(world, f, &mut centres, &labels, |_, rows, grad| {
                         rows.iter_mut().zip(grad).for_each(|(w, g)| *w -= lr * g);
                     })?
@@ -294,6 +332,27 @@ fn run(args: &Args, world: &World) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// `loss`, or [`Error::NonFinite`] when its value is a NaN or an infinity.
+fn finite(loss: Var<'_, f32>) -> Result<Var<'_, f32>, Error> {
+    let value = loss.item();
+    if value.is_finite() {
+        return Ok(loss);
+    }
+    Err(Error::NonFinite {
+        what: "loss".into(),
+        index: 0,
+        value: f64::from(value),
+    })
+}
+
+/// The number of ranks an MPI launcher (Open MPI's or a PMI one) says it started, if any.
+#[cfg(not(feature = "mpi"))]
+fn launched_ranks() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
 }
 
 /// The MLP embedder `x → relu(x·W1 + b1)·W2 + b2`.

@@ -300,9 +300,9 @@ fn gradients_are_reduced_in_place_and_checksums_agree_in_a_world_of_one() {
     params.get_mut(b).data_mut()[0] += 1.0;
     assert_ne!(parameter_checksum(&world, &params).unwrap(), sum);
     // one rank's shard is the whole data set's batches
-    let shard = Shard::new(&world, 5).unwrap();
-    assert_eq!(shard.steps(12), 2);
-    assert_eq!(shard.batches(12, 1, 0).concat().len(), 10);
+    let shard = Shard::new(&world, 5, 12).unwrap();
+    assert_eq!(shard.steps(), 2);
+    assert_eq!(shard.batches(1, 0).concat().len(), 10);
 }
 
 #[test]
@@ -331,4 +331,91 @@ fn a_whole_head_cuts_into_the_shards_of_any_world_and_gathers_back() {
         Err(Error::DataLength { .. })
     ));
     assert!(ClassParallelHead::for_rank(head, 10, 2, 2).is_err());
+}
+
+#[test]
+fn a_non_finite_gradient_is_refused_and_nothing_is_changed() {
+    let world = World::single();
+    let mut params = Params::<f32>::new();
+    let w = params.add("w", Tensor::from_vec(vec![1.0, f32::NAN], &[2]).unwrap());
+    for factor in [1.0, 0.5] {
+        let mut grads = {
+            let g = Graph::new();
+            (g.param(&params, w) * g.param(&params, w)).sum().backward()
+        };
+        let before: Vec<f32> = grads
+            .params()
+            .flat_map(|(_, t)| t.data().to_vec())
+            .collect();
+        match reduce_gradients(&world, &mut grads, factor) {
+            Err(Error::NonFinite {
+                index: 1, value, ..
+            }) if value.is_nan() => {}
+            other => panic!("factor {factor}: expected a NaN at element 1, got {other:?}"),
+        }
+        let after: Vec<f32> = grads
+            .params()
+            .flat_map(|(_, t)| t.data().to_vec())
+            .collect();
+        assert_eq!(
+            after[0], before[0],
+            "factor {factor}: the gradients changed"
+        );
+    }
+}
+
+/// Built without MPI, the example is a world of one: started by a launcher as one of several
+/// ranks it refuses to run, instead of running independent copies that write the same output.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn without_mpi_the_example_refuses_to_run_as_one_of_several_ranks() {
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("distributed_step");
+    assert!(
+        example.exists(),
+        "{} is not built: run `cargo test` without --test, or `cargo build --examples` first",
+        example.display()
+    );
+    let out = std::env::temp_dir().join(format!("margrad-no-mpi-{}.json", std::process::id()));
+    for launcher in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"] {
+        let output = std::process::Command::new(&example)
+            .args([
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .env(launcher, "2")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{launcher}: {stderr}");
+        assert!(
+            stderr.contains("build with `--features mpi`"),
+            "{launcher}: {stderr}"
+        );
+        assert!(
+            !out.exists(),
+            "{launcher}: the refused run wrote its results"
+        );
+    }
+    // a launcher's world of one is a world of one
+    let output = std::process::Command::new(&example)
+        .args(["--steps", "1", "--warmup", "0", "--batch", "8"])
+        .env("OMPI_COMM_WORLD_SIZE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -227,3 +227,79 @@ fn ranks_started_with_different_settings_are_refused_at_start() {
         );
     }
 }
+
+#[test]
+fn a_non_finite_loss_stops_every_rank_and_writes_no_results() {
+    for mode in ["data", "class"] {
+        let out = temp(&format!("diverged-{mode}.json"));
+        let mut args = [SMALL, &["--mode", mode, "--out", out.to_str().unwrap()]].concat();
+        let lr = args.iter().position(|&a| a == "--lr").unwrap();
+        args[lr + 1] = "1e30";
+        let output = run(2, &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{mode}: {stderr}");
+        for rank in 0..2 {
+            assert!(
+                stderr.contains(&format!("rank {rank} of 2: error: ")),
+                "{mode}: {stderr}"
+            );
+        }
+        assert!(stderr.contains("non-finite value in "), "{mode}: {stderr}");
+        assert!(!out.exists(), "{mode}: a diverged run wrote its results");
+    }
+}
+
+#[test]
+fn a_panic_after_mpi_is_finalised_is_an_ordinary_panic() {
+    let output = run(
+        2,
+        &[&["--mode", "data", "--panic-at-exit", "1"], SMALL].concat(),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("rank 1 panics after the end of the run"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("aborting every rank") && !stderr.contains("MPI_Abort"),
+        "the panic hook outlived MPI: {stderr}"
+    );
+}
+
+#[test]
+fn ranks_holding_different_numbers_of_samples_stop_with_a_clear_error() {
+    for (mode, what) in [
+        (
+            "data",
+            "the ranks hold data sets of different lengths (95 to 96 samples)",
+        ),
+        ("class", "the ranks hold different batch sizes: 5 to 6"),
+    ] {
+        let out = temp(&format!("short-{mode}.json"));
+        let args = [
+            &[
+                "--mode",
+                mode,
+                "--short-rank",
+                "1",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            SMALL,
+        ]
+        .concat();
+        let output = run(2, &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{mode}: {stderr}");
+        for rank in 0..2 {
+            assert!(
+                stderr.contains(&format!(
+                    "rank {rank} of 2: error: distributed run stopped: {what}"
+                )),
+                "{mode}: {stderr}"
+            );
+        }
+        assert!(!out.exists(), "{mode}: a failed run wrote its results");
+    }
+}

@@ -150,7 +150,8 @@ impl ClassParallelHead {
     /// On every rank, when any rank's input is wrong: [`Error::LabelOutOfRange`],
     /// [`Error::DataLength`] (labels and features of different counts), [`Error::NonFinite`]
     /// (a loss that is not finite, before any centre is updated), or
-    /// [`Error::Distributed`] naming the rank that failed.
+    /// [`Error::Distributed`] naming the rank that failed, or saying that the ranks hold
+    /// batches of different sizes `b` (checked in the same round trip).
     ///
     /// # Panics
     /// When `features` is not `[b, D]` or `centres` not `[len, D]` with the same `D` and
@@ -173,7 +174,8 @@ impl ClassParallelHead {
                 self.shard.len()
             ),
         };
-        world.agree(self.check_labels(labels, b))?;
+        // the same batch on every rank, or the gathers below would misalign the rows
+        world.agree_on(self.check_labels(labels, b), "batch sizes", b as u64)?;
         let gathered = world.all_gather(x.data());
         let global: Vec<u64> = world.all_gather(
             &labels

@@ -17,25 +17,44 @@ pub struct Shard {
     rank: usize,
     size: usize,
     batch: usize,
+    samples: usize,
 }
 
 impl Shard {
-    /// This rank's shard, with `batch` samples per rank and step.
+    /// This rank's shard of `samples` samples, with `batch` samples per rank and step
+    /// (collective: every rank must hold the same number of samples, or no rank could tell
+    /// how many steps the others take).
     ///
     /// # Errors
-    /// [`Error::InvalidSetting`] for a batch of 0.
-    pub fn new(world: &World, batch: usize) -> Result<Shard, Error> {
-        Shard::of(world.rank(), world.size(), batch)
+    /// [`Error::InvalidSetting`] for a batch of 0; [`Error::Distributed`] on every rank when
+    /// the ranks hold different numbers of samples.
+    pub fn new(world: &World, batch: usize, samples: usize) -> Result<Shard, Error> {
+        let (lo, hi) = world.min_max(samples as u64);
+        if lo != hi {
+            return Err(Error::Distributed {
+                message: format!(
+                    "the ranks hold data sets of different lengths ({lo} to {hi} samples); \
+                     every rank must hold the same samples"
+                ),
+            });
+        }
+        Shard::of(world.rank(), world.size(), batch, samples)
     }
 
-    /// Rank `rank`'s shard in a world of `size` (for a rank other than this process's).
+    /// Rank `rank`'s shard of `samples` samples in a world of `size` (for a rank other than
+    /// this process's).
     ///
     /// # Errors
     /// [`Error::InvalidSetting`] for a batch of 0 or a rank not below `size`.
-    pub fn of(rank: usize, size: usize, batch: usize) -> Result<Shard, Error> {
+    pub fn of(rank: usize, size: usize, batch: usize, samples: usize) -> Result<Shard, Error> {
         Error::check("batch per rank", batch as f64, batch > 0, "at least 1")?;
         Error::check("rank", rank as f64, rank < size, "below the world size")?;
-        Ok(Shard { rank, size, batch })
+        Ok(Shard {
+            rank,
+            size,
+            batch,
+            samples,
+        })
     }
 
     /// The global batch: `size · batch` samples per step.
@@ -43,14 +62,14 @@ impl Shard {
         self.size * self.batch
     }
 
-    /// The steps of one epoch over `n` samples: `⌊n / global batch⌋`.
-    pub fn steps(&self, n: usize) -> usize {
-        n / self.global_batch()
+    /// The steps of one epoch: `⌊samples / global batch⌋`.
+    pub fn steps(&self) -> usize {
+        self.samples / self.global_batch()
     }
 
-    /// This rank's batches of epoch `epoch` over `n` samples, as sample indices.
-    pub fn batches(&self, n: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
-        let mut order: Vec<usize> = (0..n).collect();
+    /// This rank's batches of epoch `epoch`, as sample indices.
+    pub fn batches(&self, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..self.samples).collect();
         let mut rng = seeded_rng(seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         order.shuffle(&mut rng);
         order
@@ -69,14 +88,16 @@ impl Shard {
 /// # Errors
 /// [`Error::Distributed`] on every rank when the ranks hold gradients of different sizes (a
 /// different model, or a parameter that received no gradient on one rank only); nothing is
-/// changed then.
+/// changed then. [`Error::NonFinite`] on every rank when the sum holds a NaN or an infinity
+/// (one rank's non-finite gradient reaches every rank through the sum, which is the same on
+/// every rank, so every rank fails together); nothing is changed then either.
 pub fn reduce_gradients<F: Element + Wire>(
     world: &World,
     grads: &mut Gradients<F>,
     factor: F,
 ) -> Result<(), Error> {
     if world.size() == 1 && factor == F::ONE {
-        return Ok(());
+        return all_finite(grads.params().flat_map(|(_, g)| g.data().iter().copied()));
     }
     let mut flat: Vec<F> = Vec::new();
     let mut layout = Vec::new();
@@ -96,6 +117,7 @@ pub fn reduce_gradients<F: Element + Wire>(
         });
     }
     world.all_reduce_sum(&mut flat);
+    all_finite(flat.iter().copied())?;
     let mut at = 0;
     for (_, g) in grads.params_mut() {
         let n = g.numel();
@@ -105,6 +127,19 @@ pub fn reduce_gradients<F: Element + Wire>(
         at += n;
     }
     Ok(())
+}
+
+/// [`Error::NonFinite`] naming the first NaN or infinity among the gradients (flattened in
+/// parameter order), if any.
+fn all_finite<F: Element>(flat: impl IntoIterator<Item = F>) -> Result<(), Error> {
+    match flat.into_iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        None => Ok(()),
+        Some((index, value)) => Err(Error::NonFinite {
+            what: "the gradients summed over the ranks".into(),
+            index,
+            value: value.to_f64(),
+        }),
+    }
 }
 
 fn words_as_bytes(words: &[u64]) -> Vec<u8> {
@@ -142,11 +177,11 @@ mod tests {
     #[test]
     fn the_shards_are_disjoint_and_make_up_the_global_batches() {
         let (n, size, batch) = (23, 3, 2);
-        let whole = Shard::of(0, 1, size * batch).unwrap();
-        let global = whole.batches(n, 7, 1);
+        let whole = Shard::of(0, 1, size * batch, n).unwrap();
+        let global = whole.batches(7, 1);
         assert_eq!(global.len(), 3);
         let parts: Vec<Vec<Vec<usize>>> = (0..size)
-            .map(|r| Shard::of(r, size, batch).unwrap().batches(n, 7, 1))
+            .map(|r| Shard::of(r, size, batch, n).unwrap().batches(7, 1))
             .collect();
         let mut seen = std::collections::BTreeSet::new();
         for (t, g) in global.iter().enumerate() {
@@ -156,11 +191,7 @@ mod tests {
                 assert!(seen.insert(i), "sample {i} in two shards");
             }
         }
-        assert_ne!(
-            whole.batches(n, 7, 2),
-            global,
-            "each epoch has its own order"
-        );
-        assert!(Shard::of(3, 3, 2).is_err() && Shard::of(0, 1, 0).is_err());
+        assert_ne!(whole.batches(7, 2), global, "each epoch has its own order");
+        assert!(Shard::of(3, 3, 2, n).is_err() && Shard::of(0, 1, 0, n).is_err());
     }
 }

@@ -332,15 +332,40 @@ impl World {
     /// The rank's own error, or [`Error::Distributed`] naming the rank that failed and its
     /// message.
     pub fn agree<T>(&self, local: Result<T, Error>) -> Result<T, Error> {
+        self.agree_on(local, "", 0)
+    }
+
+    /// [`World::agree`], and in the same round trip a check that every rank holds the same
+    /// `value` (collective): when every rank succeeded but the values differ, an
+    /// [`Error::Distributed`] on every rank naming `what` and the smallest and largest value.
+    pub(crate) fn agree_on<T>(
+        &self,
+        local: Result<T, Error>,
+        what: &str,
+        value: u64,
+    ) -> Result<T, Error> {
         if self.size() == 1 {
             return local;
         }
-        // the lowest failing rank, as the maximum of (size − rank) over the failing ranks
-        let mut first = [match &local {
-            Ok(_) => 0u64,
-            Err(_) => (self.size() - self.rank()) as u64,
-        }];
+        // the lowest failing rank, as the maximum of (size − rank) over the failing ranks, and
+        // the largest and (as u64::MAX minus the largest of u64::MAX − value) smallest value
+        let mut first = [
+            match &local {
+                Ok(_) => 0u64,
+                Err(_) => (self.size() - self.rank()) as u64,
+            },
+            value,
+            u64::MAX - value,
+        ];
         self.all_reduce_max(&mut first);
+        let (lo, hi) = (u64::MAX - first[2], first[1]);
+        if first[0] == 0 && lo != hi {
+            return Err(Error::Distributed {
+                message: format!(
+                    "the ranks hold different {what}: {lo} to {hi}; every rank must hold the same"
+                ),
+            });
+        }
         if first[0] == 0 {
             return local;
         }

@@ -1,6 +1,11 @@
 //! The MPI backend of [`World`](super::World): the `mpi` crate (rsmpi) over the system's MPI
 //! library. Only the thread that initialised MPI calls it (`MPI_THREAD_FUNNELED`); the
 //! arithmetic between collectives runs on rayon's threads as anywhere else.
+//!
+//! While the world lives, a panic on the thread that initialised MPI aborts every rank. A
+//! panic on another thread (a rayon worker) does not call MPI there: rayon carries it to the
+//! thread that started the parallel work, where it panics again and aborts the run. When the
+//! world is dropped the previous panic hook is restored before MPI is finalised.
 
 use super::{Reduce, Wire};
 use crate::Error;
@@ -8,11 +13,22 @@ use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives, Root};
+use std::panic::PanicHookInfo;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, ThreadId};
+
+/// A panic hook, shareable between the hook installed and the world that restores it.
+type Hook = Arc<dyn Fn(&PanicHookInfo<'_>) + Send + Sync>;
 
 pub(super) struct MpiWorld {
     comm: SimpleCommunicator,
     rank: usize,
     size: usize,
+    /// The panic hook found at initialisation, put back when the world is dropped.
+    previous_hook: Hook,
+    /// Whether the hook installed may still call MPI: cleared when the world is dropped.
+    hook_active: Arc<AtomicBool>,
     /// Finalises MPI when dropped (after `comm`, which is declared first).
     _universe: Universe,
 }
@@ -30,10 +46,16 @@ impl MpiWorld {
         let (rank, size) = (comm.rank() as usize, comm.size() as usize);
         // a panic on one rank would leave the others waiting in their next collective: abort
         // the whole run instead, after the panic's message is printed
-        let previous = std::panic::take_hook();
+        // (on the thread that initialised MPI: the only one allowed to call it)
+        let previous_hook: Hook = Arc::from(std::panic::take_hook());
+        let previous = Arc::clone(&previous_hook);
+        let mpi_thread: ThreadId = thread::current().id();
+        let hook_active = Arc::new(AtomicBool::new(true));
+        let active = Arc::clone(&hook_active);
         std::panic::set_hook(Box::new(move |info| {
             previous(info);
-            if size > 1 {
+            let on_mpi_thread = thread::current().id() == mpi_thread;
+            if size > 1 && on_mpi_thread && active.load(Ordering::SeqCst) {
                 eprintln!("rank {rank} of {size} panicked: aborting every rank");
                 SimpleCommunicator::world().abort(101);
             }
@@ -42,6 +64,8 @@ impl MpiWorld {
             comm,
             rank,
             size,
+            previous_hook,
+            hook_active,
             _universe: universe,
         })
     }
@@ -87,5 +111,19 @@ impl MpiWorld {
 
     pub(super) fn barrier(&self) {
         self.comm.barrier();
+    }
+}
+
+impl Drop for MpiWorld {
+    /// Disarms the panic hook installed and puts back the one found at initialisation (MPI
+    /// is finalised right after, when the fields are dropped: a later panic must not call
+    /// `MPI_Abort`). While unwinding from a panic the hook cannot be replaced; it stays,
+    /// disarmed.
+    fn drop(&mut self) {
+        self.hook_active.store(false, Ordering::SeqCst);
+        if !thread::panicking() {
+            let previous = Arc::clone(&self.previous_hook);
+            std::panic::set_hook(Box::new(move |info| previous(info)));
+        }
     }
 }
