@@ -17,16 +17,14 @@
 //! step, and its losses are not the peers'.
 
 use margrad::loss::{BlockedHead, ClassSample, MarginLoss};
+use margrad::optim::sgd_momentum_update;
 use margrad::{Graph, Labels, SeededRng, Tensor, seeded_rng};
-use rayon::prelude::*;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The feature width of the step.
 const D: usize = 512;
-/// Elements per task of the parallel momentum update (fixed: the same bits on any threads).
-const UPDATE_CHUNK: usize = 1 << 14;
 
 /// Reads `len` little-endian f32 from `path`, after checking the file holds exactly that many.
 fn read_f32(path: &Path, len: usize) -> Result<Vec<f32>, String> {
@@ -154,16 +152,8 @@ impl Step {
         let x = g.leaf(self.x.clone());
         let update = |first: usize, rows: &mut [f32], grad: &[f32]| {
             let v = &mut velocity[first * D..first * D + rows.len()];
-            let sgd = |((w, v), g): ((&mut [f32], &mut [f32]), &[f32])| {
-                for ((w, v), &g) in w.iter_mut().zip(v.iter_mut()).zip(g) {
-                    *v = 0.9 * *v + g;
-                    *w -= 0.1 * *v;
-                }
-            };
-            rows.par_chunks_mut(UPDATE_CHUNK)
-                .zip(v.par_chunks_mut(UPDATE_CHUNK))
-                .zip(grad.par_chunks(UPDATE_CHUNK))
-                .for_each(sgd);
+            // the step's SGD: lr 0.1, momentum 0.9 (a non-finite centre shows in the next loss)
+            sgd_momentum_update(rows, v, grad, 0.1, 0.9);
         };
         let loss = self
             .head

@@ -544,3 +544,53 @@ fn a_schedule_factor_of_zero_and_the_largest_step_count_are_valid() {
         assert!((f64::from(p) - expected).abs() < 1e-6, "{p} vs {expected}");
     }
 }
+
+/// The update a blocked head fuses into its kernel is the optimiser's SGD with momentum, bit for
+/// bit: over one element against `Optimizer::step`, and over a slice long enough to be spread
+/// over the threads against the rule written out; an update that overflows says so.
+#[test]
+fn the_fused_sgd_momentum_update_is_the_optimisers_rule() {
+    use margrad::optim::sgd_momentum_update;
+    let gs = [0.5, -1.25, 3.0, 0.125, -2.0];
+    let method = Method::Sgd {
+        momentum: 0.9,
+        nesterov: false,
+    };
+    let by_optimizer = run(method, 0.1, 0.0, 1.5, &gs);
+    let (mut p, mut v) = ([1.5f64], [0.0f64]);
+    let fused: Vec<f64> = gs
+        .iter()
+        .map(|&g| {
+            assert!(sgd_momentum_update(&mut p, &mut v, &[g], 0.1, 0.9));
+            p[0]
+        })
+        .collect();
+    assert_eq!(fused, by_optimizer);
+
+    let n = 100_000;
+    let grad: Vec<f32> = (0..n)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+        .collect();
+    let mut p: Vec<f32> = (0..n).map(|i| (i % 13) as f32 / 3.0).collect();
+    let mut v = vec![0.0f32; n];
+    let (mut p_rule, mut v_rule) = (p.clone(), v.clone());
+    for _ in 0..3 {
+        assert!(sgd_momentum_update(&mut p, &mut v, &grad, 0.1, 0.9));
+        for ((p, v), &g) in p_rule.iter_mut().zip(&mut v_rule).zip(&grad) {
+            *v = 0.9 * *v + g;
+            *p -= 0.1 * *v;
+        }
+    }
+    assert_eq!(p, p_rule);
+    assert_eq!(v, v_rule);
+
+    let (mut p, mut v) = ([f32::MAX, 0.0], [0.0f32; 2]);
+    assert!(!sgd_momentum_update(
+        &mut p,
+        &mut v,
+        &[-f32::MAX, 1.0],
+        10.0,
+        0.9
+    ));
+    assert!(p[0].is_infinite());
+}

@@ -431,7 +431,16 @@ impl<F: Element> Optimizer<F> {
                     },
                 });
                 param_state.steps += 1;
-                let finite = update(*method, lr, decay, p.data_mut(), grad.data(), param_state);
+                let finite = update(
+                    *method,
+                    lr,
+                    decay,
+                    param_state.steps,
+                    p.data_mut(),
+                    grad.data(),
+                    param_state.first.data_mut(),
+                    param_state.second.data_mut(),
+                );
                 if !finite && overflowed.is_none() {
                     overflowed = Some(id);
                 }
@@ -455,21 +464,23 @@ impl<F: Element> Optimizer<F> {
 /// One parameter's update (the equations of [`Method`]), over fixed chunks of its elements,
 /// spread over the pool when the parameter is large (each element's update is independent, so
 /// the result does not depend on the threads). Returns whether every updated element is finite.
+#[allow(clippy::too_many_arguments)]
 fn update<F: Element>(
     method: Method,
     lr: F,
     decay: F,
+    steps: u64,
     p: &mut [F],
     g: &[F],
-    param_state: &mut ParamState<F>,
+    first: &mut [F],
+    second: &mut [F],
 ) -> bool {
     use crate::kernels::{CHUNK, all_finite, parallel, simd};
     use rayon::prelude::*;
-    let steps = param_state.steps;
     let chunks = p.len().div_ceil(CHUNK);
-    let first: Vec<&mut [F]> = param_state.first.data_mut().chunks_mut(CHUNK).collect();
+    let first: Vec<&mut [F]> = first.chunks_mut(CHUNK).collect();
     // SGD keeps no second moment: an empty slice per chunk
-    let second: Vec<&mut [F]> = match param_state.second.data_mut() {
+    let second: Vec<&mut [F]> = match second {
         [] => (0..chunks).map(|_| Default::default()).collect(),
         all => all.chunks_mut(CHUNK).collect(),
     };
@@ -503,6 +514,39 @@ fn update<F: Element>(
             .count()
             == 0
     }
+}
+
+/// SGD with momentum on a slice outside an [`Optimizer`], for updates fused into a kernel (a
+/// [`BlockedHead`](crate::loss::BlockedHead)'s per-block closure): `v ← μ v + g`,
+/// `p ← p − η v` ([`Method::Sgd`] without Nesterov or decay), with `velocity` starting at zero;
+/// the same arithmetic as [`Optimizer::step`], over the same fixed chunks, so the same bits on
+/// any number of threads. Returns whether every updated element is finite.
+///
+/// # Panics
+/// When `p`, `velocity` and `g` differ in length.
+#[track_caller]
+pub fn sgd_momentum_update<F: Element>(
+    p: &mut [F],
+    velocity: &mut [F],
+    g: &[F],
+    lr: f64,
+    momentum: f64,
+) -> bool {
+    assert!(
+        p.len() == velocity.len() && p.len() == g.len(),
+        "sgd_momentum_update: parameters {}, velocity {} and gradient {} differ in length",
+        p.len(),
+        velocity.len(),
+        g.len()
+    );
+    let method = Method::Sgd {
+        momentum,
+        nesterov: false,
+    };
+    // a count past the first step: the velocity, zero at first, already holds the momentum
+    // (at zero, `μ·0 + g` is the first step's `v ← g`)
+    let (lr, decay, steps) = (F::from_f64(lr), F::ZERO, 2);
+    update(method, lr, decay, steps, p, g, velocity, &mut [])
 }
 
 /// The update of one chunk: parameters `p`, gradients `g`, first and second moments `m`, `v`

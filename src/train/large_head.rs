@@ -17,13 +17,12 @@
 use super::{Footprint, available_memory};
 use crate::checkpoint::{self, CheckpointError, TrainingState};
 use crate::data::{BatchSampler, IdentitiesConfig, SyntheticIdentities};
-use crate::kernels::{MatRef, gemm, normalize_rows};
+use crate::kernels::{MatRef, first_non_finite, gemm, normalize_rows};
 use crate::loss::{BlockedHead, ClassSample, MarginLoss};
 use crate::metrics::{Verification, make_pairs, pair_scores, verification};
 use crate::nn::{Forward, HeadConfig, MlpConfig, Model, ModelConfig};
-use crate::optim::{Method, Optimizer, ParamState};
+use crate::optim::{Method, Optimizer, ParamState, sgd_momentum_update};
 use crate::{Error, Graph, Labels, ParamId, Params, Tensor, seeded_rng};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -270,29 +269,6 @@ impl From<Error> for LargeHeadError {
     }
 }
 
-/// Elements per task of the centres' update (fixed, so the same bits on any threads).
-const UPDATE_CHUNK: usize = 1 << 14;
-
-/// `v ← μ v + g`, `w ← w − η v` over one run of centres, in fixed chunks across threads (a
-/// run of one chunk or less, as a sampled head's runs mostly are, on the calling thread: the
-/// same arithmetic per element either way).
-fn momentum_update(w: &mut [f32], v: &mut [f32], g: &[f32], lr: f32, momentum: f32) {
-    let chunk = |((w, v), g): ((&mut [f32], &mut [f32]), &[f32])| {
-        for ((w, v), &g) in w.iter_mut().zip(v.iter_mut()).zip(g) {
-            *v = momentum * *v + g;
-            *w -= lr * *v;
-        }
-    };
-    if w.len() <= UPDATE_CHUNK {
-        chunk(((w, v), g));
-    } else {
-        w.par_chunks_mut(UPDATE_CHUNK)
-            .zip(v.par_chunks_mut(UPDATE_CHUNK))
-            .zip(g.par_chunks(UPDATE_CHUNK))
-            .for_each(chunk);
-    }
-}
-
 /// Trains the embedder and the blocked head of `config`, writes the checkpoint to
 /// `checkpoint_path` (when given), and judges the model; `on_event` hears every `report_every`
 /// steps.
@@ -332,7 +308,7 @@ pub fn train_large_head(
     // back for saving: moved, never copied
     let mut centres = std::mem::replace(params.get_mut(centres_id), Tensor::zeros(&[0]));
     let mut velocity = Tensor::<f32>::zeros(centres.shape());
-    let (lr, momentum) = (config.lr as f32, config.momentum as f32);
+    let (lr, momentum) = (config.lr, config.momentum);
     let d = config.embed_dim;
 
     let started = Instant::now();
@@ -346,13 +322,14 @@ pub fn train_large_head(
         let sample = (config.sample_rate < 1.0)
             .then(|| ClassSample::draw(&labels, classes, config.sample_rate, &mut rng))
             .transpose()?;
+        let mut centres_finite = true;
         let (loss, grads) = {
             let g = Graph::new();
             let mut cx = Forward::train(&g, &params, &mut rng);
             let embeddings = model.embed(&mut cx, g.constant(x));
             let update = |first: usize, w: &mut [f32], grad: &[f32]| {
                 let v = &mut velocity.data_mut()[first * d..first * d + w.len()];
-                momentum_update(w, v, grad, lr, momentum);
+                centres_finite &= sgd_momentum_update(w, v, grad, lr, momentum);
             };
             let loss = head
                 .step(embeddings, &mut centres, &labels, sample.as_ref(), update)
@@ -362,6 +339,17 @@ pub fn train_large_head(
                 })?;
             (loss.value().data()[0] as f64, loss.backward())
         };
+        if !centres_finite {
+            let index = first_non_finite(centres.data()).unwrap_or(0);
+            return Err(LargeHeadError::Diverged {
+                step: step + 1,
+                error: Error::NonFinite {
+                    what: "the class centres after the update".into(),
+                    index,
+                    value: centres.data()[index].into(),
+                },
+            });
+        }
         optimizer
             .step(&mut params, &grads)
             .map_err(|error| LargeHeadError::Diverged {
