@@ -324,6 +324,13 @@ fn configure() -> (TrainConfig, PathBuf, bool) {
 
 fn main() -> ExitCode {
     let (config, out, distributed) = configure();
+    if let Some(ranks) = launched_ranks().filter(|&n| n > 1 && !distributed) {
+        // independent runs, each writing the same --out
+        usage::<Cli>(format!(
+            "started as one of {ranks} ranks by an MPI launcher: add --distributed to train \
+             together"
+        ));
+    }
     if !distributed {
         return run(&config, &out, None, |on_event| {
             train(&config, &out, on_event).map(Some)
@@ -348,6 +355,13 @@ fn main() -> ExitCode {
         "--distributed needs the `mpi` cargo feature: build with \
          `cargo build --release --features mpi --example train` (see docs/distributed.md)",
     )
+}
+
+/// The number of ranks an MPI launcher (Open MPI's or a PMI one) says it started, if any.
+fn launched_ranks() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
 }
 
 /// Runs `train_with` and reports it: progress and the final figures from the only process, or

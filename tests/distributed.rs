@@ -504,10 +504,8 @@ fn the_distributed_trainer_in_a_world_of_one_trains_writes_and_resumes_bit_for_b
     }
 }
 
-/// Built without MPI, `train --distributed` is refused, naming the feature it needs.
-#[cfg(not(feature = "mpi"))]
-#[test]
-fn without_mpi_the_trainer_refuses_to_run_distributed() {
+/// The built `train` example.
+fn train_example() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let train = exe
         .parent()
@@ -521,6 +519,35 @@ fn without_mpi_the_trainer_refuses_to_run_distributed() {
         "{} is not built: run `cargo test`",
         train.display()
     );
+    train
+}
+
+/// Started by an MPI launcher as one of several ranks without `--distributed`, the trainer
+/// refuses to run (the ranks would train independent copies into the same folder).
+#[test]
+fn the_trainer_started_as_one_of_several_ranks_needs_distributed() {
+    let out = run_dir("not-distributed");
+    for launcher in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"] {
+        let output = std::process::Command::new(train_example())
+            .args(["--epochs", "1", "--out", out.to_str().unwrap()])
+            .env(launcher, "2")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{launcher}: {stderr}");
+        assert!(
+            stderr.contains("started as one of 2 ranks by an MPI launcher: add --distributed"),
+            "{launcher}: {stderr}"
+        );
+        assert!(!out.exists(), "{launcher}: {stderr}");
+    }
+}
+
+/// Built without MPI, `train --distributed` is refused, naming the feature it needs.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn without_mpi_the_trainer_refuses_to_run_distributed() {
+    let train = train_example();
     let out = run_dir("refused");
     let output = std::process::Command::new(&train)
         .args([
