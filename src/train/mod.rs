@@ -11,7 +11,8 @@
 //! computes the final figures; `verify` calls the same function on a reloaded checkpoint, so the
 //! two report identical numbers. [`train_step`] is one step of any forward pass, [`model_step`]
 //! one step of a [`Model`]. [`train_large_head`] trains over many identities, with a blocked
-//! head whose centres are updated as they are visited.
+//! head whose centres are updated as they are visited. [`train_distributed`] trains over the
+//! ranks of a [`World`](crate::distributed::World), data-parallel, with the same step.
 
 mod distributed;
 mod figures;
