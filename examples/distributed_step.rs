@@ -86,6 +86,10 @@ struct Args {
     /// Checks after every step that every rank holds the same parameters.
     #[arg(long)]
     check: bool,
+    /// Waits for every rank (a barrier) before the gradients' all-reduce, and reports apart
+    /// the CPU time of the waiting and of the all-reduce itself
+    #[arg(long)]
+    split_wait: bool,
     /// This rank gets a label out of range at step 2.
     #[arg(long)]
     corrupt_rank: Option<usize>,
@@ -221,6 +225,7 @@ fn run(args: &Args, world: &World) -> Result<(), Error> {
     let batches = shard.batches(args.seed, 0);
     let mut losses = Vec::new();
     let (mut busy, mut cpu_start) = (Duration::ZERO, cpu_time());
+    let (mut wait_cpu, mut reduce_cpu) = (Duration::ZERO, Duration::ZERO);
     for (step, mut indices) in batches.iter().map(Vec::as_slice).take(total).enumerate() {
         if step == args.warmup {
             world.barrier();
@@ -279,7 +284,17 @@ fn run(args: &Args, world: &World) -> Result<(), Error> {
             Mode::Data => 1.0 / size as f32,
             Mode::Class => 1.0,
         };
-        reduce_gradients(world, &mut grads, factor)?;
+        if args.split_wait && step >= args.warmup {
+            let before = thread_cpu_time();
+            world.barrier();
+            let synced = thread_cpu_time();
+            reduce_gradients(world, &mut grads, factor)?;
+            let after = thread_cpu_time();
+            wait_cpu += synced.saturating_sub(before);
+            reduce_cpu += after.saturating_sub(synced);
+        } else {
+            reduce_gradients(world, &mut grads, factor)?;
+        }
         let updates: Vec<(ParamId, Tensor<f32>)> = grads
             .params()
             .map(|(id, g)| {
@@ -303,6 +318,22 @@ fn run(args: &Args, world: &World) -> Result<(), Error> {
     let traffic = world.take_traffic();
     let cpu = cpu_time().zip(cpu_start).map(|(end, start)| end - start);
     report(args, world, busy, cpu, traffic);
+    if args.split_wait {
+        let steps = args.steps.max(1) as f64;
+        let mut split = [
+            wait_cpu.as_secs_f64() / steps,
+            reduce_cpu.as_secs_f64() / steps,
+        ];
+        world.all_reduce_max(&mut split);
+        if world.is_root() {
+            println!(
+                "  CPU per step in the barrier before the all-reduce (waiting for the other \
+                 ranks) {:.2} ms, in the gradients' all-reduce {:.2} ms (slowest rank)",
+                split[0] * 1e3,
+                split[1] * 1e3
+            );
+        }
+    }
     if args.mode == Mode::Data {
         // each rank's loss is its own batch's: the global batch's is their mean
         world.all_reduce_sum(&mut losses);
@@ -378,6 +409,15 @@ fn cpu_time() -> Option<Duration> {
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(Duration::from_millis(ticks * 10))
+}
+
+/// The calling thread's CPU time, in nanoseconds, from `/proc/thread-self/schedstat` (zero
+/// where it cannot be read).
+fn thread_cpu_time() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
 }
 
 /// Rank 0 prints the figures: the slowest rank's step time sets the pace. The CPU time per

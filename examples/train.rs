@@ -18,10 +18,11 @@ use cli::{
     refuse_mlp_flags, refuse_unread, usage,
 };
 use margrad::data::Augment;
+use margrad::distributed::World;
 use margrad::loss::{ArcFallback, LossKind};
 use margrad::train::{
-    CHECKPOINT_FILE, EXPORT_FILE, Event, MethodName, ModelKind, OutputPolicy, Setting, TrainConfig,
-    train,
+    CHECKPOINT_FILE, EXPORT_FILE, Event, MethodName, Metrics, ModelKind, OutputPolicy, Setting,
+    TrainConfig, TrainError, train,
 };
 use std::fmt;
 use std::io::{IsTerminal, Write};
@@ -161,6 +162,10 @@ struct Cli {
     /// (model and optimiser flags are checked against it)
     #[arg(long, value_name = "PATH", help_heading = "Output")]
     resume: Option<PathBuf>,
+    /// Train over the ranks `mpirun` started (needs the `mpi` cargo feature): each rank trains
+    /// on its part of every --batch, rank 0 prints and writes the outputs
+    #[arg(long, help_heading = "Model and training")]
+    distributed: bool,
 
     #[command(flatten)]
     data: DataFlags,
@@ -253,8 +258,9 @@ fn refuse_without_augment(matches: &clap::ArgMatches, augment: bool) -> Result<(
     }
 }
 
-/// The run's configuration and output folder, every flag checked; a usage error otherwise.
-fn configure() -> (TrainConfig, PathBuf) {
+/// The run's configuration, output folder and whether it is distributed, every flag checked; a
+/// usage error otherwise.
+fn configure() -> (TrainConfig, PathBuf, bool) {
     let (cli, matches) = parse::<Cli>();
     let optimizer = MethodName::from(cli.optimizer);
     let mlp_flags = [
@@ -313,23 +319,78 @@ fn configure() -> (TrainConfig, PathBuf) {
     if let Err(e) = config.validate() {
         usage::<Cli>(e);
     }
-    (config, cli.out)
+    (config, cli.out, cli.distributed)
 }
 
 fn main() -> ExitCode {
-    let (config, out) = configure();
+    let (config, out, distributed) = configure();
+    if let Some(ranks) = launched_ranks().filter(|&n| n > 1 && !distributed) {
+        // independent runs, each writing the same --out
+        usage::<Cli>(format!(
+            "started as one of {ranks} ranks by an MPI launcher: add --distributed to train \
+             together"
+        ));
+    }
+    if !distributed {
+        return run(&config, &out, None, |on_event| {
+            train(&config, &out, on_event).map(Some)
+        });
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let world = match margrad::distributed::World::mpi() {
+            Ok(world) => world,
+            Err(e) => {
+                complain!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        run(&config, &out, Some(&world), |on_event| {
+            margrad::train::train_distributed(&world, &config, &out, on_event)
+        })
+        // the world is dropped here: MPI is finalised before the exit
+    }
+    #[cfg(not(feature = "mpi"))]
+    usage::<Cli>(
+        "--distributed needs the `mpi` cargo feature: build with \
+         `cargo build --release --features mpi --example train` (see docs/distributed.md)",
+    )
+}
+
+/// The number of ranks an MPI launcher (Open MPI's or a PMI one) says it started, if any.
+fn launched_ranks() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
+}
+
+/// Runs `train_with` and reports it: progress and the final figures from the only process, or
+/// from rank 0 of `world` (the other ranks print only an error, prefixed by their rank).
+fn run(
+    config: &TrainConfig,
+    out: &std::path::Path,
+    world: Option<&World>,
+    train_with: impl FnOnce(&mut (dyn FnMut(Event) + Send)) -> Result<Option<Metrics>, TrainError>,
+) -> ExitCode {
     let mut stdout = Stdout::new();
-    let terminal = std::io::stderr().is_terminal();
-    say!(
-        stdout,
-        "training {} with {} (s = {}, m = {}) for {} epochs; outputs in {}",
-        config.model.name(),
-        config.loss.kind.name(),
-        config.loss.scale,
-        config.loss.margin,
-        config.epochs,
-        out.display()
-    );
+    let rank = world.map_or(String::new(), |w| {
+        format!("rank {} of {}: ", w.rank(), w.size())
+    });
+    // the other ranks receive no events and return no metrics
+    let speaks = world.is_none_or(World::is_root);
+    let terminal = std::io::stderr().is_terminal() && speaks;
+    if speaks {
+        say!(
+            stdout,
+            "training {} with {} (s = {}, m = {}) for {} epochs; outputs in {}",
+            config.model.name(),
+            config.loss.kind.name(),
+            config.loss.scale,
+            config.loss.margin,
+            config.epochs,
+            out.display()
+        );
+    }
     let epochs = config.epochs;
     let mut on_event = |event: Event| match event {
         Event::Step {
@@ -369,8 +430,9 @@ fn main() -> ExitCode {
             );
         }
     };
-    match train(&config, &out, &mut on_event) {
-        Ok(metrics) => {
+    match train_with(&mut on_event) {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(metrics)) => {
             print_final(&mut stdout, &metrics.final_metrics);
             say!(
                 stdout,
@@ -380,7 +442,9 @@ fn main() -> ExitCode {
             stdout.exit_code()
         }
         Err(e) => {
-            complain!("error: {}", describe(&e));
+            // one write, so that the ranks' messages do not interleave
+            let message = format!("{rank}error: {}\n", describe(&e));
+            let _ = std::io::stderr().write_all(message.as_bytes());
             ExitCode::FAILURE
         }
     }

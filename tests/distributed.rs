@@ -419,3 +419,151 @@ fn without_mpi_the_example_refuses_to_run_as_one_of_several_ranks() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+// ---- the trainer in a world of one ----
+
+/// A run of the trainer that takes a fraction of a second: the digits, a 16-wide MLP, SGD.
+fn small_config(epochs: usize) -> margrad::train::TrainConfig {
+    margrad::train::TrainConfig {
+        hidden: vec![16],
+        embed_dim: 8,
+        dropout: 0.1,
+        epochs,
+        batch: 24,
+        optimizer: margrad::train::MethodName::Sgd,
+        lr: 0.05,
+        momentum: 0.9,
+        // the test process's pool is rayon's global one, already running
+        threads: None,
+        ..Default::default()
+    }
+}
+
+fn run_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("margrad-dist-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Every parameter's bits in the checkpoint of the run in `dir`.
+fn saved_bits(dir: &std::path::Path) -> Vec<Vec<u32>> {
+    let saved =
+        margrad::checkpoint::load::<f32>(&dir.join(margrad::train::CHECKPOINT_FILE)).unwrap();
+    saved
+        .params
+        .ids()
+        .map(|id| {
+            saved
+                .params
+                .get(id)
+                .data()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn the_distributed_trainer_in_a_world_of_one_trains_writes_and_resumes_bit_for_bit() {
+    use margrad::train::{TrainConfig, train_distributed};
+    let world = World::single();
+    let mut events = 0;
+    let whole = run_dir("whole");
+    let metrics = train_distributed(&world, &small_config(2), &whole, &mut |_| events += 1)
+        .unwrap()
+        .expect("rank 0 returns the metrics");
+    // 1,437 training digits in global batches of 24: 59 steps per epoch, the last 21 left out
+    assert_eq!(events, 2 * (59 + 1));
+    assert_eq!(metrics.history.len(), 2);
+    assert!(metrics.history[1].loss < metrics.history[0].loss);
+    assert!(metrics.final_metrics.test_accuracy > 0.5);
+    for file in ["metrics.json", "model.safetensors", "loss.svg"] {
+        assert!(whole.join(file).exists(), "no {file}");
+    }
+    // one epoch, then the second from its checkpoint: the same bits
+    let part = run_dir("part");
+    train_distributed(&world, &small_config(1), &part, &mut |_| {}).unwrap();
+    let resumed = TrainConfig {
+        resume: Some(part.join(margrad::train::CHECKPOINT_FILE)),
+        ..small_config(2)
+    };
+    let again = train_distributed(&world, &resumed, &part, &mut |_| {})
+        .unwrap()
+        .unwrap();
+    assert_eq!(saved_bits(&part), saved_bits(&whole));
+    let figures = |history: &[margrad::metrics::EpochRecord]| -> Vec<(f64, f64, f64)> {
+        history
+            .iter()
+            .map(|r| (r.loss, r.train_accuracy, r.test_accuracy))
+            .collect()
+    };
+    assert_eq!(figures(&again.history), figures(&metrics.history));
+    for dir in [whole, part] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// The built `train` example.
+fn train_example() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let train = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("train");
+    assert!(
+        train.exists(),
+        "{} is not built: run `cargo test`",
+        train.display()
+    );
+    train
+}
+
+/// Started by an MPI launcher as one of several ranks without `--distributed`, the trainer
+/// refuses to run (the ranks would train independent copies into the same folder).
+#[test]
+fn the_trainer_started_as_one_of_several_ranks_needs_distributed() {
+    let out = run_dir("not-distributed");
+    for launcher in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"] {
+        let output = std::process::Command::new(train_example())
+            .args(["--epochs", "1", "--out", out.to_str().unwrap()])
+            .env(launcher, "2")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{launcher}: {stderr}");
+        assert!(
+            stderr.contains("started as one of 2 ranks by an MPI launcher: add --distributed"),
+            "{launcher}: {stderr}"
+        );
+        assert!(!out.exists(), "{launcher}: {stderr}");
+    }
+}
+
+/// Built without MPI, `train --distributed` is refused, naming the feature it needs.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn without_mpi_the_trainer_refuses_to_run_distributed() {
+    let train = train_example();
+    let out = run_dir("refused");
+    let output = std::process::Command::new(&train)
+        .args([
+            "--distributed",
+            "--epochs",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--distributed needs the `mpi` cargo feature"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "{stderr}");
+}

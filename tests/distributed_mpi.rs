@@ -1,12 +1,15 @@
-//! Training over MPI ranks, through real `mpirun` runs of `examples/distributed_step.rs`: 2
-//! ranks (and 3, oversubscribed on 2 cores) train as one process does on the same global
-//! batch, data- and class-parallel; a rank with bad data, a rank that panics and ranks started
-//! with different settings stop every rank with a clear message. Every run is bounded by
-//! `timeout`, so a hang fails the test instead of blocking CI.
+//! Training over MPI ranks, through real `mpirun` runs of `examples/distributed_step.rs` and
+//! of the trainer (`examples/train.rs --distributed`): 2 ranks (and 3, oversubscribed on 2
+//! cores) train as one process does on the same global batch, data- and class-parallel; a
+//! checkpoint saved by 2 ranks resumes on 3 and in one process; a rank with bad data, a rank
+//! that panics and ranks started with different settings stop every rank with a clear
+//! message. Every run is bounded by `timeout`, so a hang fails the test instead of blocking CI.
 //!
-//! Needs the `mpi` feature and Open MPI (`mpirun`); build the example first:
-//! `cargo build --release --features mpi --example distributed_step`.
+//! Needs the `mpi` feature and Open MPI (`mpirun`); build the examples first:
+//! `cargo build --release --features mpi --example distributed_step --example train`.
 #![cfg(feature = "mpi")]
+
+mod common;
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -302,4 +305,288 @@ fn ranks_holding_different_numbers_of_samples_stop_with_a_clear_error() {
         }
         assert!(!out.exists(), "{mode}: a failed run wrote its results");
     }
+}
+
+// ---- the trainer: `train --distributed` under mpirun ----
+
+/// The built `train` example (built with `--features mpi`).
+fn trainer() -> PathBuf {
+    let path = example().with_file_name("train");
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --release --features mpi --example train`",
+        path.display()
+    );
+    path
+}
+
+/// A small run of the trainer on the digits: global batch 24 (a multiple of 1, 2 and 3), 59
+/// steps per epoch, SGD with momentum, no dropout.
+const TRAIN: &[&str] = &[
+    "--distributed",
+    "--hidden",
+    "16",
+    "--embed-dim",
+    "8",
+    "--batch",
+    "24",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.05",
+    "--momentum",
+    "0.9",
+    "--dropout",
+    "0",
+    "--threads",
+    "1",
+];
+
+/// Runs `ranks` copies of the trainer with `args` under `mpirun` (`ranks = 0`: one process
+/// without `mpirun`), killed after [`LIMIT`] seconds.
+fn run_trainer(ranks: usize, args: &[&str]) -> Output {
+    let mut command = Command::new("timeout");
+    command.args(["--kill-after=10", LIMIT]);
+    if ranks > 0 {
+        command
+            .args(["mpirun", "--oversubscribe", "-n", &ranks.to_string()])
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    }
+    let output = command.arg(trainer()).args(args).output().unwrap();
+    assert_ne!(
+        output.status.code(),
+        Some(124),
+        "the run hung and was killed after {LIMIT} s: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A fresh folder for a run's outputs.
+fn out_dir(name: &str) -> PathBuf {
+    let dir = temp(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Trains on `ranks` ranks with `args` into `out`; returns metrics.json's per-epoch losses and
+/// the checkpoint's parameters.
+fn trained(ranks: usize, out: &std::path::Path, args: &[&str]) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let output = run_trainer(
+        ranks,
+        &[TRAIN, args, &["--out", out.to_str().unwrap()]].concat(),
+    );
+    assert!(
+        output.status.success(),
+        "{ranks} ranks: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metrics: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let losses = metrics["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["loss"].as_f64().unwrap())
+        .collect();
+    let saved = margrad::checkpoint::load::<f32>(&out.join("checkpoint.margrad")).unwrap();
+    let params = saved
+        .params
+        .ids()
+        .map(|id| {
+            let data = saved.params.get(id).data();
+            data.iter().map(|&v| f64::from(v)).collect()
+        })
+        .collect();
+    (losses, params)
+}
+
+/// Losses and every parameter tensor within `1e-6` relative of one process's (not bitwise:
+/// see [`assert_same_training`]).
+fn assert_same_run(many: &(Vec<f64>, Vec<Vec<f64>>), one: &(Vec<f64>, Vec<Vec<f64>>), what: &str) {
+    let r = relative(&many.0, &one.0);
+    assert!(r < 1e-6, "{what}: losses {:?} vs {:?}", many.0, one.0);
+    assert_eq!(many.1.len(), one.1.len());
+    for (i, (a, b)) in many.1.iter().zip(&one.1).enumerate() {
+        let r = relative(a, b);
+        assert!(r < 1e-6, "{what}: parameter {i} differs by {r:e} relative");
+    }
+}
+
+#[test]
+fn the_trainer_on_two_and_three_ranks_trains_as_one_process_does() {
+    let epochs = ["--epochs", "2"];
+    let one = trained(0, &out_dir("train-1"), &epochs);
+    assert_eq!(one.0.len(), 2);
+    for ranks in [2, 3] {
+        let out = out_dir(&format!("train-{ranks}"));
+        let many = trained(ranks, &out, &epochs);
+        assert_same_run(&many, &one, &format!("{ranks} ranks"));
+        for file in ["model.safetensors", "loss.svg", "roc.svg"] {
+            assert!(out.join(file).exists(), "{ranks} ranks: no {file}");
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}
+
+#[test]
+fn a_checkpoint_saved_by_two_ranks_resumes_on_three_and_in_one_process() {
+    let whole = trained(0, &out_dir("resume-whole"), &["--epochs", "2"]);
+    let first = out_dir("resume-first");
+    trained(2, &first, &["--epochs", "1"]);
+    for ranks in [3, 0] {
+        // each resumed run continues in a copy of the 2-rank run's folder
+        let out = out_dir(&format!("resume-{ranks}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let checkpoint = out.join("checkpoint.margrad");
+        std::fs::copy(first.join("checkpoint.margrad"), &checkpoint).unwrap();
+        let resume = ["--epochs", "2", "--resume", checkpoint.to_str().unwrap()];
+        let resumed = trained(ranks, &out, &resume);
+        assert_same_run(&resumed, &whole, &format!("resumed on {ranks} ranks"));
+    }
+}
+
+/// Starts the trainer as two ranks under `mpirun`, rank 0 with `args0` and rank 1 with
+/// `args1` (Open MPI's `:` syntax).
+fn run_two_trainers(args0: &[&str], args1: &[&str]) -> Output {
+    let output = Command::new("timeout")
+        .args([
+            "--kill-after=10",
+            LIMIT,
+            "mpirun",
+            "--oversubscribe",
+            "-n",
+            "1",
+        ])
+        .arg(trainer())
+        .args(args0)
+        .args([":", "-n", "1"])
+        .arg(trainer())
+        .args(args1)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap();
+    assert_ne!(
+        output.status.code(),
+        Some(124),
+        "the run hung and was killed after {LIMIT} s: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// The message after `prefix` on the line of standard error that holds it.
+fn message_after<'a>(stderr: &'a str, prefix: &str) -> &'a str {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(prefix))
+        .unwrap_or_else(|| panic!("no line with {prefix:?} in: {stderr}"));
+    &line[line.find(prefix).unwrap() + prefix.len()..]
+}
+
+#[test]
+fn a_trainer_rank_with_bad_data_stops_every_rank_with_its_message() {
+    // rank 0 reads good MNIST files, rank 1 a copy whose training labels are cut short
+    let (good, bad) = (out_dir("mnist-good"), out_dir("mnist-bad"));
+    common::write_tiny_mnist(&good);
+    common::write_tiny_mnist(&bad);
+    let labels = bad.join("train-labels-idx1-ubyte");
+    let bytes = std::fs::read(&labels).unwrap();
+    std::fs::write(&labels, &bytes[..bytes.len() - 8]).unwrap();
+    let out = out_dir("bad-data-run");
+    let args = |dir: &PathBuf| -> Vec<String> {
+        let mut args: Vec<String> = TRAIN.iter().map(|s| s.to_string()).collect();
+        args.extend(["--epochs", "1", "--data", "mnist"].map(String::from));
+        args.extend([
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ]);
+        args
+    };
+    let (args0, args1) = (args(&good), args(&bad));
+    let output = run_two_trainers(&as_strs(&args0), &as_strs(&args1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let own = message_after(&stderr, "rank 1 of 2: error: ");
+    assert!(own.contains("train-labels-idx1-ubyte"), "{stderr}");
+    assert_eq!(
+        message_after(
+            &stderr,
+            "rank 0 of 2: error: distributed run stopped: rank 1 of 2 failed: "
+        ),
+        own,
+        "{stderr}"
+    );
+    assert!(
+        !out.exists(),
+        "a failed run claimed its output folder: {stderr}"
+    );
+}
+
+#[test]
+fn trainer_ranks_started_with_different_settings_are_refused_at_start() {
+    let out = out_dir("different-settings");
+    let args = [TRAIN, &["--epochs", "1", "--out", out.to_str().unwrap()]].concat();
+    let output = run_two_trainers(&args, &[&args[..], &["--seed", "1"]].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    for rank in 0..2 {
+        assert!(
+            stderr.contains(&format!(
+                "rank {rank} of 2: error: distributed run stopped: the ranks were started with \
+                 different settings: rank(s) 1 differ from rank 0"
+            )),
+            "{stderr}"
+        );
+    }
+    assert!(!out.exists(), "{stderr}");
+}
+
+#[test]
+fn a_diverging_distributed_run_stops_every_rank_and_writes_no_metrics() {
+    let out = out_dir("diverged-run");
+    let mut args = [TRAIN, &["--epochs", "1", "--out", out.to_str().unwrap()]].concat();
+    let lr = args.iter().position(|&a| a == "--lr").unwrap();
+    args[lr + 1] = "1e30";
+    let output = run_trainer(2, &args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    for rank in 0..2 {
+        assert!(
+            stderr.contains(&format!(
+                "rank {rank} of 2: error: training diverged at epoch 1"
+            )),
+            "{stderr}"
+        );
+    }
+    assert!(!out.join("metrics.json").exists(), "{stderr}");
+}
+
+#[test]
+fn a_batch_the_ranks_cannot_share_is_refused_on_every_rank() {
+    let out = out_dir("odd-batch");
+    let mut args = [TRAIN, &["--epochs", "1", "--out", out.to_str().unwrap()]].concat();
+    let batch = args.iter().position(|&a| a == "--batch").unwrap();
+    args[batch + 1] = "25";
+    let output = run_trainer(2, &args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    for rank in 0..2 {
+        assert!(
+            stderr.contains(&format!("rank {rank} of 2: error: invalid batch = 25")),
+            "{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("a multiple of the number of ranks"),
+        "{stderr}"
+    );
 }

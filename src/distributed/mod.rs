@@ -370,7 +370,11 @@ impl World {
             return local;
         }
         let failed = self.size() - first[0] as usize;
+        // the failing rank's message (an `Error::Distributed`'s without its own preamble)
         let mut message = match &local {
+            Err(Error::Distributed { message }) if self.rank() == failed => {
+                message.clone().into_bytes()
+            }
             Err(e) if self.rank() == failed => e.to_string().into_bytes(),
             _ => Vec::new(),
         };

@@ -11,8 +11,10 @@
 //! computes the final figures; `verify` calls the same function on a reloaded checkpoint, so the
 //! two report identical numbers. [`train_step`] is one step of any forward pass, [`model_step`]
 //! one step of a [`Model`]. [`train_large_head`] trains over many identities, with a blocked
-//! head whose centres are updated as they are visited.
+//! head whose centres are updated as they are visited. [`train_distributed`] trains over the
+//! ranks of a [`World`](crate::distributed::World), data-parallel, with the same step.
 
+mod distributed;
 mod figures;
 mod large_head;
 mod memory;
@@ -20,6 +22,7 @@ mod output;
 mod settings;
 mod step;
 
+pub use distributed::train_distributed;
 pub use large_head::{
     LargeHeadConfig, LargeHeadError, LargeHeadEvent, LargeHeadReport, nearest_centres,
     train_large_head,
@@ -651,18 +654,9 @@ fn run(
         mut optimizer,
         mut rng,
         mut history,
-    } = match &config.resume {
-        None => fresh_start(config, model_config.clone())?,
-        Some(path) => resumed_start(path, config, &model_config)?,
-    };
+    } = start(config, &model_config)?;
     output::claim(out, config.output, config.resume.as_deref())?;
-    let schedule = LrSchedule {
-        schedule: Schedule::Cosine {
-            total: config.epochs,
-            min_factor: 0.01,
-        },
-        warmup: 0,
-    };
+    let schedule = lr_schedule(config);
     let checkpoint = out.join(CHECKPOINT_FILE);
     let mut last_good = config.resume.clone();
     if let Some(from) = &config.resume {
@@ -675,27 +669,14 @@ fn run(
     for epoch in history.len() + 1..=config.epochs {
         optimizer.set_lr_factor(schedule.factor(epoch - 1));
         let start = Instant::now();
-        let (mut loss_sum, mut correct) = (0.0, 0usize);
+        let mut tally = EpochTally::default();
         let order = data.train.shuffled_batches(config.batch, &mut rng);
         for (index, (x, labels)) in order.enumerate() {
             let step = index + 1;
             let x = augmented(config, x, epoch, step);
-            let outcome =
-                match model_step(&model, &mut params, &mut optimizer, &mut rng, x, &labels) {
-                    Ok(outcome) => outcome,
-                    Err(StepError::Forward(e)) => return Err(TrainError::Input(e)),
-                    Err(StepError::NonFinite { what, value }) => {
-                        return Err(TrainError::Diverged {
-                            epoch,
-                            step,
-                            what,
-                            value,
-                            last_good,
-                        });
-                    }
-                };
-            correct += outcome.correct.unwrap_or(0);
-            loss_sum += outcome.loss * labels.len() as f64;
+            let outcome = model_step(&model, &mut params, &mut optimizer, &mut rng, x, &labels)
+                .map_err(|e| stopped(e, epoch, step, &last_good))?;
+            tally.add(&outcome, labels.len());
             on_event(Event::Step {
                 epoch,
                 step,
@@ -704,26 +685,112 @@ fn run(
             });
         }
         let seconds = start.elapsed().as_secs_f64();
-        let predictions = model.predict(&params, &data.test.features);
-        history.push(EpochRecord {
-            epoch,
-            loss: loss_sum / data.train.len() as f64,
-            train_accuracy: correct as f64 / data.train.len() as f64,
-            test_accuracy: top1_accuracy(&predictions, &data.test.labels),
-            samples_per_sec: data.train.len() as f64 / seconds,
-            seconds,
-        });
-        let state = TrainingState {
-            optimizer: optimizer.state().clone(),
-            epoch: epoch as u64,
-            rng: rng.clone(),
-            history: history.clone(),
-        };
-        checkpoint::save(&checkpoint, &model, &params, Some(&state))?;
+        history.push(tally.record(epoch, seconds, test_accuracy(&model, &params, &data)));
+        save_epoch(&checkpoint, &model, &params, &optimizer, &rng, &history)?;
         last_good = Some(checkpoint.clone());
         on_event(Event::Epoch(history.last().expect("just pushed")));
     }
-    let evaluation = evaluate(&model, &params, &data, &config.data)?;
+    finish(config, out, &model, &params, &data, model_config, history)
+}
+
+/// The start of the run `config` describes: fresh, or its [`TrainConfig::resume`] checkpoint.
+fn start(config: &TrainConfig, model_config: &ModelConfig) -> Result<Start, TrainError> {
+    match &config.resume {
+        None => Ok(fresh_start(config, model_config.clone())?),
+        Some(path) => resumed_start(path, config, model_config),
+    }
+}
+
+/// The learning rate's factor per epoch: a cosine over the run's epochs down to 1%.
+fn lr_schedule(config: &TrainConfig) -> LrSchedule {
+    LrSchedule {
+        schedule: Schedule::Cosine {
+            total: config.epochs,
+            min_factor: 0.01,
+        },
+        warmup: 0,
+    }
+}
+
+/// The losses and correct predictions of an epoch's steps, summed.
+#[derive(Default)]
+struct EpochTally {
+    loss_sum: f64,
+    correct: usize,
+    samples: usize,
+}
+
+impl EpochTally {
+    /// Counts a step's `outcome` over its `samples`.
+    fn add(&mut self, outcome: &StepOutcome, samples: usize) {
+        self.correct += outcome.correct.unwrap_or(0);
+        self.loss_sum += outcome.loss * samples as f64;
+        self.samples += samples;
+    }
+
+    /// The epoch's record: mean loss and training accuracy over the samples counted.
+    fn record(&self, epoch: usize, seconds: f64, test_accuracy: f64) -> EpochRecord {
+        let samples = self.samples as f64;
+        EpochRecord {
+            epoch,
+            loss: self.loss_sum / samples,
+            train_accuracy: self.correct as f64 / samples,
+            test_accuracy,
+            samples_per_sec: samples / seconds,
+            seconds,
+        }
+    }
+}
+
+/// Top-1 accuracy on the test split of the trained classes.
+fn test_accuracy(model: &Model, params: &Params<f32>, data: &PreparedData) -> f64 {
+    let predictions = model.predict(params, &data.test.features);
+    top1_accuracy(&predictions, &data.test.labels)
+}
+
+/// The error that stops a run at `epoch`, `step` for a step's error.
+fn stopped(e: StepError, epoch: usize, step: usize, last_good: &Option<PathBuf>) -> TrainError {
+    match e {
+        StepError::Forward(e) => TrainError::Input(e),
+        StepError::NonFinite { what, value } => TrainError::Diverged {
+            epoch,
+            step,
+            what,
+            value,
+            last_good: last_good.clone(),
+        },
+    }
+}
+
+/// Saves the checkpoint of the epoch that `history` ends with.
+fn save_epoch(
+    checkpoint: &Path,
+    model: &Model,
+    params: &Params<f32>,
+    optimizer: &Optimizer<f32>,
+    rng: &SeededRng,
+    history: &[EpochRecord],
+) -> Result<(), TrainError> {
+    let state = TrainingState {
+        optimizer: optimizer.state().clone(),
+        epoch: history.len() as u64,
+        rng: rng.clone(),
+        history: history.to_vec(),
+    };
+    Ok(checkpoint::save(checkpoint, model, params, Some(&state))?)
+}
+
+/// Evaluates the trained model and writes the run's outputs; metrics.json last.
+fn finish(
+    config: &TrainConfig,
+    out: &Path,
+    model: &Model,
+    params: &Params<f32>,
+    data: &PreparedData,
+    model_config: ModelConfig,
+    history: Vec<EpochRecord>,
+) -> Result<Metrics, TrainError> {
+    let evaluation = evaluate(model, params, data, &config.data)?;
     let metrics = Metrics {
         margrad_version: env!("CARGO_PKG_VERSION").to_string(),
         status: "complete".to_string(),
@@ -740,7 +807,7 @@ fn run(
         history,
         final_metrics: evaluation.metrics.clone(),
     };
-    write_outputs(out, &model, &params, &data, &metrics, &evaluation)?;
+    write_outputs(out, model, params, data, &metrics, &evaluation)?;
     Ok(metrics)
 }
 

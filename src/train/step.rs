@@ -9,7 +9,7 @@
 use crate::nn::{Forward, Model};
 use crate::optim::Optimizer;
 use crate::profile::{self, Phase};
-use crate::{Element, Error, Graph, Labels, Params, SeededRng, Tensor, Var};
+use crate::{Element, Error, Gradients, Graph, Labels, ParamId, Params, SeededRng, Tensor, Var};
 use std::fmt;
 use std::time::Instant;
 
@@ -89,9 +89,70 @@ where
         &mut Forward<'g, 'p, F>,
     ) -> Result<(Var<'g, F>, Option<Var<'g, F>>), Error>,
 {
+    combined_step(params, optimizer, rng, labels, forward, |local| local)
+}
+
+/// What one process computed in a step before the update: the gradients (checked finite),
+/// the buffer updates and the outcome.
+pub(crate) struct LocalStep<F: Element> {
+    pub grads: Gradients<F>,
+    pub updates: Vec<(ParamId, Tensor<F>)>,
+    pub outcome: StepOutcome,
+}
+
+/// [`train_step`], with `combine` between backward and the update: it receives this process's
+/// result (or its error) and returns what the update applies. The trainer over several
+/// processes combines the ranks' results there; [`train_step`] passes them through.
+pub(crate) fn combined_step<F, L, C>(
+    params: &mut Params<F>,
+    optimizer: &mut Optimizer<F>,
+    rng: &mut SeededRng,
+    labels: &Labels,
+    forward: L,
+    combine: C,
+) -> Result<StepOutcome, StepError>
+where
+    F: Element,
+    L: for<'g, 'p> FnOnce(
+        &mut Forward<'g, 'p, F>,
+    ) -> Result<(Var<'g, F>, Option<Var<'g, F>>), Error>,
+    C: FnOnce(Result<LocalStep<F>, StepError>) -> Result<LocalStep<F>, StepError>,
+{
+    let local = local_step(params, rng, labels, forward);
+    let LocalStep {
+        grads,
+        updates,
+        outcome,
+    } = combine(local)?;
+    let started = profile::enabled().then(Instant::now);
+    params.apply(updates);
+    let stepped = optimizer.step(params, &grads);
+    if let Some(started) = started {
+        profile::record("optimizer", Phase::Update, started.elapsed());
+    }
+    match stepped {
+        Ok(()) => Ok(outcome),
+        Err(Error::NonFinite { what, value, .. }) => Err(StepError::NonFinite { what, value }),
+        Err(other) => Err(StepError::Forward(other)),
+    }
+}
+
+/// Forward, backward and the finite checks of [`train_step`]; nothing is updated.
+fn local_step<F, L>(
+    params: &Params<F>,
+    rng: &mut SeededRng,
+    labels: &Labels,
+    forward: L,
+) -> Result<LocalStep<F>, StepError>
+where
+    F: Element,
+    L: for<'g, 'p> FnOnce(
+        &mut Forward<'g, 'p, F>,
+    ) -> Result<(Var<'g, F>, Option<Var<'g, F>>), Error>,
+{
     let (grads, updates, outcome) = {
         let graph = Graph::new();
-        let mut cx = Forward::train(&graph, &*params, &mut *rng);
+        let mut cx = Forward::train(&graph, params, rng);
         let (loss, scores) = forward(&mut cx)?;
         let value = loss.item().to_f64();
         if !value.is_finite() {
@@ -130,20 +191,14 @@ where
             });
         }
     }
-    let checked = started.map(|started| {
+    if let Some(started) = started {
         profile::record("finite check", Phase::Update, started.elapsed());
-        Instant::now()
-    });
-    params.apply(updates);
-    let stepped = optimizer.step(params, &grads);
-    if let Some(checked) = checked {
-        profile::record("optimizer", Phase::Update, checked.elapsed());
     }
-    match stepped {
-        Ok(()) => Ok(outcome),
-        Err(Error::NonFinite { what, value, .. }) => Err(StepError::NonFinite { what, value }),
-        Err(other) => Err(StepError::Forward(other)),
-    }
+    Ok(LocalStep {
+        grads,
+        updates: updates.into_iter().collect(),
+        outcome,
+    })
 }
 
 /// One training step of `model` on the batch `x` (`[B, features]`) with `labels`: its training
@@ -160,9 +215,29 @@ pub fn model_step<F: Element>(
     x: Tensor<F>,
     labels: &Labels,
 ) -> Result<StepOutcome, StepError> {
-    train_step(params, optimizer, rng, labels, |cx| {
-        let x = cx.graph().constant(x);
-        let (loss, scores) = model.loss_and_logits(cx, x, labels)?;
-        Ok((loss, Some(scores)))
-    })
+    combined_model_step(model, params, optimizer, rng, x, labels, |local| local)
+}
+
+/// [`model_step`] through [`combined_step`].
+pub(crate) fn combined_model_step<F: Element>(
+    model: &Model<F>,
+    params: &mut Params<F>,
+    optimizer: &mut Optimizer<F>,
+    rng: &mut SeededRng,
+    x: Tensor<F>,
+    labels: &Labels,
+    combine: impl FnOnce(Result<LocalStep<F>, StepError>) -> Result<LocalStep<F>, StepError>,
+) -> Result<StepOutcome, StepError> {
+    combined_step(
+        params,
+        optimizer,
+        rng,
+        labels,
+        |cx| {
+            let x = cx.graph().constant(x);
+            let (loss, scores) = model.loss_and_logits(cx, x, labels)?;
+            Ok((loss, Some(scores)))
+        },
+        combine,
+    )
 }

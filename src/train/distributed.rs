@@ -1,0 +1,272 @@
+//! The trainer over the ranks of a [`World`]: data parallelism of the whole model.
+//!
+//! Every rank loads the data, builds the same model from the same seed (or loads the same
+//! checkpoint) and trains on its own [`Shard`] of each global batch of [`TrainConfig::batch`]
+//! samples; after backward, the ranks' gradients are averaged ([`reduce_gradients`]) and
+//! every rank applies the same update, so that the parameters stay the same on every rank.
+//! The ranks agree after every part that can fail on one rank alone (loading the data, a
+//! step's loss and gradients, writing an output): a failure on one rank stops every rank with
+//! its message, and no rank is left waiting. Rank 0 alone reports events and writes the
+//! checkpoint, the export, the figures and metrics.json.
+
+use super::{
+    CHECKPOINT_FILE, DataShape, EpochTally, Event, Footprint, Metrics, PreparedData, Start,
+    TrainError, augmented, available_memory, finish, lr_schedule, model_config, output,
+    prepare_data, save_epoch, start, stopped, test_accuracy,
+};
+use super::{StepError, TrainConfig, step::LocalStep, step::combined_model_step};
+use crate::distributed::{Shard, World, parameter_checksum, reduce_gradients};
+use crate::{Error, seeded_rng};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// [`train`](super::train) over the ranks of `world` (collective: every rank calls it with the
+/// same configuration, `world.size()` dividing [`TrainConfig::batch`]).
+///
+/// Step `t` of an epoch trains on the same global batch whatever the number of ranks (a
+/// seeded permutation of the training samples per epoch, [`Shard`]), so that a run on `N`
+/// ranks follows one process's (`World::single()`) to rounding: the sums of the gradients are
+/// split differently, and f32 rounds each split differently. The samples past the last whole
+/// global batch of an epoch are left out of it. Dropout masks and augmentation are drawn per
+/// rank from the seed, the epoch and the step; BatchNorm normalises with each rank's batch
+/// statistics and its running statistics are averaged over the ranks.
+///
+/// The checkpoint holds the whole model, so a run saved by `N` ranks resumes
+/// ([`TrainConfig::resume`], every rank reading the file) on any number of ranks, or in one
+/// process with this function and a world of one, with the same global batches.
+///
+/// Returns the final metrics on rank 0, `None` on the other ranks.
+///
+/// # Errors
+/// As [`train`](super::train), on every rank: a rank's own error on that rank, and
+/// [`Error::Distributed`] naming the failing rank and its message on the others; also
+/// [`Error::Distributed`] when the ranks were started with different settings, hold different
+/// training data, or hold different parameters after loading, and [`Error::InvalidSetting`]
+/// when the batch is not a multiple of the number of ranks.
+pub fn train_distributed(
+    world: &World,
+    config: &TrainConfig,
+    out: &Path,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<Option<Metrics>, TrainError> {
+    world.check_same_config("settings", &settings_hash_input(config))?;
+    world.agree(config.validate())?;
+    world.agree(Footprint::of_threads(config.threads)?.check(available_memory()))?;
+    world.agree(global_threads(config.threads))?;
+    run(world, config, out, on_event)
+}
+
+/// Sizes rayon's global pool to `threads` (`None` or 0: rayon's default). The run stays on
+/// the calling thread, the one that started MPI, the only one allowed to call it; the ops'
+/// parallel work goes to the global pool.
+fn global_threads(threads: Option<usize>) -> Result<(), Error> {
+    let Some(wanted) = threads.filter(|&n| n > 0) else {
+        return Ok(());
+    };
+    // fails when the pool already runs, which is right if it runs `wanted` threads
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(wanted)
+        .build_global();
+    match rayon::current_num_threads() {
+        running if running == wanted => Ok(()),
+        running => Err(Error::Distributed {
+            message: format!(
+                "{wanted} threads asked for, but the process's thread pool already runs \
+                 {running}"
+            ),
+        }),
+    }
+}
+
+/// The settings every rank must share, as bytes: the configuration without the threads (a
+/// node's own) and the MNIST folder (each node may read its own copy; the data are compared
+/// once loaded).
+fn settings_hash_input(config: &TrainConfig) -> Vec<u8> {
+    let mut shared = config.clone();
+    shared.threads = None;
+    if let super::DataSource::Mnist { dir } = &mut shared.data.source {
+        *dir = PathBuf::new();
+    }
+    serde_json::to_vec(&shared).expect("configurations serialise")
+}
+
+fn run(
+    world: &World,
+    config: &TrainConfig,
+    out: &Path,
+    on_event: &mut (dyn FnMut(Event) + Send),
+) -> Result<Option<Metrics>, TrainError> {
+    let per_rank = world.agree(batch_per_rank(config.batch, world.size()))?;
+    let data = agree(world, prepare_data(&config.data))?;
+    world.check_same_config("training data", &fingerprint(&data))?;
+    let model_config = world.agree(model_config(config, data.train.dim(), data.train.classes))?;
+    world.agree(
+        Footprint::of_run(config, &DataShape::of(&data))
+            .and_then(|footprint| footprint.check(available_memory())),
+    )?;
+    let Start {
+        model,
+        mut params,
+        mut optimizer,
+        rng,
+        mut history,
+    } = agree(world, start(config, &model_config))?;
+    parameter_checksum(world, &params)?;
+    let claimed = match world.is_root() {
+        true => output::claim(out, config.output, config.resume.as_deref()),
+        false => Ok(()),
+    };
+    agree(world, claimed)?;
+    let shard = Shard::new(world, per_rank, data.train.len())?;
+    let schedule = lr_schedule(config);
+    let checkpoint = out.join(CHECKPOINT_FILE);
+    let mut last_good = config.resume.clone();
+    if let (Some(from), true) = (&config.resume, world.is_root()) {
+        on_event(Event::Resumed {
+            from,
+            epoch: history.len(),
+        });
+    }
+    let steps = shard.steps();
+    for epoch in history.len() + 1..=config.epochs {
+        optimizer.set_lr_factor(schedule.factor(epoch - 1));
+        let started = Instant::now();
+        let mut tally = EpochTally::default();
+        for (index, samples) in shard.batches(config.seed, epoch as u64).iter().enumerate() {
+            let step = index + 1;
+            let (x, labels) = data.train.batch(samples);
+            // each rank draws its own augmentation and dropout masks, the same after a resume
+            let draw = (step - 1) * world.size() + world.rank() + 1;
+            let x = augmented(config, x, epoch, draw);
+            let mut step_rng = seeded_rng(config.seed ^ 0x6a09_e667_f3bc_c908 ^ mix(epoch, draw));
+            let combine = |local| combine(world, local, labels.len());
+            let outcome = combined_model_step(
+                &model,
+                &mut params,
+                &mut optimizer,
+                &mut step_rng,
+                x,
+                &labels,
+                combine,
+            )
+            .map_err(|e| stopped(e, epoch, step, &last_good))?;
+            tally.add(&outcome, shard.global_batch());
+            if world.is_root() {
+                on_event(Event::Step {
+                    epoch,
+                    step,
+                    steps,
+                    loss: outcome.loss,
+                });
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        // rank 0 judges and saves; the others hold the same record
+        let mut accuracy = [match world.is_root() {
+            true => test_accuracy(&model, &params, &data),
+            false => 0.0,
+        }];
+        world.broadcast(&mut accuracy, 0);
+        history.push(tally.record(epoch, seconds, accuracy[0]));
+        let saved = match world.is_root() {
+            true => save_epoch(&checkpoint, &model, &params, &optimizer, &rng, &history),
+            false => Ok(()),
+        };
+        agree(world, saved)?;
+        last_good = Some(checkpoint.clone());
+        if world.is_root() {
+            on_event(Event::Epoch(history.last().expect("just pushed")));
+        }
+    }
+    let finished = match world.is_root() {
+        true => finish(config, out, &model, &params, &data, model_config, history).map(Some),
+        false => Ok(None),
+    };
+    agree(world, finished)
+}
+
+/// Samples per rank and step: `batch / ranks`.
+fn batch_per_rank(batch: usize, ranks: usize) -> Result<usize, Error> {
+    Error::check(
+        "batch",
+        batch as f64,
+        batch.is_multiple_of(ranks) && batch >= ranks,
+        "a multiple of the number of ranks (each rank trains on batch / ranks samples)",
+    )?;
+    Ok(batch / ranks)
+}
+
+/// A step's result, combined over the ranks (collective): every rank's success agreed, the
+/// gradients and BatchNorm's running statistics averaged, the loss and the correct
+/// predictions those of the global batch.
+fn combine(
+    world: &World,
+    local: Result<LocalStep<f32>, StepError>,
+    samples: usize,
+) -> Result<LocalStep<f32>, StepError> {
+    let status = local.as_ref().map(|_| ()).map_err(|e| Error::Distributed {
+        message: e.to_string(),
+    });
+    if let Err(e) = world.agree(status) {
+        return Err(local.err().unwrap_or(StepError::Forward(e)));
+    }
+    let mut local = local.expect("agreed");
+    let size = world.size() as f32;
+    reduce_gradients(world, &mut local.grads, 1.0 / size).map_err(|e| match e {
+        Error::NonFinite { what, value, .. } => StepError::NonFinite { what, value },
+        other => StepError::Forward(other),
+    })?;
+    // the loss and the correct predictions of the global batch, and the buffers' mean, in one
+    // all-reduce
+    let outcome = &mut local.outcome;
+    let mut sums = vec![
+        outcome.loss * samples as f64,
+        outcome.correct.unwrap_or(0) as f64,
+    ];
+    for (_, value) in &local.updates {
+        sums.extend(value.data().iter().map(|&v| f64::from(v)));
+    }
+    world.all_reduce_sum(&mut sums);
+    outcome.loss = sums[0] / (samples * world.size()) as f64;
+    outcome.correct = outcome.correct.map(|_| sums[1] as usize);
+    let mut at = 2;
+    for (_, value) in &mut local.updates {
+        for v in value.data_mut() {
+            *v = (sums[at] / f64::from(size)) as f32;
+            at += 1;
+        }
+    }
+    Ok(local)
+}
+
+/// [`World::agree`] on a result whose error is a [`TrainError`]: the failing rank keeps its
+/// own, the others stop with [`Error::Distributed`] carrying its message.
+fn agree<T>(world: &World, local: Result<T, impl Into<TrainError>>) -> Result<T, TrainError> {
+    let local = local.map_err(Into::into);
+    let status = local.as_ref().map(|_| ()).map_err(|e| Error::Distributed {
+        message: e.to_string(),
+    });
+    match world.agree(status) {
+        Ok(()) => local,
+        Err(e) => Err(local.err().unwrap_or(TrainError::Input(e))),
+    }
+}
+
+/// What must agree between the ranks' training data: their sizes and labels (the features
+/// are not hashed: MNIST's 47 MB would cost a noticeable pass at start).
+fn fingerprint(data: &PreparedData) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for set in [&data.train, &data.test, &data.verify] {
+        for n in [set.len(), set.dim(), set.classes] {
+            bytes.extend_from_slice(&(n as u64).to_le_bytes());
+        }
+        bytes.extend(set.labels.iter().flat_map(|&l| (l as u64).to_le_bytes()));
+    }
+    bytes
+}
+
+/// A 64-bit key of `(epoch, draw)` for seeding.
+fn mix(epoch: usize, draw: usize) -> u64 {
+    (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (draw as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)
+}
