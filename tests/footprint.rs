@@ -60,6 +60,11 @@ fn a_run_of_many_steps_holds_no_more_than_it_counted() {
         return;
     };
     let held = peak.saturating_sub(before);
+    eprintln!(
+        "the run added {} MiB to the resident memory; it counted {} MiB",
+        held >> 20,
+        counted >> 20
+    );
     assert!(
         held <= counted,
         "the run raised the resident memory by {} MiB, more than the {} MiB it counted",
