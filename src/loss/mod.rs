@@ -31,7 +31,7 @@ mod subcenter;
 
 pub use adaface::{ADAFACE_EPS, ADAFACE_NORM_RANGE, AdaFace, AdaFaceNorms, adaface_loss};
 pub(crate) use blocked::FeatureGrad;
-pub use blocked::{BlockedHead, ClassSample, HEAD_NORM_EPS, ShardExchange};
+pub use blocked::{BlockedHead, ClassSample, HEAD_NORM_EPS, HeadLoss, ShardExchange};
 pub use curricularface::{CurricularFace, CurricularFaceState, curricularface_loss};
 pub use elasticface::{ElasticFace, ElasticKind, elasticface_loss};
 pub use magface::{MagFace, magface_loss};
