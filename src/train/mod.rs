@@ -22,7 +22,7 @@ mod step;
 
 pub use large_head::{
     LargeHeadConfig, LargeHeadError, LargeHeadEvent, LargeHeadReport, nearest_centres,
-    train_large_head,
+    resume_large_head, train_large_head,
 };
 pub use memory::{DataShape, Footprint, available_memory};
 pub use output::{
