@@ -49,6 +49,7 @@
 //! loss over every class of the batch plus uniformly sampled negatives only; the other
 //! centres are neither read nor handed to the update.
 
+use super::Bf16Centres;
 use super::curricularface::Curricular;
 use super::fused::{Linear, Others};
 use super::sphereface2::Binary;
@@ -198,19 +199,62 @@ impl BlockedHead {
         labels: &Labels,
         sample: Option<&ClassSample>,
         loss: HeadLoss<'_, 'g, F>,
-        mut update: impl FnMut(usize, &mut [F], &[F]),
+        update: impl FnMut(usize, &mut [F], &[F]),
+    ) -> Result<Var<'g, F>, Error> {
+        let shape = [centres.shape()[0], centres.shape()[1]];
+        let centres = centres.data_mut();
+        self.fused_step(features, centres, shape, labels, sample, loss, update)
+    }
+
+    /// [`BlockedHead::step_with`] over centres stored in bfloat16 ([`Bf16Centres`]): each
+    /// block is widened to f32 (exactly) before the same arithmetic, so the step equals the
+    /// f32 step on the widened centres bit for bit; `update(first_row, rows, grad)` receives
+    /// the stored rows and their f32 gradient (round the updated rows back with
+    /// [`sgd_momentum_update_bf16`](crate::optim::sgd_momentum_update_bf16), say).
+    ///
+    /// # Errors
+    /// As [`BlockedHead::step_with`].
+    ///
+    /// # Panics
+    /// As [`BlockedHead::step_with`].
+    #[track_caller]
+    pub fn step_bf16<'g>(
+        &self,
+        features: Var<'g, f32>,
+        centres: &mut Bf16Centres,
+        labels: &Labels,
+        sample: Option<&ClassSample>,
+        loss: HeadLoss<'_, 'g, f32>,
+        update: impl FnMut(usize, &mut [u16], &[f32]),
+    ) -> Result<Var<'g, f32>, Error> {
+        let shape = centres.shape();
+        self.fused_step(features, centres, shape, labels, sample, loss, update)
+    }
+
+    /// The step over any storage of the centres (`shape`: `[C·K, D]`).
+    #[allow(clippy::too_many_arguments)]
+    #[track_caller]
+    fn fused_step<'g, F: Element, C: CentreRows<F> + ?Sized>(
+        &self,
+        features: Var<'g, F>,
+        centres: &mut C,
+        shape: [usize; 2],
+        labels: &Labels,
+        sample: Option<&ClassSample>,
+        loss: HeadLoss<'_, 'g, F>,
+        mut update: impl FnMut(usize, &mut [C::Stored], &[F]),
     ) -> Result<Var<'g, F>, Error> {
         let x = features.value();
-        let (b, d, classes) = self.check_shapes("blocked head step", x.shape(), centres.shape());
+        let (b, d, classes) = self.check_shapes("blocked head step", x.shape(), &shape);
         let selection = match sample {
             None => Selection::All(classes),
             Some(s) => Selection::Sample(s.classes()),
         };
         let targets = check_labels(labels, b, classes, &selection)?;
         let mut pass = Pass::new(x.data(), b, d, targets, self, selection);
-        let (rule, bias) = rule(&loss, &pass, centres.data())?;
+        let (rule, bias) = rule(&loss, &pass, centres)?;
         let coef = F::from_f64(1.0 / b as f64);
-        let (value, dbias) = pass.forward(centres.data(), &rule, coef);
+        let (value, dbias) = pass.forward(centres, &rule, coef);
         // a NaN or infinity in the features or the centres shows in the loss: refused before
         // any centre is updated
         if !value.is_finite() {
@@ -224,13 +268,13 @@ impl BlockedHead {
         let mut dxn = vec![F::ZERO; b * d];
         for k in 0..pass.blocks() {
             let runs = pass.runs(k);
-            pass.load(k, centres.data());
+            pass.load(k, centres);
             let dw = pass.backward_block(k, &rule, coef, &mut dxn);
             for (first, range) in runs {
                 let rows = first * rows_per_class..(first + range.len()) * rows_per_class;
                 update(
                     first * self.subcenters,
-                    &mut centres.data_mut()[rows],
+                    centres.stored_mut(rows),
                     &dw[range.start * rows_per_class..range.end * rows_per_class],
                 );
             }
@@ -519,6 +563,34 @@ impl Selection<'_> {
     }
 }
 
+/// Centres as the head reads them: rows of `F`, stored as `F` or in a narrower type.
+pub(super) trait CentreRows<F> {
+    /// The stored element.
+    type Stored;
+    /// Elements `range` (whole rows) as they are, when stored as `F`.
+    fn direct(&self, range: Range<usize>) -> Option<&[F]>;
+    /// Elements `range` (whole rows) into `out`, as `F`.
+    fn copy_to(&self, range: Range<usize>, out: &mut [F]);
+    /// Elements `range` as stored, to update.
+    fn stored_mut(&mut self, range: Range<usize>) -> &mut [Self::Stored];
+}
+
+impl<F: Element> CentreRows<F> for [F] {
+    type Stored = F;
+
+    fn direct(&self, range: Range<usize>) -> Option<&[F]> {
+        Some(&self[range])
+    }
+
+    fn copy_to(&self, range: Range<usize>, out: &mut [F]) {
+        out.copy_from_slice(&self[range]);
+    }
+
+    fn stored_mut(&mut self, range: Range<usize>) -> &mut [F] {
+        &mut self[range]
+    }
+}
+
 /// How a step turns each row's cosines into its loss: a softmax over logits (the margin family
 /// and the sample-adaptive margins), or SphereFace2's per-class binary terms.
 enum Rule<F> {
@@ -590,7 +662,8 @@ struct Pass<'a, F> {
     lse: Vec<F>,
     /// Each row's `g·∂L/∂a_r` through its feature norm (MagFace); empty otherwise.
     norm_grad: Vec<F>,
-    /// The block's centres gathered from a sample, `[block·K, D]`.
+    /// The block's centres gathered from a sample or widened from their storage, `[block·K, D]`
+    /// (allocated when first needed).
     gathered: Vec<F>,
     /// The block's normalised centres and their norms.
     wn: Vec<F>,
@@ -631,10 +704,6 @@ impl<'a, F: Element> Pass<'a, F> {
         let k = head.subcenters;
         let (mut xn, mut x_norms) = (vec![F::ZERO; b * d], vec![F::ZERO; b]);
         normalize_rows(x, d, eps, &mut xn, &mut x_norms);
-        let gathered = match selection {
-            Selection::All(_) => Vec::new(),
-            Selection::Sample(_) => vec![F::ZERO; block * k * d],
-        };
         let per_subcentre = |len| {
             if k > 1 {
                 vec![F::ZERO; len]
@@ -655,7 +724,7 @@ impl<'a, F: Element> Pass<'a, F> {
             x_norms,
             lse: vec![F::ZERO; b],
             norm_grad: Vec::new(),
-            gathered,
+            gathered: Vec::new(),
             wn: vec![F::ZERO; block * k * d],
             w_norms: vec![F::ZERO; block * k],
             sub: per_subcentre(b * block * k),
@@ -697,14 +766,26 @@ impl<'a, F: Element> Pass<'a, F> {
     }
 
     /// Normalises block `k`'s centres (every sub-centre of its classes) into `wn`.
-    fn load(&mut self, k: usize, centres: &[F]) {
+    fn load<C: CentreRows<F> + ?Sized>(&mut self, k: usize, centres: &C) {
         let (span, rows) = (self.span(k), self.k * self.d);
         let n = span.len();
-        let block: &[F] = match self.selection {
-            Selection::All(_) => &centres[span.start * rows..span.end * rows],
-            Selection::Sample(s) => {
+        let all = span.start * rows..span.end * rows;
+        let direct = match self.selection {
+            Selection::All(_) => centres.direct(all.clone()),
+            Selection::Sample(_) => None,
+        };
+        if direct.is_none() && self.gathered.is_empty() {
+            self.gathered = vec![F::ZERO; self.block * rows];
+        }
+        let block: &[F] = match (direct, self.selection) {
+            (Some(block), _) => block,
+            (None, Selection::All(_)) => {
+                centres.copy_to(all, &mut self.gathered[..n * rows]);
+                &self.gathered[..n * rows]
+            }
+            (None, Selection::Sample(s)) => {
                 for (row, &class) in self.gathered.chunks_mut(rows).zip(&s[span]) {
-                    row.copy_from_slice(&centres[class * rows..(class + 1) * rows]);
+                    centres.copy_to(class * rows..(class + 1) * rows, row);
                 }
                 &self.gathered[..n * rows]
             }
@@ -744,8 +825,9 @@ impl<'a, F: Element> Pass<'a, F> {
 
     /// Each row's cosine to its target class, `max_a ⟨x̂_r, ŵ_{y·K+a}⟩`, by one dot product per
     /// sub-centre.
-    fn target_cosines(&self, centres: &[F]) -> Vec<F> {
+    fn target_cosines<C: CentreRows<F> + ?Sized>(&self, centres: &C) -> Vec<F> {
         let (d, k) = (self.d, self.k);
+        let mut rows = vec![F::ZERO; k * d];
         let mut wn = vec![F::ZERO; k * d];
         let mut norms = vec![F::ZERO; k];
         let mut dots = vec![F::ZERO; k];
@@ -755,8 +837,8 @@ impl<'a, F: Element> Pass<'a, F> {
                     Selection::All(_) => self.targets[r],
                     Selection::Sample(s) => s[self.targets[r]],
                 };
-                let rows = &centres[class * k * d..(class + 1) * k * d];
-                normalize_rows(rows, d, self.eps, &mut wn, &mut norms);
+                centres.copy_to(class * k * d..(class + 1) * k * d, &mut rows);
+                normalize_rows(&rows, d, self.eps, &mut wn, &mut norms);
                 let x = &self.xn[r * d..(r + 1) * d];
                 for (dot, w) in dots.iter_mut().zip(wn.chunks(d)) {
                     *dot = x.iter().zip(w).fold(F::ZERO, |acc, (&a, &b)| acc + a * b);
@@ -774,7 +856,11 @@ impl<'a, F: Element> Pass<'a, F> {
     }
 
     /// Pass 1 of a softmax rule: each row's running log-sum-exp over the selection.
-    fn row_stats<O: Others<F>>(&mut self, centres: &[F], rule: &Softmax<F, O>) -> Vec<RowStats<F>> {
+    fn row_stats<O: Others<F>, C: CentreRows<F> + ?Sized>(
+        &mut self,
+        centres: &C,
+        rule: &Softmax<F, O>,
+    ) -> Vec<RowStats<F>> {
         let neg_inf = F::from_f64(f64::NEG_INFINITY);
         let start = RowStats {
             max: neg_inf,
@@ -827,7 +913,13 @@ impl<'a, F: Element> Pass<'a, F> {
     }
 
     /// Pass 1 of SphereFace2: returns `(Σ_r coef·L_r, Σ_r coef·∂L_r/∂b)`.
-    fn binary_forward(&mut self, centres: &[F], kernel: &Binary<F>, bias: F, coef: F) -> (F, F) {
+    fn binary_forward<C: CentreRows<F> + ?Sized>(
+        &mut self,
+        centres: &C,
+        kernel: &Binary<F>,
+        bias: F,
+        coef: F,
+    ) -> (F, F) {
         let mut rows = vec![(F::ZERO, F::ZERO); self.b];
         for k in 0..self.blocks() {
             let span = self.span(k);
@@ -843,7 +935,12 @@ impl<'a, F: Element> Pass<'a, F> {
     }
 
     /// Pass 1: the loss (and SphereFace2's `∂L/∂b`), each row's log-sum-exp kept for pass 2.
-    fn forward(&mut self, centres: &[F], rule: &Rule<F>, coef: F) -> (F, F) {
+    fn forward<C: CentreRows<F> + ?Sized>(
+        &mut self,
+        centres: &C,
+        rule: &Rule<F>,
+        coef: F,
+    ) -> (F, F) {
         match rule {
             Rule::Softmax(rule) => {
                 let stats = self.row_stats(centres, rule);
@@ -1098,10 +1195,10 @@ fn family_rule<F: Element>(loss: &MarginLoss) -> Softmax<F, Linear<F>> {
 /// The rule of `loss` for the batch of `pass` (its settings and state checked), and
 /// SphereFace2's bias.
 #[track_caller]
-fn rule<'g, F: Element>(
+fn rule<'g, F: Element, C: CentreRows<F> + ?Sized>(
     loss: &HeadLoss<'_, 'g, F>,
     pass: &Pass<'_, F>,
-    centres: &[F],
+    centres: &C,
 ) -> Result<(Rule<F>, Option<Var<'g, F>>), Error> {
     let f = F::from_f64;
     let norms = || pass.x_norms.iter().map(|a| a.to_f64()).collect::<Vec<_>>();
