@@ -3,12 +3,14 @@
 //! trained on.
 //!
 //! `cargo run --release --example train_large_head -- --identities 1000000 --steps 2000
-//! --sample-rate 0.1 --out runs/million`
+//! --sample-rate 0.1 --checkpoint-every 500 --out runs/million`; the same command with
+//! `--resume` continues from the last checkpoint in `--out`, ending bit for bit where the
+//! uninterrupted run would.
 
 use clap::Parser;
 use margrad::data::IdentitiesConfig;
 use margrad::loss::MarginLoss;
-use margrad::train::{LargeHeadConfig, LargeHeadEvent, train_large_head};
+use margrad::train::{LargeHeadConfig, LargeHeadEvent, resume_large_head, train_large_head};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -63,6 +65,12 @@ struct Args {
     /// Where to write checkpoint.margrad and report.json (nothing is saved without it).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Writes the checkpoint every N steps too (0: at the end only).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: u64,
+    /// Continues the run from the checkpoint in --out (the same settings; --steps the total).
+    #[arg(long, requires = "out")]
+    resume: bool,
 }
 
 fn main() -> ExitCode {
@@ -100,6 +108,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         lr: args.lr,
         momentum: args.momentum,
         seed: args.seed,
+        checkpoint_every: args.checkpoint_every,
         ..LargeHeadConfig::default()
     };
     let checkpoint = match &args.out {
@@ -110,14 +119,18 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     let every = (args.steps / 20).max(1);
-    let report = train_large_head(&config, checkpoint.as_deref(), every, |event| {
+    let on_event = |event| {
         let LargeHeadEvent::Steps {
             step,
             loss,
             steps_per_sec,
         } = event;
         println!("step {step:>7}  loss {loss:8.4}  {steps_per_sec:7.2} steps/s");
-    })?;
+    };
+    let report = match (&checkpoint, args.resume) {
+        (Some(path), true) => resume_large_head(&config, path, Some(path), every, on_event)?,
+        _ => train_large_head(&config, checkpoint.as_deref(), every, on_event)?,
+    };
     let v = &report.verification;
     let figure = |x: Option<f64>| x.map_or("undefined".to_string(), |x| format!("{x:.4}"));
     println!(
@@ -125,7 +138,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
          {:.0} MiB",
         args.identities,
         report.train_seconds,
-        args.steps as f64 / report.train_seconds,
+        report.steps_run as f64 / report.train_seconds,
         report.footprint_bytes as f64 / (1 << 20) as f64
     );
     println!(

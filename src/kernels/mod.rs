@@ -5,6 +5,7 @@
 //! of threads. A backward kernel either writes a fresh gradient buffer or adds into one that
 //! already holds another path's gradient; each says which.
 
+mod bf16;
 mod channels;
 mod conv;
 mod elementwise;
@@ -15,6 +16,7 @@ mod rowwise;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
 
+pub(crate) use bf16::{has_avx512_bf16, narrow_bf16, widen_bf16};
 pub use channels::{
     channel_affine, channel_affine_grad, channel_grad_sums, channel_mean_var, prelu,
     prelu_grad_input, prelu_grad_slope,

@@ -34,14 +34,31 @@
 //! places and each row's statistics are its own, so the results are bitwise identical whatever
 //! the number of threads.
 //!
+//! **Beyond the margin family** ([`BlockedHead::step_with`], [`HeadLoss`]): AdaFace, MagFace,
+//! CurricularFace and ElasticFace are softmax losses too: each row's target logit comes from
+//! the dense op's own formula (a function of the target cosine and the row's norm, margin or
+//! scaler), and the non-target logits from the dense kernels' own maps (CurricularFace's
+//! re-weighting needs each row's threshold before pass 1: the target cosines are computed
+//! first, one dot product per row). MagFace's gradient reaches the features through their
+//! norm as well. SphereFace2 shares no denominator: pass 1 sums its per-class terms, pass 2
+//! writes each block's gradient, and the bias receives `∂L/∂b`. Sub-centres
+//! ([`BlockedHead::with_subcenters`]) go in front of any of them: a block's GEMM runs over its
+//! classes' `K` sub-centres and each class takes its best.
+//!
 //! **Class sampling** ([`ClassSample`], as InsightFace's Partial FC): the head computes the
 //! loss over every class of the batch plus uniformly sampled negatives only; the other
 //! centres are neither read nor handed to the update.
 
-use super::{LogitMap, MarginLoss};
-use crate::kernels::{
-    MatRef, gemm, lane_max, lane_sum, normalize_rows, normalize_rows_grad, parallel, simd,
+use super::Bf16Centres;
+use super::curricularface::Curricular;
+use super::fused::{Linear, Others};
+use super::sphereface2::Binary;
+use super::subcenter::{argmax_in_group, check_subcenters};
+use super::{
+    AdaFace, AdaFaceNorms, CurricularFace, CurricularFaceState, ElasticFace, LogitMap, MagFace,
+    MarginLoss, SphereFace2,
 };
+use crate::kernels::{MatRef, gemm, normalize_rows, normalize_rows_grad, parallel, simd};
 use crate::{CustomOp, Element, Error, InputGrad, Labels, Tensor, Var};
 use rand::Rng;
 use rayon::prelude::*;
@@ -55,6 +72,32 @@ pub const HEAD_NORM_EPS: f64 = 1e-12;
 pub struct BlockedHead {
     loss: MarginLoss,
     block: usize,
+    subcenters: usize,
+}
+
+/// A loss of the blocked head's step ([`BlockedHead::step_with`]) with what it takes from the
+/// batch: each is the dense op of the same name computed block by block, with the same
+/// per-logit formulas. The state carried between batches (AdaFace's norm statistics,
+/// CurricularFace's `t`) is updated by the caller before the step, as for the dense ops;
+/// [`BlockedHead::target_cosines`] gives CurricularFace's update its cosines.
+#[derive(Clone, Copy)]
+pub enum HeadLoss<'a, 'g, F: Element> {
+    /// The margin-softmax family ([`margin_cross_entropy`](super::margin_cross_entropy)).
+    Margin(&'a MarginLoss),
+    /// [`adaface_loss`](super::adaface_loss) with the features' norms (read as constants) and
+    /// the statistics already updated with them.
+    AdaFace(&'a AdaFace, &'a AdaFaceNorms),
+    /// [`magface_loss`](super::magface_loss) with the features' norms, through which its
+    /// gradient reaches the features.
+    MagFace(&'a MagFace),
+    /// [`curricularface_loss`](super::curricularface_loss) with the state already updated
+    /// with this batch.
+    CurricularFace(&'a CurricularFace, &'a CurricularFaceState),
+    /// [`elasticface_loss`](super::elasticface_loss) with each sample's margin.
+    ElasticFace(&'a ElasticFace, &'a [f64]),
+    /// [`sphereface2_loss`](super::sphereface2_loss) with its learned bias (one element on the
+    /// tape, which receives its gradient). No class shares a denominator with another.
+    SphereFace2(&'a SphereFace2, Var<'g, F>),
 }
 
 impl BlockedHead {
@@ -65,7 +108,32 @@ impl BlockedHead {
     pub fn new(loss: MarginLoss, block: usize) -> Result<Self, Error> {
         Error::check("class block", block as f64, block > 0, "at least 1 class")?;
         loss.validate()?;
-        Ok(BlockedHead { loss, block })
+        Ok(BlockedHead {
+            loss,
+            block,
+            subcenters: 1,
+        })
+    }
+
+    /// The same head with `k` sub-centres per class (sub-center ArcFace's, in front of any of
+    /// its losses): the centres are then `[C·K, D]`, class `j`'s sub-centres the rows
+    /// `j·K .. j·K + K`, and a class's cosine the best of its `K`
+    /// ([`max_over_subcenters`](super::max_over_subcenters)); each class's gradient goes to its
+    /// winning sub-centre.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for `k = 0`.
+    pub fn with_subcenters(self, k: usize) -> Result<Self, Error> {
+        check_subcenters(k)?;
+        Ok(BlockedHead {
+            subcenters: k,
+            ..self
+        })
+    }
+
+    /// Sub-centres per class (1: one centre per class).
+    pub fn subcenters(&self) -> usize {
+        self.subcenters
     }
 
     /// The loss.
@@ -78,26 +146,14 @@ impl BlockedHead {
         self.block
     }
 
-    /// One training step of the centres, fused: returns the mean loss `L` over the classes of
-    /// `sample` (all `C` when `None`) and, block by block, calls
-    /// `update(first_class, rows, grad)` with `grad = ∂L/∂W` for the contiguous rows `rows` of
-    /// `centres` from class `first_class` on, which `update` may change in place (an SGD step,
-    /// say). No centre outside `sample` is read or passed to `update`; with a sample the rows
-    /// passed are the sample's runs of consecutive classes.
-    ///
-    /// The features' side joins the tape: backward from the returned loss gives `x` the
-    /// gradient `g·∂L/∂x` for the loss's output gradient `g`. The centres receive `∂L/∂W`
-    /// itself, whatever is done with the loss afterwards.
+    /// One training step of the centres, fused, for the head's [`MarginLoss`]:
+    /// [`BlockedHead::step_with`] with [`HeadLoss::Margin`].
     ///
     /// # Errors
-    /// [`Error::EmptyBatch`] for `B = 0`; [`Error::DataLength`] when there are not `B` labels;
-    /// [`Error::LabelOutOfRange`] for a label not below `C`; [`Error::InvalidSetting`] for a
-    /// label outside the sample, or a sampled class not below `C`; [`Error::NonFinite`] when
-    /// the loss is not finite (a NaN or infinity in the features or the centres), before any
-    /// centre is updated.
+    /// As [`BlockedHead::step_with`].
     ///
     /// # Panics
-    /// When `features` is not `[B, D]` or `centres` not `[C, D]` with the same `D`.
+    /// As [`BlockedHead::step_with`].
     #[track_caller]
     pub fn step<'g, F: Element>(
         &self,
@@ -105,48 +161,175 @@ impl BlockedHead {
         centres: &mut Tensor<F>,
         labels: &Labels,
         sample: Option<&ClassSample>,
-        mut update: impl FnMut(usize, &mut [F], &[F]),
+        update: impl FnMut(usize, &mut [F], &[F]),
+    ) -> Result<Var<'g, F>, Error> {
+        let loss = HeadLoss::Margin(&self.loss);
+        self.step_with(features, centres, labels, sample, loss, update)
+    }
+
+    /// One training step of the centres for `loss`, fused: returns the mean loss `L` over the
+    /// classes of `sample` (all `C` when `None`) and, block by block, calls
+    /// `update(first_row, rows, grad)` with `grad = ∂L/∂W` for the contiguous rows `rows` of
+    /// `centres` from row `first_row` on (the first class's first sub-centre; the class itself
+    /// with one sub-centre per class), which `update` may change in place (an SGD step, say).
+    /// No centre outside `sample` is read or passed to `update`; with a sample the rows passed
+    /// are the sample's runs of consecutive classes.
+    ///
+    /// The features' side joins the tape: backward from the returned loss gives `x` the
+    /// gradient `g·∂L/∂x` for the loss's output gradient `g` (and SphereFace2's bias
+    /// `g·∂L/∂b`). The centres receive `∂L/∂W` itself, whatever is done with the loss
+    /// afterwards.
+    ///
+    /// # Errors
+    /// [`Error::EmptyBatch`] for `B = 0`; [`Error::DataLength`] when there are not `B` labels
+    /// (or ElasticFace margins); [`Error::LabelOutOfRange`] for a label not below `C`;
+    /// [`Error::InvalidSetting`] for a setting or state of `loss` out of range, a label outside
+    /// the sample, or a sampled class not below `C`; [`Error::NonFinite`] for an ElasticFace
+    /// margin that is not finite, or when the loss is not finite (a NaN or infinity in the
+    /// features or the centres), before any centre is updated.
+    ///
+    /// # Panics
+    /// When `features` is not `[B, D]` or `centres` not `[C·K, D]` with the same `D`, or
+    /// SphereFace2's bias has not one element.
+    #[track_caller]
+    pub fn step_with<'g, F: Element>(
+        &self,
+        features: Var<'g, F>,
+        centres: &mut Tensor<F>,
+        labels: &Labels,
+        sample: Option<&ClassSample>,
+        loss: HeadLoss<'_, 'g, F>,
+        update: impl FnMut(usize, &mut [F], &[F]),
+    ) -> Result<Var<'g, F>, Error> {
+        let shape = [centres.shape()[0], centres.shape()[1]];
+        let centres = centres.data_mut();
+        self.fused_step(features, centres, shape, labels, sample, loss, update)
+    }
+
+    /// [`BlockedHead::step_with`] over centres stored in bfloat16 ([`Bf16Centres`]): each
+    /// block is widened to f32 (exactly) before the same arithmetic, so the step equals the
+    /// f32 step on the widened centres bit for bit; `update(first_row, rows, grad)` receives
+    /// the stored rows and their f32 gradient (round the updated rows back with
+    /// [`sgd_momentum_update_bf16`](crate::optim::sgd_momentum_update_bf16), say).
+    ///
+    /// # Errors
+    /// As [`BlockedHead::step_with`].
+    ///
+    /// # Panics
+    /// As [`BlockedHead::step_with`].
+    #[track_caller]
+    pub fn step_bf16<'g>(
+        &self,
+        features: Var<'g, f32>,
+        centres: &mut Bf16Centres,
+        labels: &Labels,
+        sample: Option<&ClassSample>,
+        loss: HeadLoss<'_, 'g, f32>,
+        update: impl FnMut(usize, &mut [u16], &[f32]),
+    ) -> Result<Var<'g, f32>, Error> {
+        let shape = centres.shape();
+        self.fused_step(features, centres, shape, labels, sample, loss, update)
+    }
+
+    /// The step over any storage of the centres (`shape`: `[C·K, D]`).
+    #[allow(clippy::too_many_arguments)]
+    #[track_caller]
+    fn fused_step<'g, F: Element, C: CentreRows<F> + ?Sized>(
+        &self,
+        features: Var<'g, F>,
+        centres: &mut C,
+        shape: [usize; 2],
+        labels: &Labels,
+        sample: Option<&ClassSample>,
+        loss: HeadLoss<'_, 'g, F>,
+        mut update: impl FnMut(usize, &mut [C::Stored], &[F]),
     ) -> Result<Var<'g, F>, Error> {
         let x = features.value();
-        let (b, d, classes) = check_shapes("blocked head step", x.shape(), centres.shape());
+        let (b, d, classes) = self.check_shapes("blocked head step", x.shape(), &shape);
         let selection = match sample {
             None => Selection::All(classes),
             Some(s) => Selection::Sample(s.classes()),
         };
         let targets = check_labels(labels, b, classes, &selection)?;
         let mut pass = Pass::new(x.data(), b, d, targets, self, selection);
+        let (rule, bias) = rule(&loss, &pass, centres)?;
         let coef = F::from_f64(1.0 / b as f64);
-        let loss = pass.forward(centres.data(), coef);
+        let (value, dbias) = pass.forward(centres, &rule, coef);
         // a NaN or infinity in the features or the centres shows in the loss: refused before
         // any centre is updated
-        if !loss.is_finite() {
+        if !value.is_finite() {
             return Err(Error::NonFinite {
                 what: "blocked head loss (features or centres not finite)".into(),
                 index: 0,
-                value: loss.to_f64(),
+                value: value.to_f64(),
             });
         }
+        let rows_per_class = self.subcenters * d;
         let mut dxn = vec![F::ZERO; b * d];
         for k in 0..pass.blocks() {
             let runs = pass.runs(k);
-            pass.load(k, centres.data());
-            let dw = pass.backward_block(k, coef, &mut dxn);
+            pass.load(k, centres);
+            let dw = pass.backward_block(k, &rule, coef, &mut dxn);
             for (first, range) in runs {
-                let rows = first * d..(first + range.len()) * d;
+                let rows = first * rows_per_class..(first + range.len()) * rows_per_class;
                 update(
-                    first,
-                    &mut centres.data_mut()[rows],
-                    &dw[range.start * d..range.end * d],
+                    first * self.subcenters,
+                    centres.stored_mut(rows),
+                    &dw[range.start * rows_per_class..range.end * rows_per_class],
                 );
             }
         }
         let mut dx = vec![F::ZERO; b * d];
         pass.features_grad(&dxn, &mut dx, true);
         drop(x);
-        let op = FeatureGrad { dx };
-        Ok(features
-            .graph()
-            .custom(op, &[features], Tensor::scalar(loss)))
+        let graph = features.graph();
+        Ok(match bias {
+            None => graph.custom(FeatureGrad { dx }, &[features], Tensor::scalar(value)),
+            Some(bias) => {
+                let op = FeatureAndBiasGrad { dx, dbias };
+                graph.custom(op, &[features, bias], Tensor::scalar(value))
+            }
+        })
+    }
+
+    /// Each row's cosine to its target class (the best of its sub-centres): what
+    /// [`CurricularFaceState::update_from_targets`] takes, without the `[B, C]` cosines.
+    ///
+    /// # Errors
+    /// As [`BlockedHead::step`], for the labels.
+    ///
+    /// # Panics
+    /// As [`BlockedHead::step`], for the shapes.
+    #[track_caller]
+    pub fn target_cosines<F: Element>(
+        &self,
+        features: &Tensor<F>,
+        centres: &Tensor<F>,
+        labels: &Labels,
+    ) -> Result<Vec<F>, Error> {
+        let (b, d, classes) = self.check_shapes(
+            "blocked head target cosines",
+            features.shape(),
+            centres.shape(),
+        );
+        let selection = Selection::All(classes);
+        let targets = check_labels(labels, b, classes, &selection)?;
+        let pass = Pass::new(features.data(), b, d, targets, self, selection);
+        Ok(pass.target_cosines(centres.data()))
+    }
+
+    /// Panics (at the caller's line) unless `x` is `[B, D]` and `w` is `[C·K, D]`; returns
+    /// `(B, D, C)`.
+    #[track_caller]
+    fn check_shapes(&self, op: &str, x: &[usize], w: &[usize]) -> (usize, usize, usize) {
+        let k = self.subcenters;
+        match (x, w) {
+            ([b, d], [rows, d2]) if d == d2 && rows % k == 0 => (*b, *d, *rows / k),
+            _ => panic!(
+                "shape mismatch in {op}: features {x:?} (expected [B, D]), centres {w:?} \
+                 (expected [C·K, D] with K = {k})"
+            ),
+        }
     }
 
     /// The same loss as an op on the tape with both inputs: `features` `[B, D]` and `centres`
@@ -167,10 +350,11 @@ impl BlockedHead {
         labels: &Labels,
     ) -> Result<Var<'g, F>, Error> {
         let (x, w) = (features.value(), centres.value());
-        let (b, d, classes) = check_shapes("blocked head loss", x.shape(), w.shape());
+        let (b, d, classes) = self.check_shapes("blocked head loss", x.shape(), w.shape());
         let targets = check_labels(labels, b, classes, &Selection::All(classes))?;
         let mut pass = Pass::new(x.data(), b, d, targets, self, Selection::All(classes));
-        let loss = pass.forward(w.data(), F::from_f64(1.0 / b as f64));
+        let rule = Rule::Softmax(family_rule(&self.loss));
+        let (loss, _) = pass.forward(w.data(), &rule, F::from_f64(1.0 / b as f64));
         let op = BlockedXent {
             head: self.clone(),
             targets: pass.targets,
@@ -228,11 +412,13 @@ impl BlockedHead {
         exchange: &mut impl ShardExchange<F>,
         mut update: impl FnMut(usize, &mut [F], &[F]),
     ) -> Result<(F, Vec<F>), Error> {
-        let &[own, d] = centres.shape() else {
-            panic!(
-                "shape mismatch in blocked head shard step: centres {:?} (expected [C, D])",
-                centres.shape()
-            )
+        let k = self.subcenters;
+        let (own, d) = match centres.shape() {
+            &[rows, d] if rows % k == 0 => (rows / k, d),
+            shape => panic!(
+                "shape mismatch in blocked head shard step: centres {shape:?} (expected \
+                 [C·K, D] with K = {k})"
+            ),
         };
         let b = labels.len();
         if b == 0 {
@@ -263,7 +449,8 @@ impl BlockedHead {
             })
             .collect();
         let mut pass = Pass::new(features, b, d, targets, self, Selection::All(own));
-        let mut stats = pass.row_stats(centres.data());
+        let softmax = family_rule(&self.loss);
+        let mut stats = pass.row_stats(centres.data(), &softmax);
         let mut max: Vec<F> = stats.iter().map(|s| s.max).collect();
         let mut sum: Vec<F> = stats.iter().map(|s| s.sum).collect();
         let mut target: Vec<F> = stats.iter().map(|s| s.target_logit).collect();
@@ -273,10 +460,12 @@ impl BlockedHead {
                 max: max[r],
                 sum: sum[r],
                 target_logit: target[r],
+                target_norm_slope: F::ZERO,
             };
         }
         let coef = F::from_f64(1.0 / b as f64);
-        let loss = pass.finish(&stats, coef);
+        let loss = pass.finish(&stats, &softmax, coef);
+        let rule = Rule::Softmax(softmax);
         if !loss.is_finite() {
             return Err(Error::NonFinite {
                 what: "class-parallel head loss (features or centres not finite)".into(),
@@ -285,28 +474,21 @@ impl BlockedHead {
             });
         }
         let mut dxn = vec![F::ZERO; b * d];
-        for k in 0..pass.blocks() {
-            let span = pass.span(k);
-            pass.load(k, centres.data());
-            let dw = pass.backward_block(k, coef, &mut dxn);
-            let rows = span.start * d..span.end * d;
-            update(first_class + span.start, &mut centres.data_mut()[rows], dw);
+        for block in 0..pass.blocks() {
+            let span = pass.span(block);
+            pass.load(block, centres.data());
+            let dw = pass.backward_block(block, &rule, coef, &mut dxn);
+            let rows = span.start * k * d..span.end * k * d;
+            update(
+                (first_class + span.start) * k,
+                &mut centres.data_mut()[rows],
+                dw,
+            );
         }
         exchange.sum_features_grad(&mut dxn);
         let mut dx = vec![F::ZERO; b * d];
         pass.features_grad(&dxn, &mut dx, true);
         Ok((loss, dx))
-    }
-}
-
-/// Panics (at the caller's line) unless `x` is `[B, D]` and `w` is `[C, D]`; returns `(B, D, C)`.
-#[track_caller]
-fn check_shapes(op: &str, x: &[usize], w: &[usize]) -> (usize, usize, usize) {
-    match (x, w) {
-        ([b, d], [c, d2]) if d == d2 => (*b, *d, *c),
-        _ => panic!(
-            "shape mismatch in {op}: features {x:?} (expected [B, D]), centres {w:?} (expected [C, D])"
-        ),
     }
 }
 
@@ -381,30 +563,119 @@ impl Selection<'_> {
     }
 }
 
-/// The state of the two passes over one batch: the normalised features, the row statistics,
-/// and the buffers one block needs.
+/// Centres as the head reads them: rows of `F`, stored as `F` or in a narrower type.
+pub(super) trait CentreRows<F> {
+    /// The stored element.
+    type Stored;
+    /// Elements `range` (whole rows) as they are, when stored as `F`.
+    fn direct(&self, range: Range<usize>) -> Option<&[F]>;
+    /// Elements `range` (whole rows) into `out`, as `F`.
+    fn copy_to(&self, range: Range<usize>, out: &mut [F]);
+    /// Elements `range` as stored, to update.
+    fn stored_mut(&mut self, range: Range<usize>) -> &mut [Self::Stored];
+}
+
+impl<F: Element> CentreRows<F> for [F] {
+    type Stored = F;
+
+    fn direct(&self, range: Range<usize>) -> Option<&[F]> {
+        Some(&self[range])
+    }
+
+    fn copy_to(&self, range: Range<usize>, out: &mut [F]) {
+        out.copy_from_slice(&self[range]);
+    }
+
+    fn stored_mut(&mut self, range: Range<usize>) -> &mut [F] {
+        &mut self[range]
+    }
+}
+
+/// How a step turns each row's cosines into its loss: a softmax over logits (the margin family
+/// and the sample-adaptive margins), or SphereFace2's per-class binary terms.
+enum Rule<F> {
+    Softmax(Softmax<F, Linear<F>>),
+    Curricular(Softmax<F, Curricular<F>>),
+    Binary { kernel: Binary<F>, bias: F },
+}
+
+/// A softmax rule: each row's target logit from its target cosine, the other logits by the
+/// dense ops' own [`Others`] kernels, and MagFace's norm terms.
+struct Softmax<F, O> {
+    targets: TargetMap<F>,
+    others: O,
+    /// `(e_r, ∂e_r/∂a_r)` of each row (MagFace's regulariser); empty otherwise.
+    norm_terms: Vec<(F, F)>,
+}
+
+/// Each row's target logit as the dense op computes it.
+enum TargetMap<F> {
+    Family(LogitMap<F>),
+    /// With each row's margin scaler `ẑ`.
+    AdaFace(AdaFace, Vec<f64>),
+    /// With each row's feature norm `a`.
+    MagFace(MagFace, Vec<f64>),
+    /// With each row's margin.
+    ElasticFace(ElasticFace, Vec<f64>),
+}
+
+impl<F: Element> TargetMap<F> {
+    /// `(z_y, ∂z_y/∂c, ∂z_y/∂a)` of row `r` at the target cosine `c` (`a` the feature norm).
+    #[inline]
+    fn target(&self, r: usize, c: F) -> (F, F, F) {
+        let f = F::from_f64;
+        let (logit, slope, norm_slope) = match self {
+            TargetMap::Family(map) => {
+                let (z, slope) = map.target(c);
+                return (z, slope, F::ZERO);
+            }
+            TargetMap::AdaFace(loss, scalers) => {
+                let (z, slope) = loss.target(c.to_f64(), scalers[r]);
+                (z, slope, 0.0)
+            }
+            TargetMap::MagFace(loss, norms) => loss.target(c.to_f64(), norms[r]),
+            TargetMap::ElasticFace(loss, margins) => {
+                let (z, slope) = loss.target(c.to_f64(), margins[r]);
+                (z, slope, 0.0)
+            }
+        };
+        (f(logit), f(slope), f(norm_slope))
+    }
+}
+
+/// The state of the passes over one batch: the normalised features, the row statistics, and
+/// the buffers one block needs.
 struct Pass<'a, F> {
     x: &'a [F],
     b: usize,
     d: usize,
     /// Each row's target, as a position in `selection`.
     targets: Vec<usize>,
-    map: LogitMap<F>,
     block: usize,
+    /// Sub-centres per class, `K`: class `j`'s centres are rows `j·K .. j·K + K`.
+    k: usize,
     selection: Selection<'a>,
     eps: F,
     xn: Vec<F>,
     x_norms: Vec<F>,
     /// Each row's log-sum-exp (after [`Pass::forward`]).
     lse: Vec<F>,
-    /// The block's centres gathered from a sample, `[block, D]`.
+    /// Each row's `g·∂L/∂a_r` through its feature norm (MagFace); empty otherwise.
+    norm_grad: Vec<F>,
+    /// The block's centres gathered from a sample or widened from their storage, `[block·K, D]`
+    /// (allocated when first needed).
     gathered: Vec<F>,
     /// The block's normalised centres and their norms.
     wn: Vec<F>,
     w_norms: Vec<F>,
-    /// The block's cosines `[B, block]`, then their gradient.
+    /// The block's cosines to every sub-centre, `[B, block·K]` (only when `K > 1`).
+    sub: Vec<F>,
+    /// The block's class cosines `[B, block]`, and their gradient.
     cos: Vec<F>,
-    /// The block's `∂ŵ` and `∂w`, `[block, D]`.
+    dcos: Vec<F>,
+    /// The gradient of the sub-centres' cosines, `[B, block·K]` (only when `K > 1`).
+    dsub: Vec<F>,
+    /// The block's `∂ŵ` and `∂w`, `[block·K, D]`.
     dwn: Vec<F>,
     dw: Vec<F>,
 }
@@ -415,6 +686,8 @@ struct RowStats<F> {
     max: F,
     sum: F,
     target_logit: F,
+    /// `∂z_y/∂a` (MagFace).
+    target_norm_slope: F,
 }
 
 impl<'a, F: Element> Pass<'a, F> {
@@ -428,30 +701,38 @@ impl<'a, F: Element> Pass<'a, F> {
     ) -> Self {
         let eps = F::from_f64(HEAD_NORM_EPS);
         let block = head.block.min(selection.len()).max(1);
+        let k = head.subcenters;
         let (mut xn, mut x_norms) = (vec![F::ZERO; b * d], vec![F::ZERO; b]);
         normalize_rows(x, d, eps, &mut xn, &mut x_norms);
-        let gathered = match selection {
-            Selection::All(_) => Vec::new(),
-            Selection::Sample(_) => vec![F::ZERO; block * d],
+        let per_subcentre = |len| {
+            if k > 1 {
+                vec![F::ZERO; len]
+            } else {
+                Vec::new()
+            }
         };
         Pass {
             x,
             b,
             d,
             targets,
-            map: head.loss.logit_map(),
             block,
+            k,
             selection,
             eps,
             xn,
             x_norms,
             lse: vec![F::ZERO; b],
-            gathered,
-            wn: vec![F::ZERO; block * d],
-            w_norms: vec![F::ZERO; block],
+            norm_grad: Vec::new(),
+            gathered: Vec::new(),
+            wn: vec![F::ZERO; block * k * d],
+            w_norms: vec![F::ZERO; block * k],
+            sub: per_subcentre(b * block * k),
             cos: vec![F::ZERO; b * block],
-            dwn: vec![F::ZERO; block * d],
-            dw: vec![F::ZERO; block * d],
+            dcos: vec![F::ZERO; b * block],
+            dsub: per_subcentre(b * block * k),
+            dwn: vec![F::ZERO; block * k * d],
+            dw: vec![F::ZERO; block * k * d],
         }
     }
 
@@ -484,53 +765,108 @@ impl<'a, F: Element> Pass<'a, F> {
         }
     }
 
-    /// Normalises block `k`'s centres into `wn` (with their norms).
-    fn load(&mut self, k: usize, centres: &[F]) {
-        let (span, d) = (self.span(k), self.d);
+    /// Normalises block `k`'s centres (every sub-centre of its classes) into `wn`.
+    fn load<C: CentreRows<F> + ?Sized>(&mut self, k: usize, centres: &C) {
+        let (span, rows) = (self.span(k), self.k * self.d);
         let n = span.len();
-        let rows: &[F] = match self.selection {
-            Selection::All(_) => &centres[span.start * d..span.end * d],
-            Selection::Sample(s) => {
-                for (row, &class) in self.gathered.chunks_mut(d).zip(&s[span]) {
-                    row.copy_from_slice(&centres[class * d..(class + 1) * d]);
+        let all = span.start * rows..span.end * rows;
+        let direct = match self.selection {
+            Selection::All(_) => centres.direct(all.clone()),
+            Selection::Sample(_) => None,
+        };
+        if direct.is_none() && self.gathered.is_empty() {
+            self.gathered = vec![F::ZERO; self.block * rows];
+        }
+        let block: &[F] = match (direct, self.selection) {
+            (Some(block), _) => block,
+            (None, Selection::All(_)) => {
+                centres.copy_to(all, &mut self.gathered[..n * rows]);
+                &self.gathered[..n * rows]
+            }
+            (None, Selection::Sample(s)) => {
+                for (row, &class) in self.gathered.chunks_mut(rows).zip(&s[span]) {
+                    centres.copy_to(class * rows..(class + 1) * rows, row);
                 }
-                &self.gathered[..n * d]
+                &self.gathered[..n * rows]
             }
         };
         normalize_rows(
-            rows,
-            d,
+            block,
+            self.d,
             self.eps,
-            &mut self.wn[..n * d],
-            &mut self.w_norms[..n],
+            &mut self.wn[..n * rows],
+            &mut self.w_norms[..n * self.k],
         );
     }
 
-    /// `cos[..B·n] = x̂ · ŵᵀ` for the `n` centres loaded.
+    /// `cos[..B·n]`: each row's cosine to the `n` classes loaded, the best of each class's
+    /// sub-centres (`x̂ · ŵᵀ`, then the maximum over groups of `K`).
     fn cosines(&mut self, n: usize) {
-        let (b, d) = (self.b, self.d);
+        let (b, d, k) = (self.b, self.d, self.k);
+        let out = if k > 1 {
+            &mut self.sub[..b * n * k]
+        } else {
+            &mut self.cos[..b * n]
+        };
         gemm(
             F::ONE,
             MatRef::new(&self.xn, b, d, false),
-            MatRef::new(&self.wn[..n * d], n, d, true),
+            MatRef::new(&self.wn[..n * k * d], n * k, d, true),
             F::ZERO,
-            &mut self.cos[..b * n],
+            out,
         );
+        if k > 1 {
+            let groups = self.sub[..b * n * k].chunks(k);
+            for (c, group) in self.cos[..b * n].iter_mut().zip(groups) {
+                *c = group[argmax_in_group(group)];
+            }
+        }
     }
 
-    /// Pass 1: every row's log-sum-exp into `lse`; returns `Σ_r coef·(lse_r − z_{r,y})`.
-    fn forward(&mut self, centres: &[F], coef: F) -> F {
-        let stats = self.row_stats(centres);
-        self.finish(&stats, coef)
+    /// Each row's cosine to its target class, `max_a ⟨x̂_r, ŵ_{y·K+a}⟩`, by one dot product per
+    /// sub-centre.
+    fn target_cosines<C: CentreRows<F> + ?Sized>(&self, centres: &C) -> Vec<F> {
+        let (d, k) = (self.d, self.k);
+        let mut rows = vec![F::ZERO; k * d];
+        let mut wn = vec![F::ZERO; k * d];
+        let mut norms = vec![F::ZERO; k];
+        let mut dots = vec![F::ZERO; k];
+        (0..self.b)
+            .map(|r| {
+                let class = match self.selection {
+                    Selection::All(_) => self.targets[r],
+                    Selection::Sample(s) => s[self.targets[r]],
+                };
+                centres.copy_to(class * k * d..(class + 1) * k * d, &mut rows);
+                normalize_rows(&rows, d, self.eps, &mut wn, &mut norms);
+                let x = &self.xn[r * d..(r + 1) * d];
+                for (dot, w) in dots.iter_mut().zip(wn.chunks(d)) {
+                    *dot = x.iter().zip(w).fold(F::ZERO, |acc, (&a, &b)| acc + a * b);
+                }
+                dots[argmax_in_group(&dots)]
+            })
+            .collect()
     }
 
-    /// Pass 1 proper: each row's running log-sum-exp over the selection.
-    fn row_stats(&mut self, centres: &[F]) -> Vec<RowStats<F>> {
+    /// The target of row `r` in block `span` of `n` classes, as a position in the block.
+    fn target_in(&self, r: usize, span: &Range<usize>) -> Option<usize> {
+        self.targets[r]
+            .checked_sub(span.start)
+            .filter(|&t| t < span.len())
+    }
+
+    /// Pass 1 of a softmax rule: each row's running log-sum-exp over the selection.
+    fn row_stats<O: Others<F>, C: CentreRows<F> + ?Sized>(
+        &mut self,
+        centres: &C,
+        rule: &Softmax<F, O>,
+    ) -> Vec<RowStats<F>> {
         let neg_inf = F::from_f64(f64::NEG_INFINITY);
         let start = RowStats {
             max: neg_inf,
             sum: F::ZERO,
             target_logit: F::ZERO,
+            target_norm_slope: F::ZERO,
         };
         let mut stats = vec![start; self.b];
         for k in 0..self.blocks() {
@@ -538,13 +874,13 @@ impl<'a, F: Element> Pass<'a, F> {
             let n = span.len();
             self.load(k, centres);
             self.cosines(n);
-            let (map, targets, cos) = (&self.map, &self.targets, &self.cos[..self.b * n]);
+            let this = &*self;
             let fold = |(r, stats): (usize, &mut RowStats<F>)| {
-                let row = &cos[r * n..(r + 1) * n];
-                let target = targets[r].checked_sub(span.start).filter(|&t| t < n);
+                let row = &this.cos[r * n..(r + 1) * n];
+                let target = this.target_in(r, &span);
                 simd(
                     #[inline(always)]
-                    || fold_row(map, row, target, stats),
+                    || fold_row(rule, r, row, target, stats),
                 )
             };
             if parallel(self.b * n) {
@@ -556,66 +892,154 @@ impl<'a, F: Element> Pass<'a, F> {
         stats
     }
 
-    /// Each row's log-sum-exp from its statistics into `lse`; returns
-    /// `Σ_r coef·(lse_r − z_{r,y})`.
-    fn finish(&mut self, stats: &[RowStats<F>], coef: F) -> F {
+    /// Each row's log-sum-exp from its statistics into `lse` (and MagFace's norm gradient into
+    /// `norm_grad`); returns `Σ_r coef·(lse_r − z_{r,y} + e_r)`.
+    fn finish<O>(&mut self, stats: &[RowStats<F>], rule: &Softmax<F, O>, coef: F) -> F {
         let mut total = F::ZERO;
         for (lse, s) in self.lse.iter_mut().zip(stats) {
             *lse = s.max + s.sum.ln();
             total += (*lse - s.target_logit) * coef;
         }
+        if !rule.norm_terms.is_empty() {
+            self.norm_grad = (stats.iter().zip(&self.lse).zip(&rule.norm_terms))
+                .map(|((s, &lse), &(e, de_da))| {
+                    total += e * coef;
+                    let p_y = (s.target_logit - lse).exp();
+                    coef * ((p_y - F::ONE) * s.target_norm_slope + de_da)
+                })
+                .collect();
+        }
         total
     }
 
-    /// Pass 2 over the loaded block `k`: its cosines' gradient (scaled by `coef`),
+    /// Pass 1 of SphereFace2: returns `(Σ_r coef·L_r, Σ_r coef·∂L_r/∂b)`.
+    fn binary_forward<C: CentreRows<F> + ?Sized>(
+        &mut self,
+        centres: &C,
+        kernel: &Binary<F>,
+        bias: F,
+        coef: F,
+    ) -> (F, F) {
+        let mut rows = vec![(F::ZERO, F::ZERO); self.b];
+        for k in 0..self.blocks() {
+            let span = self.span(k);
+            let n = span.len();
+            self.load(k, centres);
+            self.cosines(n);
+            let targets: Vec<_> = (0..self.b).map(|r| self.target_in(r, &span)).collect();
+            kernel.add_block(&self.cos[..self.b * n], n, &targets, bias, &mut rows);
+        }
+        rows.iter().fold((F::ZERO, F::ZERO), |(l, db), &(lr, dbr)| {
+            (l + coef * lr, db + coef * dbr)
+        })
+    }
+
+    /// Pass 1: the loss (and SphereFace2's `∂L/∂b`), each row's log-sum-exp kept for pass 2.
+    fn forward<C: CentreRows<F> + ?Sized>(
+        &mut self,
+        centres: &C,
+        rule: &Rule<F>,
+        coef: F,
+    ) -> (F, F) {
+        match rule {
+            Rule::Softmax(rule) => {
+                let stats = self.row_stats(centres, rule);
+                (self.finish(&stats, rule, coef), F::ZERO)
+            }
+            Rule::Curricular(rule) => {
+                let stats = self.row_stats(centres, rule);
+                (self.finish(&stats, rule, coef), F::ZERO)
+            }
+            Rule::Binary { kernel, bias } => self.binary_forward(centres, kernel, *bias, coef),
+        }
+    }
+
+    /// Pass 2 over the loaded block `k`: its cosines' gradient (scaled by `coef`) by `rule`,
     /// `∂x̂ += ∂c·ŵ` (written when `k = 0`), and `∂w` of the block, returned.
-    fn backward_block(&mut self, k: usize, coef: F, dxn: &mut [F]) -> &[F] {
-        let (b, d, span) = (self.b, self.d, self.span(k));
+    fn backward_block(&mut self, k: usize, rule: &Rule<F>, coef: F, dxn: &mut [F]) -> &[F] {
+        let span = self.span(k);
+        self.cosines(span.len());
+        match rule {
+            Rule::Softmax(rule) => self.softmax_grad(&span, rule, coef),
+            Rule::Curricular(rule) => self.softmax_grad(&span, rule, coef),
+            Rule::Binary { kernel, bias } => {
+                let n = span.len();
+                let targets: Vec<_> = (0..self.b).map(|r| self.target_in(r, &span)).collect();
+                let (cos, dcos) = (&self.cos[..self.b * n], &mut self.dcos[..self.b * n]);
+                kernel.block_grad(cos, n, &targets, *bias, coef, dcos);
+            }
+        }
+        self.centres_grad(k, dxn)
+    }
+
+    /// `dcos = coef·∂L/∂c` of a softmax rule over the block `span`: `o′(c_j)·p_j` off the
+    /// target, `(p_y − 1)·dz_y/dc` at it, `p = exp(z − lse)`.
+    fn softmax_grad<O: Others<F>>(&mut self, span: &Range<usize>, rule: &Softmax<F, O>, coef: F) {
         let n = span.len();
-        self.cosines(n);
-        let (map, targets, lse) = (&self.map, &self.targets, &self.lse);
-        let grad = |(r, row): (usize, &mut [F])| {
-            let target = targets[r].checked_sub(span.start).filter(|&t| t < n);
+        let (b, cos, lse) = (self.b, &self.cos[..self.b * n], &self.lse);
+        let targets: Vec<_> = (0..b).map(|r| self.target_in(r, span)).collect();
+        let grad = |(r, d): (usize, &mut [F])| {
+            let row = &cos[r * n..(r + 1) * n];
             simd(
                 #[inline(always)]
-                || grad_row(map, row, target, lse[r], coef),
+                || grad_row(rule, r, row, targets[r], lse[r], coef, d),
             )
         };
-        let cos = &mut self.cos[..b * n];
+        let dcos = &mut self.dcos[..b * n];
         if parallel(b * n) {
-            cos.par_chunks_mut(n).enumerate().for_each(grad);
+            dcos.par_chunks_mut(n).enumerate().for_each(grad);
         } else {
-            cos.chunks_mut(n).enumerate().for_each(grad);
+            dcos.chunks_mut(n).enumerate().for_each(grad);
         }
-        let (dcos, wn) = (&self.cos[..b * n], &self.wn[..n * d]);
+    }
+
+    /// From the block's `dcos`: `∂x̂ += ∂c·ŵ` (written when `k = 0`) and the block's `∂w`
+    /// through its normalisation, returned; each class's gradient goes to its winning
+    /// sub-centre.
+    fn centres_grad(&mut self, k: usize, dxn: &mut [F]) -> &[F] {
+        let (b, d, kk, n) = (self.b, self.d, self.k, self.span(k).len());
+        let rows = n * kk;
+        let dcos = if kk > 1 {
+            let dsub = &mut self.dsub[..b * rows];
+            let groups = dsub.chunks_mut(kk).zip(self.sub.chunks(kk));
+            for ((d, c), &g) in groups.zip(&self.dcos[..b * n]) {
+                d.fill(F::ZERO);
+                d[argmax_in_group(c)] = g;
+            }
+            &self.dsub[..b * rows]
+        } else {
+            &self.dcos[..b * n]
+        };
+        let wn = &self.wn[..rows * d];
         let beta = if k == 0 { F::ZERO } else { F::ONE };
         gemm(
             F::ONE,
-            MatRef::new(dcos, b, n, false),
-            MatRef::new(wn, n, d, false),
+            MatRef::new(dcos, b, rows, false),
+            MatRef::new(wn, rows, d, false),
             beta,
             dxn,
         );
         gemm(
             F::ONE,
-            MatRef::new(dcos, b, n, true),
+            MatRef::new(dcos, b, rows, true),
             MatRef::new(&self.xn, b, d, false),
             F::ZERO,
-            &mut self.dwn[..n * d],
+            &mut self.dwn[..rows * d],
         );
         normalize_rows_grad(
-            &self.dwn[..n * d],
+            &self.dwn[..rows * d],
             wn,
-            &self.w_norms[..n],
+            &self.w_norms[..rows],
             d,
             self.eps,
-            &mut self.dw[..n * d],
+            &mut self.dw[..rows * d],
             true,
         );
-        &self.dw[..n * d]
+        &self.dw[..rows * d]
     }
 
-    /// `dx (+)= ∂x` from `∂x̂`, through the features' normalisation.
+    /// `dx (+)= ∂x` from `∂x̂`, through the features' normalisation, plus the gradient through
+    /// each feature's norm (`∂a_r/∂x_r = x̂_r`) when the loss has one.
     fn features_grad(&self, dxn: &[F], dx: &mut [F], overwrite: bool) {
         debug_assert_eq!(self.x.len(), dx.len());
         normalize_rows_grad(
@@ -627,41 +1051,45 @@ impl<'a, F: Element> Pass<'a, F> {
             dx,
             overwrite,
         );
+        let d = self.d;
+        for (r, &g) in self.norm_grad.iter().enumerate() {
+            for (dx, &xn) in dx[r * d..(r + 1) * d].iter_mut().zip(&self.xn[r * d..]) {
+                *dx += g * xn;
+            }
+        }
     }
 }
 
 /// Folds one row of a block's cosines (the target at `target`, when in this block) into the
 /// row's running log-sum-exp.
 #[inline(always)]
-fn fold_row<F: Element>(
-    map: &LogitMap<F>,
+fn fold_row<F: Element, O: Others<F>>(
+    rule: &Softmax<F, O>,
+    r: usize,
     row: &[F],
     target: Option<usize>,
     stats: &mut RowStats<F>,
 ) {
     let (before, after, z_y) = match target {
-        Some(t) => (&row[..t], &row[t + 1..], Some(map.target(row[t]).0)),
+        Some(t) => {
+            let (z, _, norm_slope) = rule.targets.target(r, row[t]);
+            stats.target_norm_slope = norm_slope;
+            (&row[..t], &row[t + 1..], Some(z))
+        }
         None => (row, &row[..0], None),
     };
-    let neg_inf = F::from_f64(f64::NEG_INFINITY);
-    let mut block_max = if before.len() + after.len() > 0 {
-        map.nontarget(lane_max(before).max(lane_max(after)))
-    } else {
-        neg_inf
-    };
+    let o = &rule.others;
+    let mut block_max = o.max(r, before).max(o.max(r, after));
     if let Some(z) = z_y {
         block_max = block_max.max(z);
     }
     let max = stats.max.max(block_max);
-    // Σ exp(s·c_j + s·m_nt − max), with the constant folded into one shift
-    let shift = max - map.nontarget_shift;
-    let term = |c: F| (map.scale * c - shift).exp();
     let carried = if stats.sum == F::ZERO {
         F::ZERO
     } else {
         stats.sum * (stats.max - max).exp()
     };
-    let mut sum = carried + lane_sum(before, term) + lane_sum(after, term);
+    let mut sum = carried + o.sum_exp(r, before, max) + o.sum_exp(r, after, max);
     if let Some(z) = z_y {
         sum += (z - max).exp();
         stats.target_logit = z;
@@ -670,17 +1098,29 @@ fn fold_row<F: Element>(
     stats.sum = sum;
 }
 
-/// Replaces one row of a block's cosines by `coef·∂L_r/∂c`: `coef·s·p_j` off the target,
+/// Writes `coef·∂L_r/∂c` of one row of a block into `d`: `coef·o′(c_j)·p_j` off the target,
 /// `coef·(p_y − 1)·dz_y/dc` at it, `p = exp(z − lse)`.
 #[inline(always)]
-fn grad_row<F: Element>(map: &LogitMap<F>, row: &mut [F], target: Option<usize>, lse: F, coef: F) {
-    let at_target = target.map(|t| (t, map.target(row[t])));
-    let (factor, shift) = (coef * map.scale, lse - map.nontarget_shift);
-    for c in row.iter_mut() {
-        *c = factor * (map.scale * *c - shift).exp();
-    }
-    if let Some((t, (z_y, slope))) = at_target {
-        row[t] = coef * ((z_y - lse).exp() - F::ONE) * slope;
+fn grad_row<F: Element, O: Others<F>>(
+    rule: &Softmax<F, O>,
+    r: usize,
+    row: &[F],
+    target: Option<usize>,
+    lse: F,
+    coef: F,
+    d: &mut [F],
+) {
+    let o = &rule.others;
+    match target {
+        None => o.grad(r, row, lse, coef, d, true),
+        Some(t) => {
+            let (d_before, d_rest) = d.split_at_mut(t);
+            let (d_target, d_after) = d_rest.split_at_mut(1);
+            o.grad(r, &row[..t], lse, coef, d_before, true);
+            o.grad(r, &row[t + 1..], lse, coef, d_after, true);
+            let (z_y, slope, _) = rule.targets.target(r, row[t]);
+            d_target[0] = coef * ((z_y - lse).exp() - F::ONE) * slope;
+        }
     }
 }
 
@@ -709,6 +1149,157 @@ impl<F: Element> CustomOp<F> for FeatureGrad<F> {
     }
 }
 
+/// The features' and the bias's side of [`BlockedHead::step_with`] for SphereFace2.
+struct FeatureAndBiasGrad<F> {
+    dx: Vec<F>,
+    dbias: F,
+}
+
+impl<F: Element> CustomOp<F> for FeatureAndBiasGrad<F> {
+    fn name(&self) -> &'static str {
+        "blocked head"
+    }
+
+    fn backward(
+        &self,
+        _inputs: &[&Tensor<F>],
+        _output: &Tensor<F>,
+        g: &[F],
+        grads: &mut [Option<InputGrad<'_, F>>],
+    ) {
+        if let Some(dx) = &mut grads[0] {
+            for (i, &v) in self.dx.iter().enumerate() {
+                dx.store(i, g[0] * v);
+            }
+        }
+        if let Some(dbias) = &mut grads[1] {
+            dbias.store(0, g[0] * self.dbias);
+        }
+    }
+}
+
+/// The margin family's rule: its target map, its linear non-target logits.
+fn family_rule<F: Element>(loss: &MarginLoss) -> Softmax<F, Linear<F>> {
+    let map = loss.logit_map::<F>();
+    let others = Linear {
+        scale: map.scale,
+        shift: map.nontarget_shift,
+    };
+    Softmax {
+        targets: TargetMap::Family(map),
+        others,
+        norm_terms: Vec::new(),
+    }
+}
+
+/// The rule of `loss` for the batch of `pass` (its settings and state checked), and
+/// SphereFace2's bias.
+#[track_caller]
+fn rule<'g, F: Element, C: CentreRows<F> + ?Sized>(
+    loss: &HeadLoss<'_, 'g, F>,
+    pass: &Pass<'_, F>,
+    centres: &C,
+) -> Result<(Rule<F>, Option<Var<'g, F>>), Error> {
+    let f = F::from_f64;
+    let norms = || pass.x_norms.iter().map(|a| a.to_f64()).collect::<Vec<_>>();
+    let linear = |scale: f64| Linear {
+        scale: f(scale),
+        shift: F::ZERO,
+    };
+    let softmax = |targets, scale| {
+        Rule::Softmax(Softmax {
+            targets,
+            others: linear(scale),
+            norm_terms: Vec::new(),
+        })
+    };
+    Ok(match *loss {
+        HeadLoss::Margin(loss) => {
+            loss.validate()?;
+            (Rule::Softmax(family_rule(loss)), None)
+        }
+        HeadLoss::AdaFace(loss, stats) => {
+            loss.validate()?;
+            stats.validate()?;
+            let scalers = norms()
+                .into_iter()
+                .map(|a| loss.margin_scaler(a, stats))
+                .collect();
+            let targets = TargetMap::AdaFace(loss.clone(), scalers);
+            (softmax(targets, loss.scale), None)
+        }
+        HeadLoss::MagFace(loss) => {
+            loss.validate()?;
+            let a = norms();
+            let norm_terms = a
+                .iter()
+                .map(|&a| {
+                    let (g, dg_da) = loss.regulariser(a);
+                    (f(loss.lambda_g * g), f(loss.lambda_g * dg_da))
+                })
+                .collect();
+            let rule = Softmax {
+                targets: TargetMap::MagFace(loss.clone(), a),
+                others: linear(loss.scale),
+                norm_terms,
+            };
+            (Rule::Softmax(rule), None)
+        }
+        HeadLoss::CurricularFace(loss, state) => {
+            loss.validate()?;
+            state.validate()?;
+            let thresholds = pass
+                .target_cosines(centres)
+                .into_iter()
+                .map(|c| f(loss.hardness_threshold(c.to_f64())))
+                .collect();
+            let rule = Softmax {
+                targets: TargetMap::Family(loss.arcface()?.logit_map()),
+                others: Curricular {
+                    scale: f(loss.scale),
+                    t: f(state.t),
+                    thresholds,
+                },
+                norm_terms: Vec::new(),
+            };
+            (Rule::Curricular(rule), None)
+        }
+        HeadLoss::ElasticFace(loss, margins) => {
+            loss.validate()?;
+            if margins.len() != pass.b {
+                return Err(Error::DataLength {
+                    shape: vec![pass.b],
+                    expected: pass.b,
+                    found: margins.len(),
+                });
+            }
+            if let Some(index) = margins.iter().position(|m| !m.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: "ElasticFace margin".into(),
+                    index,
+                    value: margins[index],
+                });
+            }
+            let targets = TargetMap::ElasticFace(loss.clone(), margins.to_vec());
+            (softmax(targets, loss.scale), None)
+        }
+        HeadLoss::SphereFace2(loss, bias) => {
+            let shape = bias.shape();
+            assert!(
+                shape.iter().product::<usize>() == 1,
+                "blocked head step: SphereFace2's bias must have one element, found shape {shape:?}"
+            );
+            loss.validate()?;
+            let value = bias.value().data()[0];
+            let rule = Rule::Binary {
+                kernel: loss.kernel(),
+                bias: value,
+            };
+            (rule, Some(bias))
+        }
+    })
+}
+
 /// [`BlockedHead::loss`] on the tape: pass 2 runs in backward, with the output's gradient.
 struct BlockedXent<F> {
     head: BlockedHead,
@@ -729,22 +1320,23 @@ impl<F: Element> CustomOp<F> for BlockedXent<F> {
         grads: &mut [Option<InputGrad<'_, F>>],
     ) {
         let (x, w) = (inputs[0], inputs[1]);
-        let ([b, d], [classes, _]) = (x.shape(), w.shape()) else {
+        let ([b, d], [rows, _]) = (x.shape(), w.shape()) else {
             unreachable!("shapes checked when recorded")
         };
-        let (b, d) = (*b, *d);
-        let selection = Selection::All(*classes);
+        let (b, d, k) = (*b, *d, self.head.subcenters);
+        let selection = Selection::All(*rows / k);
         let mut pass = Pass::new(x.data(), b, d, self.targets.clone(), &self.head, selection);
         pass.lse.copy_from_slice(&self.lse);
+        let rule = Rule::Softmax(family_rule(&self.head.loss));
         let coef = g[0] * F::from_f64(1.0 / b as f64);
         let mut dxn = vec![F::ZERO; b * d];
         let [dx, dw] = grads else {
             unreachable!("two inputs")
         };
-        for k in 0..pass.blocks() {
-            let offset = pass.span(k).start * d;
-            pass.load(k, w.data());
-            let grad = pass.backward_block(k, coef, &mut dxn);
+        for block in 0..pass.blocks() {
+            let offset = pass.span(block).start * k * d;
+            pass.load(block, w.data());
+            let grad = pass.backward_block(block, &rule, coef, &mut dxn);
             if let Some(dw) = dw {
                 for (i, &v) in grad.iter().enumerate() {
                     dw.store(offset + i, v);

@@ -73,7 +73,7 @@ impl CurricularFace {
     }
 
     /// The target's loss: ArcFace with the threshold fallback.
-    fn arcface(&self) -> Result<MarginLoss, Error> {
+    pub(super) fn arcface(&self) -> Result<MarginLoss, Error> {
         MarginLoss::arcface(self.scale, self.margin, ArcFallback::Threshold)
     }
 
@@ -133,7 +133,7 @@ impl CurricularFaceState {
                 found: labels.len(),
             });
         }
-        let mut sum = 0.0;
+        let mut targets = Vec::with_capacity(batch);
         for (index, &y) in labels.values().iter().enumerate() {
             if y >= classes {
                 return Err(Error::LabelOutOfRange {
@@ -142,7 +142,36 @@ impl CurricularFaceState {
                     classes,
                 });
             }
-            let c = cos.data()[index * classes + y].to_f64();
+            targets.push(cos.data()[index * classes + y]);
+        }
+        self.update_from_targets(&targets, momentum)
+    }
+
+    /// [`CurricularFaceState::update`] from the batch's target cosines `c_{i, y_i}` alone (a
+    /// head that never holds the `[B, C]` cosines, such as
+    /// [`BlockedHead::target_cosines`](super::BlockedHead::target_cosines)'s).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for a momentum outside `(0, 1]`; [`Error::EmptyBatch`] for no
+    /// cosine; [`Error::NonFinite`] for a cosine that is NaN or infinite. Nothing is changed on
+    /// an error.
+    pub fn update_from_targets<F: Element>(
+        &mut self,
+        targets: &[F],
+        momentum: f64,
+    ) -> Result<(), Error> {
+        Error::check(
+            "CurricularFace momentum",
+            momentum,
+            momentum > 0.0 && momentum <= 1.0,
+            "in (0, 1]",
+        )?;
+        if targets.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let mut sum = 0.0;
+        for (index, c) in targets.iter().enumerate() {
+            let c = c.to_f64();
             if !c.is_finite() {
                 return Err(Error::NonFinite {
                     what: "target cosine".into(),
@@ -152,7 +181,7 @@ impl CurricularFaceState {
             }
             sum += c.clamp(-1.0, 1.0);
         }
-        self.t = momentum * sum / batch as f64 + (1.0 - momentum) * self.t;
+        self.t = momentum * sum / targets.len() as f64 + (1.0 - momentum) * self.t;
         Ok(())
     }
 
@@ -171,11 +200,11 @@ impl CurricularFaceState {
 }
 
 /// CurricularFace's non-target logits: `s·c·(t + c)` above the row's threshold, `s·c` below.
-struct Curricular<F> {
-    scale: F,
-    t: F,
+pub(super) struct Curricular<F> {
+    pub(super) scale: F,
+    pub(super) t: F,
     /// `τ_r` of each row.
-    thresholds: Vec<F>,
+    pub(super) thresholds: Vec<F>,
 }
 
 impl<F: Element> Curricular<F> {

@@ -91,6 +91,16 @@ impl MagFace {
         (self.lower_margin + slope * (clamped - la), inside * slope)
     }
 
+    /// `(z_y, ∂z_y/∂c, ∂z_y/∂a)` for a target cosine `c` and a feature norm `a`:
+    /// `z_y = s·ψ(c)` with the margin `m(a)`, and its slope in the norm `s·∂ψ/∂m·m′(a)`.
+    pub(crate) fn target(&self, c: f64, a: f64) -> (f64, f64, f64) {
+        let s = self.scale;
+        let (m, dm_da) = self.margin(a);
+        let arc = Angular::<f64>::additive(m, self.fallback);
+        let (psi, dpsi_dc, dpsi_dm) = arc.psi_with_margin_slope(c);
+        (s * psi, s * dpsi_dc, s * dpsi_dm * dm_da)
+    }
+
     /// `(g(â), g′(â))`: the regulariser at a norm `a` clamped to `[l_a, u_a]`, and its slope in
     /// `a` (0 where `a` is clamped).
     pub fn regulariser(&self, a: f64) -> (f64, f64) {
@@ -142,15 +152,13 @@ pub fn magface_loss<'g, F: Element>(
         let cols = x.shape()[1];
         for (r, &a) in a.iter().enumerate() {
             let c = x.data()[r * cols + labels.values()[r]].to_f64();
-            let (m, dm_da) = loss.margin(a);
-            let arc = Angular::<f64>::additive(m, loss.fallback);
-            let (psi, dpsi_dc, dpsi_dm) = arc.psi_with_margin_slope(c);
+            let (logit, slope, dz_da) = loss.target(c, a);
             targets.push(Target {
-                logit: f(s * psi),
-                slope: f(s * dpsi_dc),
+                logit: f(logit),
+                slope: f(slope),
             });
             let (g, dg_da) = loss.regulariser(a);
-            norm.target_slope.push(f(s * dpsi_dm * dm_da));
+            norm.target_slope.push(f(dz_da));
             norm.extra.push(f(loss.lambda_g * g));
             norm.extra_slope.push(f(loss.lambda_g * dg_da));
         }

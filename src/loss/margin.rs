@@ -406,12 +406,6 @@ pub(crate) struct LogitMap<F> {
 }
 
 impl<F: Element> LogitMap<F> {
-    /// `z_j = s·c + s·m_nt` for a non-target class.
-    #[inline]
-    pub fn nontarget(&self, c: F) -> F {
-        self.scale * c + self.nontarget_shift
-    }
-
     /// `(z_y, dz_y/dc)` for the target class at cosine `c`.
     #[inline]
     pub fn target(&self, c: F) -> (F, F) {

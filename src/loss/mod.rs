@@ -19,6 +19,7 @@
 //! struct with an explicit `update`, called before the batch's loss.
 
 mod adaface;
+mod bf16_centres;
 mod blocked;
 pub mod composed;
 mod curricularface;
@@ -30,8 +31,9 @@ mod sphereface2;
 mod subcenter;
 
 pub use adaface::{ADAFACE_EPS, ADAFACE_NORM_RANGE, AdaFace, AdaFaceNorms, adaface_loss};
+pub use bf16_centres::Bf16Centres;
 pub(crate) use blocked::FeatureGrad;
-pub use blocked::{BlockedHead, ClassSample, HEAD_NORM_EPS, ShardExchange};
+pub use blocked::{BlockedHead, ClassSample, HEAD_NORM_EPS, HeadLoss, ShardExchange};
 pub use curricularface::{CurricularFace, CurricularFaceState, curricularface_loss};
 pub use elasticface::{ElasticFace, ElasticKind, elasticface_loss};
 pub use magface::{MagFace, magface_loss};

@@ -267,9 +267,14 @@ impl<F: Element> Binary<F> {
         (total(linear) + logs, total(sig))
     }
 
-    /// `(L_i, ∂L_i/∂b)` of one row.
+    /// `(L_i, ∂L_i/∂b)` of one row, or of the part of a row that `row` holds: the target's
+    /// term when `y` is `Some` (its place in `row`), the others' terms for every other column.
     #[inline(always)]
-    fn row<const N: u32>(&self, row: &[F], y: usize, bias: F) -> (F, F) {
+    fn row<const N: u32>(&self, row: &[F], y: Option<usize>, bias: F) -> (F, F) {
+        let Some(y) = y else {
+            let (sp, sig) = self.others::<N>(row, bias);
+            return (self.other_weight * sp, self.other_weight * sig);
+        };
         let (sp_before, sig_before) = self.others::<N>(&row[..y], bias);
         let (sp_after, sig_after) = self.others::<N>(&row[y + 1..], bias);
         let (u_y, _) = self.target_logit::<N>(row[y], bias);
@@ -281,12 +286,13 @@ impl<F: Element> Binary<F> {
         )
     }
 
-    /// `∂L_i/∂c_j` for every column of one row, times `k`, written or added into `d`.
+    /// `∂L_i/∂c_j` for every column of one row (or part of a row, as [`Binary::row`]), times
+    /// `k`, written or added into `d`.
     #[inline(always)]
     fn row_grad<const N: u32>(
         &self,
         row: &[F],
-        y: usize,
+        y: Option<usize>,
         bias: F,
         k: F,
         d: &mut [F],
@@ -294,18 +300,78 @@ impl<F: Element> Binary<F> {
     ) {
         // the weights (λ/r, (1 − λ)/r) times du/dc = r·g′
         let other = k * self.other_weight;
-        let (d_before, d_rest) = d.split_at_mut(y);
-        let (d_target, d_after) = d_rest.split_at_mut(1);
-        for (d, cs) in [(d_before, &row[..y]), (d_after, &row[y + 1..])] {
+        let at = y.unwrap_or(row.len());
+        let (d_before, d_rest) = d.split_at_mut(at);
+        let (d_target, d_after) = d_rest.split_at_mut(y.map_or(0, |_| 1));
+        let after = (at + 1).min(row.len());
+        for (d, cs) in [(d_before, &row[..at]), (d_after, &row[after..])] {
             for (d, &c) in d.iter_mut().zip(cs) {
                 let (u, slope) = self.other_logit::<N>(c, bias);
                 let v = other * sigmoid_from(u, (-u.abs()).exp()) * slope;
                 *d = if overwrite { v } else { *d + v };
             }
         }
-        let (u_y, slope) = self.target_logit::<N>(row[y], bias);
-        let v = -k * self.target_weight * sigmoid_from(-u_y, (-u_y.abs()).exp()) * slope;
-        d_target[0] = if overwrite { v } else { d_target[0] + v };
+        if let Some(y) = y {
+            let (u_y, slope) = self.target_logit::<N>(row[y], bias);
+            let v = -k * self.target_weight * sigmoid_from(-u_y, (-u_y.abs()).exp()) * slope;
+            d_target[0] = if overwrite { v } else { d_target[0] + v };
+        }
+    }
+
+    /// For each row `r` of a block of cosines `cos` (`[rows, n]`, some of the classes of a
+    /// head, the target of row `r` at `targets[r]` when it is one of them): adds the row's part
+    /// of `(L_r, ∂L_r/∂b)` to `acc[r]`. SphereFace2 shares nothing between classes, so a row's
+    /// loss is the sum of its parts over the blocks.
+    pub(super) fn add_block(
+        &self,
+        cos: &[F],
+        n: usize,
+        targets: &[Option<usize>],
+        bias: F,
+        acc: &mut [(F, F)],
+    ) {
+        with_exponent!(self.whole_t, N => {
+            let row_part = |(r, acc): (usize, &mut (F, F))| {
+                simd(
+                    #[inline(always)]
+                    || {
+                        let (l, db) = self.row::<N>(&cos[r * n..(r + 1) * n], targets[r], bias);
+                        acc.0 += l;
+                        acc.1 += db;
+                    },
+                )
+            };
+            if parallel(cos.len()) {
+                acc.par_iter_mut().enumerate().for_each(row_part);
+            } else {
+                acc.iter_mut().enumerate().for_each(row_part);
+            }
+        })
+    }
+
+    /// `d = k·∂L_r/∂c` for a block of cosines, as [`Binary::add_block`] takes them.
+    pub(super) fn block_grad(
+        &self,
+        cos: &[F],
+        n: usize,
+        targets: &[Option<usize>],
+        bias: F,
+        k: F,
+        d: &mut [F],
+    ) {
+        with_exponent!(self.whole_t, N => {
+            let row_grad = |(r, d): (usize, &mut [F])| {
+                simd(
+                    #[inline(always)]
+                    || self.row_grad::<N>(&cos[r * n..(r + 1) * n], targets[r], bias, k, d, true),
+                )
+            };
+            if parallel(cos.len()) {
+                d.par_chunks_mut(n).enumerate().for_each(row_grad);
+            } else {
+                d.chunks_mut(n).enumerate().for_each(row_grad);
+            }
+        })
     }
 }
 
@@ -350,7 +416,7 @@ pub fn sphereface2_loss<'g, F: Element>(
         let row_forward = |r: usize| {
             simd(
                 #[inline(always)]
-                || kernel.row::<N>(&data[r * cols..(r + 1) * cols], labels.values()[r], b),
+                || kernel.row::<N>(&data[r * cols..(r + 1) * cols], Some(labels.values()[r]), b),
             )
         };
         if parallel(data.len()) {
@@ -419,7 +485,7 @@ impl<F: Element> CustomOp<F> for SphereFace2Op<F> {
                         let r = r0 + i;
                         let row = &cos.data()[r * cols..(r + 1) * cols];
                         let (y, k) = (self.labels[r], coef[r]);
-                        self.kernel.row_grad::<N>(row, y, bias, k, d_row, overwrite);
+                        self.kernel.row_grad::<N>(row, Some(y), bias, k, d_row, overwrite);
                     }
                 },
             ));

@@ -549,6 +549,44 @@ pub fn sgd_momentum_update<F: Element>(
     update(method, lr, decay, steps, p, g, velocity, &mut [])
 }
 
+/// [`sgd_momentum_update`] on parameters stored in bfloat16 (a
+/// [`Bf16Centres`](crate::loss::Bf16Centres)'s rows) with an f32 velocity: each parameter is
+/// widened to f32 (exactly), updated by the same arithmetic, and rounded back to nearest even.
+/// An update smaller than half the parameter's bf16 spacing (2⁻⁹ to 2⁻⁸ of its magnitude) is
+/// lost in the rounding; the velocity keeps it, so repeated small steps still add up once they pass
+/// it. Returns whether every updated element is finite.
+///
+/// # Panics
+/// When `p`, `velocity` and `g` differ in length.
+#[track_caller]
+pub fn sgd_momentum_update_bf16(
+    p: &mut [u16],
+    velocity: &mut [f32],
+    g: &[f32],
+    lr: f64,
+    momentum: f64,
+) -> bool {
+    assert!(
+        p.len() == velocity.len() && p.len() == g.len(),
+        "sgd_momentum_update_bf16: parameters {}, velocity {} and gradient {} differ in length",
+        p.len(),
+        velocity.len(),
+        g.len()
+    );
+    const CHUNK: usize = 4096;
+    let mut wide = [0.0f32; CHUNK];
+    let mut finite = true;
+    for start in (0..p.len()).step_by(CHUNK) {
+        let end = (start + CHUNK).min(p.len());
+        let w = &mut wide[..end - start];
+        crate::kernels::widen_bf16(&p[start..end], w);
+        let (v, g) = (&mut velocity[start..end], &g[start..end]);
+        finite &= sgd_momentum_update(w, v, g, lr, momentum);
+        crate::kernels::narrow_bf16(w, &mut p[start..end]);
+    }
+    finite
+}
+
 /// The update of one chunk: parameters `p`, gradients `g`, first and second moments `m`, `v`
 /// (`v` empty for SGD), after `steps` updates including this one.
 #[inline(always)]

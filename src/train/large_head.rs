@@ -11,8 +11,16 @@
 //! uniformly sampled others only ([`ClassSample`]); a centre left out keeps its value and its
 //! momentum. The memory the run will hold is counted before anything is allocated
 //! ([`Footprint`]); the checkpoint (model, embedder optimiser, centres' momentum) is written
-//! streaming; the figures are verification on pairs of unseen identities and closed-set
-//! accuracy over all `C` identities on held-out samples of some of them.
+//! streaming, at the end and every [`LargeHeadConfig::checkpoint_every`] steps, with the steps
+//! done and the generator's state, so that [`resume_large_head`] continues a stopped run and
+//! ends bit for bit where the uninterrupted one does; the figures are verification on pairs of
+//! unseen identities and closed-set accuracy over all `C` identities on held-out samples of
+//! some of them.
+//!
+//! The loss is [`LargeHeadConfig::loss`], a loss of the margin family; the blocked head also
+//! computes the sample-adaptive losses and SphereFace2 ([`HeadLoss`](crate::loss::HeadLoss)),
+//! which this trainer does not offer yet: their state (AdaFace's statistics, CurricularFace's
+//! `t`, SphereFace2's bias) would join the checkpoint beside the centres' momentum.
 
 use super::{Footprint, available_memory};
 use crate::checkpoint::{self, CheckpointError, TrainingState};
@@ -59,6 +67,10 @@ pub struct LargeHeadConfig {
     pub accuracy_identities: usize,
     /// Seeds the model, the class samples and the pairs.
     pub seed: u64,
+    /// Writes the checkpoint every this many steps as well as at the end (0: at the end only),
+    /// so that a run stopped on the way resumes from its last one ([`resume_large_head`]).
+    #[serde(default)]
+    pub checkpoint_every: u64,
 }
 
 impl Default for LargeHeadConfig {
@@ -78,6 +90,7 @@ impl Default for LargeHeadConfig {
             pairs: 6000,
             accuracy_identities: 1000,
             seed: 0,
+            checkpoint_every: 0,
         }
     }
 }
@@ -206,6 +219,9 @@ pub struct LargeHeadReport {
     pub first_loss: f64,
     /// See `first_loss`.
     pub last_loss: f64,
+    /// The steps run by this call (fewer than `config.steps` after a resume).
+    #[serde(default)]
+    pub steps_run: u64,
     /// Seconds spent training (steps only).
     pub train_seconds: f64,
     /// Seconds spent writing the checkpoint.
@@ -245,7 +261,7 @@ pub enum LargeHeadError {
         /// The error.
         error: Error,
     },
-    /// The checkpoint could not be written.
+    /// The checkpoint could not be written, or the one to resume from read.
     Checkpoint(CheckpointError),
 }
 
@@ -270,16 +286,115 @@ impl From<Error> for LargeHeadError {
 }
 
 /// Trains the embedder and the blocked head of `config`, writes the checkpoint to
-/// `checkpoint_path` (when given), and judges the model; `on_event` hears every `report_every`
-/// steps.
+/// `checkpoint_path` (when given: at the end, and every `config.checkpoint_every` steps), and
+/// judges the model; `on_event` hears every `report_every` steps.
 ///
 /// # Errors
 /// [`LargeHeadError::Input`] for a setting out of range or a run that would not fit in the
 /// memory available ([`Error::TooLarge`], before anything is allocated);
-/// [`LargeHeadError::Diverged`] when the loss or an update is not finite (nothing is saved);
-/// [`LargeHeadError::Checkpoint`] when the checkpoint cannot be written.
+/// [`LargeHeadError::Diverged`] when the loss or an update is not finite (nothing more is
+/// saved); [`LargeHeadError::Checkpoint`] when the checkpoint cannot be written.
 pub fn train_large_head(
     config: &LargeHeadConfig,
+    checkpoint_path: Option<&Path>,
+    report_every: u64,
+    on_event: impl FnMut(LargeHeadEvent),
+) -> Result<LargeHeadReport, LargeHeadError> {
+    run(config, None, checkpoint_path, report_every, on_event)
+}
+
+/// Continues the run of `config` saved in the checkpoint at `from` (written by
+/// [`train_large_head`] or by this function with the same settings but, possibly, fewer
+/// steps): the model, the embedder's optimiser, the centres and their momentum, the steps
+/// done and the generator as they stood, then the steps left up to `config.steps`. The run
+/// ends bit for bit where the uninterrupted one would have; the report's losses are those of
+/// the steps run here.
+///
+/// # Errors
+/// As [`train_large_head`]; [`LargeHeadError::Checkpoint`] when `from` cannot be read, and
+/// [`LargeHeadError::Input`] when it holds another model, no training state, or more steps than
+/// `config.steps`.
+pub fn resume_large_head(
+    config: &LargeHeadConfig,
+    from: &Path,
+    checkpoint_path: Option<&Path>,
+    report_every: u64,
+    on_event: impl FnMut(LargeHeadEvent),
+) -> Result<LargeHeadReport, LargeHeadError> {
+    run(config, Some(from), checkpoint_path, report_every, on_event)
+}
+
+/// Where a run starts: the model, its optimisers' state, the step and the generator.
+struct Start {
+    model: Model<f32>,
+    params: Params<f32>,
+    optimizer: Optimizer<f32>,
+    velocity: Tensor<f32>,
+    step: u64,
+    rng: crate::SeededRng,
+}
+
+/// A fresh start from the seed.
+fn fresh(config: &LargeHeadConfig) -> Result<Start, Error> {
+    let mut rng = seeded_rng(config.seed);
+    let mut params = Params::<f32>::new();
+    let model = Model::new(config.model()?, &mut params, &mut rng)?;
+    let method = Method::Sgd {
+        momentum: config.momentum,
+        nesterov: false,
+    };
+    let optimizer = Optimizer::new(method, &params, config.lr, 0.0)?;
+    Ok(Start {
+        model,
+        params,
+        optimizer,
+        velocity: Tensor::zeros(&[0]),
+        step: 0,
+        rng,
+    })
+}
+
+/// The start saved at `from`, checked against `config`.
+fn resumed(config: &LargeHeadConfig, from: &Path) -> Result<Start, LargeHeadError> {
+    let loaded = checkpoint::load::<f32>(from).map_err(LargeHeadError::Checkpoint)?;
+    let invalid = |requirement| Error::InvalidSetting {
+        name: "checkpoint to resume",
+        value: 0.0,
+        requirement,
+    };
+    if loaded.model.config() != &config.model()? {
+        return Err(invalid("a checkpoint of the same model (identities, widths, loss)").into());
+    }
+    let Some(mut training) = loaded.training else {
+        return Err(invalid("a checkpoint with its training state").into());
+    };
+    let centres = loaded.model.head().parameters()[0];
+    let saved = training
+        .optimizer
+        .per_param
+        .get_mut(centres.index())
+        .and_then(Option::take)
+        .ok_or(invalid("a checkpoint with the centres' momentum"))?;
+    Error::check(
+        "steps of the checkpoint to resume",
+        saved.steps as f64,
+        saved.steps <= config.steps,
+        "at most the run's steps",
+    )?;
+    let optimizer = Optimizer::from_state(training.optimizer, &loaded.params)?;
+    Ok(Start {
+        model: loaded.model,
+        params: loaded.params,
+        optimizer,
+        velocity: saved.first,
+        step: saved.steps,
+        rng: training.rng,
+    })
+}
+
+fn run(
+    config: &LargeHeadConfig,
+    from: Option<&Path>,
     checkpoint_path: Option<&Path>,
     report_every: u64,
     mut on_event: impl FnMut(LargeHeadEvent),
@@ -295,27 +410,55 @@ pub fn train_large_head(
         config.batch,
         config.identities.seed,
     )?;
-    let mut rng = seeded_rng(config.seed);
-    let mut params = Params::<f32>::new();
-    let model = Model::new(config.model()?, &mut params, &mut rng)?;
-    let method = Method::Sgd {
-        momentum: config.momentum,
-        nesterov: false,
+    let Start {
+        model,
+        mut params,
+        mut optimizer,
+        mut velocity,
+        step: first_step,
+        mut rng,
+    } = match from {
+        None => fresh(config)?,
+        Some(path) => resumed(config, path)?,
     };
-    let mut optimizer = Optimizer::new(method, &params, config.lr, 0.0)?;
     let centres_id = model.head().parameters()[0];
     // the centres live outside the store while training (a graph holds the store), and go
     // back for saving: moved, never copied
     let mut centres = std::mem::replace(params.get_mut(centres_id), Tensor::zeros(&[0]));
-    let mut velocity = Tensor::<f32>::zeros(centres.shape());
+    if velocity.shape() != centres.shape() {
+        velocity = Tensor::zeros(centres.shape());
+    }
     let (lr, momentum) = (config.lr, config.momentum);
     let d = config.embed_dim;
+    let save_at = |step: u64,
+                   params: &mut Params<f32>,
+                   centres: &mut Tensor<f32>,
+                   velocity: &mut Tensor<f32>,
+                   optimizer: &Optimizer<f32>,
+                   rng: &crate::SeededRng|
+     -> Result<(), LargeHeadError> {
+        let Some(path) = checkpoint_path else {
+            return Ok(());
+        };
+        std::mem::swap(params.get_mut(centres_id), centres);
+        let run = SavedRun {
+            model: &model,
+            optimizer,
+            centres: centres_id,
+            step,
+            rng,
+        };
+        let saved = save(path, params, velocity, &run);
+        std::mem::swap(params.get_mut(centres_id), centres);
+        saved.map_err(LargeHeadError::Checkpoint)
+    };
 
     let started = Instant::now();
     let (mut window_loss, mut window_start) = (0.0, Instant::now());
-    let tenth = (config.steps / 10).max(1);
+    let run_steps = config.steps - first_step;
+    let tenth = (run_steps / 10).max(1);
     let (mut first, mut last) = (0.0, 0.0);
-    for step in 0..config.steps {
+    for step in first_step..config.steps {
         let pairs = sampler.batch(step);
         let x = identities.features(&pairs);
         let labels = Labels::new(pairs.iter().map(|&(k, _)| k).collect(), classes)?;
@@ -356,7 +499,7 @@ pub fn train_large_head(
                 step: step + 1,
                 error,
             })?;
-        if step < tenth {
+        if step - first_step < tenth {
             first += loss / tenth as f64;
         }
         if step >= config.steps - tenth {
@@ -371,6 +514,11 @@ pub fn train_large_head(
                 steps_per_sec: n / window_start.elapsed().as_secs_f64(),
             });
             (window_loss, window_start) = (0.0, Instant::now());
+        }
+        let every = config.checkpoint_every;
+        if every > 0 && (step + 1) % every == 0 && step + 1 < config.steps {
+            let (p, c, v) = (&mut params, &mut centres, &mut velocity);
+            save_at(step + 1, p, c, v, &optimizer, &rng)?;
         }
     }
     let train_seconds = started.elapsed().as_secs_f64();
@@ -400,17 +548,13 @@ pub fn train_large_head(
     let verification = verification(&pairs, &scores, crate::metrics::FOLDS, config.seed)?;
 
     let save_started = Instant::now();
-    if let Some(path) = checkpoint_path {
-        *params.get_mut(centres_id) = centres;
-        let saved = save(
-            path, &model, &params, &optimizer, centres_id, velocity, config,
-        );
-        saved.map_err(LargeHeadError::Checkpoint)?;
-    }
+    let (p, c, v) = (&mut params, &mut centres, &mut velocity);
+    save_at(config.steps, p, c, v, &optimizer, &rng)?;
     Ok(LargeHeadReport {
         config: config.clone(),
         first_loss: first,
         last_loss: last,
+        steps_run: run_steps,
         train_seconds,
         save_seconds: save_started.elapsed().as_secs_f64(),
         accuracy,
@@ -419,33 +563,49 @@ pub fn train_large_head(
     })
 }
 
-/// Saves the model with its training state: the embedder's optimiser and the centres'
-/// momentum (moved into the state, not copied), written streaming.
+/// What a checkpoint of a large-head run holds besides the parameters.
+struct SavedRun<'a> {
+    model: &'a Model<f32>,
+    optimizer: &'a Optimizer<f32>,
+    centres: ParamId,
+    /// Steps done.
+    step: u64,
+    /// The generator as it stands after them.
+    rng: &'a crate::SeededRng,
+}
+
+/// Saves the model with its training state: the embedder's optimiser, the centres' momentum
+/// with the steps done, and the generator, written streaming. The momentum is moved into the
+/// state for the save and back after it, never copied.
 fn save(
     path: &Path,
-    model: &Model<f32>,
     params: &Params<f32>,
-    optimizer: &Optimizer<f32>,
-    centres: ParamId,
-    velocity: Tensor<f32>,
-    config: &LargeHeadConfig,
+    velocity: &mut Tensor<f32>,
+    run: &SavedRun<'_>,
 ) -> Result<(), CheckpointError> {
-    let mut state = optimizer.state().clone();
-    if state.per_param.len() <= centres.index() {
-        state.per_param.resize_with(centres.index() + 1, || None);
+    let mut state = run.optimizer.state().clone();
+    let index = run.centres.index();
+    if state.per_param.len() <= index {
+        state.per_param.resize_with(index + 1, || None);
     }
-    state.per_param[centres.index()] = Some(ParamState {
-        steps: config.steps,
-        first: velocity,
+    state.per_param[index] = Some(ParamState {
+        steps: run.step,
+        first: std::mem::replace(velocity, Tensor::zeros(&[0])),
         second: Tensor::zeros(&[0]),
     });
     let training = TrainingState {
         optimizer: state,
         epoch: 1,
-        rng: seeded_rng(config.seed),
+        rng: run.rng.clone(),
         history: Vec::new(),
     };
-    checkpoint::save(path, model, params, Some(&training))
+    let saved = checkpoint::save(path, run.model, params, Some(&training));
+    let TrainingState { mut optimizer, .. } = training;
+    *velocity = optimizer.per_param[index]
+        .take()
+        .expect("put there above")
+        .first;
+    saved
 }
 
 /// The nearest centre (largest cosine) of each embedding, over the centres `[C, D]` visited
