@@ -195,7 +195,17 @@ fn help_lists_every_loss_and_every_flag_with_its_default() {
         "--test-per-identity <N>",
         "[default: runs/latest]",
         "[default: 6000]",
-        "[default: 0.35]",
+        "--adaface-h <X>",
+        "--state-momentum <X>",
+        "--magface-norms <LO,HI>",
+        "--magface-margins <LO,HI>",
+        "--lambda-g <X>",
+        "--subcenters <K>",
+        "--sphereface2-lambda <X>",
+        "--sphereface2-t <X>",
+        "--margin-std <X>",
+        "[default: 0.333]",
+        "[default: 10,110]",
     ] {
         assert!(stdout.contains(flag), "{flag}: {stdout}");
     }

@@ -683,9 +683,10 @@ fn the_settings_each_loss_reads_are_the_ones_its_formula_uses() {
             kind,
             ..base.clone()
         };
-        let built = settings.margin_loss().unwrap();
+        let built = settings.head_loss().unwrap();
         for setting in Setting::ALL {
             let mut changed = settings.clone();
+            let extra = &mut changed.extra;
             match setting {
                 Setting::Scale => changed.scale = 17.0,
                 Setting::Margin => changed.margin = 0.11,
@@ -693,9 +694,15 @@ fn the_settings_each_loss_reads_are_the_ones_its_formula_uses() {
                 Setting::TargetDivisor => changed.target_divisor = Some(1.3),
                 Setting::Combined => changed.combined = (1.2, 0.1, 0.05),
                 Setting::Fallback => changed.fallback = ArcFallback::EasyMargin,
+                Setting::AdaFaceH => extra.adaface_h = 0.5,
+                Setting::StateMomentum => extra.state_momentum = 0.1,
+                Setting::MagFace => extra.magface_lambda_g = 20.0,
+                Setting::Subcenters => extra.subcenters = 2,
+                Setting::SphereFace2 => extra.sphereface2_t = 2.0,
+                Setting::MarginStd => extra.margin_std = 0.1,
                 Setting::Momentum => continue,
             }
-            let read = changed.margin_loss().unwrap() != built;
+            let read = changed.head_loss().unwrap() != built;
             assert_eq!(
                 setting.read_by(kind, MethodName::Adam),
                 read,
