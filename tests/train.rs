@@ -1428,6 +1428,11 @@ fn a_resumed_run_carries_the_losses_state_and_ends_bit_for_bit_as_an_uninterrupt
         let resumed = checkpoint::load::<f32>(&resumed_dir.join(CHECKPOINT_FILE)).unwrap();
         assert_eq!(resumed.model, straight.model, "{}", kind.name());
         assert_same_params(&resumed.params, &straight.params);
+        // the export holds the bias and the state too, and reloads to the same model
+        let export = straight_dir.join(EXPORT_FILE);
+        let exported = checkpoint::load_safetensors::<f32>(&export, None).unwrap();
+        assert_eq!(exported.model, straight.model, "{}", kind.name());
+        assert_same_params(&exported.params, &straight.params);
         let (a, b) = (resumed.training.unwrap(), straight.training.unwrap());
         assert_same_optimizer(&a.optimizer, &b.optimizer);
         let figures = |h: &[margrad::metrics::EpochRecord]| -> Vec<(u64, u64, u64)> {
@@ -1460,6 +1465,10 @@ fn metrics_list_each_class_dominant_subcenter() {
     let checkpoint = checkpoint::load::<f32>(&out.join(CHECKPOINT_FILE)).unwrap();
     let centres = checkpoint.params.find("head.weight").unwrap();
     assert_eq!(checkpoint.params.get(centres).shape(), [16, 20]);
+    // the safetensors export holds them one sub-centre per row and reloads to the same model
+    let exported = checkpoint::load_safetensors::<f32>(&out.join(EXPORT_FILE), None).unwrap();
+    assert_eq!(exported.model, checkpoint.model);
+    assert_same_params(&exported.params, &checkpoint.params);
     // other losses write no such entry
     let plain = train(
         &small(LossKind::ArcFace),
