@@ -46,12 +46,12 @@ struct Cli {
     /// Dropout probability after the MLP's hidden layer
     #[arg(long, value_name = "P", default_value_t = TrainConfig::default().dropout)]
     dropout: f64,
-    /// Logit scale s (for the losses that have one)
-    #[arg(long, value_name = "S", default_value_t = TrainConfig::default().loss.scale)]
-    scale: f64,
-    /// Margin m (for the losses that have one)
-    #[arg(long, value_name = "M", default_value_t = TrainConfig::default().loss.margin)]
-    margin: f64,
+    /// Logit scale s for every loss that has one [default: each loss's own (train --help)]
+    #[arg(long, value_name = "S")]
+    scale: Option<f64>,
+    /// Margin m for every loss that has one [default: each loss's own (train --help)]
+    #[arg(long, value_name = "M")]
+    margin: Option<f64>,
     /// Where each run's outputs go (a folder LOSS-seedN per run, each refused if not empty)
     #[arg(long, value_name = "DIR", default_value = "runs/compare")]
     out: PathBuf,
@@ -93,7 +93,7 @@ fn configure() -> (TrainConfig, Vec<LossKind>, Cli) {
         .and_then(|()| refuse_mlp_flags(&matches, &[("dropout", "--dropout")], cli.model))
         .and_then(|()| cli.data.settings(&matches))
         .unwrap_or_else(|message| usage::<Cli>(message));
-    let mut base = TrainConfig {
+    let base = TrainConfig {
         data,
         epochs: cli.epochs,
         model: cli.model,
@@ -106,24 +106,31 @@ fn configure() -> (TrainConfig, Vec<LossKind>, Cli) {
         },
         ..base
     };
-    base.loss.scale = cli.scale;
-    base.loss.margin = cli.margin;
     if cli.seeds == 0 {
         usage::<Cli>("invalid seeds = 0: must be at least 1");
     }
     for &kind in &losses {
-        let mut config = base.clone();
-        config.loss.kind = kind;
-        if let Err(e) = config.validate() {
+        if let Err(e) = config_for(&base, kind, &cli).validate() {
             usage::<Cli>(format!("{}: {e}", kind.name()));
         }
     }
     (base, losses, cli)
 }
 
+/// The run of `kind`: `base` with the loss, and `--scale` and `--margin` as given, else the
+/// loss's own ([`LossKind::default_scale_and_margin`]).
+fn config_for(base: &TrainConfig, kind: LossKind, cli: &Cli) -> TrainConfig {
+    let mut config = base.clone();
+    let (scale, margin) = kind.default_scale_and_margin();
+    config.loss.kind = kind;
+    config.loss.scale = cli.scale.unwrap_or(scale);
+    config.loss.margin = cli.margin.unwrap_or(margin);
+    config
+}
+
 fn main() -> ExitCode {
     let (base, losses, cli) = configure();
-    let (seeds, out) = (cli.seeds, cli.out);
+    let (seeds, out) = (cli.seeds, cli.out.clone());
     let mut stdout = Stdout::new();
     say!(
         stdout,
@@ -135,8 +142,7 @@ fn main() -> ExitCode {
         let mut runs: Vec<Metrics> = Vec::new();
         let mut failures = Vec::new();
         for seed in 0..seeds {
-            let mut config = base.clone();
-            config.loss.kind = kind;
+            let mut config = config_for(&base, kind, &cli);
             config.seed = seed;
             let dir = out.join(format!("{}-seed{seed}", kind.name()));
             match train(&config, &dir, &mut |_| {}) {

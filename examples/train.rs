@@ -19,7 +19,7 @@ use cli::{
 };
 use margrad::data::Augment;
 use margrad::distributed::World;
-use margrad::loss::{ArcFallback, LossKind};
+use margrad::loss::{ArcFallback, ExtraSettings, LossKind};
 use margrad::train::{
     CHECKPOINT_FILE, EXPORT_FILE, Event, MethodName, Metrics, ModelKind, OutputPolicy, Setting,
     TrainConfig, TrainError, train,
@@ -43,14 +43,17 @@ struct Cli {
     #[arg(long, value_name = "NAME", value_parser = loss_parser(), help_heading = "Loss",
           default_value = TrainConfig::default().loss.kind.name())]
     loss: LossKind,
-    /// Logit scale s
-    #[arg(long, value_name = "S", help_heading = "Loss",
-          default_value_t = TrainConfig::default().loss.scale)]
-    scale: f64,
-    /// Margin m: the cosine margin (am, enhanced family), the angular margin (arcface)
-    #[arg(long, value_name = "M", help_heading = "Loss",
-          default_value_t = TrainConfig::default().loss.margin)]
-    margin: f64,
+    /// Logit scale s [default: the loss's: 30 for the softmax family, 64 for the losses
+    /// beyond it (sphereface2: 40)]
+    #[arg(long, value_name = "S", help_heading = "Loss")]
+    scale: Option<f64>,
+    /// Margin m: the cosine margin (am, enhanced family, elasticface-cos' mean), the angular
+    /// margin (arcface, subcenter-arcface, curricularface, elasticface-arc's mean), AdaFace's,
+    /// SphereFace2's [default: the loss's: 0.35 for the softmax family; adaface 0.4,
+    /// curricularface, subcenter-arcface and elasticface-arc 0.5, elasticface-cos 0.35,
+    /// sphereface2 0.4]
+    #[arg(long, value_name = "M", help_heading = "Loss")]
+    margin: Option<f64>,
     /// Enhanced: the margin added to every non-target cosine [default: m]
     #[arg(long, value_name = "X", help_heading = "Loss")]
     m_nt: Option<f64>,
@@ -72,6 +75,43 @@ struct Cli {
     /// Arcface and combined: the target past the monotonic range
     #[arg(long, value_enum, help_heading = "Loss", default_value_t = TrainConfig::default().loss.fallback.into())]
     fallback: Fallback,
+    /// AdaFace: h, the norm's standard deviations that make the full margin
+    #[arg(long, value_name = "X", help_heading = "Loss",
+          default_value_t = ExtraSettings::default().adaface_h)]
+    adaface_h: f64,
+    /// AdaFace and CurricularFace: each batch's weight in the running state (the norms'
+    /// statistics, t)
+    #[arg(long, value_name = "X", help_heading = "Loss",
+          default_value_t = ExtraSettings::default().state_momentum)]
+    state_momentum: f64,
+    /// MagFace: the norm range l_a,u_a over which the margin grows
+    #[arg(long, value_name = "LO,HI", help_heading = "Loss",
+          default_value_t = Pair(ExtraSettings::default().magface_norms))]
+    magface_norms: Pair,
+    /// MagFace: the margins l_m,u_m at the ends of the norm range
+    #[arg(long, value_name = "LO,HI", help_heading = "Loss",
+          default_value_t = Pair(ExtraSettings::default().magface_margins))]
+    magface_margins: Pair,
+    /// MagFace: λ_g, the weight of the norm regulariser
+    #[arg(long, value_name = "X", help_heading = "Loss",
+          default_value_t = ExtraSettings::default().magface_lambda_g)]
+    lambda_g: f64,
+    /// Sub-center ArcFace: K, the sub-centres per class
+    #[arg(long, value_name = "K", help_heading = "Loss",
+          default_value_t = ExtraSettings::default().subcenters)]
+    subcenters: usize,
+    /// SphereFace2: λ, the weight of the positive term
+    #[arg(long, value_name = "X", help_heading = "Loss",
+          default_value_t = ExtraSettings::default().sphereface2_lambda)]
+    sphereface2_lambda: f64,
+    /// SphereFace2: t, the exponent of the similarity map
+    #[arg(long, value_name = "X", help_heading = "Loss",
+          default_value_t = ExtraSettings::default().sphereface2_t)]
+    sphereface2_t: f64,
+    /// ElasticFace: σ, the standard deviation of the margins drawn per sample and step
+    #[arg(long, value_name = "X", help_heading = "Loss",
+          default_value_t = ExtraSettings::default().margin_std)]
+    margin_std: f64,
 
     /// The embedder: an MLP of --hidden widths (any data), or for 28×28 grey images (MNIST)
     /// LeNet++ or a small ResNet
@@ -234,8 +274,33 @@ impl fmt::Display for Widths {
     }
 }
 
+/// Two numbers as `10,110`.
+#[derive(Clone, Copy, Debug)]
+struct Pair((f64, f64));
+
+impl FromStr for Pair {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let number = |x: &str| {
+            x.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("{x:?} is not a number"))
+        };
+        match s.split(',').collect::<Vec<_>>()[..] {
+            [a, b] => Ok(Pair((number(a)?, number(b)?))),
+            _ => Err(format!("{s:?} is not two numbers LO,HI")),
+        }
+    }
+}
+
+impl fmt::Display for Pair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{},{}", self.0.0, self.0.1)
+    }
+}
+
 /// The flags that only some runs read, by their ids.
-const READ_BY_SOME: [(&str, &str, Setting); 9] = [
+const READ_BY_SOME: [(&str, &str, Setting); 18] = [
     ("scale", "--scale", Setting::Scale),
     ("margin", "--margin", Setting::Margin),
     ("m_nt", "--m-nt", Setting::NontargetMargin),
@@ -244,6 +309,19 @@ const READ_BY_SOME: [(&str, &str, Setting); 9] = [
     ("m2", "--m2", Setting::Combined),
     ("m3", "--m3", Setting::Combined),
     ("fallback", "--fallback", Setting::Fallback),
+    ("adaface_h", "--adaface-h", Setting::AdaFaceH),
+    ("state_momentum", "--state-momentum", Setting::StateMomentum),
+    ("magface_norms", "--magface-norms", Setting::MagFace),
+    ("magface_margins", "--magface-margins", Setting::MagFace),
+    ("lambda_g", "--lambda-g", Setting::MagFace),
+    ("subcenters", "--subcenters", Setting::Subcenters),
+    (
+        "sphereface2_lambda",
+        "--sphereface2-lambda",
+        Setting::SphereFace2,
+    ),
+    ("sphereface2_t", "--sphereface2-t", Setting::SphereFace2),
+    ("margin_std", "--margin-std", Setting::MarginStd),
     ("momentum", "--momentum", Setting::Momentum),
 ];
 
@@ -281,16 +359,28 @@ fn configure() -> (TrainConfig, PathBuf, bool) {
             ));
         }
     }
+    let (default_scale, default_margin) = cli.loss.default_scale_and_margin();
     let config = TrainConfig {
         data,
         loss: margrad::loss::LossSettings {
             kind: cli.loss,
-            scale: cli.scale,
-            margin: cli.margin,
+            scale: cli.scale.unwrap_or(default_scale),
+            margin: cli.margin.unwrap_or(default_margin),
             nontarget_margin: cli.m_nt,
             target_divisor: cli.big_m,
             combined: (cli.m1, cli.m2, cli.m3),
             fallback: cli.fallback.into(),
+            extra: ExtraSettings {
+                adaface_h: cli.adaface_h,
+                state_momentum: cli.state_momentum,
+                magface_norms: cli.magface_norms.0,
+                magface_margins: cli.magface_margins.0,
+                magface_lambda_g: cli.lambda_g,
+                subcenters: cli.subcenters,
+                sphereface2_lambda: cli.sphereface2_lambda,
+                sphereface2_t: cli.sphereface2_t,
+                margin_std: cli.margin_std,
+            },
         },
         model: cli.model,
         hidden: cli.hidden.0,

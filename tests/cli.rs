@@ -195,7 +195,17 @@ fn help_lists_every_loss_and_every_flag_with_its_default() {
         "--test-per-identity <N>",
         "[default: runs/latest]",
         "[default: 6000]",
-        "[default: 0.35]",
+        "--adaface-h <X>",
+        "--state-momentum <X>",
+        "--magface-norms <LO,HI>",
+        "--magface-margins <LO,HI>",
+        "--lambda-g <X>",
+        "--subcenters <K>",
+        "--sphereface2-lambda <X>",
+        "--sphereface2-t <X>",
+        "--margin-std <X>",
+        "[default: 0.333]",
+        "[default: 10,110]",
     ] {
         assert!(stdout.contains(flag), "{flag}: {stdout}");
     }
@@ -816,5 +826,83 @@ fn a_cnn_trained_from_the_command_line_verifies_to_the_same_figures() {
         &["--model", checkpoint.to_str().unwrap()],
         1,
         "the model takes 784 features",
+    );
+}
+
+#[test]
+fn a_newer_loss_trains_resumes_and_verifies_from_the_command_line_with_its_papers_defaults() {
+    let out = temp("curricularface");
+    let mut args = small_run(&out, &["--loss", "curricularface", "--epochs", "2"]);
+    let (status, stdout, stderr) = run("train", &strs(&args));
+    assert_eq!(status, 0, "{stderr}");
+    // the paper's s and m when --scale and --margin are not given
+    assert!(
+        stdout.contains("with curricularface (s = 64, m = 0.5)"),
+        "{stdout}"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["config"]["loss"]["kind"], "curricularface");
+    assert_eq!(metrics["config"]["loss"]["extra"]["state_momentum"], 0.01);
+    assert_eq!(metrics["model"]["head"]["Extended"]["classes"], 10);
+    // continued for a third epoch from the checkpoint, its t included
+    let checkpoint = out.join(CHECKPOINT_FILE);
+    args.extend(["--epochs", "3", "--resume"].map(String::from));
+    args.push(checkpoint.display().to_string());
+    let (status, stdout, stderr) = run("train", &strs(&args));
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stdout.contains("resumed from"), "{stdout}");
+    let (status, _, stderr) = run("verify", &["--model", checkpoint.to_str().unwrap()]);
+    assert_eq!(status, 0, "{stderr}");
+}
+
+#[test]
+fn the_newer_losses_flags_are_refused_where_not_read_or_out_of_range() {
+    let cases: [(&[&str], i32, &str); 7] = [
+        (
+            &["--loss", "adaface", "--subcenters", "2"],
+            2,
+            "--subcenters is not read by --loss adaface: only by subcenter-arcface",
+        ),
+        (
+            &["--state-momentum", "0.1"],
+            2,
+            "--state-momentum is not read by --loss am: only by adaface, curricularface",
+        ),
+        (
+            &["--loss", "magface", "--margin", "0.3"],
+            2,
+            "--margin is not read by --loss magface",
+        ),
+        (
+            &["--loss", "elasticface-cos", "--lambda-g", "10"],
+            2,
+            "--lambda-g is not read by --loss elasticface-cos: only by magface",
+        ),
+        (
+            &["--loss", "sphereface2", "--sphereface2-lambda", "1.5"],
+            2,
+            "invalid SphereFace2 λ = 1.5: must be in (0, 1)",
+        ),
+        (
+            &["--loss", "magface", "--magface-norms", "10"],
+            2,
+            "\"10\" is not two numbers LO,HI",
+        ),
+        (
+            &["--loss", "subcenter-arcface", "--subcenters", "0"],
+            2,
+            "invalid sub-centres per class K = 0: must be at least 1",
+        ),
+    ];
+    for (args, code, message) in cases {
+        assert_refused("train", args, code, message);
+    }
+    // compare_losses names the new losses too, and checks its flags against each
+    assert_refused(
+        "compare_losses",
+        &["--losses", "magface,sphereface2", "--margin", "-1"],
+        2,
+        "sphereface2: invalid SphereFace2 margin m = -1",
     );
 }

@@ -6,7 +6,8 @@ mod common;
 
 use margrad::checkpoint::{self, Checkpoint, CheckpointError};
 use margrad::data::{Augment, MnistSplit, SyntheticConfig, load_mnist, parse_idx, synthetic};
-use margrad::loss::LossKind;
+use margrad::loss::{ExtraSettings, LossKind};
+use margrad::nn::HeadConfig;
 use margrad::optim::OptimizerState;
 use margrad::train::{
     CHECKPOINT_FILE, DataSettings, DataSource, EXPORT_FILE, Event, MethodName, ModelKind,
@@ -683,9 +684,10 @@ fn the_settings_each_loss_reads_are_the_ones_its_formula_uses() {
             kind,
             ..base.clone()
         };
-        let built = settings.margin_loss().unwrap();
+        let built = settings.head_loss().unwrap();
         for setting in Setting::ALL {
             let mut changed = settings.clone();
+            let extra = &mut changed.extra;
             match setting {
                 Setting::Scale => changed.scale = 17.0,
                 Setting::Margin => changed.margin = 0.11,
@@ -693,9 +695,15 @@ fn the_settings_each_loss_reads_are_the_ones_its_formula_uses() {
                 Setting::TargetDivisor => changed.target_divisor = Some(1.3),
                 Setting::Combined => changed.combined = (1.2, 0.1, 0.05),
                 Setting::Fallback => changed.fallback = ArcFallback::EasyMargin,
+                Setting::AdaFaceH => extra.adaface_h = 0.5,
+                Setting::StateMomentum => extra.state_momentum = 0.1,
+                Setting::MagFace => extra.magface_lambda_g = 20.0,
+                Setting::Subcenters => extra.subcenters = 2,
+                Setting::SphereFace2 => extra.sphereface2_t = 2.0,
+                Setting::MarginStd => extra.margin_std = 0.1,
                 Setting::Momentum => continue,
             }
-            let read = changed.margin_loss().unwrap() != built;
+            let read = changed.head_loss().unwrap() != built;
             assert_eq!(
                 setting.read_by(kind, MethodName::Adam),
                 read,
@@ -1225,4 +1233,248 @@ fn data_a_cnn_cannot_take_is_refused_before_training() {
         wide,
         "invalid translate = 8: must be smaller than the image's side",
     );
+}
+
+// ---- the losses beyond the softmax family's formula ----
+
+/// The losses that need more than the cosines: their own head ([`ExtendedHead`]).
+const EXTENDED: [LossKind; 7] = [
+    LossKind::AdaFace,
+    LossKind::MagFace,
+    LossKind::CurricularFace,
+    LossKind::SubcenterArcFace,
+    LossKind::SphereFace2,
+    LossKind::ElasticFaceArc,
+    LossKind::ElasticFaceCos,
+];
+
+/// `kind` with its paper's `s` and `m`, on 40 synthetic identities (the last 10 never trained
+/// on), an MLP, 6 epochs.
+fn synthetic_run(kind: LossKind) -> TrainConfig {
+    let mut config = small(kind);
+    (config.loss.scale, config.loss.margin) = kind.default_scale_and_margin();
+    config.data.source = DataSource::Synthetic(SyntheticConfig {
+        identities: 40,
+        train_per_identity: 20,
+        test_per_identity: 6,
+        ..SyntheticConfig::default()
+    });
+    config.data.holdout_classes = 10;
+    config.data.pairs = 600;
+    config.epochs = 6;
+    config
+}
+
+#[test]
+fn each_newer_loss_trains_on_a_synthetic_open_set_with_its_papers_settings() {
+    for kind in EXTENDED {
+        let metrics = train(&synthetic_run(kind), &temp(kind.name()), &mut |_| {}).unwrap();
+        let (first, last) = (&metrics.history[0], metrics.history.last().unwrap());
+        assert!(
+            last.loss < 0.8 * first.loss,
+            "{}: loss {} -> {}",
+            kind.name(),
+            first.loss,
+            last.loss
+        );
+        // 30 trained identities: chance is 1/30; unseen pairs: chance is an AUC of 0.5
+        let f = &metrics.final_metrics;
+        assert!(f.test_accuracy > 0.5, "{}: {f:?}", kind.name());
+        assert!(
+            f.verification.auc.unwrap() > 0.8,
+            "{}: {:?}",
+            kind.name(),
+            f.verification
+        );
+        assert!(
+            matches!(metrics.model.head, HeadConfig::Extended { .. }),
+            "{}",
+            kind.name()
+        );
+    }
+}
+
+#[test]
+fn the_softmax_family_keeps_its_cosine_head() {
+    for kind in LossKind::ALL {
+        let head = margrad::train::head_config(&small(kind).loss, 10).unwrap();
+        let extended = matches!(head, HeadConfig::Extended { .. });
+        assert_eq!(extended, EXTENDED.contains(&kind), "{}", kind.name());
+    }
+}
+
+#[test]
+fn the_newer_losses_refuse_settings_out_of_range_naming_them() {
+    type Change = fn(&mut ExtraSettings);
+    let cases: [(LossKind, Change, &str); 9] = [
+        (LossKind::AdaFace, |x| x.adaface_h = -0.1, "AdaFace h"),
+        (
+            LossKind::AdaFace,
+            |x| x.state_momentum = 0.0,
+            "AdaFace momentum",
+        ),
+        (
+            LossKind::CurricularFace,
+            |x| x.state_momentum = 1.5,
+            "CurricularFace momentum",
+        ),
+        (
+            LossKind::MagFace,
+            |x| x.magface_norms = (110.0, 10.0),
+            "MagFace upper norm u_a",
+        ),
+        (
+            LossKind::MagFace,
+            |x| x.magface_margins = (0.8, 0.45),
+            "MagFace upper margin u_m",
+        ),
+        (
+            LossKind::SubcenterArcFace,
+            |x| x.subcenters = 0,
+            "sub-centres per class K",
+        ),
+        (
+            LossKind::SphereFace2,
+            |x| x.sphereface2_lambda = 1.0,
+            "SphereFace2 λ",
+        ),
+        (
+            LossKind::SphereFace2,
+            |x| x.sphereface2_t = 0.5,
+            "SphereFace2 exponent t",
+        ),
+        (
+            LossKind::ElasticFaceArc,
+            |x| x.margin_std = f64::NAN,
+            "ElasticFace std σ",
+        ),
+    ];
+    for (kind, change, setting) in cases {
+        let mut config = small(kind);
+        change(&mut config.loss.extra);
+        let out = temp("refused-extended");
+        match train(&config, &out, &mut |_| {}) {
+            Err(TrainError::Input(Error::InvalidSetting { name, .. })) => {
+                assert_eq!(name, setting, "{}", kind.name())
+            }
+            other => panic!("{}: expected {setting} refused, got {other:?}", kind.name()),
+        }
+        assert!(!out.exists(), "nothing written for a refused run");
+    }
+    // the loss's own s and m are checked too
+    let mut config = small(LossKind::AdaFace);
+    config.loss.margin = 2.0;
+    assert!(matches!(
+        config.validate(),
+        Err(Error::InvalidSetting {
+            name: "AdaFace margin m",
+            ..
+        })
+    ));
+    // SphereFace2 balances a class against the others: one class is refused
+    let sphereface2 = small(LossKind::SphereFace2).loss;
+    assert!(matches!(
+        margrad::train::head_config(&sphereface2, 1).and_then(|head| {
+            let mut params = Params::<f32>::new();
+            head.build(&mut params, "head", 4, &mut margrad::seeded_rng(0))
+        }),
+        Err(Error::InvalidSetting {
+            name: "classes",
+            ..
+        })
+    ));
+}
+
+/// The value of the one-element tensor `name` in `params`.
+fn scalar(params: &Params<f32>, name: &str) -> f32 {
+    params.get(params.find(name).unwrap()).data()[0]
+}
+
+#[test]
+fn a_resumed_run_carries_the_losses_state_and_ends_bit_for_bit_as_an_uninterrupted_one() {
+    // AdaFace's norm statistics and CurricularFace's t are carried from batch to batch;
+    // ElasticFace draws its margins from the step's generator
+    for (kind, state) in [
+        (
+            LossKind::AdaFace,
+            vec![("head.norm_mean", 20.0), ("head.norm_std", 100.0)],
+        ),
+        (LossKind::CurricularFace, vec![("head.t", 0.0)]),
+        (LossKind::ElasticFaceArc, vec![]),
+        (LossKind::SphereFace2, vec![]),
+    ] {
+        let mut config = resumable();
+        config.loss.kind = kind;
+        (config.loss.scale, config.loss.margin) = kind.default_scale_and_margin();
+        let straight_dir = temp(&format!("straight-{}", kind.name()));
+        let kept = train_keeping(&config, &straight_dir, 2);
+        let straight = checkpoint::load::<f32>(&straight_dir.join(CHECKPOINT_FILE)).unwrap();
+        let halfway = checkpoint::load::<f32>(&kept).unwrap();
+        for &(name, start) in &state {
+            // the state moved from its start, and the checkpoint holds where it was
+            let (saved, end) = (
+                scalar(&halfway.params, name),
+                scalar(&straight.params, name),
+            );
+            assert!(
+                saved != start && end != saved,
+                "{name}: {start} {saved} {end}"
+            );
+        }
+        let mut resumed_config = config.clone();
+        resumed_config.resume = Some(kept);
+        let resumed_dir = temp(&format!("resumed-{}", kind.name()));
+        let metrics = train(&resumed_config, &resumed_dir, &mut |_| {}).unwrap();
+        let resumed = checkpoint::load::<f32>(&resumed_dir.join(CHECKPOINT_FILE)).unwrap();
+        assert_eq!(resumed.model, straight.model, "{}", kind.name());
+        assert_same_params(&resumed.params, &straight.params);
+        // the export holds the bias and the state too, and reloads to the same model
+        let export = straight_dir.join(EXPORT_FILE);
+        let exported = checkpoint::load_safetensors::<f32>(&export, None).unwrap();
+        assert_eq!(exported.model, straight.model, "{}", kind.name());
+        assert_same_params(&exported.params, &straight.params);
+        let (a, b) = (resumed.training.unwrap(), straight.training.unwrap());
+        assert_same_optimizer(&a.optimizer, &b.optimizer);
+        let figures = |h: &[margrad::metrics::EpochRecord]| -> Vec<(u64, u64, u64)> {
+            let bits = f64::to_bits;
+            h.iter()
+                .map(|r| (bits(r.loss), bits(r.train_accuracy), bits(r.test_accuracy)))
+                .collect()
+        };
+        assert_eq!(figures(&a.history), figures(&b.history), "{}", kind.name());
+        assert_eq!(figures(&metrics.history), figures(&b.history));
+    }
+}
+
+#[test]
+fn metrics_list_each_class_dominant_subcenter() {
+    let mut config = small(LossKind::SubcenterArcFace);
+    config.loss.extra.subcenters = 2;
+    config.epochs = 3;
+    let out = temp("subcenters");
+    let metrics = train(&config, &out, &mut |_| {}).unwrap();
+    let report = metrics.subcenters.clone().unwrap();
+    assert_eq!((report.per_class, report.far_angle_degrees), (2, 75.0));
+    assert_eq!(report.dominant.len(), 10);
+    assert!(report.dominant.iter().all(|d| matches!(d, Some(0 | 1))));
+    assert!(report.far_from_dominant < metrics.data.train_samples);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(json["subcenters"]["dominant"].as_array().unwrap().len(), 10);
+    // the head holds K centres per class, and predicts with the best of each class's
+    let checkpoint = checkpoint::load::<f32>(&out.join(CHECKPOINT_FILE)).unwrap();
+    let centres = checkpoint.params.find("head.weight").unwrap();
+    assert_eq!(checkpoint.params.get(centres).shape(), [16, 20]);
+    // the safetensors export holds them one sub-centre per row and reloads to the same model
+    let exported = checkpoint::load_safetensors::<f32>(&out.join(EXPORT_FILE), None).unwrap();
+    assert_eq!(exported.model, checkpoint.model);
+    assert_same_params(&exported.params, &checkpoint.params);
+    // other losses write no such entry
+    let plain = train(
+        &small(LossKind::ArcFace),
+        &temp("no-subcenters"),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(plain.subcenters.is_none());
 }

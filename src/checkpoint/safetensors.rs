@@ -146,6 +146,14 @@ pub fn export_metadata(config: &ModelConfig, input: &InputScaling) -> BTreeMap<S
             "scores": "cosine of the L2-normalised embedding and each L2-normalised row of \
                        head.weight; no margin at inference",
         }),
+        HeadConfig::Extended { ref loss, .. } => json!({
+            "kind": "cosine",
+            "weight": "[classes · subcenters, dim]",
+            "subcenters": loss.subcenters(),
+            "scores": "for each class, the largest cosine of the L2-normalised embedding and \
+                       the L2-normalised rows of head.weight of its sub-centres (rows \
+                       class·subcenters .. class·subcenters + subcenters); no margin at inference",
+        }),
         HeadConfig::Linear { .. } => json!({
             "kind": "linear",
             "weight": "[classes, dim]",
@@ -444,7 +452,7 @@ fn transposed_names(config: &ModelConfig) -> HashSet<String> {
         .filter(|(_, spec)| spec.kind == CosineHead::KIND)
         .map(|(name, _)| format!("{name}.weight"))
         .collect();
-    if let HeadConfig::Cosine { .. } = config.head {
+    if let HeadConfig::Cosine { .. } | HeadConfig::Extended { .. } = config.head {
         names.insert(format!("{HEAD_PREFIX}.weight"));
     }
     names

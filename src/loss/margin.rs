@@ -2,6 +2,7 @@
 //!
 //! See [`MarginLoss`] for the formula and the table of settings.
 
+use super::{AdaFace, CurricularFace, ElasticFace, ExtendedLoss, MagFace, SphereFace2};
 use crate::{Element, Error};
 use serde::{Deserialize, Serialize};
 
@@ -45,11 +46,32 @@ pub enum LossKind {
     /// The combined margin: `z_y = s(cos(m1·θ + m2) − m3)`.
     #[serde(rename = "combined")]
     Combined,
+    /// AdaFace: a margin set by the feature norm against its running statistics.
+    #[serde(rename = "adaface")]
+    AdaFace,
+    /// MagFace: an angular margin growing with the feature norm, and a norm regulariser.
+    #[serde(rename = "magface")]
+    MagFace,
+    /// CurricularFace: ArcFace whose hard negatives weigh more as training advances.
+    #[serde(rename = "curricularface")]
+    CurricularFace,
+    /// Sub-center ArcFace: `K` centres per class, the class's cosine the best of them.
+    #[serde(rename = "subcenter-arcface")]
+    SubcenterArcFace,
+    /// SphereFace2: one binary problem per class with a learned bias, no softmax.
+    #[serde(rename = "sphereface2")]
+    SphereFace2,
+    /// ElasticFace-Arc: ArcFace with a margin per sample drawn from `N(m, σ²)`.
+    #[serde(rename = "elasticface-arc")]
+    ElasticFaceArc,
+    /// ElasticFace-Cos: CosFace with a margin per sample drawn from `N(m, σ²)`.
+    #[serde(rename = "elasticface-cos")]
+    ElasticFaceCos,
 }
 
 impl LossKind {
     /// Every kind, in the order reports list them.
-    pub const ALL: [LossKind; 8] = [
+    pub const ALL: [LossKind; 15] = [
         LossKind::Softmax,
         LossKind::NormFace,
         LossKind::Am,
@@ -58,6 +80,13 @@ impl LossKind {
         LossKind::EnhancedScalingOnly,
         LossKind::ArcFace,
         LossKind::Combined,
+        LossKind::AdaFace,
+        LossKind::MagFace,
+        LossKind::CurricularFace,
+        LossKind::SubcenterArcFace,
+        LossKind::SphereFace2,
+        LossKind::ElasticFaceArc,
+        LossKind::ElasticFaceCos,
     ];
 
     /// The kind's name (`--loss am`, `"kind": "am"` in metrics.json).
@@ -71,6 +100,42 @@ impl LossKind {
             LossKind::EnhancedScalingOnly => "enhanced-scaling-only",
             LossKind::ArcFace => "arcface",
             LossKind::Combined => "combined",
+            LossKind::AdaFace => "adaface",
+            LossKind::MagFace => "magface",
+            LossKind::CurricularFace => "curricularface",
+            LossKind::SubcenterArcFace => "subcenter-arcface",
+            LossKind::SphereFace2 => "sphereface2",
+            LossKind::ElasticFaceArc => "elasticface-arc",
+            LossKind::ElasticFaceCos => "elasticface-cos",
+        }
+    }
+
+    /// `(s, m)` as each loss's paper and official code set them, for the losses beyond
+    /// [`MarginLoss`]'s formula; the crate's `(30, 0.35)` for the softmax family, whose
+    /// comparisons share them. (MagFace's margin comes from its norm range instead: its `m` is
+    /// unused.)
+    pub fn default_scale_and_margin(self) -> (f64, f64) {
+        let arc = ElasticFace::arc();
+        match self {
+            LossKind::AdaFace => {
+                let l = AdaFace::default();
+                (l.scale, l.margin)
+            }
+            LossKind::MagFace => (MagFace::default().scale, 0.35),
+            LossKind::CurricularFace | LossKind::SubcenterArcFace => {
+                let l = CurricularFace::default();
+                (l.scale, l.margin)
+            }
+            LossKind::SphereFace2 => {
+                let l = SphereFace2::default();
+                (l.scale, l.margin)
+            }
+            LossKind::ElasticFaceArc => (arc.scale, arc.margin),
+            LossKind::ElasticFaceCos => {
+                let l = ElasticFace::cos();
+                (l.scale, l.margin)
+            }
+            _ => (30.0, 0.35),
         }
     }
 
@@ -96,33 +161,155 @@ pub struct LossSettings {
     pub target_divisor: Option<f64>,
     /// The combined margin's (m1, m2, m3): angular multiplier, angular margin, cosine margin.
     pub combined: (f64, f64, f64),
-    /// ArcFace's (and the combined margin's) fallback.
+    /// ArcFace's (and the combined margin's, and sub-center ArcFace's) fallback.
     pub fallback: ArcFallback,
+    /// The settings only the losses beyond [`MarginLoss`]'s formula read.
+    #[serde(default)]
+    pub extra: ExtraSettings,
+}
+
+/// The settings of the losses beyond [`MarginLoss`]'s formula, besides `s` and `m`;
+/// [`Default`] gives the papers' and the official code's values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExtraSettings {
+    /// AdaFace's `h` (0.333).
+    pub adaface_h: f64,
+    /// The weight of each batch in the running state: AdaFace's norm statistics and
+    /// CurricularFace's `t` (0.01 in both).
+    pub state_momentum: f64,
+    /// MagFace's norm range `(l_a, u_a)` (10, 110).
+    pub magface_norms: (f64, f64),
+    /// MagFace's margins `(l_m, u_m)` at the ends of the norm range (0.45, 0.8).
+    pub magface_margins: (f64, f64),
+    /// MagFace's `λ_g`, the weight of its norm regulariser (35).
+    pub magface_lambda_g: f64,
+    /// Sub-center ArcFace's `K`, the sub-centres per class (3).
+    pub subcenters: usize,
+    /// SphereFace2's `λ`, the weight of the positive term (0.7).
+    pub sphereface2_lambda: f64,
+    /// SphereFace2's exponent `t` of its similarity map (3).
+    pub sphereface2_t: f64,
+    /// ElasticFace's `σ`, the standard deviation of the margins (0.05).
+    pub margin_std: f64,
+}
+
+impl Default for ExtraSettings {
+    fn default() -> Self {
+        let (magface, sphereface2) = (MagFace::default(), SphereFace2::default());
+        ExtraSettings {
+            adaface_h: AdaFace::default().h,
+            state_momentum: AdaFace::default().momentum,
+            magface_norms: (magface.lower_norm, magface.upper_norm),
+            magface_margins: (magface.lower_margin, magface.upper_margin),
+            magface_lambda_g: magface.lambda_g,
+            subcenters: 3,
+            sphereface2_lambda: sphereface2.lambda,
+            sphereface2_t: sphereface2.t,
+            margin_std: ElasticFace::arc().std,
+        }
+    }
+}
+
+/// The loss a head trains with: one of [`MarginLoss`]'s formula (on the cosines alone), or one
+/// that needs more ([`ExtendedLoss`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum HeadLoss {
+    /// The softmax family.
+    Margin(MarginLoss),
+    /// The losses beyond it.
+    Extended(ExtendedLoss),
 }
 
 impl LossSettings {
-    /// The loss these settings describe: the one place a [`LossKind`] becomes its formula.
+    /// The loss of the softmax family these settings describe ([`LossSettings::head_loss`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for a parameter out of its range, or a loss beyond the family's
+    /// formula.
+    pub fn margin_loss(&self) -> Result<MarginLoss, Error> {
+        match self.head_loss()? {
+            HeadLoss::Margin(loss) => Ok(loss),
+            HeadLoss::Extended(_) => Err(Error::InvalidSetting {
+                name: "loss",
+                value: f64::NAN,
+                requirement: "one of the softmax family (this one needs more than the cosines)",
+            }),
+        }
+    }
+
+    /// The loss these settings describe, whichever its family: the one place a [`LossKind`]
+    /// becomes its formula.
     ///
     /// # Errors
     /// [`Error::InvalidSetting`] for a parameter out of its range.
-    pub fn margin_loss(&self) -> Result<MarginLoss, Error> {
+    pub fn head_loss(&self) -> Result<HeadLoss, Error> {
         let (s, m) = (self.scale, self.margin);
+        let x = &self.extra;
+        let extended = |loss: ExtendedLoss| {
+            loss.validate()?;
+            Ok(HeadLoss::Extended(loss))
+        };
+        let margin = |loss: Result<MarginLoss, Error>| loss.map(HeadLoss::Margin);
         match self.kind {
-            LossKind::Softmax => Ok(MarginLoss::softmax()),
-            LossKind::NormFace => MarginLoss::normface(s),
-            LossKind::Am => MarginLoss::am(s, m),
-            LossKind::Enhanced => MarginLoss::enhanced_with(
+            LossKind::Softmax => margin(Ok(MarginLoss::softmax())),
+            LossKind::NormFace => margin(MarginLoss::normface(s)),
+            LossKind::Am => margin(MarginLoss::am(s, m)),
+            LossKind::Enhanced => margin(MarginLoss::enhanced_with(
                 s,
                 m,
                 self.nontarget_margin.unwrap_or(m),
                 self.target_divisor.unwrap_or(m.exp()),
-            ),
-            LossKind::EnhancedMarginOnly => MarginLoss::enhanced_margin_only(s, m),
-            LossKind::EnhancedScalingOnly => MarginLoss::enhanced_scaling_only(s, m),
-            LossKind::ArcFace => MarginLoss::arcface(s, m, self.fallback),
+            )),
+            LossKind::EnhancedMarginOnly => margin(MarginLoss::enhanced_margin_only(s, m)),
+            LossKind::EnhancedScalingOnly => margin(MarginLoss::enhanced_scaling_only(s, m)),
+            LossKind::ArcFace => margin(MarginLoss::arcface(s, m, self.fallback)),
             LossKind::Combined => {
                 let (m1, m2, m3) = self.combined;
-                MarginLoss::combined(s, m1, m2, m3, self.fallback)
+                margin(MarginLoss::combined(s, m1, m2, m3, self.fallback))
+            }
+            LossKind::AdaFace => extended(ExtendedLoss::AdaFace(AdaFace {
+                margin: m,
+                h: x.adaface_h,
+                scale: s,
+                momentum: x.state_momentum,
+            })),
+            LossKind::MagFace => extended(ExtendedLoss::MagFace(MagFace {
+                scale: s,
+                lower_norm: x.magface_norms.0,
+                upper_norm: x.magface_norms.1,
+                lower_margin: x.magface_margins.0,
+                upper_margin: x.magface_margins.1,
+                lambda_g: x.magface_lambda_g,
+                ..MagFace::default()
+            })),
+            LossKind::CurricularFace => extended(ExtendedLoss::CurricularFace(CurricularFace {
+                margin: m,
+                scale: s,
+                momentum: x.state_momentum,
+            })),
+            LossKind::SubcenterArcFace => extended(ExtendedLoss::SubcenterArcFace {
+                subcenters: x.subcenters,
+                loss: MarginLoss::arcface(s, m, self.fallback)?,
+            }),
+            LossKind::SphereFace2 => extended(ExtendedLoss::SphereFace2(SphereFace2 {
+                lambda: x.sphereface2_lambda,
+                scale: s,
+                margin: m,
+                t: x.sphereface2_t,
+            })),
+            LossKind::ElasticFaceArc | LossKind::ElasticFaceCos => {
+                let paper = if self.kind == LossKind::ElasticFaceArc {
+                    ElasticFace::arc()
+                } else {
+                    ElasticFace::cos()
+                };
+                extended(ExtendedLoss::ElasticFace(ElasticFace {
+                    scale: s,
+                    margin: m,
+                    std: x.margin_std,
+                    ..paper
+                }))
             }
         }
     }

@@ -24,6 +24,7 @@ mod blocked;
 pub mod composed;
 mod curricularface;
 mod elasticface;
+mod extended;
 mod fused;
 mod magface;
 mod margin;
@@ -36,8 +37,9 @@ pub(crate) use blocked::FeatureGrad;
 pub use blocked::{BlockedHead, ClassSample, HEAD_NORM_EPS, HeadLoss, ShardExchange};
 pub use curricularface::{CurricularFace, CurricularFaceState, curricularface_loss};
 pub use elasticface::{ElasticFace, ElasticKind, elasticface_loss};
+pub use extended::ExtendedLoss;
 pub use magface::{MagFace, magface_loss};
-pub use margin::{ArcFallback, LossKind, LossSettings, MarginLoss};
+pub use margin::{ArcFallback, ExtraSettings, HeadLoss, LossKind, LossSettings, MarginLoss};
 use margin::{CLAMP, LogitMap};
 pub use sphereface2::{SphereFace2, sphereface2_loss};
 pub use subcenter::{

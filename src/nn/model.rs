@@ -2,10 +2,11 @@
 //! configuration.
 
 use super::{
-    CentresHead, CosineHead, CosineHeadConfig, Forward, Head, Init, LayerRegistry, Linear,
-    LinearConfig, Module, ParamSource, Sequential, SequentialConfig, l2_normalize,
+    CentresHead, CosineHead, CosineHeadConfig, ExtendedHead, ExtendedHeadConfig, Forward, Head,
+    Init, LayerRegistry, Linear, LinearConfig, Module, ParamSource, Sequential, SequentialConfig,
+    l2_normalize,
 };
-use crate::loss::MarginLoss;
+use crate::loss::{ExtendedLoss, MarginLoss};
 use crate::{Element, Error, Graph, Labels, Params, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -62,6 +63,15 @@ pub enum HeadConfig {
         /// The loss.
         loss: MarginLoss,
     },
+    /// A cosine classifier trained with a loss beyond the softmax family's formula (AdaFace,
+    /// MagFace, CurricularFace, sub-center ArcFace, SphereFace2, ElasticFace): an
+    /// [`ExtendedHead`] (centres `head.weight`, `[D, C·K]`, and what its loss keeps).
+    Extended {
+        /// The number of classes.
+        classes: usize,
+        /// The loss.
+        loss: ExtendedLoss,
+    },
     /// A plain linear classifier `x Wᵀ + b` trained with softmax cross-entropy
     /// (`head.weight` `[C, D]`, `head.bias` `[C]`, Xavier-normal): a [`Linear`].
     Linear {
@@ -76,6 +86,7 @@ impl HeadConfig {
         match self {
             HeadConfig::Cosine { classes, .. }
             | HeadConfig::Centres { classes, .. }
+            | HeadConfig::Extended { classes, .. }
             | HeadConfig::Linear { classes } => *classes,
         }
     }
@@ -107,6 +118,14 @@ impl HeadConfig {
                 } else {
                     Arc::new(CosineHead::new(params, prefix, config, source))
                 }
+            }
+            HeadConfig::Extended { loss, .. } => {
+                let config = ExtendedHeadConfig {
+                    dim,
+                    classes,
+                    loss: loss.clone(),
+                };
+                Arc::new(ExtendedHead::new(params, prefix, config, source)?)
             }
             HeadConfig::Linear { .. } => {
                 let config = LinearConfig::new(dim, classes).with_init(Init::XavierNormal);

@@ -97,13 +97,14 @@ impl<F: Element> TrainedHead<F> {
         &self.params
     }
 
-    /// The class centres of a cosine head: `[D, C]` ([`HeadConfig::Cosine`]) or `[C, D]`
-    /// ([`HeadConfig::Centres`]).
+    /// The class centres of a cosine head: `[D, C]` ([`HeadConfig::Cosine`]), `[C, D]`
+    /// ([`HeadConfig::Centres`]) or `[D, C·K]` ([`HeadConfig::Extended`], `K` sub-centres per
+    /// class).
     pub fn centres(&self) -> Option<&Tensor<F>> {
         match self.config {
-            HeadConfig::Cosine { .. } | HeadConfig::Centres { .. } => {
-                Some(self.params.get(self.head.parameters()[0]))
-            }
+            HeadConfig::Cosine { .. }
+            | HeadConfig::Centres { .. }
+            | HeadConfig::Extended { .. } => Some(self.params.get(self.head.parameters()[0])),
             HeadConfig::Linear { .. } => None,
         }
     }

@@ -38,13 +38,17 @@ pub use step::{StepError, StepOutcome, model_step, train_step};
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, TrainingState};
 use crate::data::{Dataset, MnistSplit, digits, load_mnist, synthetic};
+use crate::loss::ExtendedLoss;
 use crate::metrics::{
     EpochRecord, Geometry, Roc, Verification, geometry, make_pairs, pair_scores, top1_accuracy,
     verification,
 };
-use crate::nn::{LeNetPlusPlus, MlpConfig, Model, ModelConfig, ResNetConfig};
+use crate::nn::{
+    HEAD_PREFIX, HeadConfig, LeNetPlusPlus, MlpConfig, Model, ModelConfig, ResNetConfig,
+    subcenter_usage,
+};
 use crate::optim::{LrSchedule, Method, Optimizer, Schedule};
-use crate::{Error, Params, SeededRng, Tensor, seeded_rng};
+use crate::{Error, Labels, Params, SeededRng, Tensor, seeded_rng};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::Write;
@@ -241,6 +245,62 @@ pub struct Metrics {
     /// The final figures.
     #[serde(rename = "final")]
     pub final_metrics: FinalMetrics,
+    /// Sub-center ArcFace's sub-centres after training (absent for the other losses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subcenters: Option<SubcenterReport>,
+}
+
+/// How a trained sub-center ArcFace head uses its sub-centres, over the training samples
+/// ([`subcenter_usage`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubcenterReport {
+    /// `K`, the sub-centres per class.
+    pub per_class: usize,
+    /// Each class's dominant sub-centre, `0..K` (the one most of its samples are nearest).
+    pub dominant: Vec<Option<usize>>,
+    /// The angle, in degrees, from which a sample is far from its class's dominant
+    /// sub-centre: the paper's 75°.
+    pub far_angle_degrees: f64,
+    /// The training samples that far: the likely label noise, which the paper drops before
+    /// training again.
+    pub far_from_dominant: usize,
+}
+
+/// The paper's angle past which a sample is far from its class's dominant sub-centre.
+const FAR_ANGLE_DEGREES: f64 = 75.0;
+
+/// The [`SubcenterReport`] of a sub-center ArcFace model over `train` (`None` for another
+/// head).
+fn subcenter_report(
+    model: &Model,
+    params: &Params<f32>,
+    train: &Dataset,
+) -> Result<Option<SubcenterReport>, Error> {
+    let HeadConfig::Extended {
+        loss: ExtendedLoss::SubcenterArcFace { subcenters, .. },
+        ..
+    } = model.config().head
+    else {
+        return Ok(None);
+    };
+    let centres = params
+        .find(&format!("{HEAD_PREFIX}.weight"))
+        .expect("the head's centres");
+    let features = model.embeddings(params, &train.features);
+    let labels = Labels::new(train.labels.clone(), train.classes)?;
+    let (dominant, far) = subcenter_usage(
+        params.get(centres),
+        subcenters,
+        &features,
+        &labels,
+        FAR_ANGLE_DEGREES.to_radians(),
+    )?;
+    Ok(Some(SubcenterReport {
+        per_class: subcenters,
+        dominant,
+        far_angle_degrees: FAR_ANGLE_DEGREES,
+        far_from_dominant: far.len(),
+    }))
 }
 
 /// Why a run stopped early.
@@ -806,6 +866,7 @@ fn finish(
         },
         history,
         final_metrics: evaluation.metrics.clone(),
+        subcenters: subcenter_report(&model, &params, &data.train)?,
     };
     write_outputs(out, model, params, data, &metrics, &evaluation)?;
     Ok(metrics)

@@ -2,7 +2,7 @@
 
 use crate::Error;
 use crate::data::{Augment, InputScaling, SyntheticConfig};
-use crate::loss::{ArcFallback, LossKind, LossSettings};
+use crate::loss::{ArcFallback, ExtraSettings, HeadLoss, LossKind, LossSettings};
 use crate::nn::HeadConfig;
 use crate::train::output::OutputPolicy;
 use serde::{Deserialize, Serialize};
@@ -153,17 +153,16 @@ impl DataSettings {
 }
 
 /// The head `loss` trains: a linear classifier for softmax on raw logits, a cosine head for
-/// every margin loss; `classes` classes.
+/// every other loss of the softmax family, an extended head for the losses beyond it;
+/// `classes` classes.
 ///
 /// # Errors
 /// [`Error::InvalidSetting`] for a loss setting out of its range.
 pub fn head_config(loss: &LossSettings, classes: usize) -> Result<HeadConfig, Error> {
-    Ok(match loss.kind {
-        LossKind::Softmax => HeadConfig::Linear { classes },
-        _ => HeadConfig::Cosine {
-            classes,
-            loss: loss.margin_loss()?,
-        },
+    Ok(match loss.head_loss()? {
+        HeadLoss::Margin(_) if loss.kind == LossKind::Softmax => HeadConfig::Linear { classes },
+        HeadLoss::Margin(loss) => HeadConfig::Cosine { classes, loss },
+        HeadLoss::Extended(loss) => HeadConfig::Extended { classes, loss },
     })
 }
 
@@ -249,6 +248,7 @@ impl Default for TrainConfig {
                 target_divisor: None,
                 combined: (1.0, 0.3, 0.2),
                 fallback: ArcFallback::Threshold,
+                extra: ExtraSettings::default(),
             },
             model: ModelKind::Mlp,
             hidden: vec![512],
@@ -272,14 +272,14 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// Checks every setting before anything is loaded or allocated: the ones no constructor
-    /// checks later, the loss's ([`LossSettings::margin_loss`]), the model's fit to the data
+    /// checks later, the loss's ([`LossSettings::head_loss`]), the model's fit to the data
     /// ([`ModelKind::check_data`]), the embedder's widths and dropout, and the data's ([`DataSettings::validate`]). The memory the settings need is
     /// checked once the data's size is known ([`Footprint`](super::Footprint)).
     ///
     /// # Errors
     /// [`Error::InvalidSetting`] naming the first setting out of range.
     pub fn validate(&self) -> Result<(), Error> {
-        self.loss.margin_loss()?;
+        self.loss.head_loss()?;
         self.model.check_data(&self.data.source)?;
         let input_dim = self.model.image_shape().map_or(1, |s| s.iter().product());
         super::model_config(self, input_dim, 1)?;
@@ -312,7 +312,8 @@ impl TrainConfig {
 pub enum Setting {
     /// [`LossSettings::scale`]: every loss but softmax (raw logits).
     Scale,
-    /// [`LossSettings::margin`]: AM, the Enhanced family and ArcFace.
+    /// [`LossSettings::margin`]: every loss with one margin `m` (all but softmax, NormFace,
+    /// the combined margin and MagFace).
     Margin,
     /// [`LossSettings::nontarget_margin`]: Enhanced.
     NontargetMargin,
@@ -320,34 +321,61 @@ pub enum Setting {
     TargetDivisor,
     /// [`LossSettings::combined`]: the combined margin.
     Combined,
-    /// [`LossSettings::fallback`]: the losses with an angular margin (ArcFace, combined).
+    /// [`LossSettings::fallback`]: the losses with an angular margin (ArcFace, combined,
+    /// sub-center ArcFace).
     Fallback,
+    /// [`ExtraSettings::adaface_h`]: AdaFace.
+    AdaFaceH,
+    /// [`ExtraSettings::state_momentum`]: AdaFace and CurricularFace.
+    StateMomentum,
+    /// [`ExtraSettings::magface_norms`], [`magface_margins`](ExtraSettings::magface_margins)
+    /// and [`magface_lambda_g`](ExtraSettings::magface_lambda_g): MagFace.
+    MagFace,
+    /// [`ExtraSettings::subcenters`]: sub-center ArcFace.
+    Subcenters,
+    /// [`ExtraSettings::sphereface2_lambda`] and [`sphereface2_t`](ExtraSettings::sphereface2_t):
+    /// SphereFace2.
+    SphereFace2,
+    /// [`ExtraSettings::margin_std`]: ElasticFace.
+    MarginStd,
     /// [`TrainConfig::momentum`]: SGD.
     Momentum,
 }
 
 impl Setting {
     /// Every setting that only some runs read.
-    pub const ALL: [Setting; 7] = [
+    pub const ALL: [Setting; 13] = [
         Setting::Scale,
         Setting::Margin,
         Setting::NontargetMargin,
         Setting::TargetDivisor,
         Setting::Combined,
         Setting::Fallback,
+        Setting::AdaFaceH,
+        Setting::StateMomentum,
+        Setting::MagFace,
+        Setting::Subcenters,
+        Setting::SphereFace2,
+        Setting::MarginStd,
         Setting::Momentum,
     ];
 
     /// Whether a run of `loss` trained with `optimizer` reads this setting (as
-    /// [`LossSettings::margin_loss`] and the optimiser's construction do).
+    /// [`LossSettings::head_loss`] and the optimiser's construction do).
     pub fn read_by(self, loss: LossKind, optimizer: MethodName) -> bool {
         use LossKind as K;
         match self {
             Setting::Scale => loss != K::Softmax,
-            Setting::Margin => !matches!(loss, K::Softmax | K::NormFace | K::Combined),
+            Setting::Margin => !matches!(loss, K::Softmax | K::NormFace | K::Combined | K::MagFace),
             Setting::NontargetMargin | Setting::TargetDivisor => loss == K::Enhanced,
             Setting::Combined => loss == K::Combined,
-            Setting::Fallback => matches!(loss, K::ArcFace | K::Combined),
+            Setting::Fallback => matches!(loss, K::ArcFace | K::Combined | K::SubcenterArcFace),
+            Setting::AdaFaceH => loss == K::AdaFace,
+            Setting::StateMomentum => matches!(loss, K::AdaFace | K::CurricularFace),
+            Setting::MagFace => loss == K::MagFace,
+            Setting::Subcenters => loss == K::SubcenterArcFace,
+            Setting::SphereFace2 => loss == K::SphereFace2,
+            Setting::MarginStd => matches!(loss, K::ElasticFaceArc | K::ElasticFaceCos),
             Setting::Momentum => optimizer == MethodName::Sgd,
         }
     }
