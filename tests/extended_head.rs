@@ -221,3 +221,19 @@ fn an_evaluation_pass_leaves_the_state_and_uses_the_mean_margin() {
         assert!(cx.into_updates().is_empty(), "{:?}", loss.kind());
     }
 }
+
+#[test]
+fn a_batch_of_one_sample_trains_adaface_and_leaves_its_statistics() {
+    // the last batch of an epoch can hold one sample, whose norms have no standard deviation
+    let (head, params) = build_head(losses()[0].clone());
+    let x = Tensor::randn(&[1, DIM], 0.0, 1.5, &mut seeded_rng(3));
+    let labels = Labels::new(vec![2], CLASSES).unwrap();
+    let g = Graph::new();
+    let mut rng = seeded_rng(7);
+    let mut cx = Forward::train(&g, &params, &mut rng);
+    let (value, _) = head
+        .loss_and_scores(&mut cx, g.constant(x), &labels)
+        .unwrap();
+    assert!(value.item().is_finite());
+    assert!(cx.into_updates().is_empty());
+}

@@ -58,7 +58,8 @@ impl ExtendedHeadConfig {
 /// Its [`forward`](Module::forward) gives each class's cosine `max_a x̂_i·ŵ_{jK+a}` (`[B, C]`,
 /// no margin: prediction); its [`loss`](Head::loss), in a training pass, first blends the batch
 /// into the running state (recorded as buffer updates, as BatchNorm's), then applies the loss
-/// with the updated state. ElasticFace draws its margins from the pass's generator (the step's:
+/// with the updated state (a batch of one sample, whose norms have no standard deviation, leaves
+/// AdaFace's statistics as they are). ElasticFace draws its margins from the pass's generator (the step's:
 /// the same seed, epoch and step draw the same, a resumed run included); an evaluation pass
 /// uses the mean margin and leaves the state as it is.
 #[derive(Clone, Debug, PartialEq)]
@@ -316,7 +317,8 @@ impl<F: Element> Head<F> for ExtendedHead {
             ExtendedLoss::AdaFace(loss) => {
                 let norms = row_norms(features.value().data(), self.config.dim);
                 let mut stats = self.adaface_norms(cx.params()).expect("an AdaFace head");
-                if cx.is_training() {
+                // a batch of one sample has no standard deviation: it leaves the statistics
+                if cx.is_training() && norms.len() > 1 {
                     stats.update(&norms, loss.momentum)?;
                     let [mean_id, std_id] = self.state[..] else {
                         unreachable!("AdaFace keeps two buffers")
