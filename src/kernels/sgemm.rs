@@ -17,9 +17,10 @@
 //!
 //! The microkernel holds the tile in 16 vector registers; each step along `k` loads two
 //! 16-wide vectors of B, broadcasts eight values of A, and issues 16 fused multiply-adds.
-//! Every element of `C` is the sum of the same `KC` slices, each summed in the same order,
-//! whatever the row and column ranges of the call: results do not depend on how the engine
-//! cuts a product between threads (it cuts at multiples of 64, a multiple of `MR` and `NR`).
+//! Every element of `C` is the sum of the same slices along `k` (fixed by `k` alone), each
+//! summed in the same order, whatever the row and column ranges of the call: results do not
+//! depend on how the engine cuts a product between threads (it cuts at multiples of 64, a
+//! multiple of `MR` and `NR`). A last panel of `B` at most half full gets a tile half as wide.
 
 use super::GemmFn;
 use std::arch::x86_64::*;
@@ -289,8 +290,9 @@ unsafe fn blocked(
     unsafe {
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
+            let depth = slice_depth(k);
+            for pc in (0..k).step_by(depth) {
+                let kc = depth.min(k - pc);
                 b.pack(pc, kc, jc, nc, b_packed);
                 // the first slice applies β; later ones add to what it left
                 let beta = if pc == 0 { beta } else { 1.0 };
@@ -300,22 +302,36 @@ unsafe fn blocked(
                     pack_panels::<MR>(mc, kc, a_block, rsa, csa, a_packed);
                     for ir in (0..mc).step_by(MR) {
                         for jr in (0..nc).step_by(NR) {
-                            microkernel(
+                            let tile = (
                                 kc,
-                                a_packed.add(ir * kc),
-                                b_packed.add(jr * kc),
+                                a_packed.add(ir * kc).cast_const(),
+                                b_packed.add(jr * kc).cast_const(),
                                 c.add((ic + ir) * ldc + jc + jr),
                                 ldc,
                                 ((mc - ir).min(MR), (nc - jr).min(NR)),
                                 alpha,
                                 beta,
                             );
+                            // a last panel at most half full: half the tile
+                            if nc - jr <= NR / 2 {
+                                microkernel::<{ NR / 32 }>(tile);
+                            } else {
+                                microkernel::<{ NR / 16 }>(tile);
+                            }
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// The depth of the slices along `k`: as even as at most [`KC`] each allows (a multiple of 8
+/// but for the last), so that no slice is much shallower than the others (288 = 144 + 144,
+/// not 256 + 32): each slice reads and writes the `C` tiles once more. Fixed by `k` alone.
+fn slice_depth(k: usize) -> usize {
+    let slices = k.div_ceil(KC).max(1);
+    k.div_ceil(slices).next_multiple_of(8).min(KC)
 }
 
 /// Packs the `rows×kc` block whose element `(i, p)` is at `src + i·rs + p·cs` into panels of
@@ -411,23 +427,26 @@ unsafe fn transpose_8x8(src: *const f32, src_stride: isize, dst: *mut f32, dst_s
     }
 }
 
-/// `C_tile ← α·(A_panel·B_panel) + β·C_tile` for one `MR×NR` tile, of which only the first
-/// `rows×cols` are stored (the packed panels are zero beyond them). `β = 0` never reads `C`.
+/// A micro-kernel's arguments: depth, A panel, B panel, C tile, C's row length, the tile's
+/// stored rows and columns, α, β.
+type Tile = (
+    usize,
+    *const f32,
+    *const f32,
+    *mut f32,
+    usize,
+    (usize, usize),
+    f32,
+    f32,
+);
+
+/// `C_tile ← α·(A_panel·B_panel) + β·C_tile` for one `MR×16·NV` tile (the first `16·NV` of
+/// the panel's [`NR`] columns), of which only the first `rows×cols` are stored (the packed
+/// panels are zero beyond them). `β = 0` never reads `C`.
 ///
 /// Safety: the panels hold `kc` steps; the stored part of the tile lies inside `C`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn microkernel(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    (rows, cols): (usize, usize),
-    alpha: f32,
-    beta: f32,
-) {
-    const NV: usize = NR / 16;
+unsafe fn microkernel<const NV: usize>((kc, a, b, c, ldc, (rows, cols), alpha, beta): Tile) {
     // SAFETY: see the function's contract.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
