@@ -17,10 +17,9 @@
 //!
 //! The microkernel holds the tile in 16 vector registers; each step along `k` loads two
 //! 16-wide vectors of B, broadcasts eight values of A, and issues 16 fused multiply-adds.
-//! Every element of `C` is the sum of the same slices along `k` (fixed by `k` alone), each
-//! summed in the same order, whatever the row and column ranges of the call: results do not
-//! depend on how the engine cuts a product between threads (it cuts at multiples of 64, a
-//! multiple of `MR` and `NR`). A last panel of `B` at most half full gets a tile half as wide.
+//! Every element of `C` is the sum of the same `KC` slices, each summed in the same order,
+//! whatever the row and column ranges of the call: results do not depend on how the engine
+//! cuts a product between threads (it cuts at multiples of 64, a multiple of `MR` and `NR`). A last panel of `B` at most half full gets a tile half as wide.
 
 use super::GemmFn;
 use std::arch::x86_64::*;
@@ -290,9 +289,8 @@ unsafe fn blocked(
     unsafe {
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
-            let depth = slice_depth(k);
-            for pc in (0..k).step_by(depth) {
-                let kc = depth.min(k - pc);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
                 b.pack(pc, kc, jc, nc, b_packed);
                 // the first slice applies β; later ones add to what it left
                 let beta = if pc == 0 { beta } else { 1.0 };
@@ -324,14 +322,6 @@ unsafe fn blocked(
             }
         }
     }
-}
-
-/// The depth of the slices along `k`: as even as at most [`KC`] each allows (a multiple of 8
-/// but for the last), so that no slice is much shallower than the others (288 = 144 + 144,
-/// not 256 + 32): each slice reads and writes the `C` tiles once more. Fixed by `k` alone.
-fn slice_depth(k: usize) -> usize {
-    let slices = k.div_ceil(KC).max(1);
-    k.div_ceil(slices).next_multiple_of(8).min(KC)
 }
 
 /// Packs the `rows×kc` block whose element `(i, p)` is at `src + i·rs + p·cs` into panels of
