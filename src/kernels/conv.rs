@@ -1,5 +1,8 @@
 //! Convolution over NCHW planes through the GEMM: each batch item's receptive fields are laid
 //! out as the columns of a matrix (im2col), and one product per group gives the item's output.
+//! When the window moves by 1 and keeps the plane's size, our f32 GEMM reads those columns
+//! straight from the planes while packing them (an implicit GEMM), and no column matrix is
+//! written.
 //!
 //! The gradients: with stride 1, the input's gradient is itself a convolution, of the output's
 //! gradient with the flipped, transposed weights (so it runs as the forward does, with no
@@ -244,6 +247,74 @@ fn im2col<F: Element>(x: &[F], window: &Window, col: &mut [F]) {
         .for_each(|(row, dst)| fill_row(row, dst));
 }
 
+/// `y ← w · im2col(x)` (or `+=`, `add`) for one group, by our f32 GEMM reading the columns
+/// straight from the planes as it packs them, with no column matrix written: taken when the
+/// elements are `f32`, the GEMM [`gemm_serial`] would choose is ours, and the window moves by
+/// 1 and keeps the plane's size (3×3 with padding 1, 5×5 with padding 2…). The same panels
+/// reach the same micro-kernel as through [`im2col`], so the result has the same bits.
+/// Returns whether it ran; otherwise nothing is written.
+fn gemm_from_planes<F: Element>(window: &Window, w: &[F], x: &[F], add: bool, y: &mut [F]) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(feature = "matmul-threading")))]
+    {
+        use super::sgemm::{MAX_TAPS, ShiftedPlanes, sgemm_shifted, takes};
+        use std::any::TypeId;
+        let [h, wd] = window.input;
+        let [kh, kw] = window.kernel;
+        let taps = kh * kw;
+        let (k, n) = (x.len() / (h * wd).max(1) * taps, h * wd);
+        let m = w.len().checked_div(k).unwrap_or(0);
+        let same_plane = window.stride == [1, 1] && window.output() == Some(window.input);
+        if TypeId::of::<F>() != TypeId::of::<f32>()
+            || !same_plane
+            || taps > MAX_TAPS
+            || !takes(m, k, n)
+        {
+            return false;
+        }
+        let mut shifts = [[0isize; 2]; MAX_TAPS];
+        for (t, shift) in shifts.iter_mut().take(taps).enumerate() {
+            let axis = |i: usize, tap: usize| {
+                (tap * window.dilation[i]) as isize - window.padding[i] as isize
+            };
+            *shift = [axis(0, t / kw), axis(1, t % kw)];
+        }
+        // SAFETY: F is f32 (checked above), so the slices are f32 slices of the same length.
+        let (w, x, y) = unsafe {
+            (
+                std::slice::from_raw_parts(w.as_ptr().cast::<f32>(), w.len()),
+                std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()),
+                std::slice::from_raw_parts_mut(y.as_mut_ptr().cast::<f32>(), y.len()),
+            )
+        };
+        assert_eq!(y.len(), m * n, "conv2d: output of one group");
+        let planes = ShiftedPlanes {
+            planes: x,
+            size: [h, wd],
+            taps: &shifts[..taps],
+        };
+        let beta = if add { 1.0 } else { 0.0 };
+        // SAFETY: our kernel runs on this CPU (`takes`); `w` is the m×k row-major weight and
+        // `y` the m×n output, both exclusively ours.
+        unsafe {
+            sgemm_shifted(
+                m,
+                1.0,
+                (w.as_ptr(), k as isize, 1),
+                &planes,
+                beta,
+                y.as_mut_ptr(),
+                n,
+            )
+        };
+        true
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(feature = "matmul-threading"))))]
+    {
+        let _ = (window, w, x, add, y);
+        false
+    }
+}
+
 /// The transpose of [`im2col`]: adds each column entry back into the input element it was
 /// read from (`dx`, one group's planes); entries read from the padding are dropped.
 fn col2im_acc<F: Element>(col: &[F], window: &Window, dx: &mut [F]) {
@@ -330,20 +401,15 @@ fn convolve<F: Element>(
         for (k, y) in items.chunks_mut(out_item).enumerate() {
             let xn = &x[(first + k) * in_item..][..in_item];
             for g in 0..shape.groups {
-                im2col(
-                    &xn[g * gin * shape.plane()..][..gin * shape.plane()],
-                    &shape.window,
-                    col,
-                );
-                let wg = MatRef::new(&w[g * gout * rows..][..gout * rows], gout, rows, false);
-                let cm = MatRef::new(col, rows, spatial, false);
-                gemm_serial(
-                    F::ONE,
-                    wg,
-                    cm,
-                    beta,
-                    &mut y[g * gout * spatial..][..gout * spatial],
-                );
+                let xg = &xn[g * gin * shape.plane()..][..gin * shape.plane()];
+                let wg = &w[g * gout * rows..][..gout * rows];
+                let yg = &mut y[g * gout * spatial..][..gout * spatial];
+                if !gemm_from_planes(&shape.window, wg, xg, add, yg) {
+                    im2col(xg, &shape.window, col);
+                    let wg = MatRef::new(wg, gout, rows, false);
+                    let cm = MatRef::new(col, rows, spatial, false);
+                    gemm_serial(F::ONE, wg, cm, beta, yg);
+                }
             }
             if let Some(b) = bias {
                 for (plane, &b) in y.chunks_mut(spatial).zip(b) {
@@ -512,5 +578,106 @@ pub fn conv2d_grad_bias<F: Element>(shape: &ConvShape, dy: &[F], db: &mut [F], f
             total += lane_sum(plane, |v| v);
         }
         super::store_grad(d, total, fresh);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [−1, 1), some of them exact zeros and negative zeros.
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| match (i + seed) % 37 {
+                0 => 0.0,
+                1 => -0.0,
+                r => ((r * 2_654_435_761 + i) % 1000) as f32 / 500.0 - 1.0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_gemm_from_the_planes_gives_the_bits_of_im2col_and_the_gemm() {
+        if !super::super::sgemm::available() {
+            eprintln!("no AVX-512 on this CPU: the columns are always written out");
+            return;
+        }
+        // (channels, out channels, [h, w], kernel, padding, dilation): 3×3, 5×5 and a dilated
+        // 3×3 keeping the plane's size; planes narrower than a panel, not a multiple of one,
+        // and over a block of columns; k over one and two slices of the GEMM
+        let cases = [
+            (32, 32, [28, 28], [3, 3], [1, 1], [1, 1]),
+            (64, 64, [14, 14], [3, 3], [1, 1], [1, 1]),
+            (8, 16, [9, 13], [3, 3], [1, 1], [1, 1]),
+            (3, 70, [11, 7], [5, 5], [2, 2], [1, 1]),
+            (8, 9, [12, 10], [3, 3], [2, 2], [2, 2]),
+            (40, 8, [30, 20], [3, 5], [1, 2], [1, 1]),
+        ];
+        for (case, &(c, o, input, kernel, padding, dilation)) in cases.iter().enumerate() {
+            let window = Window {
+                input,
+                kernel,
+                stride: [1, 1],
+                padding,
+                dilation,
+            };
+            let (k, n) = (c * kernel[0] * kernel[1], input[0] * input[1]);
+            let (x, w) = (values(c * n, case), values(o * k, case + 5));
+            for add in [false, true] {
+                let start = values(o * n, case + 9);
+                let mut direct = start.clone();
+                assert!(
+                    gemm_from_planes(&window, &w, &x, add, &mut direct),
+                    "case {case}: the planes' GEMM was not taken"
+                );
+                let mut col = vec![f32::NAN; k * n];
+                im2col(&x, &window, &mut col);
+                let mut written = start.clone();
+                let beta = if add { 1.0 } else { 0.0 };
+                gemm_serial(
+                    1.0,
+                    MatRef::new(&w, o, k, false),
+                    MatRef::new(&col, k, n, false),
+                    beta,
+                    &mut written,
+                );
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&direct), bits(&written), "case {case}, add {add}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_planes_gemm_leaves_other_windows_and_f64_to_im2col() {
+        let window = |stride, padding| Window {
+            input: [16, 16],
+            kernel: [3, 3],
+            stride: [stride, stride],
+            padding: [padding, padding],
+            dilation: [1, 1],
+        };
+        let (x, w) = (values(32 * 256, 0), values(32 * 288, 1));
+        let mut y = vec![0.0f32; 32 * 256];
+        // stride 2, or padding that changes the plane's size
+        assert!(!gemm_from_planes(&window(2, 1), &w, &x, false, &mut y));
+        assert!(!gemm_from_planes(
+            &window(1, 0),
+            &w,
+            &x,
+            false,
+            &mut y[..32 * 196]
+        ));
+        let (x64, w64): (Vec<f64>, Vec<f64>) = (
+            x.iter().map(|&v| v as f64).collect(),
+            w.iter().map(|&v| v as f64).collect(),
+        );
+        let mut y64 = vec![0.0f64; 32 * 256];
+        assert!(!gemm_from_planes(
+            &window(1, 1),
+            &w64,
+            &x64,
+            false,
+            &mut y64
+        ));
     }
 }

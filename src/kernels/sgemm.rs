@@ -6,6 +6,9 @@
 //! microkernel keeps the A panel in L1 and streams B from L2, and the block sizes were tuned
 //! on the reference step's products (`docs/performance.md`).
 //!
+//! `B` is packed from a matrix in memory, or from a convolution's input planes
+//! ([`ShiftedPlanes`]: its column matrix, never written out).
+//!
 //! The loops are BLIS's, for row-major `C`:
 //! - for each block of [`NC`] columns, for each slice of [`KC`] along `k`: pack that slice of
 //!   `B` into panels [`NR`] columns wide;
@@ -16,7 +19,7 @@
 //! 16-wide vectors of B, broadcasts eight values of A, and issues 16 fused multiply-adds.
 //! Every element of `C` is the sum of the same `KC` slices, each summed in the same order,
 //! whatever the row and column ranges of the call: results do not depend on how the engine
-//! cuts a product between threads (it cuts at multiples of 64, a multiple of `MR` and `NR`).
+//! cuts a product between threads (it cuts at multiples of 64, a multiple of `MR` and `NR`). A last panel of `B` at most half full gets a tile half as wide.
 
 use super::GemmFn;
 use std::arch::x86_64::*;
@@ -39,12 +42,17 @@ const MIN_SIDE: usize = 64;
 /// The f32 GEMM for an `m×k · k×n` product: ours on CPUs with AVX-512 when `n` and `k` are at
 /// least [`MIN_SIDE`], matrixmultiply's otherwise. Chosen once per product, before the
 /// engine cuts it between threads, so that every block runs the same arithmetic.
-pub(crate) fn choose(_m: usize, k: usize, n: usize) -> GemmFn<f32> {
-    if n >= MIN_SIDE && k >= MIN_SIDE && available() {
+pub(crate) fn choose(m: usize, k: usize, n: usize) -> GemmFn<f32> {
+    if takes(m, k, n) {
         sgemm
     } else {
         matrixmultiply::sgemm
     }
+}
+
+/// Whether [`choose`] picks our kernel for an `m×k · k×n` product.
+pub(crate) fn takes(_m: usize, k: usize, n: usize) -> bool {
+    n >= MIN_SIDE && k >= MIN_SIDE && available()
 }
 
 /// Whether this CPU runs our kernel.
@@ -89,25 +97,176 @@ pub(crate) unsafe fn sgemm(
             matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
         };
     }
+    // SAFETY: the caller's contract.
+    unsafe {
+        with_packing(|a_packed, b_packed| {
+            blocked(
+                m,
+                k,
+                n,
+                alpha,
+                (a, rsa, csa),
+                &Strided { b, rsb, csb },
+                beta,
+                (c, rsc as usize),
+                a_packed,
+                b_packed,
+            )
+        })
+    };
+}
+
+/// `C ← α·A·B + β·C` where `B` is the column matrix of a convolution read straight from its
+/// input planes ([`ShiftedPlanes`]: `k = channels·taps`, `n = h·w`), packed into the
+/// micro-kernel's panels as it is read: the same panels, hence the same bits, as [`sgemm`] on
+/// the column matrix written out, without writing it. `C` is `m×n`, rows `ldc` apart.
+///
+/// # Safety
+/// The CPU has AVX-512F, AVX2 and FMA ([`available`]); `a` (strides `rsa`, `csa`) holds a
+/// valid `m×k` matrix and `c` an `m×n` one that aliases neither `a` nor the planes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_shifted(
+    m: usize,
+    alpha: f32,
+    (a, rsa, csa): (*const f32, isize, isize),
+    b: &ShiftedPlanes,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let [h, w] = b.size;
+    let (k, n) = (b.planes.len() / (h * w) * b.taps.len(), h * w);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the caller's contract; `ShiftedPlanes::pack` reads only inside the planes.
+    unsafe {
+        with_packing(|a_packed, b_packed| {
+            blocked(
+                m,
+                k,
+                n,
+                alpha,
+                (a, rsa, csa),
+                b,
+                beta,
+                (c, ldc),
+                a_packed,
+                b_packed,
+            )
+        })
+    };
+}
+
+/// Runs `f(a_packed, b_packed)` with this thread's packing buffers (a full A block and B
+/// block), taken for the call and put back.
+fn with_packing(f: impl FnOnce(*mut f32, *mut f32)) {
     let mut packed = PACKED.take();
     packed.resize(MC * KC + KC * NC, 0.0);
     let (a_packed, b_packed) = packed.split_at_mut(MC * KC);
-    // SAFETY: the caller's contract, and the buffers hold a full A block and B block.
-    unsafe {
-        blocked(
-            m,
-            k,
-            n,
-            alpha,
-            (a, rsa, csa),
-            (b, rsb, csb),
-            beta,
-            (c, rsc as usize),
-            a_packed.as_mut_ptr(),
-            b_packed.as_mut_ptr(),
-        );
-    }
+    f(a_packed.as_mut_ptr(), b_packed.as_mut_ptr());
     PACKED.set(packed);
+}
+
+/// Where the micro-kernel's `B` panels are packed from.
+trait PanelSource {
+    /// Packs rows `pc..pc + kc` and columns `jc..jc + nc` of `B` into panels [`NR`] columns
+    /// wide, as [`pack_panels`] lays them out (zeros past column `nc`).
+    ///
+    /// Safety: the block lies inside `B`; `out` holds `⌈nc/NR⌉·NR·kc` values; AVX-512F.
+    unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, out: *mut f32);
+}
+
+/// A `B` stored in memory, element `(p, j)` at `b + p·rsb + j·csb`.
+struct Strided {
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+}
+
+impl PanelSource for Strided {
+    #[inline(always)]
+    unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, out: *mut f32) {
+        // SAFETY: the trait's contract.
+        unsafe {
+            let from = self
+                .b
+                .offset(pc as isize * self.rsb + jc as isize * self.csb);
+            pack_panels::<NR>(nc, kc, from, self.csb, self.rsb, out);
+        }
+    }
+}
+
+/// The column matrix of a stride-1 convolution whose output plane is as large as its input
+/// (`h×w`, "same" padding), left in the input planes: row `p` is tap `t = p mod T` of plane
+/// `p div T`, and `B(p, s) = plane[oy + dyₜ, ox + dxₜ]` at output position `s = oy·w + ox`,
+/// 0 where that falls outside the plane. A tap's row of `B` is thus the plane shifted by
+/// `dyₜ·w + dxₜ`, with the positions that wrapped round an edge masked to zero.
+pub(crate) struct ShiftedPlanes<'a> {
+    /// The input planes, `channels × h × w`.
+    pub planes: &'a [f32],
+    /// `[h, w]`.
+    pub size: [usize; 2],
+    /// Each tap's shift `[dy, dx]` (`i·d − p`, `j·d − p`), at most [`MAX_TAPS`].
+    pub taps: &'a [[isize; 2]],
+}
+
+/// The most taps a [`ShiftedPlanes`] may hold (a 7×7 kernel has 49).
+pub(crate) const MAX_TAPS: usize = 64;
+
+impl PanelSource for ShiftedPlanes<'_> {
+    #[inline(always)]
+    unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, out: *mut f32) {
+        let [h, w] = self.size;
+        let (plane, n, taps) = (h * w, h * w, self.taps.len());
+        debug_assert!(taps <= MAX_TAPS && self.planes.len() >= plane * (pc + kc).div_ceil(taps));
+        // SAFETY: the trait's contract; every load is masked to the lanes whose shifted
+        // position lies inside its plane (so inside `planes`), and a masked-off lane is not
+        // read (its address is formed with `wrapping_offset` and never dereferenced).
+        unsafe {
+            let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            let (hv, wv) = (_mm512_set1_epi32(h as i32), _mm512_set1_epi32(w as i32));
+            let mut masks = [[0u16; 2]; MAX_TAPS];
+            for (panel, j0) in (jc..jc + nc).step_by(NR).enumerate() {
+                // each tap's mask over this panel's NR output positions
+                for half in 0..2 {
+                    let s = _mm512_add_epi32(_mm512_set1_epi32((j0 + 16 * half) as i32), lane);
+                    let inside = _mm512_cmplt_epu32_mask(s, _mm512_set1_epi32(n as i32));
+                    let (mut oy, mut ox) = ([0i32; 16], [0i32; 16]);
+                    for l in 0..16 {
+                        let s = j0 + 16 * half + l;
+                        (oy[l], ox[l]) = ((s / w) as i32, (s % w) as i32);
+                    }
+                    let oy = _mm512_loadu_si512(oy.as_ptr().cast());
+                    let ox = _mm512_loadu_si512(ox.as_ptr().cast());
+                    for (mask, &[dy, dx]) in masks.iter_mut().zip(self.taps) {
+                        let y = _mm512_add_epi32(oy, _mm512_set1_epi32(dy as i32));
+                        let x = _mm512_add_epi32(ox, _mm512_set1_epi32(dx as i32));
+                        mask[half] = inside
+                            & _mm512_cmplt_epu32_mask(y, hv)
+                            & _mm512_cmplt_epu32_mask(x, wv);
+                    }
+                }
+                let to = out.add(panel * NR * kc);
+                let (mut channel, mut tap) = (pc / taps, pc % taps);
+                for p in 0..kc {
+                    let [dy, dx] = self.taps[tap];
+                    let shift = (channel * plane + j0) as isize + dy * w as isize + dx;
+                    let from = self.planes.as_ptr().wrapping_offset(shift);
+                    let [m0, m1] = masks[tap];
+                    _mm512_storeu_ps(to.add(p * NR), _mm512_maskz_loadu_ps(m0, from));
+                    _mm512_storeu_ps(
+                        to.add(p * NR + 16),
+                        _mm512_maskz_loadu_ps(m1, from.wrapping_add(16)),
+                    );
+                    tap += 1;
+                    if tap == taps {
+                        (channel, tap) = (channel + 1, 0);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The five loops (see the module's doc), compiled for AVX-512.
@@ -119,7 +278,7 @@ unsafe fn blocked(
     n: usize,
     alpha: f32,
     (a, rsa, csa): (*const f32, isize, isize),
-    (b, rsb, csb): (*const f32, isize, isize),
+    b: &impl PanelSource,
     beta: f32,
     (c, ldc): (*mut f32, usize),
     a_packed: *mut f32,
@@ -132,8 +291,7 @@ unsafe fn blocked(
             let nc = NC.min(n - jc);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                let b_slice = b.offset(pc as isize * rsb + jc as isize * csb);
-                pack_panels::<NR>(nc, kc, b_slice, csb, rsb, b_packed);
+                b.pack(pc, kc, jc, nc, b_packed);
                 // the first slice applies β; later ones add to what it left
                 let beta = if pc == 0 { beta } else { 1.0 };
                 for ic in (0..m).step_by(MC) {
@@ -142,16 +300,22 @@ unsafe fn blocked(
                     pack_panels::<MR>(mc, kc, a_block, rsa, csa, a_packed);
                     for ir in (0..mc).step_by(MR) {
                         for jr in (0..nc).step_by(NR) {
-                            microkernel(
+                            let tile = (
                                 kc,
-                                a_packed.add(ir * kc),
-                                b_packed.add(jr * kc),
+                                a_packed.add(ir * kc).cast_const(),
+                                b_packed.add(jr * kc).cast_const(),
                                 c.add((ic + ir) * ldc + jc + jr),
                                 ldc,
                                 ((mc - ir).min(MR), (nc - jr).min(NR)),
                                 alpha,
                                 beta,
                             );
+                            // a last panel at most half full: half the tile
+                            if nc - jr <= NR / 2 {
+                                microkernel::<{ NR / 32 }>(tile);
+                            } else {
+                                microkernel::<{ NR / 16 }>(tile);
+                            }
                         }
                     }
                 }
@@ -253,23 +417,26 @@ unsafe fn transpose_8x8(src: *const f32, src_stride: isize, dst: *mut f32, dst_s
     }
 }
 
-/// `C_tile ← α·(A_panel·B_panel) + β·C_tile` for one `MR×NR` tile, of which only the first
-/// `rows×cols` are stored (the packed panels are zero beyond them). `β = 0` never reads `C`.
+/// A micro-kernel's arguments: depth, A panel, B panel, C tile, C's row length, the tile's
+/// stored rows and columns, α, β.
+type Tile = (
+    usize,
+    *const f32,
+    *const f32,
+    *mut f32,
+    usize,
+    (usize, usize),
+    f32,
+    f32,
+);
+
+/// `C_tile ← α·(A_panel·B_panel) + β·C_tile` for one `MR×16·NV` tile (the first `16·NV` of
+/// the panel's [`NR`] columns), of which only the first `rows×cols` are stored (the packed
+/// panels are zero beyond them). `β = 0` never reads `C`.
 ///
 /// Safety: the panels hold `kc` steps; the stored part of the tile lies inside `C`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn microkernel(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    (rows, cols): (usize, usize),
-    alpha: f32,
-    beta: f32,
-) {
-    const NV: usize = NR / 16;
+unsafe fn microkernel<const NV: usize>((kc, a, b, c, ldc, (rows, cols), alpha, beta): Tile) {
     // SAFETY: see the function's contract.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
