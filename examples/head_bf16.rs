@@ -11,7 +11,7 @@
 //! `cargo run --release --example head_bf16 -- --classes 100000 --steps 10 --threads 1`
 
 use clap::Parser;
-use margrad::loss::{Bf16Centres, BlockedHead, HeadLoss, MarginLoss};
+use margrad::loss::{Bf16Centres, BlockLoss, BlockedHead, MarginLoss};
 use margrad::optim::{sgd_momentum_update, sgd_momentum_update_bf16};
 use margrad::{Graph, Labels, Tensor, seeded_rng};
 use rand::RngExt;
@@ -98,7 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .item();
         let middle = cpu_seconds();
         let g = Graph::new();
-        let margin = HeadLoss::Margin(head.margin_loss());
+        let margin = BlockLoss::Margin(head.margin_loss());
         let loss_narrow = head
             .step_bf16(
                 g.leaf(x.clone()),

@@ -4,7 +4,7 @@
 
 mod common;
 use common::rng;
-use margrad::loss::{Bf16Centres, BlockedHead, ClassSample, HeadLoss, MarginLoss};
+use margrad::loss::{Bf16Centres, BlockLoss, BlockedHead, ClassSample, MarginLoss};
 use margrad::optim::{sgd_momentum_update, sgd_momentum_update_bf16};
 use margrad::{Error, Graph, Labels, Tensor};
 
@@ -51,7 +51,7 @@ fn bf16_step(
     let mut dw = Tensor::full(&w.shape(), f32::NAN);
     let g = Graph::new();
     let x = g.leaf(p.x.clone());
-    let loss = HeadLoss::Margin(head.margin_loss());
+    let loss = BlockLoss::Margin(head.margin_loss());
     let l = head
         .step_bf16(x, &mut w, &p.labels, sample, loss, |first, _, grad| {
             dw.data_mut()[first * d..first * d + grad.len()].copy_from_slice(grad);
@@ -133,7 +133,7 @@ fn a_bf16_training_step_is_the_f32_step_rounded() {
         &mut w,
         &p.labels,
         None,
-        HeadLoss::Margin(head.margin_loss()),
+        BlockLoss::Margin(head.margin_loss()),
         |first, rows, grad| {
             let v = &mut velocity[first * d..first * d + rows.len()];
             assert!(sgd_momentum_update_bf16(rows, v, grad, 0.1, 0.9));

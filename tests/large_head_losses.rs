@@ -7,10 +7,10 @@
 mod common;
 use common::rng;
 use margrad::loss::{
-    AdaFace, AdaFaceNorms, ArcFallback, BlockedHead, ClassSample, CurricularFace,
-    CurricularFaceState, ElasticFace, HEAD_NORM_EPS, HeadLoss, MagFace, MarginLoss, Reduction,
-    SphereFace2, adaface_loss, curricularface_loss, elasticface_loss, magface_loss,
-    margin_cross_entropy, max_over_subcenters, sphereface2_loss,
+    AdaFace, AdaFaceNorms, ArcFallback, BlockLoss, BlockedHead, ClassSample, CurricularFace,
+    CurricularFaceState, ElasticFace, HEAD_NORM_EPS, MagFace, MarginLoss, Reduction, SphereFace2,
+    adaface_loss, curricularface_loss, elasticface_loss, magface_loss, margin_cross_entropy,
+    max_over_subcenters, sphereface2_loss,
 };
 use margrad::{Error, Graph, Labels, Tensor, Var};
 
@@ -138,14 +138,14 @@ fn dense(p: &Problem, case: &Case) -> Outcome {
     )
 }
 
-fn head_loss<'a, 'g>(case: &'a Case, bias: Var<'g, f64>) -> HeadLoss<'a, 'g, f64> {
+fn head_loss<'a, 'g>(case: &'a Case, bias: Var<'g, f64>) -> BlockLoss<'a, 'g, f64> {
     match case {
-        Case::Margin(loss) => HeadLoss::Margin(loss),
-        Case::AdaFace(loss, stats) => HeadLoss::AdaFace(loss, stats),
-        Case::MagFace(loss) => HeadLoss::MagFace(loss),
-        Case::CurricularFace(loss, state) => HeadLoss::CurricularFace(loss, state),
-        Case::ElasticFace(loss, margins) => HeadLoss::ElasticFace(loss, margins),
-        Case::SphereFace2(loss, _) => HeadLoss::SphereFace2(loss, bias),
+        Case::Margin(loss) => BlockLoss::Margin(loss),
+        Case::AdaFace(loss, stats) => BlockLoss::AdaFace(loss, stats),
+        Case::MagFace(loss) => BlockLoss::MagFace(loss),
+        Case::CurricularFace(loss, state) => BlockLoss::CurricularFace(loss, state),
+        Case::ElasticFace(loss, margins) => BlockLoss::ElasticFace(loss, margins),
+        Case::SphereFace2(loss, _) => BlockLoss::SphereFace2(loss, bias),
     }
 }
 
@@ -439,7 +439,7 @@ fn a_sphereface2_bias_of_two_elements_is_a_programmer_error() {
         &mut w,
         &p.labels,
         None,
-        HeadLoss::SphereFace2(&loss, bias),
+        BlockLoss::SphereFace2(&loss, bias),
         |_, _, _| {},
     );
 }

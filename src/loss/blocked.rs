@@ -34,7 +34,7 @@
 //! places and each row's statistics are its own, so the results are bitwise identical whatever
 //! the number of threads.
 //!
-//! **Beyond the margin family** ([`BlockedHead::step_with`], [`HeadLoss`]): AdaFace, MagFace,
+//! **Beyond the margin family** ([`BlockedHead::step_with`], [`BlockLoss`]): AdaFace, MagFace,
 //! CurricularFace and ElasticFace are softmax losses too: each row's target logit comes from
 //! the dense op's own formula (a function of the target cosine and the row's norm, margin or
 //! scaler), and the non-target logits from the dense kernels' own maps (CurricularFace's
@@ -81,7 +81,7 @@ pub struct BlockedHead {
 /// CurricularFace's `t`) is updated by the caller before the step, as for the dense ops;
 /// [`BlockedHead::target_cosines`] gives CurricularFace's update its cosines.
 #[derive(Clone, Copy)]
-pub enum HeadLoss<'a, 'g, F: Element> {
+pub enum BlockLoss<'a, 'g, F: Element> {
     /// The margin-softmax family ([`margin_cross_entropy`](super::margin_cross_entropy)).
     Margin(&'a MarginLoss),
     /// [`adaface_loss`](super::adaface_loss) with the features' norms (read as constants) and
@@ -147,7 +147,7 @@ impl BlockedHead {
     }
 
     /// One training step of the centres, fused, for the head's [`MarginLoss`]:
-    /// [`BlockedHead::step_with`] with [`HeadLoss::Margin`].
+    /// [`BlockedHead::step_with`] with [`BlockLoss::Margin`].
     ///
     /// # Errors
     /// As [`BlockedHead::step_with`].
@@ -163,7 +163,7 @@ impl BlockedHead {
         sample: Option<&ClassSample>,
         update: impl FnMut(usize, &mut [F], &[F]),
     ) -> Result<Var<'g, F>, Error> {
-        let loss = HeadLoss::Margin(&self.loss);
+        let loss = BlockLoss::Margin(&self.loss);
         self.step_with(features, centres, labels, sample, loss, update)
     }
 
@@ -198,7 +198,7 @@ impl BlockedHead {
         centres: &mut Tensor<F>,
         labels: &Labels,
         sample: Option<&ClassSample>,
-        loss: HeadLoss<'_, 'g, F>,
+        loss: BlockLoss<'_, 'g, F>,
         update: impl FnMut(usize, &mut [F], &[F]),
     ) -> Result<Var<'g, F>, Error> {
         let shape = [centres.shape()[0], centres.shape()[1]];
@@ -224,7 +224,7 @@ impl BlockedHead {
         centres: &mut Bf16Centres,
         labels: &Labels,
         sample: Option<&ClassSample>,
-        loss: HeadLoss<'_, 'g, f32>,
+        loss: BlockLoss<'_, 'g, f32>,
         update: impl FnMut(usize, &mut [u16], &[f32]),
     ) -> Result<Var<'g, f32>, Error> {
         let shape = centres.shape();
@@ -241,7 +241,7 @@ impl BlockedHead {
         shape: [usize; 2],
         labels: &Labels,
         sample: Option<&ClassSample>,
-        loss: HeadLoss<'_, 'g, F>,
+        loss: BlockLoss<'_, 'g, F>,
         mut update: impl FnMut(usize, &mut [C::Stored], &[F]),
     ) -> Result<Var<'g, F>, Error> {
         let x = features.value();
@@ -1196,7 +1196,7 @@ fn family_rule<F: Element>(loss: &MarginLoss) -> Softmax<F, Linear<F>> {
 /// SphereFace2's bias.
 #[track_caller]
 fn rule<'g, F: Element, C: CentreRows<F> + ?Sized>(
-    loss: &HeadLoss<'_, 'g, F>,
+    loss: &BlockLoss<'_, 'g, F>,
     pass: &Pass<'_, F>,
     centres: &C,
 ) -> Result<(Rule<F>, Option<Var<'g, F>>), Error> {
@@ -1214,11 +1214,11 @@ fn rule<'g, F: Element, C: CentreRows<F> + ?Sized>(
         })
     };
     Ok(match *loss {
-        HeadLoss::Margin(loss) => {
+        BlockLoss::Margin(loss) => {
             loss.validate()?;
             (Rule::Softmax(family_rule(loss)), None)
         }
-        HeadLoss::AdaFace(loss, stats) => {
+        BlockLoss::AdaFace(loss, stats) => {
             loss.validate()?;
             stats.validate()?;
             let scalers = norms()
@@ -1228,7 +1228,7 @@ fn rule<'g, F: Element, C: CentreRows<F> + ?Sized>(
             let targets = TargetMap::AdaFace(loss.clone(), scalers);
             (softmax(targets, loss.scale), None)
         }
-        HeadLoss::MagFace(loss) => {
+        BlockLoss::MagFace(loss) => {
             loss.validate()?;
             let a = norms();
             let norm_terms = a
@@ -1245,7 +1245,7 @@ fn rule<'g, F: Element, C: CentreRows<F> + ?Sized>(
             };
             (Rule::Softmax(rule), None)
         }
-        HeadLoss::CurricularFace(loss, state) => {
+        BlockLoss::CurricularFace(loss, state) => {
             loss.validate()?;
             state.validate()?;
             let thresholds = pass
@@ -1264,7 +1264,7 @@ fn rule<'g, F: Element, C: CentreRows<F> + ?Sized>(
             };
             (Rule::Curricular(rule), None)
         }
-        HeadLoss::ElasticFace(loss, margins) => {
+        BlockLoss::ElasticFace(loss, margins) => {
             loss.validate()?;
             if margins.len() != pass.b {
                 return Err(Error::DataLength {
@@ -1283,7 +1283,7 @@ fn rule<'g, F: Element, C: CentreRows<F> + ?Sized>(
             let targets = TargetMap::ElasticFace(loss.clone(), margins.to_vec());
             (softmax(targets, loss.scale), None)
         }
-        HeadLoss::SphereFace2(loss, bias) => {
+        BlockLoss::SphereFace2(loss, bias) => {
             let shape = bias.shape();
             assert!(
                 shape.iter().product::<usize>() == 1,

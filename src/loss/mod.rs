@@ -34,7 +34,7 @@ mod subcenter;
 pub use adaface::{ADAFACE_EPS, ADAFACE_NORM_RANGE, AdaFace, AdaFaceNorms, adaface_loss};
 pub use bf16_centres::Bf16Centres;
 pub(crate) use blocked::FeatureGrad;
-pub use blocked::{BlockedHead, ClassSample, HEAD_NORM_EPS, HeadLoss, ShardExchange};
+pub use blocked::{BlockLoss, BlockedHead, ClassSample, HEAD_NORM_EPS, ShardExchange};
 pub use curricularface::{CurricularFace, CurricularFaceState, curricularface_loss};
 pub use elasticface::{ElasticFace, ElasticKind, elasticface_loss};
 pub use extended::ExtendedLoss;

@@ -18,7 +18,7 @@
 //! some of them.
 //!
 //! The loss is [`LargeHeadConfig::loss`], a loss of the margin family; the blocked head also
-//! computes the sample-adaptive losses and SphereFace2 ([`HeadLoss`](crate::loss::HeadLoss)),
+//! computes the sample-adaptive losses and SphereFace2 ([`BlockLoss`](crate::loss::BlockLoss)),
 //! which this trainer does not offer yet: their state (AdaFace's statistics, CurricularFace's
 //! `t`, SphereFace2's bias) would join the checkpoint beside the centres' momentum.
 

@@ -866,7 +866,7 @@ fn finish(
         },
         history,
         final_metrics: evaluation.metrics.clone(),
-        subcenters: subcenter_report(&model, &params, &data.train)?,
+        subcenters: subcenter_report(model, params, &data.train)?,
     };
     write_outputs(out, model, params, data, &metrics, &evaluation)?;
     Ok(metrics)
