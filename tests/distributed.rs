@@ -567,3 +567,28 @@ fn without_mpi_the_trainer_refuses_to_run_distributed() {
     );
     assert!(!out.exists(), "{stderr}");
 }
+
+#[test]
+fn a_global_batch_larger_than_the_training_set_is_refused_before_training() {
+    use margrad::train::{TrainConfig, TrainError, train_distributed};
+    let world = World::single();
+    let out = run_dir("batch-too-large");
+    // 1,437 training digits: a global batch of 1,440 would leave no step in an epoch
+    let config = TrainConfig {
+        batch: 1440,
+        ..small_config(1)
+    };
+    let err = train_distributed(&world, &config, &out, &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            TrainError::Input(margrad::Error::InvalidSetting { name: "batch", .. })
+        ),
+        "{err}"
+    );
+    assert!(
+        !out.join("metrics.json").exists(),
+        "an empty run wrote metrics"
+    );
+    let _ = std::fs::remove_dir_all(out);
+}

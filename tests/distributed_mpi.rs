@@ -590,3 +590,36 @@ fn a_batch_the_ranks_cannot_share_is_refused_on_every_rank() {
         "{stderr}"
     );
 }
+
+#[test]
+fn losses_with_batch_statistics_are_refused_on_several_ranks_before_training() {
+    for loss in ["adaface", "curricularface"] {
+        let out = out_dir(&format!("batch-stats-{loss}"));
+        let args = [
+            TRAIN,
+            &[
+                "--loss",
+                loss,
+                "--epochs",
+                "1",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        ]
+        .concat();
+        let output = run_trainer(2, &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{loss}: {stderr}");
+        for rank in 0..2 {
+            assert!(
+                stderr.contains(&format!("rank {rank} of 2: error: ")),
+                "{loss}: {stderr}"
+            );
+        }
+        assert!(
+            stderr.contains("train it in one process"),
+            "{loss}: {stderr}"
+        );
+        assert!(!out.join("metrics.json").exists(), "{loss}: {stderr}");
+    }
+}

@@ -16,6 +16,7 @@ use super::{
 };
 use super::{StepError, TrainConfig, step::LocalStep, step::combined_model_step};
 use crate::distributed::{Shard, World, parameter_checksum, reduce_gradients};
+use crate::loss::LossKind;
 use crate::{Error, seeded_rng};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -51,9 +52,28 @@ pub fn train_distributed(
 ) -> Result<Option<Metrics>, TrainError> {
     world.check_same_config("settings", &settings_hash_input(config))?;
     world.agree(config.validate())?;
-    world.agree(Footprint::of_threads(config.threads)?.check(available_memory()))?;
+    world.agree(loss_splits_over_ranks(config, world.size()))?;
+    // agreed as a whole: `threads` is a node's own, so one rank alone may fail here
+    world.agree(Footprint::of_threads(config.threads).and_then(|f| f.check(available_memory())))?;
     world.agree(global_threads(config.threads))?;
     run(world, config, out, on_event)
+}
+
+/// Refuses, on more than one rank, a loss whose state is updated from the batch before the
+/// loss is formed (AdaFace's norm statistics, CurricularFace's `t`): each rank would update it
+/// from its own share of the batch, and AdaFace's spread of the norms over the ranks is not the
+/// mean of the ranks' spreads, so the run would not follow one process's.
+fn loss_splits_over_ranks(config: &TrainConfig, ranks: usize) -> Result<(), Error> {
+    match config.loss.kind {
+        LossKind::AdaFace | LossKind::CurricularFace if ranks > 1 => Err(Error::Distributed {
+            message: format!(
+                "{:?} updates its statistics from the whole batch before forming the loss, \
+                 which {ranks} ranks holding a share each cannot do: train it in one process",
+                config.loss.kind
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Sizes rayon's global pool to `threads` (`None` or 0: rayon's default). The run stays on
@@ -118,6 +138,13 @@ fn run(
     };
     agree(world, claimed)?;
     let shard = Shard::new(world, per_rank, data.train.len())?;
+    // the lengths agree, so every rank decides alike
+    Error::check(
+        "batch",
+        config.batch as f64,
+        shard.steps() > 0,
+        "at most the training set's size (a global batch of the data every step)",
+    )?;
     let schedule = lr_schedule(config);
     let checkpoint = out.join(CHECKPOINT_FILE);
     let mut last_good = config.resume.clone();
