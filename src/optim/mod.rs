@@ -553,8 +553,10 @@ pub fn sgd_momentum_update<F: Element>(
 /// [`Bf16Centres`](crate::loss::Bf16Centres)'s rows) with an f32 velocity: each parameter is
 /// widened to f32 (exactly), updated by the same arithmetic, and rounded back to nearest even.
 /// An update smaller than half the parameter's bf16 spacing (2⁻⁹ to 2⁻⁸ of its magnitude) is
-/// lost in the rounding; the velocity keeps it, so repeated small steps still add up once they pass
-/// it. Returns whether every updated element is finite.
+/// lost in the rounding, and nothing carries the lost part to the next step: the velocity
+/// grows to at most `g/(1 − μ)`, so a parameter whose `lr·g/(1 − μ)` stays under half its
+/// spacing never moves (stochastic rounding or f32 master weights would). Returns whether
+/// every updated element is finite.
 ///
 /// # Panics
 /// When `p`, `velocity` and `g` differ in length.
