@@ -198,6 +198,7 @@ impl ClassParallelHead {
         let own = world.rank() * b * d..(world.rank() + 1) * b * d;
         let op = FeatureGrad {
             dx: dx[own].to_vec(),
+            dbias: None,
         };
         Ok(features
             .graph()

@@ -284,9 +284,15 @@ impl BlockedHead {
         drop(x);
         let graph = features.graph();
         Ok(match bias {
-            None => graph.custom(FeatureGrad { dx }, &[features], Tensor::scalar(value)),
+            None => {
+                let op = FeatureGrad { dx, dbias: None };
+                graph.custom(op, &[features], Tensor::scalar(value))
+            }
             Some(bias) => {
-                let op = FeatureAndBiasGrad { dx, dbias };
+                let op = FeatureGrad {
+                    dx,
+                    dbias: Some(dbias),
+                };
                 graph.custom(op, &[features, bias], Tensor::scalar(value))
             }
         })
@@ -1124,9 +1130,11 @@ fn grad_row<F: Element, O: Others<F>>(
     }
 }
 
-/// The features' side of [`BlockedHead::step`]: `∂x = g·∂L/∂x`, computed in the step.
+/// The features' side of [`BlockedHead::step`], `∂x = g·∂L/∂x`, computed in the step; with
+/// SphereFace2's bias as a second input, its side too, `∂b = g·∂L/∂b`.
 pub(crate) struct FeatureGrad<F> {
     pub(crate) dx: Vec<F>,
+    pub(crate) dbias: Option<F>,
 }
 
 impl<F: Element> CustomOp<F> for FeatureGrad<F> {
@@ -1146,34 +1154,8 @@ impl<F: Element> CustomOp<F> for FeatureGrad<F> {
                 dx.store(i, g[0] * v);
             }
         }
-    }
-}
-
-/// The features' and the bias's side of [`BlockedHead::step_with`] for SphereFace2.
-struct FeatureAndBiasGrad<F> {
-    dx: Vec<F>,
-    dbias: F,
-}
-
-impl<F: Element> CustomOp<F> for FeatureAndBiasGrad<F> {
-    fn name(&self) -> &'static str {
-        "blocked head"
-    }
-
-    fn backward(
-        &self,
-        _inputs: &[&Tensor<F>],
-        _output: &Tensor<F>,
-        g: &[F],
-        grads: &mut [Option<InputGrad<'_, F>>],
-    ) {
-        if let Some(dx) = &mut grads[0] {
-            for (i, &v) in self.dx.iter().enumerate() {
-                dx.store(i, g[0] * v);
-            }
-        }
-        if let Some(dbias) = &mut grads[1] {
-            dbias.store(0, g[0] * self.dbias);
+        if let (Some(dbias), Some(Some(grad))) = (self.dbias, grads.get_mut(1)) {
+            grad.store(0, g[0] * dbias);
         }
     }
 }
