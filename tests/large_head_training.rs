@@ -265,7 +265,8 @@ fn resuming_from_another_model_or_past_the_end_is_refused() {
         steps: 2,
         ..config.clone()
     };
-    for other in [wider, fewer] {
+    // a checkpoint that already holds every step leaves nothing to run (and no loss to report)
+    for other in [wider, fewer, config.clone()] {
         let err = resume_large_head(&other, &path, None, 1000, |_| {}).unwrap_err();
         assert!(
             matches!(err, LargeHeadError::Input(Error::InvalidSetting { .. })),
@@ -275,4 +276,123 @@ fn resuming_from_another_model_or_past_the_end_is_refused() {
     let missing = temp("missing.margrad");
     let err = resume_large_head(&config, &missing, None, 1000, |_| {}).unwrap_err();
     assert!(matches!(err, LargeHeadError::Checkpoint(_)), "{err}");
+}
+
+#[test]
+fn resuming_with_other_settings_is_refused_and_only_more_steps_are_accepted() {
+    let path = temp("settings.margrad");
+    let config = LargeHeadConfig {
+        steps: 2,
+        ..small(0.5)
+    };
+    train_large_head(&config, Some(&path), 1000, |_| {}).unwrap();
+    let more = LargeHeadConfig {
+        steps: 3,
+        checkpoint_every: 1,
+        ..config.clone()
+    };
+    let differ = |other: LargeHeadConfig, named: &str| {
+        let err = resume_large_head(&other, &path, None, 1000, |_| {}).unwrap_err();
+        match &err {
+            LargeHeadError::SettingsDiffer { settings } => {
+                assert!(settings.contains(named), "{err}")
+            }
+            _ => panic!("{err}"),
+        }
+    };
+    differ(
+        LargeHeadConfig {
+            lr: 0.05,
+            ..more.clone()
+        },
+        "lr",
+    );
+    differ(
+        LargeHeadConfig {
+            momentum: 0.5,
+            ..more.clone()
+        },
+        "momentum",
+    );
+    differ(
+        LargeHeadConfig {
+            sample_rate: 0.25,
+            ..more.clone()
+        },
+        "sample_rate",
+    );
+    differ(
+        LargeHeadConfig {
+            batch: 32,
+            ..more.clone()
+        },
+        "batch",
+    );
+    let mut reseeded = more.clone();
+    reseeded.identities.seed ^= 1;
+    differ(reseeded, "identities");
+    let report = resume_large_head(&more, &path, None, 1000, |_| {}).unwrap();
+    assert_eq!(report.steps_run, 1);
+
+    // a checkpoint written before the settings' fingerprint (epoch count 1) is still read,
+    // its learning rate and momentum checked
+    let old = temp("settings-old.margrad");
+    let loaded = checkpoint::load::<f32>(&path).unwrap();
+    let mut training = loaded.training.unwrap();
+    assert_ne!(training.epoch, 1);
+    training.epoch = 1;
+    checkpoint::save(&old, &loaded.model, &loaded.params, Some(&training)).unwrap();
+    resume_large_head(&more, &old, None, 1000, |_| {}).unwrap();
+    let err = resume_large_head(
+        &LargeHeadConfig {
+            lr: 0.05,
+            ..more.clone()
+        },
+        &old,
+        None,
+        1000,
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, LargeHeadError::SettingsDiffer { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_first_report_after_a_resume_averages_the_steps_it_covers() {
+    let config = LargeHeadConfig {
+        steps: 9,
+        ..small(1.0)
+    };
+    // every step's loss, from the uninterrupted run
+    let mut losses = Vec::new();
+    train_large_head(&config, None, 1, |event| {
+        let LargeHeadEvent::Steps { loss, .. } = event;
+        losses.push(loss);
+    })
+    .unwrap();
+    let stopped = temp("report.margrad");
+    let short = LargeHeadConfig {
+        steps: 4,
+        ..config.clone()
+    };
+    train_large_head(&short, Some(&stopped), 1000, |_| {}).unwrap();
+    let mut reports = Vec::new();
+    resume_large_head(&config, &stopped, None, 3, |event| {
+        let LargeHeadEvent::Steps { step, loss, .. } = event;
+        reports.push((step, loss));
+    })
+    .unwrap();
+    // steps 5 and 6, then 7 to 9
+    let mean = |steps: std::ops::RangeInclusive<usize>| {
+        let n = steps.clone().count() as f64;
+        steps.map(|s| losses[s - 1]).sum::<f64>() / n
+    };
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[0].0, 6);
+    assert!((reports[0].1 - mean(5..=6)).abs() < 1e-9, "{reports:?}");
+    assert_eq!(reports[1].0, 9);
+    assert!((reports[1].1 - mean(7..=9)).abs() < 1e-9, "{reports:?}");
 }

@@ -96,7 +96,8 @@ pub const HEADER_LEN: usize = 48;
 pub struct TrainingState<F: Element> {
     /// The optimiser's state (moments, step counts, groups, schedule factor).
     pub optimizer: OptimizerState<F>,
-    /// Epochs completed.
+    /// Epochs completed (a large-head run, which has no epochs, keeps its settings'
+    /// fingerprint here: [`LargeHeadConfig::fingerprint`](crate::train::LargeHeadConfig::fingerprint)).
     pub epoch: u64,
     /// The generator as it stood (shuffling, dropout).
     pub rng: SeededRng,

@@ -12,10 +12,11 @@
 //! momentum. The memory the run will hold is counted before anything is allocated
 //! ([`Footprint`]); the checkpoint (model, embedder optimiser, centres' momentum) is written
 //! streaming, at the end and every [`LargeHeadConfig::checkpoint_every`] steps, with the steps
-//! done and the generator's state, so that [`resume_large_head`] continues a stopped run and
-//! ends bit for bit where the uninterrupted one does; the figures are verification on pairs of
-//! unseen identities and closed-set accuracy over all `C` identities on held-out samples of
-//! some of them.
+//! done, the generator's state and a fingerprint of the settings, so that
+//! [`resume_large_head`] continues a stopped run (with the same settings but for the steps and
+//! the checkpoints' interval) and ends bit for bit where the uninterrupted one does; the
+//! figures are verification on pairs of unseen identities and closed-set accuracy over all `C`
+//! identities on held-out samples of some of them.
 //!
 //! The loss is [`LargeHeadConfig::loss`], a loss of the margin family; the blocked head also
 //! computes the sample-adaptive losses and SphereFace2 ([`BlockLoss`](crate::loss::BlockLoss)),
@@ -160,6 +161,22 @@ impl LargeHeadConfig {
         self.loss.validate()
     }
 
+    /// A fingerprint of every setting a resumed run must share with the run it continues:
+    /// all but `steps` and `checkpoint_every` (FNV-1a over their JSON text). Its top bit is
+    /// set, so that it never equals the epoch count 1 that checkpoints without it hold.
+    pub fn fingerprint(&self) -> u64 {
+        let shared = LargeHeadConfig {
+            steps: 0,
+            checkpoint_every: 0,
+            ..self.clone()
+        };
+        let text = serde_json::to_string(&shared).expect("settings serialise");
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        hash | 1 << 63
+    }
+
     /// The memory the run will hold, counted from the settings: centres and their momentum,
     /// the embedder with its gradient and momentum, a step's buffers, the verification and
     /// accuracy samples, the pairs.
@@ -238,7 +255,8 @@ pub struct LargeHeadReport {
 /// What [`train_large_head`] reports while it runs.
 #[derive(Clone, Copy, Debug)]
 pub enum LargeHeadEvent {
-    /// Steps `step - every + 1 ..= step` ran, with this mean loss.
+    /// The steps since the last report (every `report_every` steps, fewer at the first report
+    /// of a resumed run) ran up to `step`, with this mean loss.
     Steps {
         /// 1-based step.
         step: u64,
@@ -263,6 +281,13 @@ pub enum LargeHeadError {
     },
     /// The checkpoint could not be written, or the one to resume from read.
     Checkpoint(CheckpointError),
+    /// The checkpoint to resume was written with other settings than the run's: only `steps`
+    /// and `checkpoint_every` may change.
+    SettingsDiffer {
+        /// The settings that differ, or, when the checkpoint tells only that some do, the
+        /// ones that may.
+        settings: String,
+    },
 }
 
 impl std::fmt::Display for LargeHeadError {
@@ -273,6 +298,11 @@ impl std::fmt::Display for LargeHeadError {
                 write!(f, "training diverged at step {step}: {error}")
             }
             LargeHeadError::Checkpoint(e) => write!(f, "{e}"),
+            LargeHeadError::SettingsDiffer { settings } => write!(
+                f,
+                "the checkpoint to resume was written with other settings ({settings}): a \
+                 resumed run may change only steps and checkpoint_every"
+            ),
         }
     }
 }
@@ -312,8 +342,9 @@ pub fn train_large_head(
 ///
 /// # Errors
 /// As [`train_large_head`]; [`LargeHeadError::Checkpoint`] when `from` cannot be read, and
-/// [`LargeHeadError::Input`] when it holds another model, no training state, or more steps than
-/// `config.steps`.
+/// [`LargeHeadError::Input`] when it holds another model, no training state, or as many steps as
+/// `config.steps` or more (nothing would run); [`LargeHeadError::SettingsDiffer`] when it was
+/// written with other settings than `config`'s but for `steps` and `checkpoint_every`.
 pub fn resume_large_head(
     config: &LargeHeadConfig,
     from: &Path,
@@ -368,6 +399,29 @@ fn resumed(config: &LargeHeadConfig, from: &Path) -> Result<Start, LargeHeadErro
     let Some(mut training) = loaded.training else {
         return Err(invalid("a checkpoint with its training state").into());
     };
+    // the embedder's optimiser holds the learning rate and momentum exactly; the rest of the
+    // settings are known by their fingerprint (checkpoints written before it hold 1 there)
+    let mut differ = Vec::new();
+    if training.optimizer.groups.iter().any(|g| g.lr != config.lr) {
+        differ.push("lr");
+    }
+    let Method::Sgd { momentum, .. } = training.optimizer.method else {
+        return Err(invalid("a checkpoint of an SGD run").into());
+    };
+    if momentum != config.momentum {
+        differ.push("momentum");
+    }
+    if differ.is_empty() && training.epoch != 1 && training.epoch != config.fingerprint() {
+        differ.push(
+            "one or more of identities, block, sample_rate, batch, verify_samples, pairs, \
+             accuracy_identities, seed",
+        );
+    }
+    if !differ.is_empty() {
+        return Err(LargeHeadError::SettingsDiffer {
+            settings: differ.join(", "),
+        });
+    }
     let centres = loaded.model.head().parameters()[0];
     let saved = training
         .optimizer
@@ -378,8 +432,8 @@ fn resumed(config: &LargeHeadConfig, from: &Path) -> Result<Start, LargeHeadErro
     Error::check(
         "steps of the checkpoint to resume",
         saved.steps as f64,
-        saved.steps <= config.steps,
-        "at most the run's steps",
+        saved.steps < config.steps,
+        "fewer than the run's steps (nothing to do: the checkpoint already holds this many)",
     )?;
     let optimizer = Optimizer::from_state(training.optimizer, &loaded.params)?;
     Ok(Start {
@@ -447,6 +501,7 @@ fn run(
             centres: centres_id,
             step,
             rng,
+            fingerprint: config.fingerprint(),
         };
         let saved = save(path, params, velocity, &run);
         std::mem::swap(params.get_mut(centres_id), centres);
@@ -454,7 +509,7 @@ fn run(
     };
 
     let started = Instant::now();
-    let (mut window_loss, mut window_start) = (0.0, Instant::now());
+    let (mut window_loss, mut window_steps, mut window_start) = (0.0, 0u64, Instant::now());
     let run_steps = config.steps - first_step;
     let tenth = (run_steps / 10).max(1);
     let (mut first, mut last) = (0.0, 0.0);
@@ -506,14 +561,16 @@ fn run(
             last += loss / tenth as f64;
         }
         window_loss += loss;
+        window_steps += 1;
         if (step + 1) % report_every.max(1) == 0 {
-            let n = report_every.max(1) as f64;
+            // after a resume the first window holds only the steps run here
+            let n = window_steps as f64;
             on_event(LargeHeadEvent::Steps {
                 step: step + 1,
                 loss: window_loss / n,
                 steps_per_sec: n / window_start.elapsed().as_secs_f64(),
             });
-            (window_loss, window_start) = (0.0, Instant::now());
+            (window_loss, window_steps, window_start) = (0.0, 0, Instant::now());
         }
         let every = config.checkpoint_every;
         if every > 0 && (step + 1) % every == 0 && step + 1 < config.steps {
@@ -572,6 +629,9 @@ struct SavedRun<'a> {
     step: u64,
     /// The generator as it stands after them.
     rng: &'a crate::SeededRng,
+    /// [`LargeHeadConfig::fingerprint`], kept in the training state's epoch count (a large-head
+    /// run has no epochs).
+    fingerprint: u64,
 }
 
 /// Saves the model with its training state: the embedder's optimiser, the centres' momentum
@@ -595,7 +655,7 @@ fn save(
     });
     let training = TrainingState {
         optimizer: state,
-        epoch: 1,
+        epoch: run.fingerprint,
         rng: run.rng.clone(),
         history: Vec::new(),
     };
