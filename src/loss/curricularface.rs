@@ -113,12 +113,7 @@ impl CurricularFaceState {
         labels: &Labels,
         momentum: f64,
     ) -> Result<(), Error> {
-        Error::check(
-            "CurricularFace momentum",
-            momentum,
-            momentum > 0.0 && momentum <= 1.0,
-            "in (0, 1]",
-        )?;
+        // the momentum is checked by `update_from_targets`, before anything changes
         let shape = cos.shape();
         let [batch, classes] = shape[..] else {
             panic!("CurricularFaceState::update: expected [B, C] cosines, found shape {shape:?}")
