@@ -18,10 +18,9 @@ use std::path::PathBuf;
 mod common;
 use common::{in_little_memory, within, write_sparse};
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("margrad-ckpt-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A path `name` in a scratch folder of its own, removed when the returned guard drops.
+fn temp(name: &str) -> (common::Scratch, PathBuf) {
+    common::scratch_path("ckpt", name)
 }
 
 fn embedder(sizes: &[usize]) -> SequentialConfig {
@@ -74,7 +73,7 @@ fn same_bits<F: Element>(a: &Params<F>, b: &Params<F>) -> bool {
 fn round_trip_is_bit_exact_for_both_heads_and_element_types() {
     fn check<F: Element>(head: HeadConfig) {
         let (model, params) = built::<F>(head);
-        let path = temp(&format!("round-{}-{}.bin", F::NAME, params.len()));
+        let (_scratch, path) = temp(&format!("round-{}-{}.bin", F::NAME, params.len()));
         checkpoint::save(&path, &model, &params, None).unwrap();
         let loaded: Checkpoint<F> = checkpoint::load(&path).unwrap();
         assert_eq!(loaded.model, model);
@@ -119,7 +118,7 @@ fn resuming_from_a_checkpoint_continues_exactly() {
     // one epoch, save, load, one more
     let (model, mut params, mut opt, mut rng) = new_run();
     epoch(&model, &mut params, &mut opt, &mut rng);
-    let path = temp("resume.bin");
+    let (_scratch, path) = temp("resume.bin");
     let state = TrainingState {
         optimizer: opt.state().clone(),
         epoch: 1,
@@ -357,7 +356,7 @@ fn a_file_without_the_magic_is_not_a_checkpoint_whatever_its_length_and_says_wha
         assert!(!message.contains("\\u{"), "{message}");
     }
     // from a file too, a short one included
-    let path = temp("metrics.json");
+    let (_scratch, path) = temp("metrics.json");
     std::fs::write(&path, b"{\"a\": 1}\n").unwrap();
     let err = checkpoint::load::<f32>(&path).unwrap_err();
     assert!(err.to_string().contains("it looks like JSON text"), "{err}");
@@ -472,7 +471,7 @@ fn an_invalid_stored_configuration_is_an_error() {
 
 #[test]
 fn a_missing_file_is_an_io_error() {
-    let err = checkpoint::load::<f32>(&temp("does-not-exist.bin")).unwrap_err();
+    let err = checkpoint::load::<f32>(&temp("does-not-exist.bin").1).unwrap_err();
     assert!(matches!(err, CheckpointError::Io { .. }), "{err}");
 }
 
@@ -545,7 +544,7 @@ fn the_loader_survives_thousands_of_seeded_mutations() {
 fn the_head_alone_predicts_and_scores_pairs() {
     for head in [cosine(), HeadConfig::Linear { classes: 3 }] {
         let (model, params) = built::<f32>(head.clone());
-        let path = temp(&format!(
+        let (_scratch, path) = temp(&format!(
             "head-{}.bin",
             matches!(head, HeadConfig::Linear { .. })
         ));
@@ -693,10 +692,10 @@ fn a_checkpoint_of_every_readable_earlier_version_still_loads() {
 // ---- reading a file without trusting it ----
 
 /// A sparse file `name` of `len` bytes that begins with `head`.
-fn sparse(name: &str, head: &[u8], len: u64) -> PathBuf {
-    let path = temp(name);
+fn sparse(name: &str, head: &[u8], len: u64) -> (common::Scratch, PathBuf) {
+    let (scratch, path) = temp(name);
     write_sparse(&path, head, len);
-    path
+    (scratch, path)
 }
 
 const GIB: u64 = 1 << 30;
@@ -704,7 +703,7 @@ const GIB: u64 = 1 << 30;
 #[cfg(unix)]
 #[test]
 fn a_named_pipe_is_refused_at_once_without_waiting_for_a_writer() {
-    let path = temp("pipe.bin");
+    let (_scratch, path) = temp("pipe.bin");
     let _ = std::fs::remove_file(&path);
     match std::process::Command::new("mkfifo").arg(&path).status() {
         Ok(status) if status.success() => {}
@@ -742,7 +741,7 @@ fn a_named_pipe_is_refused_at_once_without_waiting_for_a_writer() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_symlink_to_dev_zero_is_refused_as_the_device_it_points_to() {
-    let path = temp("zero.bin");
+    let (_scratch, path) = temp("zero.bin");
     let _ = std::fs::remove_file(&path);
     std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
     let at = path.clone();
@@ -762,7 +761,7 @@ fn a_symlink_to_dev_zero_is_refused_as_the_device_it_points_to() {
 #[cfg(unix)]
 #[test]
 fn a_directory_is_refused_naming_what_it_is() {
-    let dir = temp("a-directory.bin");
+    let (_scratch, dir) = temp("a-directory.bin");
     std::fs::create_dir_all(&dir).unwrap();
     let err = checkpoint::load::<f32>(&dir).unwrap_err();
     assert_eq!(
@@ -777,7 +776,7 @@ fn a_directory_is_refused_naming_what_it_is() {
 
 #[test]
 fn a_gigabyte_without_the_magic_is_refused_after_reading_its_header_only() {
-    let path = sparse("zeros.bin", b"NOTMARGR", GIB);
+    let (_scratch, path) = sparse("zeros.bin", b"NOTMARGR", GIB);
     let err = in_little_memory("a 1 GiB file with a bad magic", || {
         checkpoint::load::<f32>(&path).unwrap_err()
     });
@@ -798,7 +797,7 @@ fn a_body_length_unlike_the_files_is_refused_before_the_body_is_read() {
     // a header declaring u64::MAX bytes: nothing is allocated by the claim
     let mut header = bytes[..HEADER_LEN].to_vec();
     header[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
-    let path = temp("claims-max.bin");
+    let (_scratch, path) = temp("claims-max.bin");
     std::fs::write(&path, &header).unwrap();
     assert_eq!(
         checkpoint::load::<f32>(&path).unwrap_err(),
@@ -810,7 +809,7 @@ fn a_body_length_unlike_the_files_is_refused_before_the_body_is_read() {
     );
     std::fs::remove_file(&path).unwrap();
     // ... nor is the file read when it is a gigabyte
-    let path = sparse("claims-max-gib.bin", &header, GIB);
+    let (_scratch, path) = sparse("claims-max-gib.bin", &header, GIB);
     let err = in_little_memory("a 1 GiB file declaring u64::MAX", || {
         checkpoint::load::<f32>(&path).unwrap_err()
     });
@@ -824,7 +823,7 @@ fn a_body_length_unlike_the_files_is_refused_before_the_body_is_read() {
     );
     std::fs::remove_file(&path).unwrap();
     // a whole checkpoint followed by a gigabyte: refused without reading either
-    let path = sparse("trailing-gib.bin", &bytes, GIB);
+    let (_scratch, path) = sparse("trailing-gib.bin", &bytes, GIB);
     let err = in_little_memory("a checkpoint followed by 1 GiB", || {
         checkpoint::load::<f32>(&path).unwrap_err()
     });
@@ -837,7 +836,7 @@ fn a_body_length_unlike_the_files_is_refused_before_the_body_is_read() {
     );
     std::fs::remove_file(&path).unwrap();
     // a header cut short, and one whose file ends inside the body, read from a file
-    let path = temp("short.bin");
+    let (_scratch, path) = temp("short.bin");
     std::fs::write(&path, &bytes[..30]).unwrap();
     assert_eq!(
         checkpoint::load::<f32>(&path).unwrap_err(),
@@ -865,7 +864,7 @@ fn a_body_length_unlike_the_files_is_refused_before_the_body_is_read() {
 #[test]
 fn a_model_with_non_finite_weights_is_never_saved() {
     let (model, mut params) = built::<f32>(cosine());
-    let path = temp("non-finite.bin");
+    let (_scratch, path) = temp("non-finite.bin");
     checkpoint::save(&path, &model, &params, None).unwrap();
     let before = std::fs::read(&path).unwrap();
     let id = params.find("embed.0.weight").unwrap();
@@ -881,7 +880,7 @@ fn a_model_with_non_finite_weights_is_never_saved() {
         before,
         "the previous file stays"
     );
-    let export = temp("non-finite.safetensors");
+    let (_scratch, export) = temp("non-finite.safetensors");
     let err =
         checkpoint::save_safetensors(&export, &model, &params, &InputScaling::none()).unwrap_err();
     assert!(matches!(err, CheckpointError::NonFinite(_)), "{err:?}");
@@ -892,7 +891,7 @@ fn a_model_with_non_finite_weights_is_never_saved() {
 
 #[test]
 fn threads_saving_to_one_path_at_once_leave_one_whole_save() {
-    let path = temp("concurrent.bin");
+    let (_scratch, path) = temp("concurrent.bin");
     // four different models, each thread saving its own again and again
     let saves: Vec<(Model<f32>, Params<f32>)> = (0..4)
         .map(|seed| {
@@ -935,7 +934,7 @@ fn threads_saving_to_one_path_at_once_leave_one_whole_save() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_save_removes_the_temporary_files_of_dead_writers_only() {
-    let dir = temp("stale").with_extension("d");
+    let (_scratch, dir) = temp("stale.d");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("model.bin");
     // a writer killed mid-save: a process that has exited (and been reaped)
@@ -1120,7 +1119,7 @@ fn a_generator_stuck_at_zero_is_refused_on_load() {
 #[test]
 fn a_training_state_that_would_not_load_is_never_saved() {
     let (model, params) = built::<f32>(cosine());
-    let path = temp("overflowed-moment.bin");
+    let (_scratch, path) = temp("overflowed-moment.bin");
     let mut training = adam_state(&params);
     checkpoint::save(&path, &model, &params, Some(&training)).unwrap();
     let before = std::fs::read(&path).unwrap();
@@ -1168,7 +1167,7 @@ fn a_stored_shape_of_a_hundred_dimensions_is_shown_in_brief() {
 #[cfg(unix)]
 #[test]
 fn a_save_never_writes_through_a_link_planted_at_a_temporary_name() {
-    let dir = temp("planted").with_extension("d");
+    let (_scratch, dir) = temp("planted.d");
     std::fs::create_dir_all(&dir).unwrap();
     let victim = dir.join("victim.txt");
     std::fs::write(&victim, b"keep me").unwrap();

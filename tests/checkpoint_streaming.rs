@@ -3,6 +3,8 @@
 //! head alone loads without the training state. Measured by counting the bytes allocated
 //! (this binary's allocator), so the test has one function: tests run on threads at once.
 
+mod common;
+
 use margrad::checkpoint::{self, CheckpointError, TrainingState};
 use margrad::loss::MarginLoss;
 use margrad::nn::{HeadConfig, MlpConfig, Model, ModelConfig};
@@ -89,9 +91,8 @@ fn a_large_head_is_saved_and_loaded_without_a_second_copy_of_its_tensors() {
     };
     let weights: usize = params.ids().map(|id| params.get(id).numel() * 4).sum();
     let head = 100_000 * 128 * 4;
-    let dir = std::env::temp_dir().join(format!("margrad-stream-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("checkpoint.margrad");
+    let scratch = common::Scratch::new("stream");
+    let path = scratch.path("checkpoint.margrad");
 
     let (saving, saved) = peak_above(|| checkpoint::save(&path, &model, &params, Some(&training)));
     saved.unwrap();
@@ -126,7 +127,7 @@ fn a_large_head_is_saved_and_loaded_without_a_second_copy_of_its_tensors() {
 
     // a file cut short is an error naming the body's bytes, found and expected
     let bytes = std::fs::read(&path).unwrap();
-    let cut = dir.join("cut.margrad");
+    let cut = scratch.path("cut.margrad");
     std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
     drop(bytes);
     let body = (file_len - checkpoint::HEADER_LEN) as u64;
@@ -143,5 +144,4 @@ fn a_large_head_is_saved_and_loaded_without_a_second_copy_of_its_tensors() {
             }
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -31,10 +31,9 @@ fn example(name: &str) -> PathBuf {
     path
 }
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("margrad-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A path `name` in a scratch folder of its own, removed when the returned guard drops.
+fn temp(name: &str) -> (common::Scratch, PathBuf) {
+    common::scratch_path("cli", name)
 }
 
 fn command(name: &str, args: &[&str]) -> Command {
@@ -307,7 +306,7 @@ fn a_flag_the_run_would_not_read_is_refused_naming_the_conflict() {
         "--margin is not read by any of --losses softmax,normface",
     );
     // a flag meaningful to some of the losses compared is accepted: the runs below start
-    let out = temp("compare-some-read");
+    let (_scratch, out) = temp("compare-some-read");
     let (status, _, stderr) = run(
         "compare_losses",
         &[
@@ -328,7 +327,7 @@ fn a_flag_the_run_would_not_read_is_refused_naming_the_conflict() {
     );
     assert_eq!(status, 0, "{stderr}");
     // and every flag a run reads is accepted with its loss
-    let out = temp("read");
+    let (_scratch, out) = temp("read");
     for (loss, flags) in [
         ("enhanced", &["--m-nt", "0.2", "--big-m", "1.5"][..]),
         (
@@ -418,7 +417,7 @@ fn every_example_checks_its_settings_as_the_library_does() {
 
 #[test]
 fn values_too_large_for_memory_are_errors_naming_the_flag_not_panics() {
-    let out = temp("too-large");
+    let (_scratch, out) = temp("too-large");
     let cases: [(&[&str], &str); 6] = [
         (
             &["--threads", "100000000"],
@@ -472,7 +471,7 @@ fn closed_pipe() -> std::io::PipeWriter {
 
 #[test]
 fn a_closed_stdout_stops_the_printing_not_the_run() {
-    let out = temp("closed-pipe");
+    let (_scratch, out) = temp("closed-pipe");
     let args = small_run(&out, &[]);
     let result = command("train", &strs(&args))
         .stdout(closed_pipe())
@@ -492,7 +491,7 @@ fn a_closed_stdout_stops_the_printing_not_the_run() {
     let (status, _, stderr) = finish(result);
     assert_eq!((status, stderr.as_str()), (0, ""));
 
-    let compared = temp("closed-pipe-compare");
+    let (_scratch, compared) = temp("closed-pipe-compare");
     let result = command(
         "compare_losses",
         &["--losses", "am", "--seeds", "1", "--epochs", "1", "--out"],
@@ -512,7 +511,7 @@ fn a_full_stdout_is_reported_once_and_fails_after_the_run_is_saved() {
         eprintln!("note: no /dev/full here, not checked");
         return;
     };
-    let out = temp("dev-full");
+    let (_scratch, out) = temp("dev-full");
     let args = small_run(&out, &[]);
     let result = command("train", &strs(&args))
         .stdout(full.try_clone().unwrap())
@@ -543,7 +542,7 @@ fn a_full_stdout_is_reported_once_and_fails_after_the_run_is_saved() {
             "{stderr}"
         );
     }
-    let compared = temp("dev-full-compare");
+    let (_scratch, compared) = temp("dev-full-compare");
     let result = command(
         "compare_losses",
         &["--losses", "am", "--seeds", "1", "--epochs", "1", "--out"],
@@ -559,7 +558,7 @@ fn a_full_stdout_is_reported_once_and_fails_after_the_run_is_saved() {
 
 #[test]
 fn a_run_owns_its_output_folder() {
-    let out = temp("owned");
+    let (_scratch, out) = temp("owned");
     let first = small_run(&out, &[]);
     assert_eq!(run("train", &strs(&first)).0, 0);
     let model = std::fs::read(out.join(CHECKPOINT_FILE)).unwrap();
@@ -602,7 +601,7 @@ fn a_run_owns_its_output_folder() {
     assert!(stdout.contains("resumed from"), "{stdout}");
     assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"mine");
     // compare_losses' runs own theirs too
-    let compared = temp("owned-compare");
+    let (_scratch, compared) = temp("owned-compare");
     let args = ["--losses", "am", "--seeds", "1", "--epochs", "1", "--out"];
     let compare = |more: &[&str]| {
         let result = command("compare_losses", &args)
@@ -660,7 +659,7 @@ fn the_benchmark_and_demonstration_examples_parse_as_the_others_do() {
 
 #[test]
 fn the_cnn_step_refuses_bad_arguments_and_data_files() {
-    let dir = temp("cnn-step");
+    let (_scratch, dir) = temp("cnn-step");
     std::fs::create_dir_all(&dir).unwrap();
     let d = dir.to_str().unwrap();
     assert_refused("reference_cnn_step", &[d, "0", "10", "1"], 2, "0 is not in");
@@ -791,9 +790,9 @@ fn the_model_is_chosen_by_name_and_checked_against_the_data_and_the_flags() {
 
 #[test]
 fn a_cnn_trained_from_the_command_line_verifies_to_the_same_figures() {
-    let data = temp("tiny-mnist");
+    let (_scratch, data) = temp("tiny-mnist");
     common::write_tiny_mnist(&data);
-    let out = temp("lenet");
+    let (_scratch, out) = temp("lenet");
     let data_flags = [
         "--data",
         "mnist",
@@ -831,7 +830,7 @@ fn a_cnn_trained_from_the_command_line_verifies_to_the_same_figures() {
 
 #[test]
 fn a_newer_loss_trains_resumes_and_verifies_from_the_command_line_with_its_papers_defaults() {
-    let out = temp("curricularface");
+    let (_scratch, out) = temp("curricularface");
     let mut args = small_run(&out, &["--loss", "curricularface", "--epochs", "2"]);
     let (status, stdout, stderr) = run("train", &strs(&args));
     assert_eq!(status, 0, "{stderr}");

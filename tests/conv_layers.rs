@@ -2,6 +2,8 @@
 //! PyTorch names them, gradchecked as modules, saved and rebuilt bit for bit, and refusing
 //! settings that cannot hold.
 
+mod common;
+
 use margrad::checkpoint::{self, Checkpoint};
 use margrad::loss::MarginLoss;
 use margrad::nn::{
@@ -111,9 +113,7 @@ fn trained<F: Element>() -> (Model<F>, Params<F>) {
 fn a_convolutional_model_round_trips_a_checkpoint_bit_for_bit() {
     fn check<F: Element>() {
         let (model, params) = trained::<F>();
-        let dir = std::env::temp_dir().join(format!("margrad-conv-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("conv-{}.bin", F::NAME));
+        let (_scratch, path) = common::scratch_path("conv", &format!("conv-{}.bin", F::NAME));
         checkpoint::save(&path, &model, &params, None).unwrap();
         let loaded: Checkpoint<F> = checkpoint::load(&path).unwrap();
         assert_eq!(loaded.model, model);

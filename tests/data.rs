@@ -102,10 +102,9 @@ use margrad::data::{IdxArray, MnistSplit, load_idx, load_mnist, parse_idx};
 use std::io::Write;
 use std::path::PathBuf;
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("margrad-data-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A path `name` in a scratch folder of its own, removed when the returned guard drops.
+fn temp(name: &str) -> (common::Scratch, PathBuf) {
+    common::scratch_path("data", name)
 }
 
 fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
@@ -134,7 +133,7 @@ const GIB: u64 = 1 << 30;
 #[test]
 fn a_raw_idx_file_claiming_more_than_it_holds_is_refused_before_its_data_are_read() {
     // 2^40 elements claimed by a gigabyte that is all zeros past the header
-    let path = temp("claims-2-40.idx");
+    let (_scratch, path) = temp("claims-2-40.idx");
     write_sparse(&path, &idx(&[1 << 20, 1 << 20], &[]), GIB);
     let message = in_little_memory("a 1 GiB IDX file claiming 2^40 elements", || {
         format_message(load_idx(&path))
@@ -150,7 +149,7 @@ fn a_raw_idx_file_claiming_more_than_it_holds_is_refused_before_its_data_are_rea
     );
     std::fs::remove_file(&path).unwrap();
     // the same through load_mnist: u32::MAX images of 28x28 claimed by a gigabyte
-    let dir = temp("mnist-huge");
+    let (_scratch, dir) = temp("mnist-huge");
     std::fs::create_dir_all(&dir).unwrap();
     write_sparse(
         &dir.join("train-images-idx3-ubyte"),
@@ -241,7 +240,7 @@ fn multi_member_gzip_is_read_whole() {
     bytes.extend_from_slice(&gzip(&[]));
     assert_eq!(parse_idx(&bytes, "t").unwrap(), expected);
     // and load_mnist reads gzip files of several members
-    let dir = temp("mnist-members");
+    let (_scratch, dir) = temp("mnist-members");
     std::fs::create_dir_all(&dir).unwrap();
     let images = idx(&[2, 28, 28], &[255; 2 * 784]);
     let labels = idx(&[2], &[4, 7]);
@@ -300,7 +299,7 @@ fn a_gzip_stream_cut_anywhere_or_damaged_is_an_error_saying_where() {
 #[cfg(unix)]
 #[test]
 fn an_idx_path_that_is_no_regular_file_is_refused_without_reading() {
-    let dir = temp("mnist-special");
+    let (_scratch, dir) = temp("mnist-special");
     std::fs::create_dir_all(&dir).unwrap();
     // a directory where the images should be
     let images = dir.join("train-images-idx3-ubyte");

@@ -7,6 +7,8 @@
 //! [`margrads_export_is_the_committed_fixture`] when `MARGRAD_BLESS=1`), which
 //! `make_fixture.py` loads in PyTorch with the README's code.
 
+mod common;
+
 use margrad::checkpoint::{
     self, CheckpointError, EXPORT_VERSION, decode_safetensors, export_metadata, load_safetensors,
     safetensors_bytes,
@@ -29,10 +31,9 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pytorch")
 }
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("margrad-export-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A path `name` in a scratch folder of its own, removed when the returned guard drops.
+fn temp(name: &str) -> (common::Scratch, PathBuf) {
+    common::scratch_path("export", name)
 }
 
 /// The model both fixtures hold: margrad's default MLP with BatchNorm, 64 → 32 → 8, and a
@@ -423,7 +424,7 @@ fn the_metadata_says_how_to_use_the_tensors() {
 #[test]
 fn the_trainer_exports_with_the_datas_scaling() {
     use margrad::train::{DataSource, EXPORT_FILE, TrainConfig, train};
-    let out = temp("trained");
+    let (_scratch, out) = temp("trained");
     let config = TrainConfig {
         hidden: vec![32],
         embed_dim: 8,
@@ -460,7 +461,7 @@ fn the_recorded_scaling_is_the_loaders_own() {
     let scaled: Vec<f32> = raw.iter().map(|&p| (p as f64 / divide_by) as f32).collect();
     assert_eq!(digits.features.data(), &scaled[..]);
     // one MNIST image whose pixels run over 0..=255, in IDX files
-    let dir = temp("mnist");
+    let (_scratch, dir) = temp("mnist");
     std::fs::create_dir_all(&dir).unwrap();
     let pixels: Vec<u8> = (0..784).map(|i| (i % 256) as u8).collect();
     let mut images = vec![0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 28, 0, 0, 0, 28];
@@ -486,7 +487,7 @@ fn the_recorded_scaling_is_the_loaders_own() {
 fn export_then_import_is_bit_exact_for_both_heads_and_element_types() {
     fn check<F: Element>(head: HeadConfig) {
         let (model, params) = seeded_model::<F>(mlp(&[6, 5, 3], head), 4);
-        let path = temp(&format!("round-{}-{}.safetensors", F::NAME, params.len()));
+        let (_scratch, path) = temp(&format!("round-{}-{}.safetensors", F::NAME, params.len()));
         checkpoint::save_safetensors(&path, &model, &params, &InputScaling::none()).unwrap();
         let loaded = load_safetensors::<F>(&path, None).unwrap();
         assert_eq!(loaded.model, model);
@@ -644,7 +645,7 @@ fn a_damaged_file_is_refused_before_its_claims_are_allocated() {
     let (model, params) = seeded_model::<f32>(mlp(&[6, 5, 3], cosine(4)), 0);
     let bytes = safetensors_bytes(&model, &params, &InputScaling::none());
     let load = |name: &str, bytes: &[u8]| {
-        let path = temp(name);
+        let (_scratch, path) = temp(name);
         std::fs::write(&path, bytes).unwrap();
         load_safetensors::<f32>(&path, None).unwrap_err()
     };
@@ -703,7 +704,7 @@ fn a_damaged_file_is_refused_before_its_claims_are_allocated() {
         "{err}"
     );
     // a model saved as f32 is not read as f64
-    let path = temp("f32.safetensors");
+    let (_scratch, path) = temp("f32.safetensors");
     std::fs::write(&path, &bytes).unwrap();
     let err = load_safetensors::<f64>(&path, None).unwrap_err();
     assert!(

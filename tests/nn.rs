@@ -557,9 +557,7 @@ fn a_layer_kind_of_our_own_trains_saves_and_reloads() {
     assert!(params.get(scale).data().iter().any(|&a| a != 1.0));
 
     // save; reload through the registry that knows the kind
-    let dir = std::env::temp_dir().join(format!("margrad-nn-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("scale.bin");
+    let (_scratch, path) = common::scratch_path("nn", "scale.bin");
     checkpoint::save(&path, &model, &params, None).unwrap();
     let loaded = checkpoint::load_with(&path, &registry).unwrap();
     assert_eq!(loaded.model, model);
@@ -605,7 +603,6 @@ fn a_layer_kind_of_our_own_trains_saves_and_reloads() {
         checkpoint::load_head::<f32>(&path),
         Err(CheckpointError::Invalid(Error::UnknownLayerKind { .. }))
     ));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

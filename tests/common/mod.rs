@@ -4,6 +4,7 @@
 use margrad::{GradcheckOptions, Graph, Tensor, Var, gradcheck_with};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
+use std::path::{Path, PathBuf};
 
 pub type Rng = Xoshiro256PlusPlus;
 
@@ -134,4 +135,43 @@ pub fn write_tiny_mnist(dir: &std::path::Path) {
         let labels = idx_bytes([0, 0, 8, 1], &[n], &labels);
         std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte")), labels).unwrap();
     }
+}
+
+/// A folder of one test's own under the system's temporary directory
+/// (`margrad-NAME-PID`), created empty and removed with everything in it when dropped, so that
+/// a test leaves nothing behind, whether it passes or fails.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// The folder `margrad-{name}-{pid}`, emptied if an earlier run of this process id left it.
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("margrad-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch folder under the temporary directory");
+        Scratch(dir)
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.0
+    }
+
+    /// `name` inside the folder (not created: a path for a test to write or to expect absent).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A path `name` in a scratch folder of its own named `{prefix}-{name}`; keep the [`Scratch`]
+/// alive (`let (_scratch, path) = …`) while the path is used.
+pub fn scratch_path(prefix: &str, name: &str) -> (Scratch, PathBuf) {
+    let scratch = Scratch::new(&format!("{prefix}-{name}"));
+    let path = scratch.path(name);
+    (scratch, path)
 }
