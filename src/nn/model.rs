@@ -309,8 +309,17 @@ impl<F: Element> Model<F> {
     /// When `x` is not `[B, input_dim]`.
     #[track_caller]
     pub fn predict(&self, params: &Params<F>, x: &Tensor<F>) -> Vec<usize> {
-        let features = by_rows(x, |rows| self.embedder.infer(params, &rows));
-        self.head.predict(params, &features)
+        self.head.predict(params, &self.features(params, x))
+    }
+
+    /// The embedder's output for the rows of `x` (evaluation mode, `[B, D]`, not normalised:
+    /// the features whose norms MagFace and AdaFace read), [`EVAL_ROWS`] rows at a time.
+    ///
+    /// # Panics
+    /// When `x` is not `[B, input_dim]`.
+    #[track_caller]
+    pub fn features(&self, params: &Params<F>, x: &Tensor<F>) -> Tensor<F> {
+        by_rows(x, |rows| self.embedder.infer(params, &rows))
     }
 
     /// L2-normalised embeddings of the rows of `x` (evaluation mode), for verification:
