@@ -134,9 +134,12 @@ fn main() -> ExitCode {
     let mut stdout = Stdout::new();
     say!(
         stdout,
-        "| loss | test acc. % | verif. acc. % | AUC | EER | TAR@1e-3 | TAR@1e-2 | intra ° | inter min ° | inter mean ° | epoch s |"
+        "| loss | test acc. % | verif. acc. % | AUC | EER | TAR@1e-3 | TAR@1e-2 | intra ° | inter min ° | inter mean ° | ‖f‖ | ‖f‖ right | ‖f‖ wrong | epoch s |"
     );
-    say!(stdout, "|---|---|---|---|---|---|---|---|---|---|---|");
+    say!(
+        stdout,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     let mut pairs_line = String::new();
     for kind in losses {
         let mut runs: Vec<Metrics> = Vec::new();
@@ -179,7 +182,7 @@ fn main() -> ExitCode {
         let fm = |r: &Metrics| r.final_metrics.clone();
         say!(
             stdout,
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             kind.name(),
             if failures.is_empty() {
                 String::new()
@@ -195,6 +198,9 @@ fn main() -> ExitCode {
             col(&|r| fm(r).geometry.intra_angle_deg, 1.0, 1),
             col(&|r| fm(r).geometry.inter_min_angle_deg, 1.0, 1),
             col(&|r| fm(r).geometry.inter_mean_angle_deg, 1.0, 1),
+            col(&|r| fm(r).feature_norms.mean, 1.0, 2),
+            vcol(&|r| fm(r).feature_norms.mean_correct, 1.0, 2),
+            vcol(&|r| fm(r).feature_norms.mean_wrong, 1.0, 2),
             col(
                 &|r| r.history.iter().map(|h| h.seconds).sum::<f64>() / r.history.len() as f64,
                 1.0,

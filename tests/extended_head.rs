@@ -237,3 +237,159 @@ fn a_batch_of_one_sample_trains_adaface_and_leaves_its_statistics() {
     assert!(value.item().is_finite());
     assert!(cx.into_updates().is_empty());
 }
+
+// ---- rebuilt from a checkpoint ----
+
+/// A model whose head is `loss`'s [`ExtendedHead`] over a two-layer MLP, with its running state
+/// moved off its starting values (so that a reload that drew fresh ones would show).
+fn model_with(loss: ExtendedLoss) -> (margrad::nn::Model<f32>, Params<f32>) {
+    use margrad::nn::{HeadConfig, MlpConfig, Model, ModelConfig};
+    let config = ModelConfig {
+        embedder: MlpConfig::new(&[6, 8, DIM]).sequential().unwrap(),
+        head: HeadConfig::Extended {
+            classes: CLASSES,
+            loss,
+        },
+    };
+    let mut params = Params::new();
+    let model = Model::new(config, &mut params, &mut seeded_rng(3)).unwrap();
+    for id in model.head().buffers() {
+        params.get_mut(id).data_mut()[0] += 0.25;
+    }
+    (model, params)
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("margrad-extended-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn the_standard_registry_builds_an_extended_head_from_its_spec() {
+    use margrad::nn::{LayerRegistry, Module};
+    let registry = LayerRegistry::<f64>::standard();
+    for loss in losses() {
+        let (head, params) = build_head(loss);
+        let spec = Module::<f64>::spec(&head);
+        let mut again = Params::new();
+        let built = registry
+            .build(&spec, &mut again, "head", &mut seeded_rng(1))
+            .unwrap_or_else(|e| panic!("{}: {e}", head.config().loss.kind().name()));
+        assert_eq!(built.spec(), spec);
+        assert_eq!(
+            (built.parameters(), built.buffers()),
+            (
+                Module::<f64>::parameters(&head),
+                Module::<f64>::buffers(&head)
+            )
+        );
+        let (x, _) = batch();
+        assert_eq!(built.infer(&again, &x), head.infer(&params, &x));
+    }
+}
+
+#[test]
+fn a_checkpoints_extended_head_is_rebuilt_by_the_registry_it_is_loaded_with() {
+    use margrad::checkpoint;
+    use margrad::nn::{ExtendedHead, ExtendedHeadConfig, LayerRegistry};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (model, params) = model_with(losses().remove(0));
+    let path = temp("registry.margrad");
+    checkpoint::save(&path, &model, &params, None).unwrap();
+    // the standard builder of the kind, counting its calls
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut registry = LayerRegistry::<f32>::standard();
+    let counter = Arc::clone(&calls);
+    registry.register_head(ExtendedHead::KIND, move |config: ExtendedHeadConfig, cx| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        ExtendedHead::new(cx.params, cx.prefix, config, cx.source)
+    });
+    let loaded = checkpoint::load_with(&path, &registry).unwrap();
+    assert_eq!(loaded.model, model);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the model's head");
+    checkpoint::load_head_with(&path, &registry).unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "the model's head, then the head on its own"
+    );
+    // a registry without the kind cannot rebuild it: the error names the head and the kind
+    let mut without = LayerRegistry::<f32>::empty();
+    without.register(
+        margrad::nn::Linear::KIND,
+        |c: margrad::nn::LinearConfig, cx| {
+            Ok(margrad::nn::Linear::new(cx.params, cx.prefix, c, cx.source))
+        },
+    );
+    without.register(
+        margrad::nn::Activation::Relu.kind(),
+        |_: serde_json::Value, _| Ok(margrad::nn::Activation::Relu),
+    );
+    without.register("sequential", |c: margrad::nn::SequentialConfig, cx| {
+        margrad::nn::Sequential::new_with(&c, cx.registry, cx.params, cx.prefix, cx.source)
+    });
+    let err = checkpoint::load_with(&path, &without)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown layer kind \"extended_head\" at head"),
+        "{err}"
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_saved_extended_head_loads_on_its_own_and_scores_as_the_model_does() {
+    use margrad::checkpoint;
+    use margrad::nn::Module;
+    for loss in losses() {
+        let name = loss.kind().name();
+        let k = loss.subcenters();
+        let (model, params) = model_with(loss);
+        let path = temp(&format!("{name}.margrad"));
+        checkpoint::save(&path, &model, &params, None).unwrap();
+        let head = checkpoint::load_head::<f32>(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        // every tensor of the head, and only those, with the model's values
+        let names: Vec<&str> = head
+            .params()
+            .ids()
+            .map(|id| head.params().name(id))
+            .collect();
+        let own: Vec<&str> = params
+            .ids()
+            .map(|id| params.name(id))
+            .filter(|n| n.starts_with("head."))
+            .collect();
+        assert_eq!(names, own, "{name}");
+        for id in head.params().ids() {
+            let original = params.get(params.find(head.params().name(id)).unwrap());
+            assert_eq!(head.params().get(id), original, "{name}");
+        }
+        assert_eq!(
+            head.centres().unwrap().shape(),
+            [DIM, CLASSES * k],
+            "{name}"
+        );
+        // its scores and predictions are the model's, bit for bit
+        let x = Tensor::randn(&[7, 6], 0.0, 1.0, &mut seeded_rng(4));
+        let features = model.features(&params, &x);
+        let g = Graph::inference();
+        let mut cx = Forward::eval(&g, &params);
+        let logits = model.logits(&mut cx, g.constant(x.clone())).to_tensor();
+        let bits = |t: &Tensor<f32>| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&head.scores(&features)), bits(&logits), "{name}");
+        assert_eq!(
+            head.predict(&features),
+            model.predict(&params, &x),
+            "{name}"
+        );
+        assert_eq!(
+            Module::<f32>::spec(head.head()),
+            model.head().spec(),
+            "{name}"
+        );
+    }
+}

@@ -367,3 +367,59 @@ fn geometry_of_orthogonal_classes() {
     assert!((g.inter_min_angle_deg - 90.0).abs() < 1e-9);
     assert!((g.inter_mean_angle_deg - 90.0).abs() < 1e-9);
 }
+
+// ---- feature norms ----
+
+#[test]
+fn feature_norms_on_a_hand_example() {
+    use margrad::metrics::{feature_norms, row_norms};
+    let features = Tensor::from_vec(vec![3.0f32, 4.0, 0.0, 0.0, 6.0, 8.0], &[3, 2]).unwrap();
+    assert_eq!(row_norms(&features), [5.0, 0.0, 10.0]);
+    // sorted 1 2 3 4 10: mean 4, variance (9 + 4 + 1 + 0 + 36)/5 = 10; the q-quantile at
+    // position 4q; right: 1, 2, 4; wrong: 3, 10
+    let n = feature_norms(
+        &[10.0, 3.0, 1.0, 4.0, 2.0],
+        &[false, false, true, true, true],
+    )
+    .unwrap();
+    let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-12, "{a} against {b}");
+    assert_eq!((n.samples, n.correct), (5, 3));
+    close(n.mean, 4.0);
+    close(n.std, 10f64.sqrt());
+    assert_eq!((n.min, n.max), (1.0, 10.0));
+    close(n.p5, 1.2);
+    close(n.p25, 2.0);
+    close(n.median, 3.0);
+    close(n.p75, 4.0);
+    close(n.p95, 8.8);
+    close(n.mean_correct.unwrap(), 7.0 / 3.0);
+    close(n.mean_wrong.unwrap(), 6.5);
+    // no wrong sample: no mean to report, not a 0
+    let all_right = feature_norms(&[2.0], &[true]).unwrap();
+    assert_eq!(
+        (all_right.mean_correct, all_right.mean_wrong),
+        (Some(2.0), None)
+    );
+    assert_eq!((all_right.p5, all_right.p95), (2.0, 2.0));
+    assert!(matches!(
+        feature_norms(&[], &[]),
+        Err(Error::EmptyData { .. })
+    ));
+}
+
+#[test]
+fn magface_norms_count_the_clamped_ends_and_average_the_margin() {
+    use margrad::loss::MagFace;
+    use margrad::metrics::magface_norms;
+    // l_a = 10, u_a = 110, margins 0.45 to 0.8: m(60) = 0.45 + 0.35·50/100 = 0.625
+    let loss = MagFace::default();
+    let m = magface_norms(&[5.0, 10.0, 60.0, 110.0, 200.0], &loss).unwrap();
+    assert_eq!((m.lower_norm, m.upper_norm), (10.0, 110.0));
+    assert_eq!((m.at_or_below_lower, m.at_or_above_upper), (0.4, 0.4));
+    let mean = (0.45 + 0.45 + 0.625 + 0.8 + 0.8) / 5.0;
+    assert!((m.mean_margin - mean).abs() < 1e-12, "{}", m.mean_margin);
+    assert!(matches!(
+        magface_norms(&[], &loss),
+        Err(Error::EmptyData { .. })
+    ));
+}

@@ -716,10 +716,12 @@ fn the_standard_registry_knows_the_documented_kinds_and_rebuilds_each_from_its_s
             "basic_block",
             "batch_norm1d",
             "batch_norm2d",
+            "centres_head",
             "conv1d",
             "conv2d",
             "cosine_head",
             "dropout",
+            "extended_head",
             "flatten",
             "global_avg_pool",
             "identity",
@@ -761,6 +763,26 @@ fn the_standard_registry_knows_the_documented_kinds_and_rebuilds_each_from_its_s
             loss: MarginLoss::arcface(30.0, 0.5, margrad::loss::ArcFallback::Threshold).unwrap(),
         }
         .spec(),
+        LayerSpec::new(
+            "centres_head",
+            &margrad::nn::CosineHeadConfig {
+                dim: 4,
+                classes: 3,
+                loss: MarginLoss::am(30.0, 0.35).unwrap(),
+            },
+        ),
+        LayerSpec::new(
+            "extended_head",
+            &margrad::nn::ExtendedHeadConfig {
+                dim: 4,
+                classes: 3,
+                loss: margrad::loss::ExtendedLoss::SubcenterArcFace {
+                    subcenters: 2,
+                    loss: MarginLoss::arcface(30.0, 0.5, margrad::loss::ArcFallback::Threshold)
+                        .unwrap(),
+                },
+            },
+        ),
         nn::Conv2dConfig::new(4, 6, 3)
             .stride(2)
             .padding(1)
@@ -794,6 +816,36 @@ fn the_standard_registry_knows_the_documented_kinds_and_rebuilds_each_from_its_s
         }
     }
     assert_eq!(seen.len(), kinds.len(), "every kind is exercised");
+}
+
+#[test]
+fn a_model_head_is_built_from_a_kind_registered_as_a_head_only() {
+    let registry = LayerRegistry::<f64>::standard();
+    let mut params = Params::new();
+    let head = HeadConfig::Cosine {
+        classes: 3,
+        loss: MarginLoss::am(30.0, 0.35).unwrap(),
+    };
+    let spec = head.layer_spec(4).unwrap();
+    assert_eq!(spec.kind, "cosine_head");
+    let built = registry
+        .build_head(&spec, &mut params, "head", &mut seeded_rng(0))
+        .unwrap();
+    assert_eq!(built.spec(), spec);
+    // a layer kind is no head: the error names the layer and the kind
+    let err = registry
+        .build_head(
+            &Activation::Relu.spec(),
+            &mut params,
+            "head",
+            &mut seeded_rng(0),
+        )
+        .expect_err("relu is not a head");
+    assert!(
+        matches!(&err, Error::LayerSettings { layer, kind, .. } if layer == "head" && kind == "relu"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("not a head"), "{err}");
 }
 
 #[test]

@@ -87,6 +87,25 @@ fn a_run_writes_every_output_and_verify_reproduces_its_figures() {
         assert!(f["geometry"][key].is_number(), "final.geometry.{key}");
     }
     assert!(f["test_accuracy"].is_number());
+    for key in [
+        "mean",
+        "std",
+        "min",
+        "p5",
+        "median",
+        "p95",
+        "max",
+        "mean_correct",
+    ] {
+        assert!(
+            f["feature_norms"][key].is_number(),
+            "final.feature_norms.{key}"
+        );
+    }
+    assert!(
+        f.get("magface_norms").is_none(),
+        "MagFace's figures for AM-Softmax"
+    );
     // what verify does: reload, re-prepare the data, evaluate: the same figures
     let checkpoint = checkpoint::load::<f32>(&out.join(CHECKPOINT_FILE)).unwrap();
     let settings = &small(LossKind::Enhanced).data;
@@ -1477,4 +1496,113 @@ fn metrics_list_each_class_dominant_subcenter() {
     )
     .unwrap();
     assert!(plain.subcenters.is_none());
+}
+
+/// The norms of the test split's features as a direct computation gives them: the embedder's
+/// output on a graph of our own, each row's norm summed by hand.
+fn norms_by_hand(model: &margrad::nn::Model, params: &Params<f32>, x: &Tensor<f32>) -> Vec<f64> {
+    let g = margrad::Graph::inference();
+    let mut cx = margrad::nn::Forward::eval(&g, params);
+    let features = model.embed(&mut cx, g.constant(x.clone())).to_tensor();
+    let d = features.shape()[1];
+    features
+        .data()
+        .chunks(d)
+        .map(|row| {
+            row.iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_json_holds_the_test_features_norms_and_magfaces_share_of_its_range() {
+    let mut config = small(LossKind::MagFace);
+    (config.loss.scale, config.loss.margin) = LossKind::MagFace.default_scale_and_margin();
+    // a norm range inside which the digits' small MLP leaves part of its features
+    config.loss.extra.magface_norms = (1.2, 2.5);
+    config.epochs = 2;
+    let out = temp("norms");
+    train(&config, &out, &mut |_| {}).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let (norms, magface) = (
+        &json["final"]["feature_norms"],
+        &json["final"]["magface_norms"],
+    );
+
+    let saved = checkpoint::load::<f32>(&out.join(CHECKPOINT_FILE)).unwrap();
+    let data = prepare_data(&config.data).unwrap();
+    let a = norms_by_hand(&saved.model, &saved.params, &data.test.features);
+    let predicted = saved.model.predict(&saved.params, &data.test.features);
+    let right: Vec<bool> = predicted
+        .iter()
+        .zip(&data.test.labels)
+        .map(|(p, l)| p == l)
+        .collect();
+    let n = a.len() as f64;
+    let mean = a.iter().sum::<f64>() / n;
+    let std = (a.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt();
+    let mut sorted = a.clone();
+    sorted.sort_by(f64::total_cmp);
+    // the median of an odd count is its middle element, of an even one the mean of the two
+    let half = sorted.len() / 2;
+    let median = if sorted.len() % 2 == 1 {
+        sorted[half]
+    } else {
+        (sorted[half - 1] + sorted[half]) / 2.0
+    };
+    let mean_of = |keep: bool| {
+        let picked: Vec<f64> = a
+            .iter()
+            .zip(&right)
+            .filter(|&(_, &r)| r == keep)
+            .map(|(&v, _)| v)
+            .collect();
+        picked.iter().sum::<f64>() / picked.len() as f64
+    };
+    let close = |key: &str, found: &serde_json::Value, expected: f64| {
+        let found = found.as_f64().unwrap_or_else(|| panic!("{key}: {found}"));
+        assert!(
+            (found - expected).abs() <= 1e-9 * expected.abs().max(1.0),
+            "{key}: metrics.json says {found}, the direct computation {expected}"
+        );
+    };
+    assert_eq!(norms["samples"], a.len());
+    assert_eq!(norms["correct"], right.iter().filter(|&&r| r).count());
+    assert!(right.iter().any(|&r| r) && right.iter().any(|&r| !r));
+    close("mean", &norms["mean"], mean);
+    close("std", &norms["std"], std);
+    close("min", &norms["min"], sorted[0]);
+    close("max", &norms["max"], *sorted.last().unwrap());
+    close("median", &norms["median"], median);
+    close("mean_correct", &norms["mean_correct"], mean_of(true));
+    close("mean_wrong", &norms["mean_wrong"], mean_of(false));
+    for key in ["p5", "p25", "p75", "p95"] {
+        let q = norms[key].as_f64().unwrap();
+        assert!(sorted[0] <= q && q <= *sorted.last().unwrap(), "{key} {q}");
+    }
+
+    // MagFace: the shares at the ends of [l_a, u_a] = [1.2, 2.5] and the mean of
+    // m(a) = 0.45 + 0.35·(clamp(a, 1.2, 2.5) − 1.2)/1.3
+    let share = |keep: &dyn Fn(f64) -> bool| a.iter().filter(|&&v| keep(v)).count() as f64 / n;
+    let (below, above) = (share(&|v| v <= 1.2), share(&|v| v >= 2.5));
+    // some norms clamped, some inside the range, where the margin interpolates
+    assert!(
+        below + above > 0.0 && below + above < 1.0,
+        "{below} {above}"
+    );
+    let margin = |v: f64| 0.45 + 0.35 * (v.clamp(1.2, 2.5) - 1.2) / 1.3;
+    close("l_a", &magface["lower_norm"], 1.2);
+    close("u_a", &magface["upper_norm"], 2.5);
+    close("at_or_below_lower", &magface["at_or_below_lower"], below);
+    close("at_or_above_upper", &magface["at_or_above_upper"], above);
+    close(
+        "mean_margin",
+        &magface["mean_margin"],
+        a.iter().map(|&v| margin(v)).sum::<f64>() / n,
+    );
+    std::fs::remove_dir_all(&out).unwrap();
 }

@@ -33,6 +33,16 @@
 //! evaluation (closed-set accuracy and geometry still mean something), [`verification`]
 //! reports such figures as `None`, `null` in metrics.json, and says why in
 //! [`Verification::undefined`].
+//!
+//! # Feature norms
+//!
+//! The norms of the features before normalisation ([`feature_norms`], [`magface_norms`]):
+//! their distribution, and the mean norm of correctly and wrongly classified samples, which is
+//! what MagFace's and AdaFace's reading of the norm as a sample's quality predicts to differ.
+
+mod norms;
+
+pub use norms::{FeatureNorms, MagFaceNorms, feature_norms, magface_norms, row_norms};
 
 use crate::{Element, Error, Tensor, seeded_rng};
 use rand::seq::SliceRandom;

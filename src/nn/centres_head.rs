@@ -1,8 +1,8 @@
 //! The cosine classifier with its centres stored one class per row, as the blocked head
 //! ([`BlockedHead`](crate::loss::BlockedHead)) trains them.
 
-use super::l2_normalize;
-use super::{CosineHeadConfig, Fill, Forward, Head, LayerSpec, Module, NORM_EPS, ParamSource};
+use super::cosine_head::{CentreLayout, add_centres, cosines};
+use super::{CosineHeadConfig, Forward, Head, LayerSpec, Module, ParamSource};
 use crate::loss::margin_cross_entropy;
 use crate::{Element, Labels, ParamId, Params, Var};
 
@@ -12,6 +12,11 @@ use crate::{Element, Labels, ParamId, Params, Var};
 /// streams it. Its [`forward`](Module::forward) gives `cos θ_ij = x̂_i · ŵ_j` (`[B, C]`, no
 /// margin) and its [`loss`](Head::loss) the margin loss of those cosines, as [`CosineHead`](
 /// super::CosineHead) does over centres stored one class per column.
+///
+/// Which cosine head: this one where the classes are many and trained block by block (the
+/// large-class trainer's head, whose checkpoint it reads back); [`CosineHead`](super::CosineHead)
+/// for a margin loss trained on the tape; [`ExtendedHead`](super::ExtendedHead) for the losses
+/// that need more than the cosines.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CentresHead {
     weight: ParamId,
@@ -30,12 +35,9 @@ impl CentresHead {
         config: CosineHeadConfig,
         source: &mut dyn ParamSource<F>,
     ) -> Self {
-        let (dim, classes) = (config.dim, config.classes);
-        let std = (2.0 / (dim as f64 + classes as f64)).sqrt();
-        let name = format!("{prefix}.weight");
-        let centres = source.tensor(&name, &[classes, dim], Fill::Normal { std });
+        let size = (config.dim, config.classes);
         CentresHead {
-            weight: params.add(name, centres),
+            weight: add_centres(params, prefix, size, CentreLayout::Rows, source),
             config,
         }
     }
@@ -58,8 +60,7 @@ impl<F: Element> Module<F> for CentresHead {
     /// When `features` is not `[B, D]`.
     #[track_caller]
     fn forward<'g>(&self, cx: &mut Forward<'g, '_, F>, features: Var<'g, F>) -> Var<'g, F> {
-        let centres = cx.param(self.weight).normalize_rows(F::from_f64(NORM_EPS));
-        l2_normalize(features).matmul_nt(centres)
+        cosines(features, cx.param(self.weight), CentreLayout::Rows)
     }
 
     fn spec(&self) -> LayerSpec {

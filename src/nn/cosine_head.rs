@@ -1,9 +1,60 @@
-//! The cosine classifier: class centres `W` normalised inside, a margin loss on top.
+//! The cosine classifier: class centres `W` normalised inside, a margin loss on top; and what
+//! every cosine head shares ([`CentresHead`](super::CentresHead),
+//! [`ExtendedHead`](super::ExtendedHead)): how its centres are made and how its cosines are
+//! computed.
 
 use super::{Fill, Forward, Head, LayerSpec, Module, NORM_EPS, ParamSource, l2_normalize};
 use crate::loss::{MarginLoss, Reduction, margin_cross_entropy, margin_cross_entropy_with};
 use crate::{Element, Error, Labels, ParamId, Params, Var};
 use serde::{Deserialize, Serialize};
+
+/// How a cosine head stores its centres `W`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CentreLayout {
+    /// `[D, N]`, one centre per column.
+    Columns,
+    /// `[N, D]`, one centre per row (PyTorch's classifier weight): a block of centres is one
+    /// contiguous slice.
+    Rows,
+}
+
+/// Adds the `count` centres `{prefix}.weight` over `dim` features, stored in `layout`, to
+/// `params`, taken from `source`: Xavier-normal when fresh, `N(0, 2/(D + count))`.
+pub(super) fn add_centres<F: Element>(
+    params: &mut Params<F>,
+    prefix: &str,
+    (dim, count): (usize, usize),
+    layout: CentreLayout,
+    source: &mut dyn ParamSource<F>,
+) -> ParamId {
+    // in f64: sizes read from a file may be anything, their sum must not overflow
+    let std = (2.0 / (dim as f64 + count as f64)).sqrt();
+    let shape = match layout {
+        CentreLayout::Columns => [dim, count],
+        CentreLayout::Rows => [count, dim],
+    };
+    let name = format!("{prefix}.weight");
+    let centres = source.tensor(&name, &shape, Fill::Normal { std });
+    params.add(name, centres)
+}
+
+/// `cos θ_ij = x̂_i · ŵ_j` (`[B, N]`): the cosines of `features` (`[B, D]`) to the `centres`
+/// stored in `layout`, both scaled to unit length (norms floored at [`NORM_EPS`]).
+///
+/// # Panics
+/// When `features` is not `[B, D]`.
+#[track_caller]
+pub(super) fn cosines<'g, F: Element>(
+    features: Var<'g, F>,
+    centres: Var<'g, F>,
+    layout: CentreLayout,
+) -> Var<'g, F> {
+    let (w, eps) = (centres, F::from_f64(NORM_EPS));
+    match layout {
+        CentreLayout::Columns => l2_normalize(features).matmul(w.normalize_cols(eps)),
+        CentreLayout::Rows => l2_normalize(features).matmul_nt(w.normalize_rows(eps)),
+    }
+}
 
 /// The settings of a [`CosineHead`] (kind `cosine_head`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -44,6 +95,12 @@ impl CosineHeadConfig {
 /// inside, so its [`forward`](Module::forward) gives
 /// `cos θ_ij = (x_i / ‖x_i‖) · (W_j / ‖W_j‖)` (`[B, C]`, no margin: prediction), and its
 /// [`loss`](Head::loss) the margin loss of those cosines (training).
+///
+/// Which cosine head: this one for a loss of the softmax family's formula ([`MarginLoss`])
+/// trained on the tape; [`CentresHead`](super::CentresHead), the same head with its centres
+/// one class per row, for the classes a [`BlockedHead`](crate::loss::BlockedHead) trains block
+/// by block; [`ExtendedHead`](super::ExtendedHead) for the losses that need more than the
+/// cosines (sub-centres, a bias, running state).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CosineHead {
     weight: ParamId,
@@ -63,13 +120,9 @@ impl CosineHead {
         config: CosineHeadConfig,
         source: &mut dyn ParamSource<F>,
     ) -> Self {
-        let (dim, classes) = (config.dim, config.classes);
-        // in f64: sizes read from a file may be anything, their sum must not overflow
-        let std = (2.0 / (dim as f64 + classes as f64)).sqrt();
-        let name = format!("{prefix}.weight");
-        let centres = source.tensor(&name, &[dim, classes], Fill::Normal { std });
+        let size = (config.dim, config.classes);
         CosineHead {
-            weight: params.add(name, centres),
+            weight: add_centres(params, prefix, size, CentreLayout::Columns, source),
             config,
         }
     }
@@ -124,8 +177,7 @@ impl<F: Element> Module<F> for CosineHead {
     /// When `features` is not `[B, D]`.
     #[track_caller]
     fn forward<'g>(&self, cx: &mut Forward<'g, '_, F>, features: Var<'g, F>) -> Var<'g, F> {
-        let centres = cx.param(self.weight).normalize_cols(F::from_f64(NORM_EPS));
-        l2_normalize(features).matmul(centres)
+        cosines(features, cx.param(self.weight), CentreLayout::Columns)
     }
 
     fn spec(&self) -> LayerSpec {

@@ -1,7 +1,8 @@
 //! The head of the losses beyond the softmax family's formula ([`ExtendedLoss`]): a cosine
 //! classifier that also keeps what its loss needs (sub-centres, a bias, running state).
 
-use super::{Fill, Forward, Head, LayerSpec, Module, NORM_EPS, ParamSource, l2_normalize};
+use super::cosine_head::{CentreLayout, add_centres, cosines};
+use super::{Fill, Forward, Head, LayerSpec, Module, ParamSource};
 use crate::loss::{
     AdaFaceNorms, CurricularFaceState, ExtendedLoss, Reduction, adaface_loss, check_subcenters,
     chosen_subcenters, curricularface_loss, elasticface_loss, magface_loss, margin_cross_entropy,
@@ -62,6 +63,11 @@ impl ExtendedHeadConfig {
 /// AdaFace's statistics as they are). ElasticFace draws its margins from the pass's generator (the step's:
 /// the same seed, epoch and step draw the same, a resumed run included); an evaluation pass
 /// uses the mean margin and leaves the state as it is.
+///
+/// Which cosine head: this one for the losses of [`ExtendedLoss`], which need more than a
+/// class's cosine (the features' norms, sub-centres, a bias, state between batches);
+/// [`CosineHead`](super::CosineHead) for the softmax family's losses, whose head keeps the
+/// centres alone; [`CentresHead`](super::CentresHead) for centres trained block by block.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExtendedHead {
     weight: ParamId,
@@ -86,12 +92,8 @@ impl ExtendedHead {
         source: &mut dyn ParamSource<F>,
     ) -> Result<Self, Error> {
         config.validate()?;
-        let (dim, columns) = (config.dim, config.classes * config.loss.subcenters());
-        // in f64: sizes read from a file may be anything, their sum must not overflow
-        let std = (2.0 / (dim as f64 + columns as f64)).sqrt();
-        let name = format!("{prefix}.weight");
-        let centres = source.tensor(&name, &[dim, columns], Fill::Normal { std });
-        let weight = params.add(name, centres);
+        let size = (config.dim, config.classes * config.loss.subcenters());
+        let weight = add_centres(params, prefix, size, CentreLayout::Columns, source);
         let mut tensor = |suffix: &str, fill: Fill, trainable: bool| {
             let name = format!("{prefix}.{suffix}");
             let t = source.tensor(&name, &[1], fill);
@@ -160,16 +162,6 @@ impl ExtendedHead {
             t: params.get(self.state[0]).data()[0].to_f64(),
         })
     }
-
-    /// The cosines of `features` (`[N, D]`) to every centre, `[N, C·K]`, class-major.
-    fn all_cosines<'g, F: Element>(
-        &self,
-        cx: &mut Forward<'g, '_, F>,
-        features: Var<'g, F>,
-    ) -> Var<'g, F> {
-        let centres = cx.param(self.weight).normalize_cols(F::from_f64(NORM_EPS));
-        l2_normalize(features).matmul(centres)
-    }
 }
 
 /// Each class's dominant sub-centre over the samples `features` (`[N, D]`, the embedder's
@@ -225,12 +217,10 @@ pub fn subcenter_usage<F: Element>(
         let end = (start + ROWS).min(n);
         let rows = features.data()[start * dim..end * dim].to_vec();
         let g = Graph::inference();
-        let x = l2_normalize(g.constant(Tensor::from_vec(rows, &[end - start, dim])?));
-        let w = g
-            .constant(centres.clone())
-            .normalize_cols(F::from_f64(NORM_EPS));
+        let x = g.constant(Tensor::from_vec(rows, &[end - start, dim])?);
+        let cos = cosines(x, g.constant(centres.clone()), CentreLayout::Columns);
         let y = Labels::new(labels.values()[start..end].to_vec(), classes)?;
-        Ok((y, x.matmul(w).to_tensor()))
+        Ok((y, cos.to_tensor()))
     };
     let mut votes = vec![0usize; columns];
     for start in (0..n).step_by(ROWS) {
@@ -272,7 +262,8 @@ impl<F: Element> Module<F> for ExtendedHead {
     /// When `features` is not `[B, D]`.
     #[track_caller]
     fn forward<'g>(&self, cx: &mut Forward<'g, '_, F>, features: Var<'g, F>) -> Var<'g, F> {
-        let cos = self.all_cosines(cx, features);
+        // to every centre, `[B, C·K]`, class-major
+        let cos = cosines(features, cx.param(self.weight), CentreLayout::Columns);
         match self.config.loss.subcenters() {
             1 => cos,
             k => max_over_subcenters(cos, k).expect("K checked when built"),

@@ -15,9 +15,11 @@
 //! `{prefix}.{i}.*`, activations and dropout included, as in `nn.Sequential`. A layer followed
 //! by a ReLU runs as one call to its [`Module::forward_relu`] (Linear fuses bias and ReLU).
 //! [`MlpConfig`] describes the usual MLP in a few fields and turns into a `SequentialConfig`.
-//! A [`Model`] is an embedder `Sequential` and a head; a checkpoint stores its
-//! [`ModelConfig`] and rebuilds it through the same builders, each taking its tensors from a
-//! [`ParamSource`] (a [`SeededRng`] when fresh, the file's tensors when loading).
+//! A [`Model`] is an embedder `Sequential` and a head, both built through one
+//! [`LayerRegistry`] (the head from a kind registered as a head: `linear`, `cosine_head`,
+//! `centres_head`, `extended_head`, or one of yours); a checkpoint stores its [`ModelConfig`]
+//! and rebuilds it through the same builders, each taking its tensors from a [`ParamSource`]
+//! (a [`SeededRng`] when fresh, the file's tensors when loading).
 //!
 //! # Adding a layer kind
 //!
@@ -34,7 +36,8 @@
 //! | `dropout` | [`Dropout`] | `{"p": …}` |
 //! | `relu`, `leaky_relu`, `tanh`, `sigmoid`, `identity` | [`Activation`] | `{}`, `{"slope": …}` |
 //! | `sequential` | [`Sequential`] | [`SequentialConfig`] |
-//! | `cosine_head` | [`CosineHead`] | [`CosineHeadConfig`] |
+//! | `cosine_head`, `centres_head` | [`CosineHead`], [`CentresHead`] | [`CosineHeadConfig`] |
+//! | `extended_head` | [`ExtendedHead`] | [`ExtendedHeadConfig`] |
 //! | `conv2d`, `conv1d` | [`Conv2d`], [`Conv1d`] | [`Conv2dConfig`], [`Conv1dConfig`] |
 //! | `max_pool2d`, `avg_pool2d` | [`MaxPool2d`], [`AvgPool2d`] | [`Pool2dOptions`](crate::Pool2dOptions) |
 //! | `global_avg_pool`, `flatten` | [`GlobalAvgPool`], [`Flatten`] | `{}` |

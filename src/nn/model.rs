@@ -3,8 +3,8 @@
 
 use super::{
     CentresHead, CosineHead, CosineHeadConfig, ExtendedHead, ExtendedHeadConfig, Forward, Head,
-    Init, LayerRegistry, Linear, LinearConfig, Module, ParamSource, Sequential, SequentialConfig,
-    l2_normalize,
+    Init, LayerRegistry, LayerSpec, LinearConfig, Module, ParamSource, Sequential,
+    SequentialConfig, l2_normalize,
 };
 use crate::loss::{ExtendedLoss, MarginLoss};
 use crate::{Element, Error, Graph, Labels, Params, Tensor, Var};
@@ -73,7 +73,7 @@ pub enum HeadConfig {
         loss: ExtendedLoss,
     },
     /// A plain linear classifier `x Wᵀ + b` trained with softmax cross-entropy
-    /// (`head.weight` `[C, D]`, `head.bias` `[C]`, Xavier-normal): a [`Linear`].
+    /// (`head.weight` `[C, D]`, `head.bias` `[C]`, Xavier-normal): a [`Linear`](super::Linear).
     Linear {
         /// The number of classes.
         classes: usize,
@@ -91,18 +91,12 @@ impl HeadConfig {
         }
     }
 
-    /// Builds the head over `dim`-wide features at `prefix`, adding its tensors to `params`,
-    /// drawn from `source`.
+    /// The head as a layer over `dim`-wide features: its kind (`cosine_head`, `centres_head`,
+    /// `extended_head`, `linear`) and settings, checked.
     ///
     /// # Errors
     /// [`Error::InvalidSetting`] for zero classes or an invalid loss.
-    pub fn build<F: Element>(
-        &self,
-        params: &mut Params<F>,
-        prefix: &str,
-        dim: usize,
-        source: &mut dyn ParamSource<F>,
-    ) -> Result<Arc<dyn Head<F>>, Error> {
+    pub fn layer_spec(&self, dim: usize) -> Result<LayerSpec, Error> {
         let classes = self.classes();
         Error::check("classes", classes as f64, classes > 0, "at least 1")?;
         Ok(match self {
@@ -113,11 +107,11 @@ impl HeadConfig {
                     loss: loss.clone(),
                 };
                 config.validate()?;
-                if let HeadConfig::Centres { .. } = self {
-                    Arc::new(CentresHead::new(params, prefix, config, source))
-                } else {
-                    Arc::new(CosineHead::new(params, prefix, config, source))
-                }
+                let kind = match self {
+                    HeadConfig::Centres { .. } => CentresHead::KIND,
+                    _ => CosineHead::KIND,
+                };
+                LayerSpec::new(kind, &config)
             }
             HeadConfig::Extended { loss, .. } => {
                 let config = ExtendedHeadConfig {
@@ -125,14 +119,48 @@ impl HeadConfig {
                     classes,
                     loss: loss.clone(),
                 };
-                Arc::new(ExtendedHead::new(params, prefix, config, source)?)
+                config.validate()?;
+                LayerSpec::new(ExtendedHead::KIND, &config)
             }
             HeadConfig::Linear { .. } => {
                 let config = LinearConfig::new(dim, classes).with_init(Init::XavierNormal);
                 config.validate()?;
-                Arc::new(Linear::new(params, prefix, config, source))
+                config.spec()
             }
         })
+    }
+
+    /// Builds the head over `dim`-wide features at `prefix` with the crate's kinds, adding its
+    /// tensors to `params`, drawn from `source`: [`HeadConfig::build_with`] and
+    /// [`LayerRegistry::standard`].
+    ///
+    /// # Errors
+    /// As [`HeadConfig::build_with`].
+    pub fn build<F: Element>(
+        &self,
+        params: &mut Params<F>,
+        prefix: &str,
+        dim: usize,
+        source: &mut dyn ParamSource<F>,
+    ) -> Result<Arc<dyn Head<F>>, Error> {
+        self.build_with(&LayerRegistry::standard(), params, prefix, dim, source)
+    }
+
+    /// Builds the head through `registry`, as every other layer is built: the builder
+    /// registered for its kind ([`HeadConfig::layer_spec`]) makes it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for zero classes or an invalid loss; what the registry returns
+    /// ([`LayerRegistry::build_head`]).
+    pub fn build_with<F: Element>(
+        &self,
+        registry: &LayerRegistry<F>,
+        params: &mut Params<F>,
+        prefix: &str,
+        dim: usize,
+        source: &mut dyn ParamSource<F>,
+    ) -> Result<Arc<dyn Head<F>>, Error> {
+        registry.build_head(&self.layer_spec(dim)?, params, prefix, source)
     }
 }
 
@@ -154,6 +182,9 @@ pub struct Model<F: Element = f32> {
     head: Arc<dyn Head<F>>,
     input_shape: Vec<usize>,
     embedding_dim: usize,
+    /// The kinds it was built with, with which its head is rebuilt on its own
+    /// ([`TrainedHead`](super::TrainedHead)).
+    registry: LayerRegistry<F>,
 }
 
 impl<F: Element> Model<F> {
@@ -208,7 +239,7 @@ impl<F: Element> Model<F> {
         let input_shape = input_shape.to_vec();
         let head = config
             .head
-            .build(params, HEAD_PREFIX, embedding_dim, source)?;
+            .build_with(registry, params, HEAD_PREFIX, embedding_dim, source)?;
         Ok(Model {
             config: ModelConfig {
                 embedder: embedder.config().clone(),
@@ -218,7 +249,13 @@ impl<F: Element> Model<F> {
             head,
             input_shape,
             embedding_dim,
+            registry: registry.clone(),
         })
+    }
+
+    /// The layer kinds it was built with.
+    pub(super) fn registry(&self) -> &LayerRegistry<F> {
+        &self.registry
     }
 
     /// The configuration, as the built layers state it (what a checkpoint stores).
@@ -309,8 +346,17 @@ impl<F: Element> Model<F> {
     /// When `x` is not `[B, input_dim]`.
     #[track_caller]
     pub fn predict(&self, params: &Params<F>, x: &Tensor<F>) -> Vec<usize> {
-        let features = by_rows(x, |rows| self.embedder.infer(params, &rows));
-        self.head.predict(params, &features)
+        self.head.predict(params, &self.features(params, x))
+    }
+
+    /// The embedder's output for the rows of `x` (evaluation mode, `[B, D]`, not normalised:
+    /// the features whose norms MagFace and AdaFace read), [`EVAL_ROWS`] rows at a time.
+    ///
+    /// # Panics
+    /// When `x` is not `[B, input_dim]`.
+    #[track_caller]
+    pub fn features(&self, params: &Params<F>, x: &Tensor<F>) -> Tensor<F> {
+        by_rows(x, |rows| self.embedder.infer(params, &rows))
     }
 
     /// L2-normalised embeddings of the rows of `x` (evaluation mode), for verification:

@@ -2,9 +2,10 @@
 
 use super::{
     Activation, AvgPool2d, BasicBlock, BasicBlockConfig, BatchNorm1d, BatchNorm1dConfig,
-    BatchNorm2d, BatchNorm2dConfig, Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, CosineHead,
-    CosineHeadConfig, Dropout, Fill, Flatten, GlobalAvgPool, LayerSpec, Linear, LinearConfig,
-    MaxPool2d, Module, PRelu, PReluConfig, ParamSource, Sequential, SequentialConfig, Unflatten,
+    BatchNorm2d, BatchNorm2dConfig, CentresHead, Conv1d, Conv1dConfig, Conv2d, Conv2dConfig,
+    CosineHead, CosineHeadConfig, Dropout, ExtendedHead, ExtendedHeadConfig, Fill, Flatten,
+    GlobalAvgPool, Head, LayerSpec, Linear, LinearConfig, MaxPool2d, Module, PRelu, PReluConfig,
+    ParamSource, Sequential, SequentialConfig, Unflatten,
 };
 use crate::{Element, Error, ParamId, Params};
 use serde::de::DeserializeOwned;
@@ -43,19 +44,27 @@ impl<F: Element> BuildContext<'_, F> {
     }
 }
 
-type Builder<F> = Arc<
-    dyn Fn(&LayerSpec, &mut BuildContext<'_, F>) -> Result<Arc<dyn Module<F>>, Error> + Send + Sync,
->;
+/// What a builder makes: a layer, or a head (which is a layer too, and can be asked for as a
+/// head).
+enum Built<F: Element> {
+    Layer(Arc<dyn Module<F>>),
+    Head(Arc<dyn Head<F>>),
+}
+
+type Builder<F> =
+    Arc<dyn Fn(&LayerSpec, &mut BuildContext<'_, F>) -> Result<Built<F>, Error> + Send + Sync>;
 
 /// Layer kinds by name: each name maps to a builder that turns the kind's settings into a
 /// layer. A [`Sequential`] (and so a [`Model`](super::Model) and a checkpoint) builds its
-/// layers through one.
+/// layers through one, and a model its head: the kinds registered as heads
+/// ([`register_head`](Self::register_head)) can be built as a layer or as a model's head
+/// ([`build_head`](Self::build_head)).
 ///
 /// [`LayerRegistry::standard`] (also its `Default`) knows the crate's kinds:
 ///
 /// | kind | settings | layer |
 /// |---|---|---|
-/// | `linear` | [`LinearConfig`] | [`Linear`]: `y = x Wᵀ + b` |
+/// | `linear` | [`LinearConfig`] | [`Linear`]: `y = x Wᵀ + b` (also a head) |
 /// | `batch_norm1d` | [`BatchNorm1dConfig`] | [`BatchNorm1d`] |
 /// | `dropout` | [`Dropout`] (`{"p": …}`) | [`Dropout`] |
 /// | `relu` | `{}` | [`Activation::Relu`]: `max(x, 0)` |
@@ -64,7 +73,9 @@ type Builder<F> = Arc<
 /// | `sigmoid` | `{}` | [`Activation::Sigmoid`] |
 /// | `identity` | `{}` | [`Activation::Identity`] |
 /// | `sequential` | [`SequentialConfig`] | [`Sequential`], layers named `{prefix}.{i}` |
-/// | `cosine_head` | [`CosineHeadConfig`] | [`CosineHead`] |
+/// | `cosine_head` | [`CosineHeadConfig`] | [`CosineHead`] (a head) |
+/// | `centres_head` | [`CosineHeadConfig`] | [`CentresHead`] (a head) |
+/// | `extended_head` | [`ExtendedHeadConfig`] | [`ExtendedHead`] (a head) |
 /// | `conv2d` | [`Conv2dConfig`] | [`Conv2d`] |
 /// | `conv1d` | [`Conv1dConfig`] | [`Conv1d`] |
 /// | `max_pool2d`, `avg_pool2d` | [`Pool2dOptions`](crate::Pool2dOptions) | [`MaxPool2d`], [`AvgPool2d`] |
@@ -133,7 +144,7 @@ impl<F: Element> LayerRegistry<F> {
     /// A registry that knows the crate's kinds (see the table above).
     pub fn standard() -> Self {
         let mut r = Self::empty();
-        r.register(Linear::KIND, |config: LinearConfig, cx| {
+        r.register_head(Linear::KIND, |config: LinearConfig, cx| {
             config.validate()?;
             Ok(Linear::new(cx.params, cx.prefix, config, cx.source))
         });
@@ -161,12 +172,25 @@ impl<F: Element> LayerRegistry<F> {
         r.register(SequentialConfig::KIND, |config: SequentialConfig, cx| {
             Sequential::new_with(&config, cx.registry, cx.params, cx.prefix, cx.source)
         });
-        r.register(CosineHead::KIND, |config: CosineHeadConfig, cx| {
+        r.register_heads();
+        r.register_convolutional();
+        r
+    }
+
+    /// The cosine heads: centres one class per column, one class per row, and the head of the
+    /// losses beyond the softmax family's formula.
+    fn register_heads(&mut self) {
+        self.register_head(CosineHead::KIND, |config: CosineHeadConfig, cx| {
             config.validate()?;
             Ok(CosineHead::new(cx.params, cx.prefix, config, cx.source))
         });
-        r.register_convolutional();
-        r
+        self.register_head(CentresHead::KIND, |config: CosineHeadConfig, cx| {
+            config.validate()?;
+            Ok(CentresHead::new(cx.params, cx.prefix, config, cx.source))
+        });
+        self.register_head(ExtendedHead::KIND, |config: ExtendedHeadConfig, cx| {
+            ExtendedHead::new(cx.params, cx.prefix, config, cx.source)
+        });
     }
 
     /// The layers over planes: convolutions, pooling, the reshapes around them, BatchNorm2d,
@@ -219,16 +243,40 @@ impl<F: Element> LayerRegistry<F> {
         M: Module<F> + 'static,
         B: Fn(C, &mut BuildContext<'_, F>) -> Result<M, Error> + Send + Sync + 'static,
     {
+        self.insert(kind.into(), move |settings: C, cx| {
+            Ok(Built::Layer(Arc::new(build(settings, cx)?)))
+        })
+    }
+
+    /// Registers `kind` as a head, as [`register`](Self::register) does a layer: a head kind
+    /// builds as a layer too, and as a [`Model`](super::Model)'s head
+    /// ([`build_head`](Self::build_head)).
+    pub fn register_head<C, M, B>(&mut self, kind: impl Into<String>, build: B) -> &mut Self
+    where
+        C: DeserializeOwned,
+        M: Head<F> + 'static,
+        B: Fn(C, &mut BuildContext<'_, F>) -> Result<M, Error> + Send + Sync + 'static,
+    {
+        self.insert(kind.into(), move |settings: C, cx| {
+            Ok(Built::Head(Arc::new(build(settings, cx)?)))
+        })
+    }
+
+    /// Registers `kind`'s builder behind the reading of its settings as a `C`.
+    fn insert<C: DeserializeOwned>(
+        &mut self,
+        kind: String,
+        build: impl Fn(C, &mut BuildContext<'_, F>) -> Result<Built<F>, Error> + Send + Sync + 'static,
+    ) -> &mut Self {
         let builder: Builder<F> = Arc::new(move |spec, cx| {
             let settings = spec.settings::<C>().map_err(|e| Error::LayerSettings {
                 layer: cx.prefix.to_string(),
                 kind: spec.kind.clone(),
                 message: e.to_string(),
             })?;
-            let layer: Arc<dyn Module<F>> = Arc::new(build(settings, cx)?);
-            Ok(layer)
+            build(settings, cx)
         });
-        self.builders.insert(kind.into(), builder);
+        self.builders.insert(kind, builder);
         self
     }
 
@@ -258,6 +306,43 @@ impl<F: Element> LayerRegistry<F> {
         prefix: &str,
         source: &mut dyn ParamSource<F>,
     ) -> Result<Arc<dyn Module<F>>, Error> {
+        Ok(match self.built(spec, params, prefix, source)? {
+            Built::Layer(layer) => layer,
+            Built::Head(head) => head,
+        })
+    }
+
+    /// Builds the head `spec` describes at `prefix`, as [`build`](Self::build) does a layer.
+    ///
+    /// # Errors
+    /// As [`build`](Self::build); [`Error::LayerSettings`] for a kind registered as a layer,
+    /// not as a head.
+    pub fn build_head(
+        &self,
+        spec: &LayerSpec,
+        params: &mut Params<F>,
+        prefix: &str,
+        source: &mut dyn ParamSource<F>,
+    ) -> Result<Arc<dyn Head<F>>, Error> {
+        match self.built(spec, params, prefix, source)? {
+            Built::Head(head) => Ok(head),
+            Built::Layer(_) => Err(Error::LayerSettings {
+                layer: prefix.to_string(),
+                kind: spec.kind.clone(),
+                message: "this kind is registered as a layer, not a head (register_head \
+                          registers a head)"
+                    .to_string(),
+            }),
+        }
+    }
+
+    fn built(
+        &self,
+        spec: &LayerSpec,
+        params: &mut Params<F>,
+        prefix: &str,
+        source: &mut dyn ParamSource<F>,
+    ) -> Result<Built<F>, Error> {
         let Some(builder) = self.builders.get(&spec.kind) else {
             return Err(Error::UnknownLayerKind {
                 layer: prefix.to_string(),

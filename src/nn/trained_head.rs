@@ -49,7 +49,8 @@ impl<F: Element> ParamSource<F> for MovedFrom<'_, F> {
 
 impl<F: Element> TrainedHead<F> {
     /// The head of `model`, with a copy of its tensors from `params`: the head is rebuilt
-    /// from its configuration, taking each tensor by name.
+    /// from its configuration through the registry the model was built with, taking each
+    /// tensor by name.
     ///
     /// # Panics
     /// When `params` are not `model`'s (a head tensor missing or of another shape).
@@ -73,7 +74,13 @@ impl<F: Element> TrainedHead<F> {
         let config = model.config().head.clone();
         let mut own = Params::new();
         let head = config
-            .build(&mut own, HEAD_PREFIX, model.embedding_dim(), source)
+            .build_with(
+                model.registry(),
+                &mut own,
+                HEAD_PREFIX,
+                model.embedding_dim(),
+                source,
+            )
             .expect("a built model's head configuration is valid");
         TrainedHead {
             config,

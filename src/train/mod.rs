@@ -40,8 +40,8 @@ use crate::checkpoint::{self, Checkpoint, CheckpointError, TrainingState};
 use crate::data::{Dataset, MnistSplit, digits, load_mnist, synthetic};
 use crate::loss::ExtendedLoss;
 use crate::metrics::{
-    EpochRecord, Geometry, Roc, Verification, geometry, make_pairs, pair_scores, top1_accuracy,
-    verification,
+    EpochRecord, FeatureNorms, Geometry, MagFaceNorms, Roc, Verification, feature_norms, geometry,
+    magface_norms, make_pairs, pair_scores, row_norms, top1_accuracy, verification,
 };
 use crate::nn::{
     HEAD_PREFIX, HeadConfig, LeNetPlusPlus, MlpConfig, Model, ModelConfig, ResNetConfig,
@@ -140,6 +140,12 @@ pub struct FinalMetrics {
     pub geometry: Geometry,
     /// Which samples were verified.
     pub verification_set: String,
+    /// The norms of the test split's features before normalisation, with the mean norm of
+    /// the correctly and of the wrongly classified samples.
+    pub feature_norms: FeatureNorms,
+    /// Where MagFace's norm range cuts those norms and the margin they get (MagFace only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub magface_norms: Option<MagFaceNorms>,
 }
 
 /// [`FinalMetrics`] and the ROC curve behind them.
@@ -152,19 +158,35 @@ pub struct Evaluation {
 }
 
 /// Judges a model: test accuracy, verification on seeded pairs (`pairs` of them, drawn and cut
-/// into folds by the data seed), and embedding geometry.
+/// into folds by the data seed), embedding geometry, and the norms of the test features
+/// before normalisation.
 ///
 /// # Errors
 /// [`Error::NonFiniteScores`] when the model's embeddings make a verification score NaN or
-/// infinite ([`train`] returns it as [`TrainError::Input`]).
+/// infinite ([`train`] returns it as [`TrainError::Input`]); [`Error::EmptyData`] for an empty
+/// test split.
 pub fn evaluate(
     model: &Model,
     params: &Params<f32>,
     data: &PreparedData,
     settings: &DataSettings,
 ) -> Result<Evaluation, Error> {
-    let predictions = model.predict(params, &data.test.features);
+    let features = model.features(params, &data.test.features);
+    let predictions = model.head().predict(params, &features);
     let test_accuracy = top1_accuracy(&predictions, &data.test.labels);
+    let norms = row_norms(&features);
+    let correct: Vec<bool> = predictions
+        .iter()
+        .zip(&data.test.labels)
+        .map(|(p, l)| p == l)
+        .collect();
+    let magface = match &model.config().head {
+        HeadConfig::Extended {
+            loss: ExtendedLoss::MagFace(loss),
+            ..
+        } => Some(magface_norms(&norms, loss)?),
+        _ => None,
+    };
     let embeddings = model.embeddings(params, &data.verify.features);
     let pairs = make_pairs(
         &data.verify.labels,
@@ -180,6 +202,8 @@ pub fn evaluate(
             verification: verification(&pairs, &scores, crate::metrics::FOLDS, fold_seed)?,
             geometry: geometry(&embeddings, &data.verify.labels),
             verification_set: data.verification_set.clone(),
+            feature_norms: feature_norms(&norms, &correct)?,
+            magface_norms: magface,
         },
         roc: Roc::new(&scores, &same)?,
     })
