@@ -16,10 +16,9 @@ use margrad::train::{
 use margrad::{Error, Params, Tensor};
 use std::path::{Path, PathBuf};
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("margrad-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A path `name` in a scratch folder of its own, removed when the returned guard drops.
+fn temp(name: &str) -> (common::Scratch, PathBuf) {
+    common::scratch_path("train", name)
 }
 
 fn small(kind: LossKind) -> TrainConfig {
@@ -36,7 +35,7 @@ fn small(kind: LossKind) -> TrainConfig {
 
 #[test]
 fn a_run_writes_every_output_and_verify_reproduces_its_figures() {
-    let out = temp("run");
+    let (_scratch, out) = temp("run");
     let mut epochs_seen = 0;
     let metrics = train(&small(LossKind::Enhanced), &out, &mut |e| {
         if let margrad::train::Event::Epoch(_) = e {
@@ -124,7 +123,7 @@ fn a_run_writes_every_output_and_verify_reproduces_its_figures() {
 #[test]
 fn every_loss_trains_on_the_digits() {
     for kind in LossKind::ALL {
-        let out = temp(kind.name());
+        let (_scratch, out) = temp(kind.name());
         let metrics = train(&small(kind), &out, &mut |_| {}).unwrap();
         let first = metrics.history.first().unwrap().loss;
         assert!(
@@ -147,7 +146,7 @@ fn holdout_verifies_on_unseen_classes_and_draws_the_sphere() {
     let mut config = small(LossKind::Am);
     config.embed_dim = 3;
     config.data.holdout_classes = 4;
-    let out = temp("holdout");
+    let (_scratch, out) = temp("holdout");
     let metrics = train(&config, &out, &mut |_| {}).unwrap();
     assert_eq!(metrics.data.classes, 6);
     assert!(
@@ -175,7 +174,7 @@ fn divergence_stops_the_run_names_the_step_and_writes_no_metrics() {
     config.optimizer = MethodName::Sgd;
     config.momentum = 0.0;
     config.lr = 1e30;
-    let out = temp("nan");
+    let (_scratch, out) = temp("nan");
     let err = train(&config, &out, &mut |_| {}).unwrap_err();
     let TrainError::Diverged { epoch, step, .. } = &err else {
         panic!("expected divergence, got {err}");
@@ -196,13 +195,13 @@ fn bad_settings_are_errors_before_training() {
     let mut config = small(LossKind::Am);
     config.loss.margin = -0.5;
     assert!(matches!(
-        train(&config, &temp("bad"), &mut |_| {}),
+        train(&config, &temp("bad").1, &mut |_| {}),
         Err(TrainError::Input(Error::InvalidSetting { .. }))
     ));
     let mut config = small(LossKind::Am);
     config.data.holdout_classes = 10;
     assert!(matches!(
-        train(&config, &temp("bad2"), &mut |_| {}),
+        train(&config, &temp("bad2").1, &mut |_| {}),
         Err(TrainError::Input(Error::InvalidSetting {
             name: "holdout classes",
             ..
@@ -210,9 +209,9 @@ fn bad_settings_are_errors_before_training() {
     ));
     let mut config = small(LossKind::Am);
     config.data.source = DataSource::Mnist {
-        dir: temp("no-such-dir"),
+        dir: temp("no-such-dir").1,
     };
-    let err = train(&config, &temp("bad3"), &mut |_| {}).unwrap_err();
+    let err = train(&config, &temp("bad3").1, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("train-images-idx3-ubyte"), "{err}");
 }
 
@@ -282,12 +281,12 @@ fn train_keeping(config: &TrainConfig, out: &Path, keep: usize) -> PathBuf {
 #[test]
 fn a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does() {
     let config = resumable();
-    let straight_dir = temp("straight");
+    let (_scratch, straight_dir) = temp("straight");
     let kept = train_keeping(&config, &straight_dir, 2);
     let straight = checkpoint::load::<f32>(&straight_dir.join(CHECKPOINT_FILE)).unwrap();
 
     // the same run, stopped after its second epoch and resumed from that checkpoint
-    let resumed_dir = temp("resumed");
+    let (_scratch, resumed_dir) = temp("resumed");
     let mut resumed_config = config.clone();
     resumed_config.resume = Some(kept.clone());
     let mut seen = Vec::new();
@@ -341,7 +340,7 @@ fn a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does() {
 }
 
 fn resume_error(config: &TrainConfig, name: &str) -> (ResumeError, String) {
-    match train(config, &temp(name), &mut |_| {}) {
+    match train(config, &temp(name).1, &mut |_| {}) {
         Err(e @ TrainError::Resume { .. }) => {
             let message = e.to_string();
             let TrainError::Resume { reason, .. } = e else {
@@ -358,7 +357,8 @@ fn resume_error(config: &TrainConfig, name: &str) -> (ResumeError, String) {
 fn resuming_another_model_or_optimiser_is_refused_by_name() {
     let mut config = resumable();
     config.epochs = 2;
-    let kept = train_keeping(&config, &temp("to-resume"), 1);
+    let (_scratch, out) = temp("to-resume");
+    let kept = train_keeping(&config, &out, 1);
     let mut other = config.clone();
     other.resume = Some(kept.clone());
     other.hidden = vec![48];
@@ -413,7 +413,7 @@ fn resuming_another_model_or_optimiser_is_refused_by_name() {
     );
     assert!(message.ends_with("nothing is left to train"), "{message}");
     // a model saved without its training state
-    let bare = temp("bare.bin");
+    let (_scratch, bare) = temp("bare.bin");
     let Checkpoint { model, params, .. } = checkpoint::load::<f32>(&kept).unwrap();
     checkpoint::save(&bare, &model, &params, None).unwrap();
     let mut inference_only = config.clone();
@@ -428,8 +428,9 @@ fn resuming_another_model_or_optimiser_is_refused_by_name() {
 fn resuming_from_a_missing_or_truncated_file_is_a_clear_error() {
     let mut config = resumable();
     config.epochs = 2;
-    let kept = train_keeping(&config, &temp("to-truncate"), 1);
-    config.resume = Some(temp("nowhere").join(CHECKPOINT_FILE));
+    let (_scratch, out) = temp("to-truncate");
+    let kept = train_keeping(&config, &out, 1);
+    config.resume = Some(temp("nowhere").1.join(CHECKPOINT_FILE));
     let (reason, message) = resume_error(&config, "missing");
     assert!(
         matches!(reason, ResumeError::Checkpoint(CheckpointError::Io { .. })),
@@ -457,7 +458,7 @@ fn one_thread_and_two_give_the_same_bits() {
         let mut config = resumable();
         config.epochs = 2;
         config.threads = Some(threads);
-        let out = temp(&format!("threads-{threads}"));
+        let (_scratch, out) = temp(&format!("threads-{threads}"));
         let mut seen = 0;
         train(&config, &out, &mut |_| seen = rayon::current_num_threads()).unwrap();
         assert_eq!(seen, threads, "the run is on a pool of {threads}");
@@ -525,21 +526,21 @@ fn write_mnist(dir: &Path, images: usize, labels: &[u8]) {
 
 #[test]
 fn mnist_files_must_agree() {
-    let dir = temp("mnist-ok");
+    let (_scratch, dir) = temp("mnist-ok");
     write_mnist(&dir, 3, &[1, 2, 3]);
     let d = load_mnist(&dir, MnistSplit::Train).unwrap();
     assert_eq!(
         (d.len(), d.dim(), d.labels.clone()),
         (3, 784, vec![1, 2, 3])
     );
-    let dir = temp("mnist-count");
+    let (_scratch, dir) = temp("mnist-count");
     write_mnist(&dir, 3, &[1, 2]);
     let err = load_mnist(&dir, MnistSplit::Train).unwrap_err().to_string();
     assert!(
         err.contains("expected [3] labels to match 3 images, found [2]"),
         "{err}"
     );
-    let dir = temp("mnist-label");
+    let (_scratch, dir) = temp("mnist-label");
     write_mnist(&dir, 2, &[1, 12]);
     assert!(matches!(
         load_mnist(&dir, MnistSplit::Train),
@@ -599,7 +600,7 @@ fn synthetic_data_is_seeded_and_the_holdout_is_disjoint() {
 #[test]
 fn an_output_that_cannot_be_written_is_named_as_such() {
     // the folder itself: a file stands where it should be
-    let blocked = temp("blocked-folder");
+    let (_scratch, blocked) = temp("blocked-folder");
     std::fs::write(&blocked, b"a file").unwrap();
     let mut config = small(LossKind::Am);
     config.epochs = 1;
@@ -608,7 +609,7 @@ fn an_output_that_cannot_be_written_is_named_as_such() {
         other => panic!("expected an output error, got {other:?}"),
     }
     // a figure: a folder stands where loss.svg goes, put there after the checkpoint was written
-    let out = temp("blocked-figure");
+    let (_scratch, out) = temp("blocked-figure");
     let err = train(&config, &out, &mut |e| {
         if let Event::Epoch(_) = e {
             std::fs::create_dir_all(out.join("loss.svg")).unwrap();
@@ -658,7 +659,7 @@ fn a_step_that_overflows_the_weights_is_refused_after_the_update() {
 fn a_learning_rate_infinite_in_f32_is_refused_before_training() {
     let mut config = small(LossKind::Am);
     config.lr = 1e39;
-    let out = temp("lr-1e39");
+    let (_scratch, out) = temp("lr-1e39");
     match train(&config, &out, &mut |_| {}) {
         Err(TrainError::Input(Error::InvalidSetting { name, .. })) => {
             assert_eq!(name, "learning rate")
@@ -670,7 +671,7 @@ fn a_learning_rate_infinite_in_f32_is_refused_before_training() {
 
 #[test]
 fn an_empty_data_set_is_refused_before_training() {
-    let dir = temp("mnist-empty");
+    let (_scratch, dir) = temp("mnist-empty");
     write_mnist(&dir, 0, &[]);
     // a test split with samples, so that only the training split is empty
     let pixels = vec![7u8; 3 * 784];
@@ -680,7 +681,7 @@ fn an_empty_data_set_is_refused_before_training() {
     std::fs::write(dir.join("t10k-labels-idx1-ubyte"), test_labels).unwrap();
     let mut config = small(LossKind::Am);
     config.data.source = DataSource::Mnist { dir: dir.clone() };
-    let out = temp("mnist-empty-out");
+    let (_scratch, out) = temp("mnist-empty-out");
     let err = train(&config, &out, &mut |_| {}).unwrap_err();
     match &err {
         TrainError::Input(Error::EmptyData { what }) => assert_eq!(what, "training samples"),
@@ -746,7 +747,7 @@ fn fewer_than_20_pairs_are_refused_by_train_and_by_prepare_data_alike() {
     config.data.pairs = 10;
     let refused = |e: &Error| matches!(e, Error::InvalidSetting { name: "pairs", .. });
     assert!(refused(&prepare_data(&config.data).unwrap_err()));
-    match train(&config, &temp("pairs-10"), &mut |_| {}) {
+    match train(&config, &temp("pairs-10").1, &mut |_| {}) {
         Err(TrainError::Input(e)) => assert!(refused(&e), "{e}"),
         other => panic!("expected too few pairs, got {other:?}"),
     }
@@ -789,7 +790,7 @@ fn settings_too_large_for_memory_are_refused_before_anything_is_allocated() {
     for (name, change, setting, counted) in cases {
         let mut config = small(LossKind::Am);
         change(&mut config);
-        let out = temp(&format!("too-large-{name}"));
+        let (_scratch, out) = temp(&format!("too-large-{name}"));
         let err =
             common::in_little_memory(name, || train(&config, &out, &mut |_| {})).expect_err(name);
         let message = err.to_string();
@@ -923,7 +924,7 @@ fn every_file_a_run_writes_is_listed_as_a_run_file() {
     use margrad::train::{EXPORT_FILE, METRICS_FILE, RUN_FILES};
     let mut config = quick();
     config.embed_dim = 2; // draws the embedding too
-    let out = temp("listed");
+    let (_scratch, out) = temp("listed");
     train(&config, &out, &mut |_| {}).unwrap();
     let written = files_in(&out);
     for name in &written {
@@ -938,7 +939,7 @@ fn every_file_a_run_writes_is_listed_as_a_run_file() {
 #[test]
 fn a_new_run_refuses_a_folder_that_is_not_empty() {
     use margrad::train::FolderError;
-    let out = temp("not-empty");
+    let (_scratch, out) = temp("not-empty");
     train(&quick(), &out, &mut |_| {}).unwrap();
     let before = files_in(&out);
     let metrics_before = std::fs::read(out.join("metrics.json")).unwrap();
@@ -959,7 +960,7 @@ fn a_new_run_refuses_a_folder_that_is_not_empty() {
         metrics_before
     );
     // a folder with a user's file in it alone is refused too
-    let mine = temp("not-empty-mine");
+    let (_scratch, mine) = temp("not-empty-mine");
     std::fs::create_dir_all(&mine).unwrap();
     std::fs::write(mine.join("notes.txt"), b"mine").unwrap();
     assert!(matches!(
@@ -968,7 +969,7 @@ fn a_new_run_refuses_a_folder_that_is_not_empty() {
     ));
     assert_eq!(files_in(&mine), ["notes.txt"]);
     // an empty folder is a new run's
-    let empty = temp("empty");
+    let (_scratch, empty) = temp("empty");
     std::fs::create_dir_all(&empty).unwrap();
     train(&quick(), &empty, &mut |_| {}).unwrap();
 }
@@ -976,7 +977,7 @@ fn a_new_run_refuses_a_folder_that_is_not_empty() {
 #[test]
 fn an_overwrite_removes_only_a_runs_files_and_refuses_a_folder_with_others() {
     use margrad::train::{FolderError, OutputPolicy};
-    let out = temp("overwrite");
+    let (_scratch, out) = temp("overwrite");
     let mut config = quick();
     config.embed_dim = 2;
     train(&config, &out, &mut |_| {}).unwrap();
@@ -1030,7 +1031,7 @@ fn an_overwrite_removes_only_a_runs_files_and_refuses_a_folder_with_others() {
 fn a_failed_run_leaves_nothing_that_passes_as_complete() {
     use margrad::train::OutputPolicy;
     // a completed run, then a diverging one told to overwrite it
-    let out = temp("overwrite-diverged");
+    let (_scratch, out) = temp("overwrite-diverged");
     train(&quick(), &out, &mut |_| {}).unwrap();
     let mut diverging = quick();
     diverging.loss.kind = LossKind::Softmax;
@@ -1048,7 +1049,7 @@ fn a_failed_run_leaves_nothing_that_passes_as_complete() {
     }
     // a resumed run continues in the folder: the final outputs of the run it continues go
     // before it trains, and come back only if it completes
-    let out = temp("resume-in-place");
+    let (_scratch, out) = temp("resume-in-place");
     let mut config = quick();
     train(&config, &out, &mut |_| {}).unwrap();
     config.epochs = 3;
@@ -1075,14 +1076,14 @@ fn a_killed_writers_temporary_file_does_not_hold_the_folder_but_a_live_one_does(
         child.wait().unwrap();
         pid
     };
-    let out = temp("killed-writer");
+    let (_scratch, out) = temp("killed-writer");
     std::fs::create_dir_all(&out).unwrap();
     let stale = out.join(format!(".{CHECKPOINT_FILE}.tmp-{dead}-0"));
     std::fs::write(&stale, b"half a checkpoint").unwrap();
     train(&quick(), &out, &mut |_| {}).unwrap();
     assert!(!stale.exists());
     // a live writer's (this process's) stays, and the folder is not a new run's
-    let live = temp("live-writer");
+    let (_scratch, live) = temp("live-writer");
     std::fs::create_dir_all(&live).unwrap();
     let name = format!(".{CHECKPOINT_FILE}.tmp-{}-0", std::process::id());
     std::fs::write(live.join(&name), b"being written").unwrap();
@@ -1098,7 +1099,8 @@ fn a_killed_writers_temporary_file_does_not_hold_the_folder_but_a_live_one_does(
 #[test]
 fn a_resume_into_the_folder_of_another_run_is_refused_before_it_replaces_its_checkpoint() {
     use margrad::train::FolderError;
-    let (first, second) = (temp("resume-first"), temp("resume-second"));
+    let ((_first_scratch, first), (_second_scratch, second)) =
+        (temp("resume-first"), temp("resume-second"));
     train(&quick(), &first, &mut |_| {}).unwrap();
     train(&quick(), &second, &mut |_| {}).unwrap();
     let theirs = std::fs::read(second.join(CHECKPOINT_FILE)).unwrap();
@@ -1114,7 +1116,7 @@ fn a_resume_into_the_folder_of_another_run_is_refused_before_it_replaces_its_che
     }
     assert_eq!(std::fs::read(second.join(CHECKPOINT_FILE)).unwrap(), theirs);
     // into its own folder, or an empty one, it continues
-    let elsewhere = temp("resume-elsewhere");
+    let (_scratch, elsewhere) = temp("resume-elsewhere");
     train(&resuming, &elsewhere, &mut |_| {}).unwrap();
     train(&resuming, &first, &mut |_| {}).unwrap();
 }
@@ -1142,10 +1144,10 @@ fn cnn(model: ModelKind, data: &Path) -> TrainConfig {
 
 #[test]
 fn lenet_and_resnet_train_on_images_and_their_checkpoints_give_the_same_figures() {
-    let data = temp("tiny-mnist");
+    let (_scratch, data) = temp("tiny-mnist");
     common::write_tiny_mnist(&data);
     for model in [ModelKind::LeNetPlusPlus, ModelKind::ResNet] {
-        let out = temp(&format!("cnn-{}", model.name()));
+        let (_scratch, out) = temp(&format!("cnn-{}", model.name()));
         let config = cnn(model, &data);
         let metrics = train(&config, &out, &mut |_| {}).unwrap();
         let losses: Vec<f64> = metrics.history.iter().map(|r| r.loss).collect();
@@ -1167,7 +1169,7 @@ fn lenet_and_resnet_train_on_images_and_their_checkpoints_give_the_same_figures(
 
 #[test]
 fn an_augmented_cnn_run_resumed_ends_bit_for_bit_where_an_uninterrupted_one_does() {
-    let data = temp("tiny-mnist-resume");
+    let (_scratch, data) = temp("tiny-mnist-resume");
     common::write_tiny_mnist(&data);
     let config = TrainConfig {
         augment: Some(Augment {
@@ -1176,9 +1178,9 @@ fn an_augmented_cnn_run_resumed_ends_bit_for_bit_where_an_uninterrupted_one_does
         }),
         ..cnn(ModelKind::ResNet, &data)
     };
-    let straight_dir = temp("cnn-straight");
+    let (_scratch, straight_dir) = temp("cnn-straight");
     let kept = train_keeping(&config, &straight_dir, 1);
-    let resumed_dir = temp("cnn-resumed");
+    let (_scratch, resumed_dir) = temp("cnn-resumed");
     let resumed = TrainConfig {
         resume: Some(kept),
         ..config.clone()
@@ -1196,7 +1198,7 @@ fn an_augmented_cnn_run_resumed_ends_bit_for_bit_where_an_uninterrupted_one_does
     };
     assert_eq!(figures(&a.history), figures(&b.history));
     // the augmentation changes the run: without it, other losses
-    let plain_dir = temp("cnn-plain");
+    let (_scratch, plain_dir) = temp("cnn-plain");
     train_keeping(&cnn(ModelKind::ResNet, &data), &plain_dir, 1);
     let plain = checkpoint::load::<f32>(&plain_dir.join(CHECKPOINT_FILE)).unwrap();
     assert_ne!(
@@ -1208,7 +1210,7 @@ fn an_augmented_cnn_run_resumed_ends_bit_for_bit_where_an_uninterrupted_one_does
 #[test]
 fn data_a_cnn_cannot_take_is_refused_before_training() {
     let refused = |config: TrainConfig, needle: &str| {
-        let out = temp("cnn-refused");
+        let (_scratch, out) = temp("cnn-refused");
         match train(&config, &out, &mut |_| panic!("it trained")) {
             Err(TrainError::Input(e)) => assert!(e.to_string().contains(needle), "{e}"),
             Err(e) => panic!("{e}"),
@@ -1287,7 +1289,7 @@ fn synthetic_run(kind: LossKind) -> TrainConfig {
 #[test]
 fn each_newer_loss_trains_on_a_synthetic_open_set_with_its_papers_settings() {
     for kind in EXTENDED {
-        let metrics = train(&synthetic_run(kind), &temp(kind.name()), &mut |_| {}).unwrap();
+        let metrics = train(&synthetic_run(kind), &temp(kind.name()).1, &mut |_| {}).unwrap();
         let (first, last) = (&metrics.history[0], metrics.history.last().unwrap());
         assert!(
             last.loss < 0.8 * first.loss,
@@ -1371,7 +1373,7 @@ fn the_newer_losses_refuse_settings_out_of_range_naming_them() {
     for (kind, change, setting) in cases {
         let mut config = small(kind);
         change(&mut config.loss.extra);
-        let out = temp("refused-extended");
+        let (_scratch, out) = temp("refused-extended");
         match train(&config, &out, &mut |_| {}) {
             Err(TrainError::Input(Error::InvalidSetting { name, .. })) => {
                 assert_eq!(name, setting, "{}", kind.name())
@@ -1425,7 +1427,7 @@ fn a_resumed_run_carries_the_losses_state_and_ends_bit_for_bit_as_an_uninterrupt
         let mut config = resumable();
         config.loss.kind = kind;
         (config.loss.scale, config.loss.margin) = kind.default_scale_and_margin();
-        let straight_dir = temp(&format!("straight-{}", kind.name()));
+        let (_scratch, straight_dir) = temp(&format!("straight-{}", kind.name()));
         let kept = train_keeping(&config, &straight_dir, 2);
         let straight = checkpoint::load::<f32>(&straight_dir.join(CHECKPOINT_FILE)).unwrap();
         let halfway = checkpoint::load::<f32>(&kept).unwrap();
@@ -1442,7 +1444,7 @@ fn a_resumed_run_carries_the_losses_state_and_ends_bit_for_bit_as_an_uninterrupt
         }
         let mut resumed_config = config.clone();
         resumed_config.resume = Some(kept);
-        let resumed_dir = temp(&format!("resumed-{}", kind.name()));
+        let (_scratch, resumed_dir) = temp(&format!("resumed-{}", kind.name()));
         let metrics = train(&resumed_config, &resumed_dir, &mut |_| {}).unwrap();
         let resumed = checkpoint::load::<f32>(&resumed_dir.join(CHECKPOINT_FILE)).unwrap();
         assert_eq!(resumed.model, straight.model, "{}", kind.name());
@@ -1470,7 +1472,7 @@ fn metrics_list_each_class_dominant_subcenter() {
     let mut config = small(LossKind::SubcenterArcFace);
     config.loss.extra.subcenters = 2;
     config.epochs = 3;
-    let out = temp("subcenters");
+    let (_scratch, out) = temp("subcenters");
     let metrics = train(&config, &out, &mut |_| {}).unwrap();
     let report = metrics.subcenters.clone().unwrap();
     assert_eq!((report.per_class, report.far_angle_degrees), (2, 75.0));
@@ -1491,7 +1493,7 @@ fn metrics_list_each_class_dominant_subcenter() {
     // other losses write no such entry
     let plain = train(
         &small(LossKind::ArcFace),
-        &temp("no-subcenters"),
+        &temp("no-subcenters").1,
         &mut |_| {},
     )
     .unwrap();
@@ -1524,7 +1526,7 @@ fn metrics_json_holds_the_test_features_norms_and_magfaces_share_of_its_range() 
     // a norm range inside which the digits' small MLP leaves part of its features
     config.loss.extra.magface_norms = (1.2, 2.5);
     config.epochs = 2;
-    let out = temp("norms");
+    let (_scratch, out) = temp("norms");
     train(&config, &out, &mut |_| {}).unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
