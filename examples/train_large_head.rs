@@ -6,11 +6,16 @@
 //! --sample-rate 0.1 --checkpoint-every 500 --out runs/million`; the same command with
 //! `--resume` continues from the last checkpoint in `--out`, ending bit for bit where the
 //! uninterrupted run would.
+//!
+//! Over MPI ranks (built with `--features mpi`), the head class-parallel:
+//! `mpirun -n 2 target/release/examples/train_large_head --distributed --threads 1 …`; rank 0
+//! prints and writes `--out`, and the checkpoint resumes on any number of ranks.
 
 use clap::Parser;
 use margrad::data::IdentitiesConfig;
+use margrad::distributed::World;
 use margrad::loss::MarginLoss;
-use margrad::train::{LargeHeadConfig, LargeHeadEvent, resume_large_head, train_large_head};
+use margrad::train::{LargeHeadConfig, LargeHeadEvent, train_large_head_distributed};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -71,20 +76,87 @@ struct Args {
     /// Continues the run from the checkpoint in --out (the same settings; --steps the total).
     #[arg(long, requires = "out")]
     resume: bool,
+    /// Prints the mean loss every N steps (default: a twentieth of the steps).
+    #[arg(long)]
+    report_every: Option<u64>,
+    /// Trains over the ranks started by mpirun, the head's classes sharded over them (needs
+    /// the `mpi` cargo feature).
+    #[arg(long)]
+    distributed: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+    let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok()?.trim().parse::<usize>().ok());
+    if let Some(ranks) = launched.filter(|&n| n > 1 && !args.distributed) {
+        // independent runs, each writing the same --out
+        eprintln!(
+            "error: started as one of {ranks} ranks by an MPI launcher: add --distributed to \
+             train together"
+        );
+        return ExitCode::from(2);
+    }
+    let world = match world(args.distributed) {
+        Ok(world) => world,
         Err(e) => {
             eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = run(&args, &world);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // one line in one write: the ranks' lines do not interleave
+            let line = match world.size() {
+                1 => format!("error: {e}\n"),
+                n => format!("rank {} of {n}: error: {e}\n", world.rank()),
+            };
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             ExitCode::FAILURE
         }
     }
+    // the world is dropped here: MPI is finalised before the exit
 }
 
-fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+/// The ranks `mpirun` started (with `--distributed`), or a world of one.
+fn world(distributed: bool) -> Result<World, String> {
+    if !distributed {
+        return Ok(World::single());
+    }
+    #[cfg(feature = "mpi")]
+    return World::mpi().map_err(|e| e.to_string());
+    #[cfg(not(feature = "mpi"))]
+    Err(
+        "--distributed needs the `mpi` cargo feature: build with `cargo build --release \
+         --features mpi --example train_large_head` (see docs/distributed.md)"
+            .into(),
+    )
+}
+
+type Failure = Box<dyn std::error::Error>;
+
+fn run(args: &Args, world: &World) -> Result<(), Failure> {
+    // what can fail on one rank alone is agreed before the first collective of the run
+    let prepared = prepare(args, world.is_root());
+    let status = prepared
+        .as_ref()
+        .map(|_| ())
+        .map_err(|e| margrad::Error::Io {
+            source: "the run's settings and output folder".into(),
+            message: e.to_string(),
+        });
+    if let Err(e) = world.agree(status) {
+        return Err(prepared.err().unwrap_or_else(|| e.into()));
+    }
+    let (config, checkpoint) = prepared?;
+    train(args, world, &config, checkpoint)
+}
+
+/// The settings, with the threads set and (on rank 0) the output folder made.
+fn prepare(args: &Args, root: bool) -> Result<(LargeHeadConfig, Option<PathBuf>), Failure> {
     if let Some(threads) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -113,24 +185,41 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let checkpoint = match &args.out {
         Some(dir) => {
-            std::fs::create_dir_all(dir)?;
+            // rank 0 alone writes
+            if root {
+                std::fs::create_dir_all(dir)?;
+            }
             Some(dir.join("checkpoint.margrad"))
         }
         None => None,
     };
-    let every = (args.steps / 20).max(1);
+    Ok((config, checkpoint))
+}
+
+fn train(
+    args: &Args,
+    world: &World,
+    config: &LargeHeadConfig,
+    checkpoint: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let speaks = world.is_root();
+    let every = args.report_every.unwrap_or(args.steps / 20).max(1);
     let on_event = |event| {
         let LargeHeadEvent::Steps {
             step,
             loss,
             steps_per_sec,
         } = event;
-        println!("step {step:>7}  loss {loss:8.4}  {steps_per_sec:7.2} steps/s");
+        if speaks {
+            println!("step {step:>7}  loss {loss:8.4}  {steps_per_sec:7.2} steps/s");
+        }
     };
-    let report = match (&checkpoint, args.resume) {
-        (Some(path), true) => resume_large_head(&config, path, Some(path), every, on_event)?,
-        _ => train_large_head(&config, checkpoint.as_deref(), every, on_event)?,
-    };
+    let from = checkpoint.as_deref().filter(|_| args.resume);
+    let report =
+        train_large_head_distributed(world, config, from, checkpoint.as_deref(), every, on_event)?;
+    if !speaks {
+        return Ok(());
+    }
     let v = &report.verification;
     let figure = |x: Option<f64>| x.map_or("undefined".to_string(), |x| format!("{x:.4}"));
     println!(
