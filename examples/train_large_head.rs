@@ -13,11 +13,12 @@
 
 use clap::Parser;
 use margrad::data::IdentitiesConfig;
-use margrad::distributed::World;
+use margrad::distributed::{Traffic, World};
 use margrad::loss::MarginLoss;
 use margrad::train::{LargeHeadConfig, LargeHeadEvent, train_large_head_distributed};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(about = "Trains an embedder and a blocked margin head over many synthetic identities")]
@@ -83,6 +84,10 @@ struct Args {
     /// the `mpi` cargo feature).
     #[arg(long)]
     distributed: bool,
+    /// Prints, on every rank, the CPU time per step (from /proc/self/stat, 10 ms ticks), the
+    /// time in collectives and the bytes handed to them, from the first report to the last.
+    #[arg(long)]
+    timing: bool,
 }
 
 fn main() -> ExitCode {
@@ -204,19 +209,61 @@ fn train(
 ) -> Result<(), Failure> {
     let speaks = world.is_root();
     let every = args.report_every.unwrap_or(args.steps / 20).max(1);
-    let on_event = |event| {
+    // at each report: the step, this process's CPU time, the collectives since the last one
+    let mut marks: Vec<(u64, Option<Duration>, Traffic)> = Vec::new();
+    let mut on_event = |event| {
         let LargeHeadEvent::Steps {
             step,
             loss,
             steps_per_sec,
         } = event;
+        if args.timing {
+            marks.push((step, cpu_time(), world.take_traffic()));
+        }
         if speaks {
             println!("step {step:>7}  loss {loss:8.4}  {steps_per_sec:7.2} steps/s");
         }
     };
     let from = checkpoint.as_deref().filter(|_| args.resume);
-    let report =
-        train_large_head_distributed(world, config, from, checkpoint.as_deref(), every, on_event)?;
+    let report = train_large_head_distributed(
+        world,
+        config,
+        from,
+        checkpoint.as_deref(),
+        every,
+        &mut on_event,
+    )?;
+    if let (Some(first), Some(last)) = (marks.first(), marks.last())
+        && last.0 > first.0
+    {
+        // from the first report to the last: steps only
+        let steps = (last.0 - first.0) as f64;
+        let cpu = match (first.1, last.1) {
+            (Some(a), Some(b)) => format!("{:.1} ms", (b - a).as_secs_f64() * 1e3 / steps),
+            _ => "unknown".into(),
+        };
+        let (bytes, time) = marks[1..].iter().fold((0, Duration::ZERO), |(b, t), m| {
+            (b + m.2.bytes, t + m.2.time)
+        });
+        let collectives = match world.size() {
+            1 => String::new(),
+            _ => format!(
+                ", collectives {:.1} ms per step (wall), {:.0} bytes per step",
+                time.as_secs_f64() * 1e3 / steps,
+                bytes as f64 / steps,
+            ),
+        };
+        // one write per line: the ranks' lines do not interleave
+        let line = format!(
+            "rank {} of {}: steps {}-{}: CPU {cpu} per step (this process, every \
+             thread){collectives}\n",
+            world.rank(),
+            world.size(),
+            first.0 + 1,
+            last.0,
+        );
+        std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes())?;
+    }
     if !speaks {
         return Ok(());
     }
@@ -254,4 +301,14 @@ fn train(
         )?;
     }
     Ok(())
+}
+
+/// This process's CPU time (user and system, every thread) from `/proc/self/stat`, in ticks of
+/// 10 ms (Linux's `USER_HZ` = 100); `None` where it cannot be read.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // the fields after the command name (in parentheses): utime and stime are the 12th and 13th
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
