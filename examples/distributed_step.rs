@@ -272,7 +272,7 @@ fn run(args: &Args, world: &World) -> Result<(), Error> {
                 }
                 Mode::Class => {
                     // refuses a non-finite loss itself, on every rank
-                    parallel.step(world, f, &mut centres, &labels, |_, rows, grad| {
+                    parallel.step(world, f, &mut centres, &labels, None, |_, rows, grad| {
                         rows.iter_mut().zip(grad).for_each(|(w, g)| *w -= lr * g);
                     })?
                 }

@@ -4,9 +4,12 @@
 
 mod common;
 use common::rng;
-use margrad::distributed::{ClassParallelHead, Shard, World, parameter_checksum, reduce_gradients};
+use margrad::distributed::{
+    ClassParallelHead, Sampling, Shard, World, parameter_checksum, reduce_gradients,
+};
 use margrad::loss::{
-    ArcFallback, BlockedHead, HEAD_NORM_EPS, MarginLoss, ShardExchange, margin_cross_entropy,
+    ArcFallback, BlockedHead, ClassSample, HEAD_NORM_EPS, MarginLoss, ShardExchange,
+    margin_cross_entropy,
 };
 use margrad::{Element, Error, Graph, Labels, Params, Tensor};
 use std::sync::{Arc, Barrier, Mutex};
@@ -103,6 +106,7 @@ fn sharded<F: Element>(
     p: &Problem<F>,
     head: &BlockedHead,
     size: usize,
+    sampling: Option<Sampling>,
 ) -> Vec<(F, Tensor<F>, Tensor<F>)> {
     let [c, d] = [p.w.shape()[0], p.w.shape()[1]];
     let barrier = Arc::new(Barrier::new(size));
@@ -121,12 +125,16 @@ fn sharded<F: Element>(
                     let mut w =
                         Tensor::from_vec(p.w.data()[rows].to_vec(), &[shard.len(), d]).unwrap();
                     let mut dw = Tensor::<F>::full(p.w.shape(), F::from_f64(f64::NAN));
+                    let sample = sampling.map(|s| {
+                        ClassSample::draw_keyed(&p.labels, c, shard.clone(), s.rate, s.key).unwrap()
+                    });
                     let (loss, dx) = head
                         .shard_step(
                             p.x.data(),
                             &mut w,
                             shard.start,
                             &p.labels,
+                            sample.as_ref(),
                             &mut exchange,
                             |first, _, grad| {
                                 dw.data_mut()[first * d..first * d + grad.len()]
@@ -179,7 +187,7 @@ fn the_class_parallel_head_is_the_dense_head_on_the_global_batch() {
             let p = problem::<f64>(12, 8, 11, 1);
             let head = BlockedHead::new(loss.clone(), block).unwrap();
             let (l, dx, dw) = dense(&p, loss);
-            for (rank, (ls, dxs, dws)) in sharded(&p, &head, size).iter().enumerate() {
+            for (rank, (ls, dxs, dws)) in sharded(&p, &head, size, None).iter().enumerate() {
                 let what = format!("{:?} on {size} shards, rank {rank}", loss.kind);
                 assert!(
                     (ls - l).abs() <= 1e-13 * l.abs(),
@@ -199,10 +207,103 @@ fn the_class_parallel_head_is_the_dense_head_on_the_global_batch() {
         labels: p.labels.clone(),
     };
     let (l, dx, dw) = dense(&p64, loss);
-    for (ls, dxs, dws) in sharded(&p, &BlockedHead::new(loss.clone(), 8).unwrap(), 3) {
+    for (ls, dxs, dws) in sharded(&p, &BlockedHead::new(loss.clone(), 8).unwrap(), 3, None) {
         assert!((f64::from(ls) - l).abs() <= 1e-6 * l.abs(), "{ls} vs {l}");
         assert!(relative(&dxs, &dx) < 1e-5 && relative(&dws, &dw) < 1e-5);
     }
+}
+
+#[test]
+fn sampled_shards_make_the_sampled_blocked_head_whatever_the_number_of_shards() {
+    let (c, d) = (40, 8);
+    let mut p = problem::<f64>(12, d, c, 5);
+    let sampling = Sampling { rate: 0.5, key: 77 };
+    let whole = ClassSample::draw_keyed(&p.labels, c, 0..c, sampling.rate, sampling.key).unwrap();
+    let kept = whole.classes();
+    // every label, and some of the other classes, not all
+    assert!(p.labels.values().iter().all(|l| kept.contains(l)));
+    let positives = (0..c).filter(|k| p.labels.values().contains(k)).count();
+    assert!(kept.len() > positives && kept.len() < c, "{kept:?}");
+    // the shards' parts are the whole sample, however the classes are cut
+    for size in [2, 3, 4, 7] {
+        let union: Vec<usize> = (0..size)
+            .flat_map(|rank| {
+                let shard = ClassParallelHead::shard_of(c, size, rank);
+                ClassSample::draw_keyed(&p.labels, c, shard, sampling.rate, sampling.key)
+                    .unwrap()
+                    .classes()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(union, kept, "{size} shards");
+    }
+    // a centre left out is not read: NaN there changes nothing
+    for row in (0..c).filter(|k| !kept.contains(k)) {
+        p.w.data_mut()[row * d..(row + 1) * d].fill(f64::NAN);
+    }
+    // the single-process blocked head over the same sample
+    let head = BlockedHead::new(MarginLoss::am(30.0, 0.35).unwrap(), 3).unwrap();
+    let g = Graph::new();
+    let x = g.leaf(p.x.clone());
+    let mut w = p.w.clone();
+    let mut dw = Tensor::<f64>::full(p.w.shape(), f64::NAN);
+    let l = head
+        .step(x, &mut w, &p.labels, Some(&whole), |first, _, grad| {
+            dw.data_mut()[first * d..first * d + grad.len()].copy_from_slice(grad)
+        })
+        .unwrap();
+    let (l, dx) = (l.item(), l.backward().wrt(x).unwrap().clone());
+    assert!(l.is_finite());
+    for size in [1, 2, 3, 4] {
+        for (rank, (ls, dxs, dws)) in sharded(&p, &head, size, Some(sampling)).iter().enumerate() {
+            let what = format!("{size} shards, rank {rank}");
+            assert!(
+                (ls - l).abs() <= 1e-13 * l.abs(),
+                "{what}: loss {ls} vs {l}"
+            );
+            assert!(relative(dxs, &dx) < 1e-12, "{what}: ∂x");
+            // a centre left out is handed to no update, as in the blocked head
+            for row in 0..c {
+                let (a, b) = (&dws.data()[row * d..][..d], &dw.data()[row * d..][..d]);
+                let sampled = kept.contains(&row);
+                assert_eq!(a.iter().all(|v| v.is_nan()), !sampled, "{what}: row {row}");
+                assert_eq!(b.iter().all(|v| v.is_nan()), !sampled, "row {row}");
+                if sampled {
+                    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                    let diff = a
+                        .iter()
+                        .zip(b)
+                        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+                    assert!(diff <= 1e-12 * scale.max(1e-30), "{what}: ∂W row {row}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_keyed_sample_holds_the_rate_in_expectation_and_every_class_at_rate_one() {
+    let labels = Labels::new(vec![3, 3, 90, 500], 1000).unwrap();
+    let all = ClassSample::draw_keyed(&labels, 1000, 100..200, 1.0, 1).unwrap();
+    assert_eq!(all.classes(), (100..200).collect::<Vec<_>>());
+    // ⌊0.1·1000⌋ = 100 expected: binomial over 997 negatives at q = 97/997, sd ≈ 9.4
+    let sizes: Vec<usize> = (0..20)
+        .map(|key| {
+            let s = ClassSample::draw_keyed(&labels, 1000, 0..1000, 0.1, key).unwrap();
+            assert!([3, 90, 500].iter().all(|p| s.classes().contains(p)));
+            s.classes().len()
+        })
+        .collect();
+    let mean = sizes.iter().sum::<usize>() as f64 / 20.0;
+    assert!((mean - 100.0).abs() < 10.0, "{sizes:?}");
+    // new keys, new samples
+    assert!(sizes.windows(2).any(|w| w[0] != w[1]));
+    for bad in [0.0, 1.5, f64::NAN] {
+        assert!(ClassSample::draw_keyed(&labels, 1000, 0..1000, bad, 1).is_err());
+    }
+    assert!(ClassSample::draw_keyed(&labels, 1000, 900..1001, 0.5, 1).is_err());
+    let wrong = Labels::new(vec![1000], 1001).unwrap();
+    assert!(ClassSample::draw_keyed(&wrong, 1000, 0..1000, 0.5, 1).is_err());
 }
 
 #[test]
@@ -212,7 +313,7 @@ fn a_shard_holding_no_target_and_a_shard_of_one_class_still_agree() {
     p.labels = Labels::new(vec![0; 6], 4).unwrap();
     let loss = MarginLoss::am(30.0, 0.35).unwrap();
     let (l, dx, dw) = dense(&p, &loss);
-    for (ls, dxs, dws) in sharded(&p, &BlockedHead::new(loss.clone(), 2).unwrap(), 4) {
+    for (ls, dxs, dws) in sharded(&p, &BlockedHead::new(loss.clone(), 2).unwrap(), 4, None) {
         assert!((ls - l).abs() <= 1e-13 * l.abs());
         assert!(relative(&dxs, &dx) < 1e-12 && relative(&dws, &dw) < 1e-12);
     }
@@ -233,7 +334,9 @@ fn in_a_world_of_one_the_class_parallel_head_is_the_blocked_head_bit_for_bit() {
         let g = Graph::new();
         let x = g.leaf(p.x.clone());
         let l = if distributed {
-            parallel.step(&world, x, &mut w, &p.labels, sgd).unwrap()
+            parallel
+                .step(&world, x, &mut w, &p.labels, None, sgd)
+                .unwrap()
         } else {
             head.step(x, &mut w, &p.labels, None, sgd).unwrap()
         };
@@ -253,9 +356,14 @@ fn bad_labels_are_refused_before_anything_moves() {
     let mut w = p.w.clone();
     let wrong = Labels::new(vec![0, 1, 7, 2], 9).unwrap();
     let err = parallel
-        .step(&world, g.leaf(p.x.clone()), &mut w, &wrong, |_, _, _| {
-            panic!("no update")
-        })
+        .step(
+            &world,
+            g.leaf(p.x.clone()),
+            &mut w,
+            &wrong,
+            None,
+            |_, _, _| panic!("no update"),
+        )
         .unwrap_err();
     assert_eq!(
         err,
@@ -267,9 +375,14 @@ fn bad_labels_are_refused_before_anything_moves() {
     );
     let short = Labels::new(vec![0, 1], 5).unwrap();
     let err = parallel
-        .step(&world, g.leaf(p.x.clone()), &mut w, &short, |_, _, _| {
-            panic!("no update")
-        })
+        .step(
+            &world,
+            g.leaf(p.x.clone()),
+            &mut w,
+            &short,
+            None,
+            |_, _, _| panic!("no update"),
+        )
         .unwrap_err();
     assert!(matches!(err, Error::DataLength { .. }), "{err}");
     assert!(ClassParallelHead::new(head, 0, &world).is_err());

@@ -571,6 +571,31 @@ fn a_diverging_distributed_run_stops_every_rank_and_writes_no_metrics() {
 }
 
 #[test]
+fn a_nan_on_one_rank_only_is_a_divergence_at_its_step_on_every_rank() {
+    // at η = 3·10¹⁷ the parameters grow until, at step 6, rank 1's half of the global batch
+    // makes its loss a NaN while rank 0's stays finite
+    let out = out_dir("diverged-one-rank");
+    let mut args = [TRAIN, &["--epochs", "1", "--out", out.to_str().unwrap()]].concat();
+    let lr = args.iter().position(|&a| a == "--lr").unwrap();
+    args[lr + 1] = "3e17";
+    let output = run_trainer(2, &args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let own = message_after(&stderr, "rank 1 of 2: error: ");
+    assert!(
+        own.starts_with("training diverged at epoch 1, step 6: the loss is NaN"),
+        "{stderr}"
+    );
+    // rank 0 diverged too, at the same step, because of rank 1 (not an error of its input)
+    let other = message_after(&stderr, "rank 0 of 2: error: ");
+    assert!(
+        other.starts_with("training diverged at epoch 1, step 6: on rank 1 of 2, the loss is NaN"),
+        "{stderr}"
+    );
+    assert!(!out.join("metrics.json").exists(), "{stderr}");
+}
+
+#[test]
 fn a_batch_the_ranks_cannot_share_is_refused_on_every_rank() {
     let out = out_dir("odd-batch");
     let mut args = [TRAIN, &["--epochs", "1", "--out", out.to_str().unwrap()]].concat();

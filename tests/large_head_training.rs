@@ -5,6 +5,7 @@
 
 use margrad::checkpoint::{self, load_head};
 use margrad::data::IdentitiesConfig;
+use margrad::distributed::ClassParallelHead;
 use margrad::loss::{BlockedHead, MarginLoss};
 use margrad::nn::{CentresHead, HeadConfig, Model, Module};
 use margrad::train::{
@@ -144,6 +145,24 @@ fn bad_settings_and_a_head_too_large_for_memory_are_refused_before_allocating() 
             assert!(needed.unwrap() > 1_000_000_000_000 * 32 * 8);
         }
         other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn a_rank_counts_its_shard_and_the_whole_head_it_holds_while_starting_or_saving() {
+    let config = small(1.0);
+    let (c, d) = (config.identities.trained, config.embed_dim as u64);
+    let one = config.footprint().unwrap().bytes().unwrap();
+    assert_eq!(
+        config.footprint_of_rank(0, 1).unwrap().bytes().unwrap(),
+        one
+    );
+    // 600 classes on 7 ranks: shards of 86 and 85; each rank holds its shard and its
+    // momentum, and the whole head with its momentum while it starts or saves
+    for rank in 0..7 {
+        let shard = ClassParallelHead::shard_of(c, 7, rank).len() as u64;
+        let bytes = config.footprint_of_rank(rank, 7).unwrap().bytes().unwrap();
+        assert_eq!(bytes, one + 8 * shard * d, "rank {rank}");
     }
 }
 

@@ -18,9 +18,21 @@
 //! The arithmetic is [`BlockedHead::shard_step`]'s, the loss code of a single process.
 
 use super::{Wire, World};
-use crate::loss::{BlockedHead, FeatureGrad, ShardExchange};
+use crate::loss::{BlockedHead, ClassSample, FeatureGrad, ShardExchange};
 use crate::{Element, Error, Labels, Tensor, Var};
 use std::ops::Range;
+
+/// Partial FC's class sampling in a step of a [`ClassParallelHead`]: each rank keeps, of its
+/// shard, the classes of the global batch and negatives drawn by [`ClassSample::draw_keyed`]
+/// at `rate` with the step's `key`, so that the ranks' samples make the same union on any
+/// number of ranks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    /// The rate `r` in `(0, 1]` (1: every class).
+    pub rate: f64,
+    /// The step's key (the same on every rank; a new one each step).
+    pub key: u64,
+}
 
 /// A margin head whose classes are sharded over the ranks: see the
 /// [module documentation](self).
@@ -107,7 +119,8 @@ impl ClassParallelHead {
 
     /// The whole head `[C, D]` on rank 0, put together from every rank's shard `centres`
     /// (collective); `None` on the other ranks. Each shard is padded to the largest for the
-    /// gather, which rank 0 receives whole: `C·D` elements besides its own shard.
+    /// gather, which rank 0 receives whole (`C·D` elements and at most `N·D` of padding besides
+    /// its own shard) and closes up in place.
     ///
     /// # Panics
     /// When `centres` is not this rank's `[len, D]`.
@@ -127,14 +140,18 @@ impl ClassParallelHead {
         let widest = self.classes.div_ceil(world.size()) * d;
         let mut mine = centres.data().to_vec();
         mine.resize(widest, F::ZERO);
-        let all = world.gather(&mine, 0)?;
-        let rows: Vec<F> = (0..world.size())
-            .flat_map(|r| {
-                let len = Self::shard_of(self.classes, world.size(), r).len() * d;
-                all[r * widest..r * widest + len].iter().copied()
-            })
-            .collect();
-        Some(Tensor::from_vec(rows, &[self.classes, d]).expect("C rows of D"))
+        let mut all = world.gather(&mine, 0)?;
+        drop(mine);
+        // shard r starts at r·widest in the gathered buffer and at its first class's row in the
+        // head, never later: moved down in rank order, no shard overwrites one not yet moved
+        for r in 1..world.size() {
+            let rows = Self::shard_of(self.classes, world.size(), r);
+            let from = r * widest;
+            all.copy_within(from..from + rows.len() * d, rows.start * d);
+        }
+        all.truncate(self.classes * d);
+        all.shrink_to_fit();
+        Some(Tensor::from_vec(all, &[self.classes, d]).expect("C rows of D"))
     }
 
     /// One step (collective): `features` are this rank's `[b, D]` on its tape, `labels` its
@@ -144,7 +161,8 @@ impl ClassParallelHead {
     /// an op on this rank's tape: backward from it gives `features` `∂L/∂x` of this rank's
     /// rows. As `L` is already the global batch's, the embedder's gradients are then summed
     /// over the ranks ([`reduce_gradients`](super::reduce_gradients) with factor 1), not
-    /// averaged.
+    /// averaged. With a `sampling`, each rank computes over its part of the step's sample only
+    /// ([`Sampling`]); a centre left out is neither read nor updated.
     ///
     /// # Errors
     /// On every rank, when any rank's input is wrong: [`Error::LabelOutOfRange`],
@@ -163,6 +181,7 @@ impl ClassParallelHead {
         features: Var<'g, F>,
         centres: &mut Tensor<F>,
         labels: &Labels,
+        sampling: Option<Sampling>,
         update: impl FnMut(usize, &mut [F], &[F]),
     ) -> Result<Var<'g, F>, Error> {
         let x = features.value();
@@ -186,12 +205,17 @@ impl ClassParallelHead {
         );
         drop(x);
         let global = Labels::new(global.iter().map(|&l| l as usize).collect(), self.classes)?;
+        // the same on every rank: the global labels and the settings are
+        let sample = sampling
+            .map(|s| ClassSample::draw_keyed(&global, self.classes, self.shard(), s.rate, s.key))
+            .transpose()?;
         let mut exchange = WorldExchange { world };
         let (loss, dx) = self.head.shard_step(
             &gathered,
             centres,
             self.shard.start,
             &global,
+            sample.as_ref(),
             &mut exchange,
             update,
         )?;

@@ -33,7 +33,7 @@ mod data_parallel;
 #[cfg(feature = "mpi")]
 mod mpi_world;
 
-pub use class_parallel::ClassParallelHead;
+pub use class_parallel::{ClassParallelHead, Sampling};
 pub use data_parallel::{Shard, parameter_checksum, reduce_gradients};
 
 use crate::Error;

@@ -398,16 +398,24 @@ impl BlockedHead {
     /// shard. `update(class, rows, grad)` receives `∂L/∂W` of this shard's centres, block by
     /// block, with `class` the global index of the first row.
     ///
+    /// With a `sample` (Partial FC; the shard's part of a sample drawn for the whole batch,
+    /// [`ClassSample::draw_keyed`], global class indices), the shard computes over the sampled
+    /// classes only, and the loss is the softmax over the union of the shards' samples. A
+    /// centre left out is treated as [`BlockedHead::step`] treats one: neither read nor handed
+    /// to `update`.
+    ///
     /// Returns `L` and `∂L/∂x` for the whole batch, `[B, D]`.
     ///
     /// # Errors
     /// [`Error::EmptyBatch`] for `B = 0`; [`Error::DataLength`] when there are not `B`
     /// labels or `features` is not `B·D` long; [`Error::InvalidSetting`] when the shard's
-    /// classes run past `labels.classes()`; [`Error::NonFinite`] when the loss is not finite,
+    /// classes run past `labels.classes()`, a sampled class is not the shard's, or a label of
+    /// the shard is not in the sample; [`Error::NonFinite`] when the loss is not finite,
     /// before any centre is updated. The same inputs give the same error on every shard.
     ///
     /// # Panics
     /// When `centres` is not a `[C_s, D]` matrix.
+    #[allow(clippy::too_many_arguments)]
     #[track_caller]
     pub fn shard_step<F: Element>(
         &self,
@@ -415,6 +423,7 @@ impl BlockedHead {
         centres: &mut Tensor<F>,
         first_class: usize,
         labels: &Labels,
+        sample: Option<&ClassSample>,
         exchange: &mut impl ShardExchange<F>,
         mut update: impl FnMut(usize, &mut [F], &[F]),
     ) -> Result<(F, Vec<F>), Error> {
@@ -444,17 +453,40 @@ impl BlockedHead {
             first_class + own <= classes,
             "such that the shard's centres are classes of the labels",
         )?;
+        // the sampled classes as rows of this shard
+        let local: Option<Vec<usize>> = sample.map(|s| {
+            s.classes()
+                .iter()
+                .map(|&c| c.wrapping_sub(first_class))
+                .collect()
+        });
+        let selection = match &local {
+            None => Selection::All(own),
+            Some(rows) => {
+                if let Some(&row) = rows.iter().find(|&&row| row >= own) {
+                    return Err(Error::InvalidSetting {
+                        name: "sampled class",
+                        value: row.wrapping_add(first_class) as f64,
+                        requirement: "a class of the shard",
+                    });
+                }
+                Selection::Sample(rows)
+            }
+        };
         // a target in another shard is at a position no block reaches
         let targets = labels
             .values()
             .iter()
-            .map(|&l| {
-                l.checked_sub(first_class)
-                    .filter(|&t| t < own)
-                    .unwrap_or(usize::MAX)
+            .map(|&l| match l.checked_sub(first_class).filter(|&t| t < own) {
+                None => Ok(usize::MAX),
+                Some(t) => selection.position(t).ok_or(Error::InvalidSetting {
+                    name: "label",
+                    value: l as f64,
+                    requirement: "a class of the sample (draw the sample from the batch's labels)",
+                }),
             })
-            .collect();
-        let mut pass = Pass::new(features, b, d, targets, self, Selection::All(own));
+            .collect::<Result<_, _>>()?;
+        let mut pass = Pass::new(features, b, d, targets, self, selection);
         let softmax = family_rule(&self.loss);
         let mut stats = pass.row_stats(centres.data(), &softmax);
         let mut max: Vec<F> = stats.iter().map(|s| s.max).collect();
@@ -480,16 +512,19 @@ impl BlockedHead {
             });
         }
         let mut dxn = vec![F::ZERO; b * d];
+        let rows_per_class = k * d;
         for block in 0..pass.blocks() {
-            let span = pass.span(block);
+            let runs = pass.runs(block);
             pass.load(block, centres.data());
             let dw = pass.backward_block(block, &rule, coef, &mut dxn);
-            let rows = span.start * k * d..span.end * k * d;
-            update(
-                (first_class + span.start) * k,
-                &mut centres.data_mut()[rows],
-                dw,
-            );
+            for (first, range) in runs {
+                let rows = first * rows_per_class..(first + range.len()) * rows_per_class;
+                update(
+                    (first_class + first) * k,
+                    &mut centres.data_mut()[rows],
+                    &dw[range.start * rows_per_class..range.end * rows_per_class],
+                );
+            }
         }
         exchange.sum_features_grad(&mut dxn);
         let mut dx = vec![F::ZERO; b * d];
@@ -1403,6 +1438,71 @@ impl ClassSample {
         Ok(ClassSample { classes: out })
     }
 
+    /// The part in `shard` of a sample drawn class by class, for the shards of a
+    /// class-parallel head: every class of `labels` in `shard`, and each other class `c` of
+    /// `shard` when `u(key, c) < q`, with `u` a uniform number in `[0, 1)` hashed from the
+    /// step's `key` and the class (SplitMix64's finaliser) and
+    ///
+    /// ```text
+    /// q = (⌊r·C⌋ − P) / (C − P)     (clamped to [0, 1]; P: the batch's distinct classes)
+    /// ```
+    ///
+    /// so that the whole sample holds `⌊r·C⌋` classes in expectation (at least the `P`
+    /// positives, as [`ClassSample::draw`]) and each negative is kept with the same
+    /// probability. A class's fate depends on the key and the class alone: however the classes
+    /// are cut into shards (any number of ranks, or one process), the parts make the same
+    /// sample. `rate = 1` gives every class of the shard.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] unless `0 < rate ≤ 1` and `shard` lies in `0..classes`;
+    /// [`Error::LabelOutOfRange`] for a label not below `classes`.
+    pub fn draw_keyed(
+        labels: &Labels,
+        classes: usize,
+        shard: Range<usize>,
+        rate: f64,
+        key: u64,
+    ) -> Result<Self, Error> {
+        Error::check(
+            "class sampling rate",
+            rate,
+            rate > 0.0 && rate <= 1.0,
+            "in (0, 1]",
+        )?;
+        Error::check(
+            "end of the shard",
+            shard.end as f64,
+            shard.start <= shard.end && shard.end <= classes,
+            "at most the number of classes",
+        )?;
+        let values = labels.values();
+        if let Some(index) = values.iter().position(|&l| l >= classes) {
+            return Err(Error::LabelOutOfRange {
+                index,
+                label: values[index],
+                classes,
+            });
+        }
+        if rate == 1.0 {
+            return Ok(ClassSample {
+                classes: shard.collect(),
+            });
+        }
+        let mut positives = values.to_vec();
+        positives.sort_unstable();
+        positives.dedup();
+        let p = positives.len();
+        let wanted = (rate * classes as f64).floor() as usize;
+        let keep = match classes - p {
+            0 => 0.0,
+            negatives => (wanted.saturating_sub(p) as f64 / negatives as f64).min(1.0),
+        };
+        let classes = shard
+            .filter(|&c| positives.binary_search(&c).is_ok() || keyed_uniform(key, c) < keep)
+            .collect();
+        Ok(ClassSample { classes })
+    }
+
     /// A sample given as a list of classes (sorted here, duplicates dropped).
     pub fn from_classes(mut classes: Vec<usize>) -> Self {
         classes.sort_unstable();
@@ -1414,4 +1514,14 @@ impl ClassSample {
     pub fn classes(&self) -> &[usize] {
         &self.classes
     }
+}
+
+/// A uniform number in `[0, 1)` that depends on `key` and `class` alone: SplitMix64's
+/// finaliser over their mix, its top 53 bits.
+fn keyed_uniform(key: u64, class: usize) -> f64 {
+    let mut z = key ^ (class as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }

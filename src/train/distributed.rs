@@ -235,7 +235,16 @@ fn combine(
         message: e.to_string(),
     });
     if let Err(e) = world.agree(status) {
-        return Err(local.err().unwrap_or(StepError::Forward(e)));
+        // a divergence on one rank is a divergence at this step on every rank
+        let divergence = divergence_of_failed(world, &local);
+        return Err(match (local, divergence) {
+            (Err(own), _) => own,
+            (Ok(_), Some((rank, what, value))) => StepError::NonFinite {
+                what: format!("on rank {rank} of {}, {what}", world.size()),
+                value,
+            },
+            (Ok(_), None) => StepError::Forward(e),
+        });
     }
     let mut local = local.expect("agreed");
     let size = world.size() as f32;
@@ -264,6 +273,46 @@ fn combine(
         }
     }
     Ok(local)
+}
+
+/// After a step that failed on some rank (collective, every rank calls it): when the lowest
+/// failing rank's step diverged (a NaN or an infinity), that rank and what was not finite, with
+/// its value, on every rank; `None` when it failed otherwise.
+fn divergence_of_failed(
+    world: &World,
+    local: &Result<LocalStep<f32>, StepError>,
+) -> Option<(usize, String, f64)> {
+    let size = world.size();
+    // (size − rank)·2 + diverged of each failing rank: the maximum is the lowest's
+    let mut code = [match local {
+        Ok(_) => 0,
+        Err(e) => {
+            ((size - world.rank()) as u64) << 1
+                | u64::from(matches!(e, StepError::NonFinite { .. }))
+        }
+    }];
+    world.all_reduce_max(&mut code);
+    if code[0] & 1 == 0 {
+        return None;
+    }
+    let failed = size - (code[0] >> 1) as usize;
+    let (what, value) = match local {
+        Err(StepError::NonFinite { what, value }) if world.rank() == failed => {
+            (what.as_bytes().to_vec(), *value)
+        }
+        _ => (Vec::new(), 0.0),
+    };
+    let mut head = [what.len() as u64, value.to_bits()];
+    world.broadcast(&mut head, failed);
+    let mut words: Vec<u64> = what.iter().map(|&b| u64::from(b)).collect();
+    words.resize(head[0] as usize, 0);
+    world.broadcast(&mut words, failed);
+    let what: Vec<u8> = words.iter().map(|&w| w as u8).collect();
+    Some((
+        failed,
+        String::from_utf8_lossy(&what).into_owned(),
+        f64::from_bits(head[1]),
+    ))
 }
 
 /// [`World::agree`] on a result whose error is a [`TrainError`]: the failing rank keeps its

@@ -8,8 +8,8 @@
 //! by SGD with momentum (`v ← μ v + ∂L/∂w`, `w ← w − η v`, PyTorch's rule) while the loss's
 //! gradient flows back into the embedder, which the crate's [`Optimizer`] updates with the
 //! same rule. With a sampling rate `r < 1` each step visits the batch's identities and
-//! uniformly sampled others only ([`ClassSample`]); a centre left out keeps its value and its
-//! momentum. The memory the run will hold is counted before anything is allocated
+//! uniformly sampled others only ([`ClassSample::draw_keyed`]: `⌊r·C⌋` classes in
+//! expectation); a centre left out keeps its value and its momentum. The memory the run will hold is counted before anything is allocated
 //! ([`Footprint`]); the checkpoint (model, embedder optimiser, centres' momentum) is written
 //! streaming, at the end and every [`LargeHeadConfig::checkpoint_every`] steps, with the steps
 //! done, the generator's state and a fingerprint of the settings, so that
@@ -17,6 +17,16 @@
 //! the checkpoints' interval) and ends bit for bit where the uninterrupted one does; the
 //! figures are verification on pairs of unseen identities and closed-set accuracy over all `C`
 //! identities on held-out samples of some of them.
+//!
+//! **Over the ranks of a [`World`]** ([`train_large_head_distributed`], `mpirun`): the head is
+//! class-parallel ([`ClassParallelHead`], InsightFace's Partial FC): each rank holds its shard
+//! of the centres and of their momentum, the embedder is replicated, each rank embeds its own
+//! disjoint part of the global batch, and the embedder's gradients are summed over the ranks
+//! (the loss is already the global batch's). The global batches are the same on any number of
+//! ranks, and so is the class sample ([`ClassSample::draw_keyed`], keyed by the seed and the
+//! step): a run on `N` ranks follows one process's to rounding, and a checkpoint (one file,
+//! the whole head gathered on rank 0) resumes on any number of ranks. One process is a world
+//! of one ([`train_large_head`]), where the shard is the whole head.
 //!
 //! The loss is [`LargeHeadConfig::loss`], a loss of the margin family; the blocked head also
 //! computes the sample-adaptive losses and SphereFace2 ([`BlockLoss`](crate::loss::BlockLoss)),
@@ -26,8 +36,13 @@
 use super::{Footprint, available_memory};
 use crate::checkpoint::{self, CheckpointError, TrainingState};
 use crate::data::{BatchSampler, IdentitiesConfig, SyntheticIdentities};
+use crate::distributed::{
+    ClassParallelHead, Sampling, World, parameter_checksum, reduce_gradients,
+};
 use crate::kernels::{MatRef, first_non_finite, gemm, normalize_rows};
-use crate::loss::{BlockedHead, ClassSample, MarginLoss};
+#[cfg(doc)]
+use crate::loss::ClassSample;
+use crate::loss::{BlockedHead, MarginLoss};
 use crate::metrics::{Verification, make_pairs, pair_scores, verification};
 use crate::nn::{Forward, HeadConfig, MlpConfig, Model, ModelConfig};
 use crate::optim::{Method, Optimizer, ParamState, sgd_momentum_update};
@@ -177,19 +192,35 @@ impl LargeHeadConfig {
         hash | 1 << 63
     }
 
-    /// The memory the run will hold, counted from the settings: centres and their momentum,
-    /// the embedder with its gradient and momentum, a step's buffers, the verification and
-    /// accuracy samples, the pairs.
+    /// The memory the run will hold in one process, counted from the settings: centres and
+    /// their momentum, the embedder with its gradient and momentum, a step's buffers, the
+    /// verification and accuracy samples, the pairs.
     ///
     /// # Errors
     /// [`Error::TooLarge`] when a share overflows 64 bits.
     pub fn footprint(&self) -> Result<Footprint, Error> {
+        self.footprint_of_rank(0, 1)
+    }
+
+    /// The memory rank `rank` of `ranks` will hold ([`train_large_head_distributed`]): its
+    /// shard of the centres and of their momentum, and, on more than one rank, the whole head
+    /// and its momentum while the run starts (initialised, or read from a checkpoint, before
+    /// the shard is cut out) or while rank 0 gathers them to save; the rest as
+    /// [`LargeHeadConfig::footprint`], the global batch's features included.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] when a share overflows 64 bits.
+    pub fn footprint_of_rank(&self, rank: usize, ranks: usize) -> Result<Footprint, Error> {
         const F32: u64 = 4;
         let classes = ("identities", self.identities.trained);
         let dim = ("embed_dim", self.embed_dim);
         let mut footprint = Footprint::new();
-        // centres and momentum
-        footprint.add(2 * F32, &[classes, dim])?;
+        // centres and momentum: the rank's shard, and the whole head while starting or saving
+        let shard = ClassParallelHead::shard_of(self.identities.trained, ranks.max(1), rank);
+        footprint.add(2 * F32, &[("identities", shard.len()), dim])?;
+        if ranks > 1 {
+            footprint.add(2 * F32, &[classes, dim])?;
+        }
         // the embedder's weights, gradients and momentum
         let mut width = self.identities.input_dim;
         for &next in self.hidden.iter().chain([&self.embed_dim]) {
@@ -248,8 +279,11 @@ pub struct LargeHeadReport {
     pub accuracy: f64,
     /// Verification on pairs of unseen identities.
     pub verification: Verification,
-    /// The bytes counted before allocating.
+    /// The bytes counted before allocating (on this rank).
     pub footprint_bytes: u64,
+    /// `(step, mean loss since the previous report)` at each report.
+    #[serde(default)]
+    pub reported_losses: Vec<(u64, f64)>,
 }
 
 /// What [`train_large_head`] reports while it runs.
@@ -330,7 +364,15 @@ pub fn train_large_head(
     report_every: u64,
     on_event: impl FnMut(LargeHeadEvent),
 ) -> Result<LargeHeadReport, LargeHeadError> {
-    run(config, None, checkpoint_path, report_every, on_event)
+    let world = World::single();
+    run(
+        &world,
+        config,
+        None,
+        checkpoint_path,
+        report_every,
+        on_event,
+    )
 }
 
 /// Continues the run of `config` saved in the checkpoint at `from` (written by
@@ -352,7 +394,50 @@ pub fn resume_large_head(
     report_every: u64,
     on_event: impl FnMut(LargeHeadEvent),
 ) -> Result<LargeHeadReport, LargeHeadError> {
-    run(config, Some(from), checkpoint_path, report_every, on_event)
+    let world = World::single();
+    run(
+        &world,
+        config,
+        Some(from),
+        checkpoint_path,
+        report_every,
+        on_event,
+    )
+}
+
+/// [`train_large_head`] (or, with `resume_from`, [`resume_large_head`]) over the ranks of
+/// `world` (collective: every rank calls it with the same settings), the head class-parallel:
+/// see the [module documentation](self). Rank `k` embeds samples `k·b..(k + 1)·b` of each
+/// global batch of [`LargeHeadConfig::batch`] samples (`b = batch / N`); the checkpoint, one
+/// file with the whole head, is written by rank 0 alone (`checkpoint_path` is read there only)
+/// and resumes on any number of ranks; `resume_from` is read by every rank. Every rank returns
+/// the same report but for [`LargeHeadReport::footprint_bytes`], its own.
+///
+/// # Errors
+/// As [`train_large_head`], on every rank: the failing rank's own error there, and on the
+/// others the same kind ([`LargeHeadError::Diverged`] naming the step when a step failed)
+/// carrying [`Error::Distributed`] with the failing rank and its message. Also
+/// [`Error::Distributed`] when the ranks were started with different settings, and
+/// [`Error::InvalidSetting`] when the batch is not a multiple of the number of ranks or there
+/// are fewer identities than ranks.
+pub fn train_large_head_distributed(
+    world: &World,
+    config: &LargeHeadConfig,
+    resume_from: Option<&Path>,
+    checkpoint_path: Option<&Path>,
+    report_every: u64,
+    on_event: impl FnMut(LargeHeadEvent),
+) -> Result<LargeHeadReport, LargeHeadError> {
+    let settings = serde_json::to_vec(config).expect("settings serialise");
+    world.check_same_config("settings", &settings)?;
+    run(
+        world,
+        config,
+        resume_from,
+        checkpoint_path,
+        report_every,
+        on_event,
+    )
 }
 
 /// Where a run starts: the model, its optimisers' state, the step and the generator.
@@ -447,40 +532,63 @@ fn resumed(config: &LargeHeadConfig, from: &Path) -> Result<Start, LargeHeadErro
 }
 
 fn run(
+    world: &World,
     config: &LargeHeadConfig,
     from: Option<&Path>,
     checkpoint_path: Option<&Path>,
     report_every: u64,
     mut on_event: impl FnMut(LargeHeadEvent),
 ) -> Result<LargeHeadReport, LargeHeadError> {
-    config.validate()?;
-    let identities = SyntheticIdentities::new(config.identities.clone())?;
-    let footprint_bytes = config.footprint()?.check(available_memory())?;
+    world.agree(config.validate())?;
+    let per_rank = world.agree(batch_per_rank(config.batch, world.size()))?;
+    let identities = world.agree(SyntheticIdentities::new(config.identities.clone()))?;
+    let footprint = config.footprint_of_rank(world.rank(), world.size());
+    let footprint_bytes = world.agree(footprint.and_then(|f| f.check(available_memory())))?;
     let classes = config.identities.trained;
     let head = BlockedHead::new(config.loss.clone(), config.block)?;
+    let head = ClassParallelHead::new(head, classes, world)?;
+    let shard = head.shard();
     let sampler = BatchSampler::new(
         classes,
         config.identities.train_samples,
         config.batch,
         config.identities.seed,
     )?;
+    let start = match from {
+        None => fresh(config).map_err(LargeHeadError::from),
+        Some(path) => resumed(config, path),
+    };
     let Start {
         model,
         mut params,
         mut optimizer,
-        mut velocity,
+        velocity,
         step: first_step,
         mut rng,
-    } = match from {
-        None => fresh(config)?,
-        Some(path) => resumed(config, path)?,
-    };
+    } = agree(world, start)?;
     let centres_id = model.head().parameters()[0];
     // the centres live outside the store while training (a graph holds the store), and go
-    // back for saving: moved, never copied
-    let mut centres = std::mem::replace(params.get_mut(centres_id), Tensor::zeros(&[0]));
+    // back for saving; on more than one rank this rank's shard is cut out and the whole head
+    // dropped
+    let whole = std::mem::replace(params.get_mut(centres_id), Tensor::zeros(&[0]));
+    let (mut centres, mut velocity) = match world.size() {
+        1 => (whole, velocity),
+        _ => {
+            let centres = head.take_shard(&whole)?;
+            drop(whole);
+            let velocity = match velocity.numel() {
+                0 => velocity,
+                _ => head.take_shard(&velocity)?,
+            };
+            (centres, velocity)
+        }
+    };
     if velocity.shape() != centres.shape() {
         velocity = Tensor::zeros(centres.shape());
+    }
+    // the same embedder on every rank (each read its own copy of a checkpoint, say)
+    if world.size() > 1 {
+        parameter_checksum(world, &params)?;
     }
     let (lr, momentum) = (config.lr, config.momentum);
     let d = config.embed_dim;
@@ -494,7 +602,6 @@ fn run(
         let Some(path) = checkpoint_path else {
             return Ok(());
         };
-        std::mem::swap(params.get_mut(centres_id), centres);
         let run = SavedRun {
             model: &model,
             optimizer,
@@ -503,57 +610,59 @@ fn run(
             rng,
             fingerprint: config.fingerprint(),
         };
-        let saved = save(path, params, velocity, &run);
-        std::mem::swap(params.get_mut(centres_id), centres);
-        saved.map_err(LargeHeadError::Checkpoint)
+        let saved = save_whole(world, &head, path, params, centres, velocity, &run);
+        agree(world, saved.map_err(LargeHeadError::Checkpoint))
     };
 
     let started = Instant::now();
     let (mut window_loss, mut window_steps, mut window_start) = (0.0, 0u64, Instant::now());
+    let mut reported_losses = Vec::new();
     let run_steps = config.steps - first_step;
     let tenth = (run_steps / 10).max(1);
     let (mut first, mut last) = (0.0, 0.0);
     for step in first_step..config.steps {
-        let pairs = sampler.batch(step);
-        let x = identities.features(&pairs);
+        let diverged = |error| LargeHeadError::Diverged {
+            step: step + 1,
+            error,
+        };
+        // this rank's part of the global batch
+        let pairs = &sampler.batch(step)[world.rank() * per_rank..][..per_rank];
+        let x = identities.features(pairs);
         let labels = Labels::new(pairs.iter().map(|&(k, _)| k).collect(), classes)?;
-        let sample = (config.sample_rate < 1.0)
-            .then(|| ClassSample::draw(&labels, classes, config.sample_rate, &mut rng))
-            .transpose()?;
+        let sampling = (config.sample_rate < 1.0).then(|| Sampling {
+            rate: config.sample_rate,
+            key: sample_key(config.seed, step),
+        });
         let mut centres_finite = true;
-        let (loss, grads) = {
+        let (loss, mut grads) = {
             let g = Graph::new();
             let mut cx = Forward::train(&g, &params, &mut rng);
             let embeddings = model.embed(&mut cx, g.constant(x));
             let update = |first: usize, w: &mut [f32], grad: &[f32]| {
-                let v = &mut velocity.data_mut()[first * d..first * d + w.len()];
+                let row = first - shard.start;
+                let v = &mut velocity.data_mut()[row * d..row * d + w.len()];
                 centres_finite &= sgd_momentum_update(w, v, grad, lr, momentum);
             };
             let loss = head
-                .step(embeddings, &mut centres, &labels, sample.as_ref(), update)
-                .map_err(|error| LargeHeadError::Diverged {
-                    step: step + 1,
-                    error,
-                })?;
+                .step(world, embeddings, &mut centres, &labels, sampling, update)
+                .map_err(diverged)?;
             (loss.value().data()[0] as f64, loss.backward())
         };
-        if !centres_finite {
-            let index = first_non_finite(centres.data()).unwrap_or(0);
-            return Err(LargeHeadError::Diverged {
-                step: step + 1,
-                error: Error::NonFinite {
+        let finite = match centres_finite {
+            true => Ok(()),
+            false => {
+                let index = first_non_finite(centres.data()).unwrap_or(0);
+                Err(Error::NonFinite {
                     what: "the class centres after the update".into(),
-                    index,
+                    index: shard.start * d + index,
                     value: centres.data()[index].into(),
-                },
-            });
-        }
-        optimizer
-            .step(&mut params, &grads)
-            .map_err(|error| LargeHeadError::Diverged {
-                step: step + 1,
-                error,
-            })?;
+                })
+            }
+        };
+        world.agree(finite).map_err(diverged)?;
+        // the loss is the global batch's: the ranks' gradients add up to its gradient
+        reduce_gradients(world, &mut grads, 1.0).map_err(diverged)?;
+        optimizer.step(&mut params, &grads).map_err(diverged)?;
         if step - first_step < tenth {
             first += loss / tenth as f64;
         }
@@ -565,6 +674,7 @@ fn run(
         if (step + 1) % report_every.max(1) == 0 {
             // after a resume the first window holds only the steps run here
             let n = window_steps as f64;
+            reported_losses.push((step + 1, window_loss / n));
             on_event(LargeHeadEvent::Steps {
                 step: step + 1,
                 loss: window_loss / n,
@@ -574,20 +684,28 @@ fn run(
         }
         let every = config.checkpoint_every;
         if every > 0 && (step + 1) % every == 0 && step + 1 < config.steps {
-            let (p, c, v) = (&mut params, &mut centres, &mut velocity);
-            save_at(step + 1, p, c, v, &optimizer, &rng)?;
+            save_at(
+                step + 1,
+                &mut params,
+                &mut centres,
+                &mut velocity,
+                &optimizer,
+                &rng,
+            )?;
         }
     }
     let train_seconds = started.elapsed().as_secs_f64();
 
-    // the figures, from the embeddings of samples never trained on
+    // the figures, from the embeddings of samples never trained on (the embedder is the same
+    // on every rank, and so are the figures)
     let held_out = identities.dataset(
         0..config.accuracy_identities,
         config.identities.train_samples,
         1,
     )?;
     let embeddings = model.embeddings(&params, &held_out.features);
-    let predicted = nearest_centres(&embeddings, &centres, config.block);
+    let nearest = nearest_scored(&embeddings, &centres, config.block, shard.start);
+    let predicted = nearest_over_ranks(world, &nearest);
     let accuracy = predicted
         .iter()
         .zip(&held_out.labels)
@@ -605,8 +723,14 @@ fn run(
     let verification = verification(&pairs, &scores, crate::metrics::FOLDS, config.seed)?;
 
     let save_started = Instant::now();
-    let (p, c, v) = (&mut params, &mut centres, &mut velocity);
-    save_at(config.steps, p, c, v, &optimizer, &rng)?;
+    save_at(
+        config.steps,
+        &mut params,
+        &mut centres,
+        &mut velocity,
+        &optimizer,
+        &rng,
+    )?;
     Ok(LargeHeadReport {
         config: config.clone(),
         first_loss: first,
@@ -617,7 +741,68 @@ fn run(
         accuracy,
         verification,
         footprint_bytes,
+        reported_losses,
     })
+}
+
+/// Samples per rank and step: `batch / ranks`.
+fn batch_per_rank(batch: usize, ranks: usize) -> Result<usize, Error> {
+    Error::check(
+        "batch",
+        batch as f64,
+        batch.is_multiple_of(ranks) && batch >= ranks,
+        "a multiple of the number of ranks (each rank embeds batch / ranks samples)",
+    )?;
+    Ok(batch / ranks)
+}
+
+/// The key of step `step`'s class sample: the same on every rank, a new one each step.
+fn sample_key(seed: u64, step: u64) -> u64 {
+    (seed ^ 0x2545_f491_4f6c_dd1d).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ step.wrapping_mul(0xbf58_476d_1ce4_e5b9)
+}
+
+/// [`World::agree`] on a run's result: the failing rank keeps its own error, the others stop
+/// with the same kind of error carrying [`Error::Distributed`] (the failing rank and its
+/// message): a divergence stays a divergence at the same step on every rank.
+fn agree<T>(world: &World, local: Result<T, LargeHeadError>) -> Result<T, LargeHeadError> {
+    let status = local.as_ref().map(|_| ()).map_err(|e| Error::Distributed {
+        message: e.to_string(),
+    });
+    match world.agree(status) {
+        Ok(()) => local,
+        Err(e) => Err(local.err().unwrap_or(LargeHeadError::Input(e))),
+    }
+}
+
+/// Saves the whole model from this rank's shard of the centres and of their momentum
+/// (collective): in a world of one, the centres are moved into the store for the save and
+/// back; on more than one rank, rank 0 gathers the whole head and its momentum, writes them,
+/// and drops them.
+fn save_whole(
+    world: &World,
+    head: &ClassParallelHead,
+    path: &Path,
+    params: &mut Params<f32>,
+    centres: &mut Tensor<f32>,
+    velocity: &mut Tensor<f32>,
+    run: &SavedRun<'_>,
+) -> Result<(), CheckpointError> {
+    if world.size() == 1 {
+        std::mem::swap(params.get_mut(run.centres), centres);
+        let saved = save(path, params, velocity, run);
+        std::mem::swap(params.get_mut(run.centres), centres);
+        return saved;
+    }
+    let whole_centres = head.gather(world, centres);
+    let whole_velocity = head.gather(world, velocity);
+    let (Some(whole_centres), Some(mut whole_velocity)) = (whole_centres, whole_velocity) else {
+        return Ok(());
+    };
+    *params.get_mut(run.centres) = whole_centres;
+    let saved = save(path, params, &mut whole_velocity, run);
+    *params.get_mut(run.centres) = Tensor::zeros(&[0]);
+    saved
 }
 
 /// What a checkpoint of a large-head run holds besides the parameters.
@@ -670,11 +855,49 @@ fn save(
 
 /// The nearest centre (largest cosine) of each embedding, over the centres `[C, D]` visited
 /// `block` rows at a time in buffers allocated once, so that no `N×C` score matrix is held.
+/// On a tie the first class wins.
 pub fn nearest_centres(
     embeddings: &Tensor<f32>,
     centres: &Tensor<f32>,
     block: usize,
 ) -> Vec<usize> {
+    let nearest = nearest_scored(embeddings, centres, block, 0);
+    nearest.into_iter().map(|(_, class)| class).collect()
+}
+
+/// Each embedding's nearest class over every rank's shard (collective): the largest cosine,
+/// the first class on a tie, as [`nearest_centres`] over the whole head.
+fn nearest_over_ranks(world: &World, local: &[(f32, usize)]) -> Vec<usize> {
+    if world.size() == 1 {
+        return local.iter().map(|&(_, class)| class).collect();
+    }
+    let cosines: Vec<f32> = local.iter().map(|&(c, _)| c).collect();
+    let classes: Vec<u64> = local.iter().map(|&(_, k)| k as u64).collect();
+    let (cosines, classes) = (world.all_gather(&cosines), world.all_gather(&classes));
+    let n = local.len();
+    (0..n)
+        .map(|i| {
+            // the ranks' shards in class order: a later shard wins only when strictly nearer
+            let best = (1..world.size()).fold(i, |best, r| {
+                if cosines[r * n + i] > cosines[best] {
+                    r * n + i
+                } else {
+                    best
+                }
+            });
+            classes[best] as usize
+        })
+        .collect()
+}
+
+/// Each embedding's largest cosine over the centres `[C_s, D]` and its class (the centres'
+/// first row being class `first_class`), `(−∞, first_class)` when no cosine is above −∞.
+fn nearest_scored(
+    embeddings: &Tensor<f32>,
+    centres: &Tensor<f32>,
+    block: usize,
+    first_class: usize,
+) -> Vec<(f32, usize)> {
     let (n, d) = embeddings.matrix_dims().expect("embeddings [N, D]");
     let classes = centres.shape()[0];
     let block = block.clamp(1, classes.max(1));
@@ -683,7 +906,7 @@ pub fn nearest_centres(
     normalize_rows(embeddings.data(), d, eps, &mut e, &mut e_norms);
     let (mut wn, mut w_norms, mut cos) =
         (vec![0.0; block * d], vec![0.0; block], vec![0.0; n * block]);
-    let mut best = vec![(f32::NEG_INFINITY, 0usize); n];
+    let mut best = vec![(f32::NEG_INFINITY, first_class); n];
     for start in (0..classes).step_by(block) {
         let m = (start + block).min(classes) - start;
         let rows = &centres.data()[start * d..(start + m) * d];
@@ -698,10 +921,10 @@ pub fn nearest_centres(
         for (r, row) in cos[..n * m].chunks(m).enumerate() {
             for (j, &c) in row.iter().enumerate() {
                 if c > best[r].0 {
-                    best[r] = (c, start + j);
+                    best[r] = (c, first_class + start + j);
                 }
             }
         }
     }
-    best.into_iter().map(|(_, class)| class).collect()
+    best
 }

@@ -25,7 +25,7 @@ mod step;
 pub use distributed::train_distributed;
 pub use large_head::{
     LargeHeadConfig, LargeHeadError, LargeHeadEvent, LargeHeadReport, nearest_centres,
-    resume_large_head, train_large_head,
+    resume_large_head, train_large_head, train_large_head_distributed,
 };
 pub use memory::{DataShape, Footprint, available_memory};
 pub use output::{
