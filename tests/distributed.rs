@@ -495,7 +495,7 @@ fn without_mpi_the_example_refuses_to_run_as_one_of_several_ranks() {
         "{} is not built: run `cargo test` without --test, or `cargo build --examples` first",
         example.display()
     );
-    let out = std::env::temp_dir().join(format!("margrad-no-mpi-{}.json", std::process::id()));
+    let (_scratch, out) = common::scratch_path("no-mpi", "out.json");
     for launcher in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"] {
         let output = std::process::Command::new(&example)
             .args([
@@ -552,10 +552,9 @@ fn small_config(epochs: usize) -> margrad::train::TrainConfig {
     }
 }
 
-fn run_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("margrad-dist-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A path `name` in a scratch folder of its own, removed when the returned guard drops.
+fn run_dir(name: &str) -> (common::Scratch, std::path::PathBuf) {
+    common::scratch_path("dist", name)
 }
 
 /// Every parameter's bits in the checkpoint of the run in `dir`.
@@ -582,7 +581,7 @@ fn the_distributed_trainer_in_a_world_of_one_trains_writes_and_resumes_bit_for_b
     use margrad::train::{TrainConfig, train_distributed};
     let world = World::single();
     let mut events = 0;
-    let whole = run_dir("whole");
+    let (_scratch, whole) = run_dir("whole");
     let metrics = train_distributed(&world, &small_config(2), &whole, &mut |_| events += 1)
         .unwrap()
         .expect("rank 0 returns the metrics");
@@ -595,7 +594,7 @@ fn the_distributed_trainer_in_a_world_of_one_trains_writes_and_resumes_bit_for_b
         assert!(whole.join(file).exists(), "no {file}");
     }
     // one epoch, then the second from its checkpoint: the same bits
-    let part = run_dir("part");
+    let (_scratch, part) = run_dir("part");
     train_distributed(&world, &small_config(1), &part, &mut |_| {}).unwrap();
     let resumed = TrainConfig {
         resume: Some(part.join(margrad::train::CHECKPOINT_FILE)),
@@ -639,7 +638,7 @@ fn train_example() -> std::path::PathBuf {
 /// refuses to run (the ranks would train independent copies into the same folder).
 #[test]
 fn the_trainer_started_as_one_of_several_ranks_needs_distributed() {
-    let out = run_dir("not-distributed");
+    let (_scratch, out) = run_dir("not-distributed");
     for launcher in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"] {
         let output = std::process::Command::new(train_example())
             .args(["--epochs", "1", "--out", out.to_str().unwrap()])
@@ -661,7 +660,7 @@ fn the_trainer_started_as_one_of_several_ranks_needs_distributed() {
 #[test]
 fn without_mpi_the_trainer_refuses_to_run_distributed() {
     let train = train_example();
-    let out = run_dir("refused");
+    let (_scratch, out) = run_dir("refused");
     let output = std::process::Command::new(&train)
         .args([
             "--distributed",
@@ -685,7 +684,7 @@ fn without_mpi_the_trainer_refuses_to_run_distributed() {
 fn a_global_batch_larger_than_the_training_set_is_refused_before_training() {
     use margrad::train::{TrainConfig, TrainError, train_distributed};
     let world = World::single();
-    let out = run_dir("batch-too-large");
+    let (_scratch, out) = run_dir("batch-too-large");
     // 1,437 training digits: a global batch of 1,440 would leave no step in an epoch
     let config = TrainConfig {
         batch: 1440,

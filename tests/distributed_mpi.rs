@@ -80,13 +80,14 @@ fn run(ranks: usize, args: &[&str]) -> Output {
     output
 }
 
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("margrad-mpi-{}-{name}", std::process::id()))
+/// A path `name` in a scratch folder of its own, removed when the returned guard drops.
+fn temp(name: &str) -> (common::Scratch, PathBuf) {
+    common::scratch_path("mpi", name)
 }
 
 /// Trains on `ranks` ranks and returns rank 0's `--out`.
 fn train(ranks: usize, mode: &str) -> Value {
-    let out = temp(&format!("{mode}-{ranks}.json"));
+    let (_scratch, out) = temp(&format!("{mode}-{ranks}.json"));
     let path = out.to_str().unwrap();
     let output = run(
         ranks,
@@ -158,7 +159,7 @@ fn two_and_three_ranks_train_as_one_process_does() {
 #[test]
 fn a_rank_with_bad_data_stops_every_rank_with_its_message() {
     for mode in ["data", "class"] {
-        let out = temp(&format!("bad-{mode}.json"));
+        let (_scratch, out) = temp(&format!("bad-{mode}.json"));
         let args = [
             &[
                 "--mode",
@@ -234,7 +235,7 @@ fn ranks_started_with_different_settings_are_refused_at_start() {
 #[test]
 fn a_non_finite_loss_stops_every_rank_and_writes_no_results() {
     for mode in ["data", "class"] {
-        let out = temp(&format!("diverged-{mode}.json"));
+        let (_scratch, out) = temp(&format!("diverged-{mode}.json"));
         let mut args = [SMALL, &["--mode", mode, "--out", out.to_str().unwrap()]].concat();
         let lr = args.iter().position(|&a| a == "--lr").unwrap();
         args[lr + 1] = "1e30";
@@ -279,7 +280,7 @@ fn ranks_holding_different_numbers_of_samples_stop_with_a_clear_error() {
         ),
         ("class", "the ranks hold different batch sizes: 5 to 6"),
     ] {
-        let out = temp(&format!("short-{mode}.json"));
+        let (_scratch, out) = temp(&format!("short-{mode}.json"));
         let args = [
             &[
                 "--mode",
@@ -364,10 +365,8 @@ fn run_trainer(ranks: usize, args: &[&str]) -> Output {
 }
 
 /// A fresh folder for a run's outputs.
-fn out_dir(name: &str) -> PathBuf {
-    let dir = temp(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+fn out_dir(name: &str) -> (common::Scratch, PathBuf) {
+    temp(name)
 }
 
 /// Trains on `ranks` ranks with `args` into `out`; returns metrics.json's per-epoch losses and
@@ -417,10 +416,10 @@ fn assert_same_run(many: &(Vec<f64>, Vec<Vec<f64>>), one: &(Vec<f64>, Vec<Vec<f6
 #[test]
 fn the_trainer_on_two_and_three_ranks_trains_as_one_process_does() {
     let epochs = ["--epochs", "2"];
-    let one = trained(0, &out_dir("train-1"), &epochs);
+    let one = trained(0, &out_dir("train-1").1, &epochs);
     assert_eq!(one.0.len(), 2);
     for ranks in [2, 3] {
-        let out = out_dir(&format!("train-{ranks}"));
+        let (_scratch, out) = out_dir(&format!("train-{ranks}"));
         let many = trained(ranks, &out, &epochs);
         assert_same_run(&many, &one, &format!("{ranks} ranks"));
         for file in ["model.safetensors", "loss.svg", "roc.svg"] {
@@ -432,12 +431,12 @@ fn the_trainer_on_two_and_three_ranks_trains_as_one_process_does() {
 
 #[test]
 fn a_checkpoint_saved_by_two_ranks_resumes_on_three_and_in_one_process() {
-    let whole = trained(0, &out_dir("resume-whole"), &["--epochs", "2"]);
-    let first = out_dir("resume-first");
+    let whole = trained(0, &out_dir("resume-whole").1, &["--epochs", "2"]);
+    let (_scratch, first) = out_dir("resume-first");
     trained(2, &first, &["--epochs", "1"]);
     for ranks in [3, 0] {
         // each resumed run continues in a copy of the 2-rank run's folder
-        let out = out_dir(&format!("resume-{ranks}"));
+        let (_scratch, out) = out_dir(&format!("resume-{ranks}"));
         std::fs::create_dir_all(&out).unwrap();
         let checkpoint = out.join("checkpoint.margrad");
         std::fs::copy(first.join("checkpoint.margrad"), &checkpoint).unwrap();
@@ -493,13 +492,14 @@ fn message_after<'a>(stderr: &'a str, prefix: &str) -> &'a str {
 #[test]
 fn a_trainer_rank_with_bad_data_stops_every_rank_with_its_message() {
     // rank 0 reads good MNIST files, rank 1 a copy whose training labels are cut short
-    let (good, bad) = (out_dir("mnist-good"), out_dir("mnist-bad"));
+    let ((_good_scratch, good), (_bad_scratch, bad)) =
+        (out_dir("mnist-good"), out_dir("mnist-bad"));
     common::write_tiny_mnist(&good);
     common::write_tiny_mnist(&bad);
     let labels = bad.join("train-labels-idx1-ubyte");
     let bytes = std::fs::read(&labels).unwrap();
     std::fs::write(&labels, &bytes[..bytes.len() - 8]).unwrap();
-    let out = out_dir("bad-data-run");
+    let (_scratch, out) = out_dir("bad-data-run");
     let args = |dir: &PathBuf| -> Vec<String> {
         let mut args: Vec<String> = TRAIN.iter().map(|s| s.to_string()).collect();
         args.extend(["--epochs", "1", "--data", "mnist"].map(String::from));
@@ -533,7 +533,7 @@ fn a_trainer_rank_with_bad_data_stops_every_rank_with_its_message() {
 
 #[test]
 fn trainer_ranks_started_with_different_settings_are_refused_at_start() {
-    let out = out_dir("different-settings");
+    let (_scratch, out) = out_dir("different-settings");
     let args = [TRAIN, &["--epochs", "1", "--out", out.to_str().unwrap()]].concat();
     let output = run_two_trainers(&args, &[&args[..], &["--seed", "1"]].concat());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -552,7 +552,7 @@ fn trainer_ranks_started_with_different_settings_are_refused_at_start() {
 
 #[test]
 fn a_diverging_distributed_run_stops_every_rank_and_writes_no_metrics() {
-    let out = out_dir("diverged-run");
+    let (_scratch, out) = out_dir("diverged-run");
     let mut args = [TRAIN, &["--epochs", "1", "--out", out.to_str().unwrap()]].concat();
     let lr = args.iter().position(|&a| a == "--lr").unwrap();
     args[lr + 1] = "1e30";
@@ -574,7 +574,7 @@ fn a_diverging_distributed_run_stops_every_rank_and_writes_no_metrics() {
 fn a_nan_on_one_rank_only_is_a_divergence_at_its_step_on_every_rank() {
     // at η = 3·10¹⁷ the parameters grow until, at step 6, rank 1's half of the global batch
     // makes its loss a NaN while rank 0's stays finite
-    let out = out_dir("diverged-one-rank");
+    let (_scratch, out) = out_dir("diverged-one-rank");
     let mut args = [TRAIN, &["--epochs", "1", "--out", out.to_str().unwrap()]].concat();
     let lr = args.iter().position(|&a| a == "--lr").unwrap();
     args[lr + 1] = "3e17";
@@ -597,7 +597,7 @@ fn a_nan_on_one_rank_only_is_a_divergence_at_its_step_on_every_rank() {
 
 #[test]
 fn a_batch_the_ranks_cannot_share_is_refused_on_every_rank() {
-    let out = out_dir("odd-batch");
+    let (_scratch, out) = out_dir("odd-batch");
     let mut args = [TRAIN, &["--epochs", "1", "--out", out.to_str().unwrap()]].concat();
     let batch = args.iter().position(|&a| a == "--batch").unwrap();
     args[batch + 1] = "25";
@@ -619,7 +619,7 @@ fn a_batch_the_ranks_cannot_share_is_refused_on_every_rank() {
 #[test]
 fn losses_with_batch_statistics_are_refused_on_several_ranks_before_training() {
     for loss in ["adaface", "curricularface"] {
-        let out = out_dir(&format!("batch-stats-{loss}"));
+        let (_scratch, out) = out_dir(&format!("batch-stats-{loss}"));
         let args = [
             TRAIN,
             &[

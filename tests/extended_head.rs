@@ -3,6 +3,8 @@
 //! gradcheck in f64 with respect to the features and its own tensors, and a training pass
 //! records the running state as buffer updates.
 
+mod common;
+
 use margrad::loss::{
     AdaFace, AdaFaceNorms, ArcFallback, CurricularFace, CurricularFaceState, ElasticFace,
     ExtendedLoss, MagFace, MarginLoss, Reduction, SphereFace2, adaface_loss, curricularface_loss,
@@ -259,10 +261,9 @@ fn model_with(loss: ExtendedLoss) -> (margrad::nn::Model<f32>, Params<f32>) {
     (model, params)
 }
 
-fn temp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("margrad-extended-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A path `name` in a scratch folder of its own, removed when the returned guard drops.
+fn temp(name: &str) -> (common::Scratch, std::path::PathBuf) {
+    common::scratch_path("extended", name)
 }
 
 #[test]
@@ -296,7 +297,7 @@ fn a_checkpoints_extended_head_is_rebuilt_by_the_registry_it_is_loaded_with() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let (model, params) = model_with(losses().remove(0));
-    let path = temp("registry.margrad");
+    let (_scratch, path) = temp("registry.margrad");
     checkpoint::save(&path, &model, &params, None).unwrap();
     // the standard builder of the kind, counting its calls
     let calls = Arc::new(AtomicUsize::new(0));
@@ -348,7 +349,7 @@ fn a_saved_extended_head_loads_on_its_own_and_scores_as_the_model_does() {
         let name = loss.kind().name();
         let k = loss.subcenters();
         let (model, params) = model_with(loss);
-        let path = temp(&format!("{name}.margrad"));
+        let (_scratch, path) = temp(&format!("{name}.margrad"));
         checkpoint::save(&path, &model, &params, None).unwrap();
         let head = checkpoint::load_head::<f32>(&path).unwrap();
         std::fs::remove_file(&path).unwrap();

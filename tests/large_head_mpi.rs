@@ -9,6 +9,8 @@
 //! `cargo build --release --features mpi --example train_large_head`.
 #![cfg(feature = "mpi")]
 
+mod common;
+
 use margrad::checkpoint;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -82,10 +84,9 @@ fn run(ranks: usize, args: &[&str]) -> Output {
     output
 }
 
-fn out_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("margrad-lh-mpi-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A path `name` in a scratch folder of its own, removed when the returned guard drops.
+fn out_dir(name: &str) -> (common::Scratch, PathBuf) {
+    common::scratch_path("lh-mpi", name)
 }
 
 /// A finished run: every step's loss and every parameter of its checkpoint (the embedder's
@@ -167,19 +168,19 @@ fn assert_same_run(many: &Run, one: &Run, what: &str) {
 fn two_and_three_ranks_train_as_one_process_with_every_class_and_sampled() {
     for rate in ["1", "0.25"] {
         let args = ["--steps", "8", "--sample-rate", rate];
-        let one = trained(0, &out_dir(&format!("one-{rate}")), &args);
+        let one = trained(0, &out_dir(&format!("one-{rate}")).1, &args);
         assert_eq!(one.losses.len(), 8);
         assert!(one.losses.iter().all(|l| l.is_finite() && *l > 0.0));
         for ranks in [2, 3] {
-            let many = trained(ranks, &out_dir(&format!("{ranks}-{rate}")), &args);
+            let many = trained(ranks, &out_dir(&format!("{ranks}-{rate}")).1, &args);
             assert_same_run(&many, &one, &format!("{ranks} ranks, r = {rate}"));
         }
     }
     // sampling changes the run: the comparison above is not of two full heads
-    let full = trained(0, &out_dir("full"), &["--steps", "8"]);
+    let full = trained(0, &out_dir("full").1, &["--steps", "8"]);
     let sampled = trained(
         0,
-        &out_dir("sampled"),
+        &out_dir("sampled").1,
         &["--steps", "8", "--sample-rate", "0.25"],
     );
     assert!(relative(&sampled.losses, &full.losses) > 1e-3);
@@ -190,13 +191,13 @@ fn a_checkpoint_written_by_two_ranks_resumes_on_three_and_in_one_process() {
     let args = ["--sample-rate", "0.25"];
     let whole = trained(
         2,
-        &out_dir("resume-whole"),
+        &out_dir("resume-whole").1,
         &[&args[..], &["--steps", "8"]].concat(),
     );
-    let first = out_dir("resume-first");
+    let (_scratch, first) = out_dir("resume-first");
     trained(2, &first, &[&args[..], &["--steps", "4"]].concat());
     for ranks in [3, 0] {
-        let out = out_dir(&format!("resume-on-{ranks}"));
+        let (_scratch, out) = out_dir(&format!("resume-on-{ranks}"));
         std::fs::create_dir_all(&out).unwrap();
         std::fs::copy(
             first.join("checkpoint.margrad"),
@@ -233,7 +234,7 @@ fn rank_errors(stderr: &str, ranks: usize) -> Vec<String> {
 
 #[test]
 fn a_diverging_run_stops_every_rank_naming_the_step_and_writes_nothing() {
-    let out = out_dir("diverged");
+    let (_scratch, out) = out_dir("diverged");
     // η = 1e30: the first step's update sends the embedder's weights so far that the second
     // step's features overflow, and the loss over the global batch is a NaN on every rank
     let mut args = [SMALL, &["--steps", "8", "--out", out.to_str().unwrap()]].concat();
@@ -281,9 +282,9 @@ fn run_two(args0: &[&str], args1: &[&str]) -> Output {
 #[test]
 fn bad_input_on_one_rank_stops_every_rank_with_its_message() {
     // rank 1 resumes from a truncated copy of the checkpoint (each rank reads its own --out)
-    let good = out_dir("bad-good");
+    let (_scratch, good) = out_dir("bad-good");
     trained(2, &good, &["--steps", "4"]);
-    let bad = out_dir("bad-truncated");
+    let (_scratch, bad) = out_dir("bad-truncated");
     std::fs::create_dir_all(&bad).unwrap();
     let bytes = std::fs::read(good.join("checkpoint.margrad")).unwrap();
     std::fs::write(bad.join("checkpoint.margrad"), &bytes[..bytes.len() / 2]).unwrap();
@@ -308,7 +309,7 @@ fn bad_input_on_one_rank_stops_every_rank_with_its_message() {
     );
 
     // ranks started with different settings are refused at start, on every rank
-    let out = out_dir("bad-settings");
+    let (_scratch, out) = out_dir("bad-settings");
     let args = [SMALL, &["--steps", "4", "--out", out.to_str().unwrap()]].concat();
     let output = run_two(&args, &[&args[..], &["--seed", "1"]].concat());
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -3,6 +3,8 @@
 //! large for memory are refused before anything is allocated, and the stored centres head
 //! scores as the blocked head trains.
 
+mod common;
+
 use margrad::checkpoint::{self, load_head};
 use margrad::data::IdentitiesConfig;
 use margrad::distributed::ClassParallelHead;
@@ -33,15 +35,14 @@ fn small(sample_rate: f64) -> LargeHeadConfig {
     }
 }
 
-fn temp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("margrad-large-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A path `name` in a scratch folder of its own, removed when the returned guard drops.
+fn temp(name: &str) -> (common::Scratch, std::path::PathBuf) {
+    common::scratch_path("large", name)
 }
 
 #[test]
 fn the_trainer_learns_an_embedding_that_verifies_unseen_identities_and_saves_it() {
-    let path = temp("full.margrad");
+    let (_scratch, path) = temp("full.margrad");
     let config = small(1.0);
     let report = train_large_head(&config, Some(&path), 50, |_| {}).unwrap();
     assert!(
@@ -235,7 +236,8 @@ fn a_resumed_run_ends_bit_for_bit_where_the_uninterrupted_one_does() {
         checkpoint_every: 5,
         ..small(0.3)
     };
-    let (whole, mid) = (temp("whole.margrad"), temp("mid.margrad"));
+    let ((_whole_scratch, whole), (_mid_scratch, mid)) =
+        (temp("whole.margrad"), temp("mid.margrad"));
     // the uninterrupted run; the checkpoint it wrote at step 10 is copied aside at step 11
     train_large_head(&config, Some(&whole), 1, |event| {
         let LargeHeadEvent::Steps { step, .. } = event;
@@ -245,7 +247,8 @@ fn a_resumed_run_ends_bit_for_bit_where_the_uninterrupted_one_does() {
     })
     .unwrap();
     // a run stopped after 4 steps, resumed to 12
-    let (stopped, resumed) = (temp("stopped.margrad"), temp("resumed.margrad"));
+    let ((_stopped_scratch, stopped), (_resumed_scratch, resumed)) =
+        (temp("stopped.margrad"), temp("resumed.margrad"));
     let short = LargeHeadConfig {
         steps: 4,
         ..config.clone()
@@ -261,7 +264,7 @@ fn a_resumed_run_ends_bit_for_bit_where_the_uninterrupted_one_does() {
     let want = saved_state(&whole);
     assert_eq!(saved_state(&resumed), want, "resumed after 4 steps");
     // from the periodic checkpoint at step 10
-    let again = temp("again.margrad");
+    let (_scratch, again) = temp("again.margrad");
     resume_large_head(&config, &mid, Some(&again), 1000, |_| {}).unwrap();
     assert_eq!(saved_state(&again), want, "resumed after 10 steps");
     // the short run differs: the comparison can fail
@@ -270,7 +273,7 @@ fn a_resumed_run_ends_bit_for_bit_where_the_uninterrupted_one_does() {
 
 #[test]
 fn resuming_from_another_model_or_past_the_end_is_refused() {
-    let path = temp("other.margrad");
+    let (_scratch, path) = temp("other.margrad");
     let config = LargeHeadConfig {
         steps: 3,
         ..small(1.0)
@@ -292,14 +295,14 @@ fn resuming_from_another_model_or_past_the_end_is_refused() {
             "{err}"
         );
     }
-    let missing = temp("missing.margrad");
+    let (_scratch, missing) = temp("missing.margrad");
     let err = resume_large_head(&config, &missing, None, 1000, |_| {}).unwrap_err();
     assert!(matches!(err, LargeHeadError::Checkpoint(_)), "{err}");
 }
 
 #[test]
 fn resuming_with_other_settings_is_refused_and_only_more_steps_are_accepted() {
-    let path = temp("settings.margrad");
+    let (_scratch, path) = temp("settings.margrad");
     let config = LargeHeadConfig {
         steps: 2,
         ..small(0.5)
@@ -355,7 +358,7 @@ fn resuming_with_other_settings_is_refused_and_only_more_steps_are_accepted() {
 
     // a checkpoint written before the settings' fingerprint (epoch count 1) is still read,
     // its learning rate and momentum checked
-    let old = temp("settings-old.margrad");
+    let (_scratch, old) = temp("settings-old.margrad");
     let loaded = checkpoint::load::<f32>(&path).unwrap();
     let mut training = loaded.training.unwrap();
     assert_ne!(training.epoch, 1);
@@ -392,7 +395,7 @@ fn the_first_report_after_a_resume_averages_the_steps_it_covers() {
         losses.push(loss);
     })
     .unwrap();
-    let stopped = temp("report.margrad");
+    let (_scratch, stopped) = temp("report.margrad");
     let short = LargeHeadConfig {
         steps: 4,
         ..config.clone()

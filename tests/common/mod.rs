@@ -138,14 +138,18 @@ pub fn write_tiny_mnist(dir: &std::path::Path) {
 }
 
 /// A folder of one test's own under the system's temporary directory
-/// (`margrad-NAME-PID`), created empty and removed with everything in it when dropped, so that
+/// (`margrad-NAME-PID-N`), created empty and removed with everything in it when dropped, so that
 /// a test leaves nothing behind, whether it passes or fails.
 pub struct Scratch(PathBuf);
 
 impl Scratch {
-    /// The folder `margrad-{name}-{pid}`, emptied if an earlier run of this process id left it.
+    /// The folder `margrad-{name}-{pid}-{n}`, `n` counting the scratch folders of this process
+    /// (two tests running at once with the same name get folders of their own), emptied if an
+    /// earlier process of the same id left it.
     pub fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("margrad-{name}-{}", std::process::id()));
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("margrad-{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("a scratch folder under the temporary directory");
         Scratch(dir)
@@ -168,7 +172,7 @@ impl Drop for Scratch {
     }
 }
 
-/// A path `name` in a scratch folder of its own named `{prefix}-{name}`; keep the [`Scratch`]
+/// A path `name` in a scratch folder of its own named after `{prefix}-{name}`; keep the [`Scratch`]
 /// alive (`let (_scratch, path) = …`) while the path is used.
 pub fn scratch_path(prefix: &str, name: &str) -> (Scratch, PathBuf) {
     let scratch = Scratch::new(&format!("{prefix}-{name}"));
