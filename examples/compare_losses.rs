@@ -198,9 +198,17 @@ fn main() -> ExitCode {
             col(&|r| fm(r).geometry.intra_angle_deg, 1.0, 1),
             col(&|r| fm(r).geometry.inter_min_angle_deg, 1.0, 1),
             col(&|r| fm(r).geometry.inter_mean_angle_deg, 1.0, 1),
-            col(&|r| fm(r).feature_norms.mean, 1.0, 2),
-            vcol(&|r| fm(r).feature_norms.mean_correct, 1.0, 2),
-            vcol(&|r| fm(r).feature_norms.mean_wrong, 1.0, 2),
+            vcol(&|r| fm(r).feature_norms.as_ref().map(|n| n.mean), 1.0, 2),
+            vcol(
+                &|r| fm(r).feature_norms.as_ref().and_then(|n| n.mean_correct),
+                1.0,
+                2
+            ),
+            vcol(
+                &|r| fm(r).feature_norms.as_ref().and_then(|n| n.mean_wrong),
+                1.0,
+                2
+            ),
             col(
                 &|r| r.history.iter().map(|h| h.seconds).sum::<f64>() / r.history.len() as f64,
                 1.0,

@@ -405,6 +405,13 @@ fn feature_norms_on_a_hand_example() {
         feature_norms(&[], &[]),
         Err(Error::EmptyData { .. })
     ));
+    // a NaN or infinite norm has no mean or quantile to report: an error naming it
+    for bad in [f64::NAN, f64::INFINITY] {
+        match feature_norms(&[1.0, bad, 2.0], &[true, true, false]) {
+            Err(Error::NonFinite { index: 1, .. }) => {}
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -421,5 +428,9 @@ fn magface_norms_count_the_clamped_ends_and_average_the_margin() {
     assert!(matches!(
         magface_norms(&[], &loss),
         Err(Error::EmptyData { .. })
+    ));
+    assert!(matches!(
+        magface_norms(&[20.0, f64::NAN], &loss),
+        Err(Error::NonFinite { index: 1, .. })
     ));
 }

@@ -105,6 +105,16 @@ fn a_run_writes_every_output_and_verify_reproduces_its_figures() {
         f.get("magface_norms").is_none(),
         "MagFace's figures for AM-Softmax"
     );
+    // the file reads back, and so does one written before the norms were measured
+    let read: margrad::train::Metrics = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(read, metrics);
+    let mut older = json.clone();
+    older["final"]
+        .as_object_mut()
+        .unwrap()
+        .remove("feature_norms");
+    let read: margrad::train::Metrics = serde_json::from_value(older).unwrap();
+    assert_eq!(read.final_metrics.feature_norms, None);
     // what verify does: reload, re-prepare the data, evaluate: the same figures
     let checkpoint = checkpoint::load::<f32>(&out.join(CHECKPOINT_FILE)).unwrap();
     let settings = &small(LossKind::Enhanced).data;

@@ -310,27 +310,28 @@ pub fn print_final(out: &mut Stdout, f: &FinalMetrics) {
         g.inter_min_angle_deg,
         g.inter_mean_angle_deg
     );
-    let n = &f.feature_norms;
-    let mean_norm = |x: Option<f64>| x.map_or("none".to_string(), |x| format!("{x:.3}"));
-    say!(
-        out,
-        "feature norms       mean {:.3} ± {:.3}   min {:.3}   p5 {:.3}   median {:.3}   p95 {:.3}   max {:.3}",
-        n.mean,
-        n.std,
-        n.min,
-        n.p5,
-        n.median,
-        n.p95,
-        n.max
-    );
-    say!(
-        out,
-        "  by prediction     correct {} ({} samples)   wrong {} ({} samples)",
-        mean_norm(n.mean_correct),
-        n.correct,
-        mean_norm(n.mean_wrong),
-        n.samples - n.correct
-    );
+    if let Some(n) = &f.feature_norms {
+        let mean_norm = |x: Option<f64>| x.map_or("none".to_string(), |x| format!("{x:.3}"));
+        say!(
+            out,
+            "feature norms       mean {:.3} ± {:.3}   min {:.3}   p5 {:.3}   median {:.3}   p95 {:.3}   max {:.3}",
+            n.mean,
+            n.std,
+            n.min,
+            n.p5,
+            n.median,
+            n.p95,
+            n.max
+        );
+        say!(
+            out,
+            "  by prediction     correct {} ({} samples)   wrong {} ({} samples)",
+            mean_norm(n.mean_correct),
+            n.correct,
+            mean_norm(n.mean_wrong),
+            n.samples - n.correct
+        );
+    }
     if let Some(m) = &f.magface_norms {
         say!(
             out,

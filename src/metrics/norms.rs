@@ -89,10 +89,29 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     (count > 0).then(|| sum / count as f64)
 }
 
+/// `Ok` when `norms` can be summarised: [`Error::EmptyData`] for no norm (a distribution of
+/// nothing has no mean to report), [`Error::NonFinite`] naming the first NaN or infinite one
+/// (a mean or quantile of it would be no number to report).
+fn check_norms(norms: &[f64]) -> Result<(), Error> {
+    if norms.is_empty() {
+        return Err(Error::EmptyData {
+            what: "features to measure the norms of".to_string(),
+        });
+    }
+    match norms.iter().position(|a| !a.is_finite()) {
+        Some(index) => Err(Error::NonFinite {
+            what: "feature norm".into(),
+            index,
+            value: norms[index],
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The [`FeatureNorms`] of `norms`, sample `i` classified correctly when `correct[i]`.
 ///
 /// # Errors
-/// [`Error::EmptyData`] for no norm: a distribution of nothing has no mean to report.
+/// [`Error::EmptyData`] for no norm, [`Error::NonFinite`] for a NaN or infinite one.
 ///
 /// # Panics
 /// When the slices differ in length.
@@ -103,11 +122,7 @@ pub fn feature_norms(norms: &[f64], correct: &[bool]) -> Result<FeatureNorms, Er
         correct.len(),
         "feature_norms: one correctness per norm"
     );
-    if norms.is_empty() {
-        return Err(Error::EmptyData {
-            what: "features to measure the norms of".to_string(),
-        });
-    }
+    check_norms(norms)?;
     let n = norms.len() as f64;
     let average = norms.iter().sum::<f64>() / n;
     let variance = norms.iter().map(|a| (a - average).powi(2)).sum::<f64>() / n;
@@ -157,13 +172,9 @@ pub struct MagFaceNorms {
 /// The [`MagFaceNorms`] of `norms` under `loss`'s range and margins ([`MagFace::margin`]).
 ///
 /// # Errors
-/// [`Error::EmptyData`] for no norm.
+/// [`Error::EmptyData`] for no norm, [`Error::NonFinite`] for a NaN or infinite one.
 pub fn magface_norms(norms: &[f64], loss: &MagFace) -> Result<MagFaceNorms, Error> {
-    if norms.is_empty() {
-        return Err(Error::EmptyData {
-            what: "features to measure the norms of".to_string(),
-        });
-    }
+    check_norms(norms)?;
     let (la, ua) = (loss.lower_norm, loss.upper_norm);
     let share = |keep: &dyn Fn(f64) -> bool| {
         norms.iter().filter(|&&a| keep(a)).count() as f64 / norms.len() as f64

@@ -141,8 +141,10 @@ pub struct FinalMetrics {
     /// Which samples were verified.
     pub verification_set: String,
     /// The norms of the test split's features before normalisation, with the mean norm of
-    /// the correctly and of the wrongly classified samples.
-    pub feature_norms: FeatureNorms,
+    /// the correctly and of the wrongly classified samples (always written; `None` only when
+    /// read from a metrics.json that predates them).
+    #[serde(default)]
+    pub feature_norms: Option<FeatureNorms>,
     /// Where MagFace's norm range cuts those norms and the margin they get (MagFace only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub magface_norms: Option<MagFaceNorms>,
@@ -202,7 +204,7 @@ pub fn evaluate(
             verification: verification(&pairs, &scores, crate::metrics::FOLDS, fold_seed)?,
             geometry: geometry(&embeddings, &data.verify.labels),
             verification_set: data.verification_set.clone(),
-            feature_norms: feature_norms(&norms, &correct)?,
+            feature_norms: Some(feature_norms(&norms, &correct)?),
             magface_norms: magface,
         },
         roc: Roc::new(&scores, &same)?,
