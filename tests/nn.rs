@@ -1029,3 +1029,31 @@ fn a_checkpoint_with_a_slope_infinite_in_its_element_type_is_refused() {
          (\"leaky_relu\"): invalid leaky_relu slope = 1e99: must be finite in the element type"
     );
 }
+
+#[test]
+#[should_panic(expected = "kind \"linear\" builds a model's head too")]
+fn a_head_kind_replaced_by_a_layer_only_builder_is_refused_at_the_callers_line() {
+    // were it accepted, every model whose head is a `linear` would no longer build
+    LayerRegistry::<f32>::standard().register(Linear::KIND, |config: LinearConfig, cx| {
+        Ok(Linear::new(cx.params, cx.prefix, config, cx.source))
+    });
+}
+
+#[test]
+fn a_head_kind_replaced_with_register_head_builds_models_heads() {
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut registry = LayerRegistry::<f32>::standard();
+    let counted = calls.clone();
+    registry.register_head(Linear::KIND, move |config: LinearConfig, cx| {
+        counted.fetch_add(1, Ordering::Relaxed);
+        Ok(Linear::new(cx.params, cx.prefix, config, cx.source))
+    });
+    let config = ModelConfig {
+        embedder: MlpConfig::new(&[4, 3]).sequential().unwrap(),
+        head: HeadConfig::Linear { classes: 2 },
+    };
+    let mut params = Params::<f32>::new();
+    Model::new_with(config, &registry, &mut params, &mut seeded_rng(0)).unwrap();
+    // the embedder's Linear and the head's
+    assert_eq!(calls.load(Ordering::Relaxed), 2);
+}

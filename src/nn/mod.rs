@@ -16,8 +16,8 @@
 //! by a ReLU runs as one call to its [`Module::forward_relu`] (Linear fuses bias and ReLU).
 //! [`MlpConfig`] describes the usual MLP in a few fields and turns into a `SequentialConfig`.
 //! A [`Model`] is an embedder `Sequential` and a head, both built through one
-//! [`LayerRegistry`] (the head from a kind registered as a head: `linear`, `cosine_head`,
-//! `centres_head`, `extended_head`, or one of yours); a checkpoint stores its [`ModelConfig`]
+//! [`LayerRegistry`] (the head from the kind its [`HeadConfig`] names: `linear`, `cosine_head`,
+//! `centres_head` or `extended_head`, whose builders a registry may replace); a checkpoint stores its [`ModelConfig`]
 //! and rebuilds it through the same builders, each taking its tensors from a [`ParamSource`]
 //! (a [`SeededRng`] when fresh, the file's tensors when loading).
 //!

@@ -10,7 +10,7 @@ use super::{
 use crate::{Element, Error, ParamId, Params};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -131,6 +131,8 @@ type Builder<F> =
 /// ```
 pub struct LayerRegistry<F: Element = f32> {
     builders: BTreeMap<String, Builder<F>>,
+    /// The kinds registered as heads.
+    heads: BTreeSet<String>,
 }
 
 impl<F: Element> LayerRegistry<F> {
@@ -138,6 +140,7 @@ impl<F: Element> LayerRegistry<F> {
     pub fn empty() -> Self {
         LayerRegistry {
             builders: BTreeMap::new(),
+            heads: BTreeSet::new(),
         }
     }
 
@@ -237,27 +240,45 @@ impl<F: Element> LayerRegistry<F> {
     /// again replaces the earlier builder (so a standard kind can be overridden).
     ///
     /// Settings that do not read as a `C` become [`Error::LayerSettings`], naming the layer.
+    ///
+    /// # Panics
+    /// When `kind` is registered as a head (`linear`, say): a layer-only builder would leave
+    /// every model whose head is of that kind unbuildable; replace it with
+    /// [`register_head`](Self::register_head).
+    #[track_caller]
     pub fn register<C, M, B>(&mut self, kind: impl Into<String>, build: B) -> &mut Self
     where
         C: DeserializeOwned,
         M: Module<F> + 'static,
         B: Fn(C, &mut BuildContext<'_, F>) -> Result<M, Error> + Send + Sync + 'static,
     {
-        self.insert(kind.into(), move |settings: C, cx| {
+        let kind = kind.into();
+        assert!(
+            !self.heads.contains(&kind),
+            "LayerRegistry::register: kind {kind:?} builds a model's head too; replace it with \
+             register_head, whose builder returns a Head"
+        );
+        self.insert(kind, move |settings: C, cx| {
             Ok(Built::Layer(Arc::new(build(settings, cx)?)))
         })
     }
 
     /// Registers `kind` as a head, as [`register`](Self::register) does a layer: a head kind
     /// builds as a layer too, and as a [`Model`](super::Model)'s head
-    /// ([`build_head`](Self::build_head)).
+    /// ([`build_head`](Self::build_head)). A model's [`HeadConfig`](super::HeadConfig) names
+    /// one of the four standard head kinds (`linear`, `cosine_head`, `centres_head`,
+    /// `extended_head`): registering one of them replaces the builder every model and
+    /// checkpoint of this registry uses for it; a new kind is built by `build_head` from a
+    /// [`LayerSpec`], not by a `HeadConfig`.
     pub fn register_head<C, M, B>(&mut self, kind: impl Into<String>, build: B) -> &mut Self
     where
         C: DeserializeOwned,
         M: Head<F> + 'static,
         B: Fn(C, &mut BuildContext<'_, F>) -> Result<M, Error> + Send + Sync + 'static,
     {
-        self.insert(kind.into(), move |settings: C, cx| {
+        let kind = kind.into();
+        self.heads.insert(kind.clone());
+        self.insert(kind, move |settings: C, cx| {
             Ok(Built::Head(Arc::new(build(settings, cx)?)))
         })
     }
@@ -382,6 +403,7 @@ impl<F: Element> Clone for LayerRegistry<F> {
     fn clone(&self) -> Self {
         LayerRegistry {
             builders: self.builders.clone(),
+            heads: self.heads.clone(),
         }
     }
 }
