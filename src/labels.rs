@@ -18,14 +18,17 @@ impl Labels {
     /// # Errors
     /// [`Error::LabelOutOfRange`] for the first label `>= classes`.
     pub fn new(values: Vec<usize>, classes: usize) -> Result<Self, Error> {
-        if let Some(index) = values.iter().position(|&label| label >= classes) {
-            return Err(Error::LabelOutOfRange {
-                index,
-                label: values[index],
-                classes,
-            });
-        }
+        check_within(&values, classes)?;
         Ok(Labels { values, classes })
+    }
+
+    /// Checks every label against `classes` (fewer than the labels were made with, say: a
+    /// head's or a shard's).
+    ///
+    /// # Errors
+    /// [`Error::LabelOutOfRange`] for the first label `>= classes`.
+    pub fn check_within(&self, classes: usize) -> Result<(), Error> {
+        check_within(&self.values, classes)
     }
 
     /// The labels.
@@ -46,5 +49,17 @@ impl Labels {
     /// Whether there are no labels.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
+    }
+}
+
+/// [`Error::LabelOutOfRange`] for the first of `values` `>= classes`.
+fn check_within(values: &[usize], classes: usize) -> Result<(), Error> {
+    match values.iter().position(|&label| label >= classes) {
+        Some(index) => Err(Error::LabelOutOfRange {
+            index,
+            label: values[index],
+            classes,
+        }),
+        None => Ok(()),
     }
 }

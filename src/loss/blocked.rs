@@ -551,14 +551,8 @@ fn check_labels(
             found: labels.len(),
         });
     }
+    labels.check_within(classes)?;
     let values = labels.values();
-    if let Some(index) = values.iter().position(|&l| l >= classes) {
-        return Err(Error::LabelOutOfRange {
-            index,
-            label: values[index],
-            classes,
-        });
-    }
     if let Selection::Sample(sample) = selection
         && let Some(&last) = sample.last()
         && last >= classes
@@ -1399,14 +1393,8 @@ impl ClassSample {
             rate > 0.0 && rate <= 1.0,
             "in (0, 1]",
         )?;
+        labels.check_within(classes)?;
         let values = labels.values();
-        if let Some(index) = values.iter().position(|&l| l >= classes) {
-            return Err(Error::LabelOutOfRange {
-                index,
-                label: values[index],
-                classes,
-            });
-        }
         if rate == 1.0 {
             return Ok(ClassSample {
                 classes: (0..classes).collect(),
@@ -1475,14 +1463,8 @@ impl ClassSample {
             shard.start <= shard.end && shard.end <= classes,
             "at most the number of classes",
         )?;
+        labels.check_within(classes)?;
         let values = labels.values();
-        if let Some(index) = values.iter().position(|&l| l >= classes) {
-            return Err(Error::LabelOutOfRange {
-                index,
-                label: values[index],
-                classes,
-            });
-        }
         if rate == 1.0 {
             return Ok(ClassSample {
                 classes: shard.collect(),

@@ -198,13 +198,7 @@ pub(crate) fn check_rows<F: Element>(
             found: labels.len(),
         });
     }
-    if let Some(index) = labels.values().iter().position(|&l| l >= classes) {
-        return Err(Error::LabelOutOfRange {
-            index,
-            label: labels.values()[index],
-            classes,
-        });
-    }
+    labels.check_within(classes)?;
     let row_weight = match weights {
         None => vec![1.0; batch],
         Some(w) if w.len() != batch => {
