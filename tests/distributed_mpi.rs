@@ -111,17 +111,6 @@ fn numbers(v: &Value) -> Vec<f64> {
         .collect()
 }
 
-/// `max |a − b| / max |b|`.
-fn relative(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-    diff / scale.max(1e-30)
-}
-
 /// Every loss, every parameter tensor and the gathered centres within `1e-6` relative of one
 /// process's. Not bitwise: the sums are split differently (each rank's part of the batch
 /// summed on its own, then the ranks' sums added by MPI; the log-sum-exp over the classes
@@ -129,17 +118,20 @@ fn relative(a: &[f64], b: &[f64]) -> f64 {
 fn assert_same_training(many: &Value, one: &Value, what: &str) {
     let (l, l1) = (numbers(&many["losses"]), numbers(&one["losses"]));
     assert_eq!(l.len(), 8);
-    assert!(relative(&l, &l1) < 1e-6, "{what}: losses {l:?} vs {l1:?}");
+    assert!(
+        common::relative(&l, &l1) < 1e-6,
+        "{what}: losses {l:?} vs {l1:?}"
+    );
     let (p, p1) = (
         many["params"].as_array().unwrap(),
         one["params"].as_array().unwrap(),
     );
     assert_eq!(p.len(), p1.len());
     for (i, (a, b)) in p.iter().zip(p1).enumerate() {
-        let r = relative(&numbers(a), &numbers(b));
+        let r = common::relative(&numbers(a), &numbers(b));
         assert!(r < 1e-6, "{what}: parameter {i} differs by {r:e} relative");
     }
-    let r = relative(&numbers(&many["centres"]), &numbers(&one["centres"]));
+    let r = common::relative(&numbers(&many["centres"]), &numbers(&one["centres"]));
     assert!(r < 1e-6, "{what}: centres differ by {r:e} relative");
 }
 
@@ -404,11 +396,11 @@ fn trained(ranks: usize, out: &std::path::Path, args: &[&str]) -> (Vec<f64>, Vec
 /// Losses and every parameter tensor within `1e-6` relative of one process's (not bitwise:
 /// see [`assert_same_training`]).
 fn assert_same_run(many: &(Vec<f64>, Vec<Vec<f64>>), one: &(Vec<f64>, Vec<Vec<f64>>), what: &str) {
-    let r = relative(&many.0, &one.0);
+    let r = common::relative(&many.0, &one.0);
     assert!(r < 1e-6, "{what}: losses {:?} vs {:?}", many.0, one.0);
     assert_eq!(many.1.len(), one.1.len());
     for (i, (a, b)) in many.1.iter().zip(&one.1).enumerate() {
-        let r = relative(a, b);
+        let r = common::relative(a, b);
         assert!(r < 1e-6, "{what}: parameter {i} differs by {r:e} relative");
     }
 }

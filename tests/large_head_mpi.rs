@@ -131,17 +131,6 @@ fn read(out: &Path) -> Run {
     Run { losses, params }
 }
 
-/// `max |a − b| / max |b|`.
-fn relative(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-    diff / scale.max(1e-30)
-}
-
 /// The losses, every embedder parameter and the centres within `1e-6` relative (to each
 /// tensor's largest value) of `one`'s (measured: at most 5.7·10⁻⁷). Not bitwise: the sums are
 /// split differently (each rank's part of the batch summed on its own for the embedder's
@@ -152,13 +141,13 @@ fn relative(a: &[f64], b: &[f64]) -> f64 {
 /// default `s = 30` the centres differ by up to 1.4·10⁻⁶).
 fn assert_same_run(many: &Run, one: &Run, what: &str) {
     assert_eq!(many.losses.len(), one.losses.len(), "{what}");
-    let r = relative(&many.losses, &one.losses);
+    let r = common::relative(&many.losses, &one.losses);
     eprintln!("{what}: losses {r:e}");
     assert!(r < 1e-6, "{what}: losses differ by {r:e} relative");
     assert_eq!(many.params.len(), one.params.len(), "{what}");
     for ((name, a), (_, b)) in many.params.iter().zip(&one.params) {
         let widen = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
-        let r = relative(&widen(a), &widen(b));
+        let r = common::relative(&widen(a), &widen(b));
         eprintln!("{what}: {name} {r:e}");
         assert!(r < 1e-6, "{what}: {name} differs by {r:e} relative");
     }
@@ -183,7 +172,7 @@ fn two_and_three_ranks_train_as_one_process_with_every_class_and_sampled() {
         &out_dir("sampled").1,
         &["--steps", "8", "--sample-rate", "0.25"],
     );
-    assert!(relative(&sampled.losses, &full.losses) > 1e-3);
+    assert!(common::relative(&sampled.losses, &full.losses) > 1e-3);
 }
 
 #[test]

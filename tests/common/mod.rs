@@ -179,3 +179,14 @@ pub fn scratch_path(prefix: &str, name: &str) -> (Scratch, PathBuf) {
     let path = scratch.path(name);
     (scratch, path)
 }
+
+/// `max |a − b| / max |b|`.
+pub fn relative(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    diff / scale.max(1e-30)
+}
