@@ -1387,12 +1387,7 @@ impl ClassSample {
         rate: f64,
         rng: &mut (impl Rng + ?Sized),
     ) -> Result<Self, Error> {
-        Error::check(
-            "class sampling rate",
-            rate,
-            rate > 0.0 && rate <= 1.0,
-            "in (0, 1]",
-        )?;
+        check_sample_rate(rate)?;
         labels.check_within(classes)?;
         let values = labels.values();
         if rate == 1.0 {
@@ -1451,12 +1446,7 @@ impl ClassSample {
         rate: f64,
         key: u64,
     ) -> Result<Self, Error> {
-        Error::check(
-            "class sampling rate",
-            rate,
-            rate > 0.0 && rate <= 1.0,
-            "in (0, 1]",
-        )?;
+        check_sample_rate(rate)?;
         Error::check(
             "end of the shard",
             shard.end as f64,
@@ -1506,4 +1496,14 @@ fn keyed_uniform(key: u64, class: usize) -> f64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
     (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// `Ok` for a class sampling rate in `(0, 1]`, else [`Error::InvalidSetting`] naming it.
+fn check_sample_rate(rate: f64) -> Result<(), Error> {
+    Error::check(
+        "class sampling rate",
+        rate,
+        rate > 0.0 && rate <= 1.0,
+        "in (0, 1]",
+    )
 }
