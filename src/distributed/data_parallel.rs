@@ -97,14 +97,12 @@ pub fn reduce_gradients<F: Element + Wire>(
     factor: F,
 ) -> Result<(), Error> {
     if world.size() == 1 && factor == F::ONE {
-        return all_finite(grads.params().flat_map(|(_, g)| g.data().iter().copied()));
+        return all_finite(grads.params().map(|(_, g)| g.data()));
     }
-    let mut flat: Vec<F> = Vec::new();
-    let mut layout = Vec::new();
-    for (id, g) in grads.params() {
-        flat.extend_from_slice(g.data());
-        layout.push((id.index() as u64) << 32 | g.numel() as u64);
-    }
+    let layout: Vec<u64> = grads
+        .params()
+        .map(|(id, g)| (id.index() as u64) << 32 | g.numel() as u64)
+        .collect();
     // the same parameters with the same sizes on every rank, or no rank goes on
     let mine = super::fnv1a(&words_as_bytes(&layout));
     let mut both = [mine, u64::MAX - mine];
@@ -116,12 +114,19 @@ pub fn reduce_gradients<F: Element + Wire>(
                 .into(),
         });
     }
-    world.all_reduce_sum(&mut flat);
-    all_finite(flat.iter().copied())?;
+    let total = grads.params().map(|(_, g)| g.numel()).sum();
+    let mut staged = world.staged_sum::<F>(total);
+    let mut at = 0;
+    for (_, g) in grads.params() {
+        staged.local()[at..at + g.numel()].copy_from_slice(g.data());
+        at += g.numel();
+    }
+    let sum = staged.sum();
+    all_finite([sum])?;
     let mut at = 0;
     for (_, g) in grads.params_mut() {
         let n = g.numel();
-        for (v, &s) in g.data_mut().iter_mut().zip(&flat[at..at + n]) {
+        for (v, &s) in g.data_mut().iter_mut().zip(&sum[at..at + n]) {
             *v = s * factor;
         }
         at += n;
@@ -129,17 +134,26 @@ pub fn reduce_gradients<F: Element + Wire>(
     Ok(())
 }
 
-/// [`Error::NonFinite`] naming the first NaN or infinity among the gradients (flattened in
-/// parameter order), if any.
-fn all_finite<F: Element>(flat: impl IntoIterator<Item = F>) -> Result<(), Error> {
-    match flat.into_iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        None => Ok(()),
-        Some((index, value)) => Err(Error::NonFinite {
-            what: "the gradients summed over the ranks".into(),
-            index,
-            value: value.to_f64(),
-        }),
+/// [`Error::NonFinite`] naming the first NaN or infinity among the gradients (the slices
+/// taken as one, in order), if any. The common case, every value finite, is one pass without
+/// an early exit over each slice (a count, which the compiler vectorises); only a slice that
+/// fails is searched for the first culprit.
+fn all_finite<'a, F: Element>(slices: impl IntoIterator<Item = &'a [F]>) -> Result<(), Error> {
+    let mut offset = 0;
+    for slice in slices {
+        let not_finite = slice.iter().filter(|v| !v.is_finite()).count();
+        if not_finite > 0
+            && let Some(index) = slice.iter().position(|v| !v.is_finite())
+        {
+            return Err(Error::NonFinite {
+                what: "the gradients summed over the ranks".into(),
+                index: offset + index,
+                value: slice[index].to_f64(),
+            });
+        }
+        offset += slice.len();
     }
+    Ok(())
 }
 
 fn words_as_bytes(words: &[u64]) -> Vec<u8> {

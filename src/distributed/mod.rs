@@ -37,8 +37,9 @@ pub use class_parallel::{ClassParallelHead, Sampling};
 pub use data_parallel::{Shard, parameter_checksum, reduce_gradients};
 
 use crate::Error;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell, RefMut};
 use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 /// The element types that cross between ranks: `f32`, `f64`, `u64`, `i32`.
@@ -71,9 +72,23 @@ macro_rules! wire {
     ($($t:ty),*) => {$(
         impl sealed::Sealed for $t {}
         impl Wire for $t {}
+        // [`words_as`] lays them over `u64`s
+        const _: () = assert!(std::mem::align_of::<$t>() <= std::mem::align_of::<u64>());
     )*};
 }
 wire!(f32, f64, u64, i32);
+
+/// The first `len` elements of `T` laid over `words`, grown (never shrunk) to hold them.
+fn words_as<T: Wire>(words: &mut Vec<u64>, len: usize) -> &mut [T] {
+    let needed = (len * std::mem::size_of::<T>()).div_ceil(8);
+    if words.len() < needed {
+        words.resize(needed, 0);
+    }
+    // SAFETY: `Wire` is sealed to f32, f64, u64 and i32: plain data, every bit pattern a value,
+    // aligned to at most a `u64`'s alignment (asserted above); `words` holds at least
+    // `len · size_of::<T>()` initialised bytes, borrowed mutably for the slice's lifetime.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<T>(), len) }
+}
 
 /// The processes of one run, and the collectives between them: see the
 /// [module documentation](self).
@@ -83,6 +98,11 @@ wire!(f32, f64, u64, i32);
 pub struct World {
     backend: Backend,
     traffic: Cell<Traffic>,
+    /// The send and receive buffers of [`World::staged_sum`], kept from one call to
+    /// the next: an all-reduce of a megabyte into fresh pages each step spends more time
+    /// faulting the pages in and pinning them for the copy between processes than moving the
+    /// data (measured with Open MPI: 0.8–1.1 ms against 0.13–0.16 ms into reused buffers).
+    staging: RefCell<[Vec<u64>; 2]>,
 }
 
 /// What this rank has handed to collectives since the world began (or since
@@ -134,6 +154,7 @@ impl World {
         World {
             backend: Backend::Single,
             traffic: Cell::default(),
+            staging: RefCell::default(),
         }
     }
 
@@ -149,6 +170,7 @@ impl World {
         Ok(World {
             backend: Backend::Mpi(mpi_world::MpiWorld::init()?),
             traffic: Cell::default(),
+            staging: RefCell::default(),
         })
     }
 
@@ -185,6 +207,28 @@ impl World {
     pub fn all_reduce_sum<T: Wire>(&self, data: &mut [T]) {
         self.check_same_len("all_reduce_sum", data.len());
         self.reduce(data, Reduce::Sum);
+    }
+
+    /// A buffer of `len` elements for a sum over the ranks that allocates nothing: this rank's
+    /// part is written into [`StagedSum::local`], and [`StagedSum::sum`] (collective) returns
+    /// the sum, on every rank. The world keeps the buffer from call to call, which is what a
+    /// large payload sent step after step (the gradients) wants: reused memory is much cheaper
+    /// for MPI to move than fresh pages. One at a time: the world's other collectives may be
+    /// called while it lives, but not this method.
+    ///
+    /// # Panics
+    /// When a `StagedSum` of this world is still alive.
+    pub fn staged_sum<T: Wire>(&self, len: usize) -> StagedSum<'_, T> {
+        let buffers = self
+            .staging
+            .try_borrow_mut()
+            .expect("World::staged_sum: the previous StagedSum is still alive");
+        StagedSum {
+            world: self,
+            buffers,
+            len,
+            element: PhantomData,
+        }
     }
 
     /// `data[i] ← max_ranks data[i]`, on every rank (collective).
@@ -427,6 +471,48 @@ impl World {
 }
 
 /// Adds the time since `start` to `traffic` when dropped.
+/// A sum over the ranks through buffers its [`World`] keeps: see [`World::staged_sum`].
+pub struct StagedSum<'w, T> {
+    world: &'w World,
+    buffers: RefMut<'w, [Vec<u64>; 2]>,
+    len: usize,
+    element: PhantomData<T>,
+}
+
+impl<T: Wire> StagedSum<'_, T> {
+    /// This rank's part, to be written before [`StagedSum::sum`] (its contents are left over
+    /// from earlier use: write every element).
+    pub fn local(&mut self) -> &mut [T] {
+        words_as(&mut self.buffers[0], self.len)
+    }
+
+    /// `Σ_ranks local`, on every rank (collective).
+    ///
+    /// # Panics
+    /// When the ranks' buffers are of different lengths (checked in debug builds; see
+    /// [`World`]).
+    #[track_caller]
+    pub fn sum(&mut self) -> &[T] {
+        let world = self.world;
+        world.check_same_len("staged_sum", self.len);
+        let [send, receive] = &mut *self.buffers;
+        let send: &mut [T] = words_as(send, self.len);
+        let _timer = world.count(send);
+        match &world.backend {
+            Backend::Single => {
+                let _ = receive;
+                send
+            }
+            #[cfg(feature = "mpi")]
+            Backend::Mpi(m) => {
+                let receive = words_as(receive, self.len);
+                m.all_reduce_into(send, receive, Reduce::Sum);
+                receive
+            }
+        }
+    }
+}
+
 struct TrafficTimer<'a> {
     traffic: &'a Cell<Traffic>,
     start: Instant,
@@ -468,6 +554,34 @@ mod tests {
         assert!(world.check_same_config("settings", b"abc").is_ok());
         let failed: Result<(), Error> = Err(Error::EmptyBatch);
         assert_eq!(world.agree(failed), Err(Error::EmptyBatch));
+    }
+
+    #[test]
+    fn a_staged_sum_reuses_its_buffer_and_is_counted_as_a_collective() {
+        let world = World::single();
+        let mut staged = world.staged_sum::<f32>(3);
+        staged.local().copy_from_slice(&[1.0, -2.5, 3.0]);
+        assert_eq!(staged.sum(), [1.0, -2.5, 3.0]);
+        drop(staged);
+        // a longer payload grows the buffer; a shorter one of another type reuses it
+        let mut staged = world.staged_sum::<f64>(5);
+        staged.local().copy_from_slice(&[0.5; 5]);
+        assert_eq!(staged.sum(), [0.5; 5]);
+        drop(staged);
+        let mut staged = world.staged_sum::<u64>(2);
+        staged.local().copy_from_slice(&[7, 9]);
+        assert_eq!(staged.sum(), [7, 9]);
+        drop(staged);
+        let traffic = world.take_traffic();
+        assert_eq!((traffic.calls, traffic.bytes), (3, 12 + 40 + 16));
+    }
+
+    #[test]
+    #[should_panic(expected = "the previous StagedSum is still alive")]
+    fn two_staged_sums_at_once_are_refused() {
+        let world = World::single();
+        let _first = world.staged_sum::<f32>(2);
+        let _second = world.staged_sum::<f32>(2);
     }
 
     #[test]

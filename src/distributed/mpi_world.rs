@@ -80,11 +80,15 @@ impl MpiWorld {
 
     pub(super) fn all_reduce<T: Wire>(&self, data: &mut [T], op: Reduce) {
         let send = data.to_vec();
+        self.all_reduce_into(&send, data, op);
+    }
+
+    pub(super) fn all_reduce_into<T: Wire>(&self, send: &[T], receive: &mut [T], op: Reduce) {
         let op = match op {
             Reduce::Sum => SystemOperation::sum(),
             Reduce::Max => SystemOperation::max(),
         };
-        self.comm.all_reduce_into(&send[..], data, op);
+        self.comm.all_reduce_into(send, receive, op);
     }
 
     pub(super) fn all_gather<T: Wire>(&self, local: &[T]) -> Vec<T> {
