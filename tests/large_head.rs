@@ -488,3 +488,42 @@ fn a_non_finite_feature_or_centre_is_refused_before_any_centre_is_updated() {
         assert_eq!(bits(&w), bits(&before), "centres untouched");
     }
 }
+
+#[test]
+fn steps_after_others_give_the_same_bits_as_the_first_steps_of_a_thread() {
+    // the passes' block buffers are lent from a per-thread pool and handed back unzeroed: the
+    // steps of another problem, and one that stops on a NaN, leave their numbers in them, which
+    // the next steps must overwrite before reading (B·block and block·D at least the pool's
+    // smallest length, so that every buffer is pooled)
+    let p = problem::<f32>(64, 64, 600, 8);
+    let head = BlockedHead::new(MarginLoss::am(30.0, 0.35).unwrap(), 256).unwrap();
+    let sample = ClassSample::draw(&p.labels, 600, 0.7, &mut rng(9)).unwrap();
+    let steps = [None, Some(sample)];
+    let on_new_thread = |before: &(dyn Fn() + Sync)| {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                before();
+                train(&p, &head, &steps, 0.0)
+            })
+            .join()
+        })
+        .expect("the steps")
+    };
+    let fresh = on_new_thread(&|| {});
+    let after_others = on_new_thread(&|| {
+        let other = problem::<f32>(64, 64, 600, 77);
+        train(&other, &head, &steps, 0.0);
+        let mut bad = problem::<f32>(64, 64, 600, 78);
+        bad.x.data_mut().fill(f32::NAN);
+        bad.w.data_mut().fill(f32::NAN);
+        let g = Graph::new();
+        let failed = head.step(g.leaf(bad.x), &mut bad.w, &p.labels, None, |_, _, _| {});
+        assert!(matches!(failed, Err(Error::NonFinite { .. })));
+    });
+    assert_eq!(fresh.0, after_others.0);
+    for (a, b) in fresh.1.iter().zip(&after_others.1) {
+        assert_eq!(a.data(), b.data());
+    }
+    assert_eq!(fresh.2.data(), after_others.2.data());
+    assert_eq!(fresh.3, after_others.3);
+}

@@ -281,6 +281,7 @@ impl BlockedHead {
         }
         let mut dx = vec![F::ZERO; b * d];
         pass.features_grad(&dxn, &mut dx, true);
+        drop(pass);
         drop(x);
         let graph = features.graph();
         Ok(match bias {
@@ -363,9 +364,10 @@ impl BlockedHead {
         let (loss, _) = pass.forward(w.data(), &rule, F::from_f64(1.0 / b as f64));
         let op = BlockedXent {
             head: self.clone(),
-            targets: pass.targets,
-            lse: pass.lse,
+            targets: std::mem::take(&mut pass.targets),
+            lse: pass.lse.to_vec(),
         };
+        drop(pass);
         drop((x, w));
         Ok(features
             .graph()
@@ -680,7 +682,7 @@ impl<F: Element> TargetMap<F> {
 
 /// The state of the passes over one batch: the normalised features, the row statistics, and
 /// the buffers one block needs.
-struct Pass<'a, F> {
+struct Pass<'a, F: Element> {
     x: &'a [F],
     b: usize,
     d: usize,
@@ -715,6 +717,36 @@ struct Pass<'a, F> {
     dw: Vec<F>,
 }
 
+/// A pass's working buffer of `len` elements, from this thread's [pool](crate::pool) when one
+/// is there (its contents unspecified: a pass writes each of its buffers before reading it),
+/// given back when the pass is dropped. A step of a large head fills some 16 MB of block
+/// buffers; fresh pages would cost a page fault per 4 KiB on every step.
+fn lend<F: Element>(len: usize) -> Vec<F> {
+    crate::pool::take(len).unwrap_or_else(|| vec![F::ZERO; len])
+}
+
+impl<F: Element> Drop for Pass<'_, F> {
+    fn drop(&mut self) {
+        let buffers = [
+            &mut self.xn,
+            &mut self.x_norms,
+            &mut self.lse,
+            &mut self.gathered,
+            &mut self.wn,
+            &mut self.w_norms,
+            &mut self.sub,
+            &mut self.cos,
+            &mut self.dcos,
+            &mut self.dsub,
+            &mut self.dwn,
+            &mut self.dw,
+        ];
+        for buffer in buffers {
+            crate::pool::give(std::mem::take(buffer));
+        }
+    }
+}
+
 /// One row's running log-sum-exp: `sum = Σ exp(z − max)` over the blocks seen so far.
 #[derive(Clone, Copy)]
 struct RowStats<F> {
@@ -737,15 +769,9 @@ impl<'a, F: Element> Pass<'a, F> {
         let eps = F::from_f64(HEAD_NORM_EPS);
         let block = head.block.min(selection.len()).max(1);
         let k = head.subcenters;
-        let (mut xn, mut x_norms) = (vec![F::ZERO; b * d], vec![F::ZERO; b]);
+        let (mut xn, mut x_norms) = (lend(b * d), lend(b));
         normalize_rows(x, d, eps, &mut xn, &mut x_norms);
-        let per_subcentre = |len| {
-            if k > 1 {
-                vec![F::ZERO; len]
-            } else {
-                Vec::new()
-            }
-        };
+        let per_subcentre = |len| if k > 1 { lend(len) } else { Vec::new() };
         Pass {
             x,
             b,
@@ -757,17 +783,17 @@ impl<'a, F: Element> Pass<'a, F> {
             eps,
             xn,
             x_norms,
-            lse: vec![F::ZERO; b],
+            lse: lend(b),
             norm_grad: Vec::new(),
             gathered: Vec::new(),
-            wn: vec![F::ZERO; block * k * d],
-            w_norms: vec![F::ZERO; block * k],
+            wn: lend(block * k * d),
+            w_norms: lend(block * k),
             sub: per_subcentre(b * block * k),
-            cos: vec![F::ZERO; b * block],
-            dcos: vec![F::ZERO; b * block],
+            cos: lend(b * block),
+            dcos: lend(b * block),
             dsub: per_subcentre(b * block * k),
-            dwn: vec![F::ZERO; block * k * d],
-            dw: vec![F::ZERO; block * k * d],
+            dwn: lend(block * k * d),
+            dw: lend(block * k * d),
         }
     }
 
@@ -810,7 +836,7 @@ impl<'a, F: Element> Pass<'a, F> {
             Selection::Sample(_) => None,
         };
         if direct.is_none() && self.gathered.is_empty() {
-            self.gathered = vec![F::ZERO; self.block * rows];
+            self.gathered = lend(self.block * rows);
         }
         let block: &[F] = match (direct, self.selection) {
             (Some(block), _) => block,
