@@ -354,7 +354,9 @@ impl World {
         (u64::MAX - both[0], both[1])
     }
 
-    /// `data ← op over the ranks of data`, with no check of the lengths.
+    /// `data ← op over the ranks of data`, with no check of the lengths. MPI reads the ranks'
+    /// parts from the world's send buffer, reused from call to call (`staging`),
+    /// or from a fresh copy while a [`StagedSum`] holds it.
     fn reduce<T: Wire>(&self, data: &mut [T], op: Reduce) {
         let _timer = self.count(data);
         match &self.backend {
@@ -362,7 +364,17 @@ impl World {
                 let _ = (data, op);
             }
             #[cfg(feature = "mpi")]
-            Backend::Mpi(m) => m.all_reduce(data, op),
+            Backend::Mpi(m) => match self.staging.try_borrow_mut() {
+                Ok(mut staging) => {
+                    let send = words_as::<T>(&mut staging[0], data.len());
+                    send.copy_from_slice(data);
+                    m.all_reduce_into(send, data, op);
+                }
+                Err(_) => {
+                    let send = data.to_vec();
+                    m.all_reduce_into(&send, data, op);
+                }
+            },
         }
     }
 

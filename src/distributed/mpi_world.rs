@@ -78,11 +78,6 @@ impl MpiWorld {
         self.size
     }
 
-    pub(super) fn all_reduce<T: Wire>(&self, data: &mut [T], op: Reduce) {
-        let send = data.to_vec();
-        self.all_reduce_into(&send, data, op);
-    }
-
     pub(super) fn all_reduce_into<T: Wire>(&self, send: &[T], receive: &mut [T], op: Reduce) {
         let op = match op {
             Reduce::Sum => SystemOperation::sum(),
