@@ -48,7 +48,10 @@
 //! to, and nothing of it is returned. A save streams the other way, from each tensor's own
 //! buffer through a bounded one, and writes the body's length and checksum into the header at
 //! the end. So a head of a million classes is never held twice: `examples/checkpoint_large.rs`
-//! measures it. [`load_head`] decodes the model's tensors and skips the training state (its
+//! measures it. A matrix that no process holds whole (a class-parallel head's centres, each
+//! rank holding some rows) is written to the same file from streams of its rows and of its
+//! momentum's ([`save_streamed`]), and read some rows at a time, the rest streaming through
+//! the checksum ([`load_rows`]). [`load_head`] decodes the model's tensors and skips the training state (its
 //! bytes still go into the checksum). The model is then rebuilt
 //! from its configuration by the same constructors that made it, each taking its tensor from the
 //! file by name and shape, so a file can neither leave a parameter out nor smuggle one in.
@@ -768,8 +771,8 @@ fn assemble<F: Element>(
     })
 }
 
-/// A body's parts, in the order [`write_checkpoint`] writes them: the configuration, the tensors by name
-/// (a name given twice is refused as an unexpected tensor), the training state.
+/// A body's parts, in the order [`write_checkpoint`] writes them: the configuration, the
+/// tensors by name (a name given twice is refused as an unexpected tensor), the training state.
 type BodyParts<F> = (
     ModelConfig,
     HashMap<String, Tensor<F>>,
