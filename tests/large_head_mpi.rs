@@ -311,3 +311,29 @@ fn bad_input_on_one_rank_stops_every_rank_with_its_message() {
     }
     assert!(!out.join("checkpoint.margrad").exists());
 }
+
+#[test]
+fn a_save_that_fails_on_rank_0_stops_every_rank_with_its_message_and_none_waits() {
+    // the checkpoint's path is a directory: rank 0 receives every rank's rows into its
+    // temporary file, then cannot rename it over the directory
+    let (_scratch, out) = out_dir("save-fails");
+    std::fs::create_dir_all(out.join("checkpoint.margrad")).unwrap();
+    let args = ["--steps", "8", "--checkpoint-every", "4"];
+    let output = run(
+        3,
+        &[SMALL, &args, &["--out", out.to_str().unwrap()]].concat(),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let errors = rank_errors(&stderr, 3);
+    assert!(errors[0].contains("checkpoint.margrad"), "{stderr}");
+    for other in &errors[1..] {
+        assert!(
+            other.contains("rank 0 of 3 failed: ") && other.ends_with(&errors[0]),
+            "every rank carries rank 0's message: {stderr}"
+        );
+    }
+    assert!(!out.join("report.json").exists());
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+    assert_eq!(left.len(), 1, "no temporary file is left: {left:?}");
+}

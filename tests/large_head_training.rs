@@ -150,7 +150,7 @@ fn bad_settings_and_a_head_too_large_for_memory_are_refused_before_allocating() 
 }
 
 #[test]
-fn a_rank_counts_its_shard_and_the_whole_head_it_holds_while_starting_or_saving() {
+fn a_rank_counts_its_shard_of_the_head_and_no_more_so_its_footprint_falls_with_the_ranks() {
     let config = small(1.0);
     let (c, d) = (config.identities.trained, config.embed_dim as u64);
     let one = config.footprint().unwrap().bytes().unwrap();
@@ -159,12 +159,14 @@ fn a_rank_counts_its_shard_and_the_whole_head_it_holds_while_starting_or_saving(
         one
     );
     // 600 classes on 7 ranks: shards of 86 and 85; each rank holds its shard and its
-    // momentum, and the whole head with its momentum while it starts or saves
+    // momentum, never the rest of the head
     for rank in 0..7 {
         let shard = ClassParallelHead::shard_of(c, 7, rank).len() as u64;
         let bytes = config.footprint_of_rank(rank, 7).unwrap().bytes().unwrap();
-        assert_eq!(bytes, one + 8 * shard * d, "rank {rank}");
+        assert_eq!(bytes, one - 8 * (c as u64 - shard) * d, "rank {rank}");
     }
+    let rank_0 = |ranks| config.footprint_of_rank(0, ranks).unwrap().bytes().unwrap();
+    assert!(rank_0(1) > rank_0(2) && rank_0(2) > rank_0(3) && rank_0(3) > rank_0(600));
 }
 
 #[test]

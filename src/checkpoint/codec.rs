@@ -24,6 +24,7 @@ use bincode::error::{AllowedEnumVariants, DecodeError, EncodeError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::io::{self, Read, Write};
+use std::ops::Range;
 
 /// bincode's standard configuration: little-endian, variable-length integers.
 fn config() -> bincode::config::Configuration {
@@ -155,6 +156,11 @@ impl<R: Read> Reader<R> {
         }
     }
 
+    /// The body bytes consumed by the parts read.
+    pub(crate) fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
     fn error(&self, part: String, message: String) -> PartError {
         PartError {
             part,
@@ -193,6 +199,18 @@ impl<R: Read> Reader<R> {
         &mut self,
         part: impl Fn() -> String,
     ) -> Result<Tensor<F>, PartError> {
+        Ok(self.read_rows(part, None)?.0)
+    }
+
+    /// Reads a tensor as [`Reader::read_tensor`] does, keeping of its elements only those of
+    /// the rows `rows` of its first dimension when given (the others pass through the checksum
+    /// and are dropped, a chunk at a time): the tensor `[rows.len(), …]` and the shape stored.
+    /// An empty tensor (an optimiser's unused moment) is kept as it is.
+    pub(crate) fn read_rows<F: Element>(
+        &mut self,
+        part: impl Fn() -> String,
+        rows: Option<Range<usize>>,
+    ) -> Result<(Tensor<F>, Vec<usize>), PartError> {
         let start = self.consumed;
         let shape: Vec<usize> = self.read(&part)?;
         let len = self.read_len(&part)?;
@@ -221,11 +239,29 @@ impl<R: Read> Reader<R> {
                  body ends in the middle of it"
             )));
         }
-        let mut data = vec![F::ZERO; len as usize];
-        let mut bytes = Vec::with_capacity(CHUNK.min(len as usize * size));
-        for out in data.chunks_mut(CHUNK / size) {
+        let (kept, kept_shape) = match rows {
+            Some(rows) if elements > 0 => {
+                let count = shape.first().copied().unwrap_or(1);
+                if rows.start > rows.end || rows.end > count {
+                    return Err(fail(format!(
+                        "it has {count} rows, and rows {}..{} were asked for",
+                        rows.start, rows.end
+                    )));
+                }
+                let per_row = elements / count;
+                let mut kept_shape = shape.clone();
+                kept_shape[0] = rows.len();
+                (rows.start * per_row..rows.end * per_row, kept_shape)
+            }
+            _ => (0..elements, shape.clone()),
+        };
+        let mut data = vec![F::ZERO; kept.len()];
+        let per_chunk = CHUNK / size;
+        let mut bytes = Vec::with_capacity(CHUNK.min(elements * size));
+        for first in (0..elements).step_by(per_chunk) {
+            let chunk = first..(first + per_chunk).min(elements);
             bytes.clear();
-            let need = std::mem::size_of_val(out);
+            let need = chunk.len() * size;
             let held = (self.window.len() - self.at).min(need);
             bytes.extend_from_slice(&self.window[self.at..self.at + held]);
             self.at += held;
@@ -236,12 +272,19 @@ impl<R: Read> Reader<R> {
                     Err(e) => return Err(fail(format!("the file could not be read: {e}"))),
                 }
             }
-            for (x, b) in out.iter_mut().zip(bytes.chunks_exact(size)) {
-                *x = F::from_le_slice(b);
+            let from = chunk.start.max(kept.start);
+            let to = chunk.end.min(kept.end);
+            if from < to {
+                let out = &mut data[from - kept.start..to - kept.start];
+                let src = &bytes[(from - chunk.start) * size..(to - chunk.start) * size];
+                for (x, b) in out.iter_mut().zip(src.chunks_exact(size)) {
+                    *x = F::from_le_slice(b);
+                }
             }
             self.consumed += need as u64;
         }
-        Tensor::from_vec(data, &shape).map_err(|e| fail(e.to_string()))
+        let tensor = Tensor::from_vec(data, &kept_shape).map_err(|e| fail(e.to_string()))?;
+        Ok((tensor, shape))
     }
 
     /// Decodes the next value, a `T` holding no text, straight from the stream (for large
@@ -362,7 +405,11 @@ fn sentence(e: DecodeError) -> String {
 
 /// A choice among `count` kinds (an enum's variants, an option's absent or present) stored as
 /// a number none of them has.
-fn kind_number(found: impl std::fmt::Display, count: impl std::fmt::Display, first: u32) -> String {
+pub(crate) fn kind_number(
+    found: impl std::fmt::Display,
+    count: impl std::fmt::Display,
+    first: u32,
+) -> String {
     format!(
         "a field with {count} possible kinds holds kind number {found} (they are numbered from \
          {first})"

@@ -48,7 +48,10 @@
 //! to, and nothing of it is returned. A save streams the other way, from each tensor's own
 //! buffer through a bounded one, and writes the body's length and checksum into the header at
 //! the end. So a head of a million classes is never held twice: `examples/checkpoint_large.rs`
-//! measures it. [`load_head`] decodes the model's tensors and skips the training state (its
+//! measures it. A matrix that no process holds whole (a class-parallel head's centres, each
+//! rank holding some rows) is written to the same file from streams of its rows and of its
+//! momentum's ([`save_streamed`]), and read some rows at a time, the rest streaming through
+//! the checksum ([`load_rows`]). [`load_head`] decodes the model's tensors and skips the training state (its
 //! bytes still go into the checksum). The model is then rebuilt
 //! from its configuration by the same constructors that made it, each taking its tensor from the
 //! file by name and shape, so a file can neither leave a parameter out nor smuggle one in.
@@ -56,8 +59,10 @@
 //! mid-save leaves the previous checkpoint intact.
 
 mod codec;
+mod rows;
 mod safetensors;
 
+pub use self::rows::{RowStream, StreamedParam, load_rows, save_streamed};
 pub use self::safetensors::{
     EXPORT_VERSION, decode_safetensors, decode_safetensors_with, export_metadata, load_safetensors,
     load_safetensors_with, safetensors_bytes, save_safetensors,
@@ -419,25 +424,6 @@ impl From<codec::PartError> for CheckpointError {
     }
 }
 
-/// A tensor with its name, as the body stores it.
-#[derive(Serialize)]
-#[serde(bound = "F: Element")]
-struct NamedTensor<'a, F: Element> {
-    name: &'a str,
-    tensor: &'a Tensor<F>,
-}
-
-/// The body, as written: borrowed from the model, the parameters and the training state, so
-/// that nothing is copied on its way to the file. It is read part by part, in this order
-/// ([`read_parts`]), so that an error names the part.
-#[derive(Serialize)]
-#[serde(bound = "F: Element")]
-struct Body<'a, F: Element> {
-    config: &'a ModelConfig,
-    tensors: Vec<NamedTensor<'a, F>>,
-    training: Option<&'a TrainingState<F>>,
-}
-
 /// A checkpoint's bytes: header and body.
 pub fn encode<F: Element>(
     model: &Model<F>,
@@ -445,19 +431,25 @@ pub fn encode<F: Element>(
     training: Option<&TrainingState<F>>,
 ) -> Vec<u8> {
     let mut bytes = std::io::Cursor::new(Vec::new());
-    write_checkpoint(&mut bytes, model, params, training).expect("writing to memory cannot fail");
+    write_checkpoint(&mut bytes, model, params, training, None)
+        .expect("writing to memory cannot fail");
     bytes.into_inner()
 }
 
 /// Writes a checkpoint to `out` from its current position: the header, then the body,
 /// streamed from each tensor's own buffer through a bounded buffer (never a second copy of a
-/// tensor in memory); the body's length and CRC-32, known at its end, are then written into
-/// the header.
+/// tensor in memory), or from the rows of a `streamed` parameter as they arrive; the body's
+/// length and CRC-32, known at its end, are then written into the header.
+///
+/// The body is the model configuration, the tensors (their count, then each one's name and
+/// tensor) and the training state (an option), in that order: bincode lays out a struct as its
+/// fields one after another, so writing them part by part writes the bytes the whole would.
 fn write_checkpoint<F: Element, W: Write + Seek>(
     out: &mut W,
     model: &Model<F>,
     params: &Params<F>,
     training: Option<&TrainingState<F>>,
+    mut streamed: Option<&mut StreamedParam<'_, F>>,
 ) -> std::io::Result<()> {
     let start = out.stream_position()?;
     let mut header = Vec::with_capacity(HEADER_LEN);
@@ -467,26 +459,32 @@ fn write_checkpoint<F: Element, W: Write + Seek>(
     header.extend_from_slice(&padded::<16>(env!("CARGO_PKG_VERSION")));
     header.extend_from_slice(&[0; 16]); // body length, CRC-32, reserved: filled in below
     out.write_all(&header)?;
-    let body = Body {
-        config: model.config(),
-        tensors: params
-            .ids()
-            .map(|id| NamedTensor {
-                name: params.name(id),
-                tensor: params.get(id),
-            })
-            .collect(),
-        training,
-    };
     let mut hashed = Hashed {
         inner: &mut *out,
         hasher: crc32fast::Hasher::new(),
         len: 0,
     };
-    let mut buffered = BufWriter::with_capacity(1 << 20, &mut hashed);
-    codec::encode_into(&body, &mut buffered)?;
-    buffered.flush()?;
-    drop(buffered);
+    let mut body = BufWriter::with_capacity(1 << 20, &mut hashed);
+    codec::encode_into(model.config(), &mut body)?;
+    codec::encode_into(&(params.len() as u64), &mut body)?;
+    for id in params.ids() {
+        codec::encode_into(&params.name(id), &mut body)?;
+        match streamed.as_deref_mut() {
+            Some(param) if param.id == id => {
+                rows::write_rows(&mut body, params.name(id), param.shape, &mut param.value)?
+            }
+            _ => codec::encode_into(params.get(id), &mut body)?,
+        }
+    }
+    match (training, streamed) {
+        (Some(training), Some(param)) => {
+            codec::encode_into(&1u8, &mut body)?; // an option's tag: present
+            rows::write_training_state(&mut body, training, param)?;
+        }
+        (training, _) => codec::encode_into(&training, &mut body)?,
+    }
+    body.flush()?;
+    drop(body);
     let (len, crc) = (hashed.len, hashed.hasher.finalize());
     out.seek(SeekFrom::Start(start + 32))?;
     out.write_all(&len.to_le_bytes())?;
@@ -650,6 +648,9 @@ struct Stored<F: Element> {
     /// `[C, D]` class centres): their shape is checked transposed, and they are handed over
     /// transposed back.
     transposed: HashSet<String>,
+    /// The tensor read as some of its rows ([`load_rows`]), with the shape the file stores:
+    /// that shape is checked, and the rows are handed over.
+    cut: Option<(String, Vec<usize>)>,
     error: Option<CheckpointError>,
 }
 
@@ -661,15 +662,19 @@ impl<F: Element> ParamSource<F> for Stored<F> {
         } else {
             shape.to_vec()
         };
+        let stored_shape = |t: &Tensor<F>| match &self.cut {
+            Some((cut, shape)) if cut == name => shape.clone(),
+            _ => t.shape().to_vec(),
+        };
         match self.tensors.remove(name) {
-            Some(t) if t.shape() == expected && transposed => t.transpose(),
-            Some(t) if t.shape() == expected => t,
+            Some(t) if stored_shape(&t) == expected && transposed => t.transpose(),
+            Some(t) if stored_shape(&t) == expected => t,
             found => {
                 let error = match &found {
                     Some(t) => CheckpointError::TensorShape {
                         name: name.to_string(),
                         expected,
-                        found: t.shape().to_vec(),
+                        found: stored_shape(t),
                     },
                     None => CheckpointError::MissingTensor(name.to_string()),
                 };
@@ -682,17 +687,20 @@ impl<F: Element> ParamSource<F> for Stored<F> {
 }
 
 /// Rebuilds the model `config` describes through `registry`, each layer taking its tensors
-/// from `tensors` by name and shape (those named in `transposed` stored transposed). Every
-/// tensor the configuration needs must be there, and no other.
+/// from `tensors` by name and shape (those named in `transposed` stored transposed; the one
+/// `cut` to some of its rows checked by the shape stored). Every tensor the configuration
+/// needs must be there, and no other.
 fn rebuild<F: Element>(
     config: ModelConfig,
     registry: &LayerRegistry<F>,
     tensors: impl IntoIterator<Item = (String, Tensor<F>)>,
     transposed: HashSet<String>,
+    cut: Option<(String, Vec<usize>)>,
 ) -> Result<(Model<F>, Params<F>), CheckpointError> {
     let mut stored = Stored {
         tensors: HashMap::new(),
         transposed,
+        cut,
         error: None,
     };
     for (name, tensor) in tensors {
@@ -736,19 +744,21 @@ pub fn decode_with<F: Element>(
     let declared = checked_header::<F>(bytes)?;
     check_body_len(declared, (bytes.len() - HEADER_LEN) as u64)?;
     let crc = u32::from_le_bytes(field(bytes, 40));
-    let (parts, _) = read_body(&bytes[HEADER_LEN..], declared, crc, Parts::All, |e| {
+    let ((parts, _), _) = read_body(&bytes[HEADER_LEN..], declared, crc, Parts::All, |e| {
         unreachable!("reading memory cannot fail: {e}")
     })?;
-    assemble(parts, registry)
+    assemble(parts, None, registry)
 }
 
-/// A checkpoint from its decoded parts: the model rebuilt through `registry`, the training
-/// state checked against its parameters.
+/// A checkpoint from its decoded parts: the model rebuilt through `registry` (the tensor `cut`
+/// to some of its rows checked by the shape stored), the training state checked against its
+/// parameters.
 fn assemble<F: Element>(
     (config, tensors, training): BodyParts<F>,
+    cut: Option<(String, Vec<usize>)>,
     registry: &LayerRegistry<F>,
 ) -> Result<Checkpoint<F>, CheckpointError> {
-    let (model, params) = rebuild(config, registry, tensors, HashSet::new())?;
+    let (model, params) = rebuild(config, registry, tensors, HashSet::new(), cut)?;
     if let Some(training) = &training {
         training
             .validate(&params)
@@ -761,22 +771,34 @@ fn assemble<F: Element>(
     })
 }
 
-/// A body's parts, in the order [`Body`] writes them: the configuration, the tensors by name
-/// (a name given twice is refused as an unexpected tensor), the training state.
+/// A body's parts, in the order [`write_checkpoint`] writes them: the configuration, the
+/// tensors by name (a name given twice is refused as an unexpected tensor), the training state.
 type BodyParts<F> = (
     ModelConfig,
     HashMap<String, Tensor<F>>,
     Option<TrainingState<F>>,
 );
 
+/// A body's parts read with [`Parts::Rows`]: the parts, and the shape the file stores of the
+/// tensor cut to some of its rows (`None` when the body holds no tensor of that name).
+type CutParts<F> = (BodyParts<F>, Option<Vec<usize>>);
+
 /// Which parts of a body to decode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Parts {
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Parts<'a> {
     /// Every part.
     All,
     /// The configuration and the tensors; the training state's bytes are only checked
     /// against the checksum.
     Model,
+    /// Every part, but of the tensor `name` and of its optimiser's moments only the rows
+    /// `rows` ([`load_rows`]).
+    Rows {
+        /// The tensor's name.
+        name: &'a str,
+        /// The rows kept.
+        rows: std::ops::Range<usize>,
+    },
 }
 
 /// Reads the `declared` bytes of a body from `source` as they stream, each tensor straight
@@ -787,9 +809,9 @@ fn read_body<F: Element, R: Read>(
     source: R,
     declared: u64,
     crc: u32,
-    parts: Parts,
+    parts: Parts<'_>,
     io_error: impl FnOnce(std::io::Error) -> CheckpointError,
-) -> Result<(BodyParts<F>, R), CheckpointError> {
+) -> Result<(CutParts<F>, R), CheckpointError> {
     let mut reader = codec::Reader::new(source, declared);
     let decoded = read_parts(&mut reader, parts);
     let (ending, source) = reader.end().map_err(io_error)?;
@@ -811,29 +833,40 @@ fn read_body<F: Element, R: Read>(
 
 fn read_parts<F: Element, R: Read>(
     reader: &mut codec::Reader<R>,
-    parts: Parts,
-) -> Result<BodyParts<F>, CheckpointError> {
+    parts: Parts<'_>,
+) -> Result<CutParts<F>, CheckpointError> {
     let config = reader.read(|| "the model configuration".to_string())?;
     let count = reader.read_len(|| "the tensor count".to_string())?;
     // no capacity by the count: each tensor takes bytes, so the loop ends with the body
     let mut tensors = HashMap::new();
+    // the cut tensor's position (its parameter's index, whose moments are cut too) and shape
+    let mut cut = None;
     for i in 0..count {
         let name = reader.read_text(|| format!("tensor #{i}'s name"))?;
-        let tensor = reader.read_tensor(|| format!("tensor {}", Quoted(&name)))?;
+        let part = || format!("tensor {}", Quoted(&name));
+        let tensor = match &parts {
+            Parts::Rows { name: kept, rows } if *kept == name => {
+                let (tensor, shape) = reader.read_rows(part, Some(rows.clone()))?;
+                cut = Some((i as usize, shape));
+                tensor
+            }
+            _ => reader.read_tensor(part)?,
+        };
         if tensors.contains_key(&name) {
             return Err(CheckpointError::UnexpectedTensor(name));
         }
         tensors.insert(name, tensor);
     }
     let training = match parts {
-        Parts::All => {
-            let training = reader.read_stream(|| "the training state".to_string())?;
-            reader.finish()?;
-            training
+        Parts::All => reader.read_stream(|| "the training state".to_string())?,
+        Parts::Model => return Ok(((config, tensors, None), None)),
+        Parts::Rows { rows, .. } => {
+            let moments = cut.as_ref().map(|(index, _)| (*index, rows));
+            rows::read_training_state(reader, moments)?
         }
-        Parts::Model => None,
     };
-    Ok((config, tensors, training))
+    reader.finish()?;
+    Ok(((config, tensors, training), cut.map(|(_, shape)| shape)))
 }
 
 /// Saves a checkpoint atomically (temporary file, flush, sync, rename). What it writes, it
@@ -857,7 +890,9 @@ pub fn save<F: Element>(
             .validate(params)
             .map_err(CheckpointError::UnsoundTrainingState)?;
     }
-    write_atomically(path, |file| write_checkpoint(file, model, params, training))
+    write_atomically(path, |file| {
+        write_checkpoint(file, model, params, training, None)
+    })
 }
 
 /// Loads a checkpoint, building its layers with the crate's kinds
@@ -884,12 +919,12 @@ pub fn load_with<F: Element>(
     path: &Path,
     registry: &LayerRegistry<F>,
 ) -> Result<Checkpoint<F>, CheckpointError> {
-    assemble(read_file(path, Parts::All)?, registry)
+    assemble(read_file(path, Parts::All)?.0, None, registry)
 }
 
 /// A checkpoint file's parts, read without trusting them: see [`load`]. The body streams
 /// from the file into the tensors, never held whole.
-fn read_file<F: Element>(path: &Path, parts: Parts) -> Result<BodyParts<F>, CheckpointError> {
+fn read_file<F: Element>(path: &Path, parts: Parts<'_>) -> Result<CutParts<F>, CheckpointError> {
     let (file, len) = files::open_regular(path).map_err(|e| match e {
         OpenError::Io(e) => io_error(path, e),
         OpenError::NotRegular(kind) => CheckpointError::NotRegularFile {
@@ -949,8 +984,8 @@ pub fn load_head_with<F: Element>(
     path: &Path,
     registry: &LayerRegistry<F>,
 ) -> Result<TrainedHead<F>, CheckpointError> {
-    let (config, tensors, _) = read_file::<F>(path, Parts::Model)?;
-    let (model, params) = rebuild(config, registry, tensors, HashSet::new())?;
+    let ((config, tensors, _), _) = read_file::<F>(path, Parts::Model)?;
+    let (model, params) = rebuild(config, registry, tensors, HashSet::new(), None)?;
     Ok(TrainedHead::take(&model, params))
 }
 

@@ -242,7 +242,7 @@ pub fn decode_safetensors_with<F: Element>(
         }
     }
     let transposed = transposed_names(&config);
-    let (model, params) = rebuild(config, registry, tensors, transposed)?;
+    let (model, params) = rebuild(config, registry, tensors, transposed, None)?;
     // what a save refuses, a load refuses too: a model with a NaN or an infinity in it
     params.ensure_finite().map_err(CheckpointError::NonFinite)?;
     Ok(Checkpoint {

@@ -44,6 +44,10 @@ pub struct ClassParallelHead {
 }
 
 impl ClassParallelHead {
+    /// The most elements [`ClassParallelHead::stream_in_order`] sends at a time: 1 MiB of
+    /// `f32`.
+    pub const STREAM_CHUNK: usize = 1 << 18;
+
     /// The head over `classes` classes, of which this rank holds [`ClassParallelHead::shard`].
     ///
     /// # Errors
@@ -152,6 +156,64 @@ impl ClassParallelHead {
         all.truncate(self.classes * d);
         all.shrink_to_fit();
         Some(Tensor::from_vec(all, &[self.classes, d]).expect("C rows of D"))
+    }
+
+    /// Every rank's shard `local` (`[len, D]`, this rank's rows of a `[C, D]` matrix: the
+    /// centres, their momentum) handed to `sink` on rank 0 in class order, chunk by chunk
+    /// (collective): rank 0's own rows straight from `local`, each other rank's sent by a
+    /// [`World::broadcast`] from it, [`Self::STREAM_CHUNK`] elements at most at a time; so no rank
+    /// ever holds more than its shard and a chunk, and rank 0 can write the whole matrix to a
+    /// file as it arrives. `sink` is called on rank 0 only. Once it fails, the chunks left are
+    /// still sent (no rank is left waiting) but not handed over, and its first error is
+    /// returned.
+    ///
+    /// # Panics
+    /// When `local` is not this rank's `[len, D]`.
+    #[track_caller]
+    pub fn stream_in_order<F: Element + Wire, E>(
+        &self,
+        world: &World,
+        local: &Tensor<F>,
+        mut sink: impl FnMut(&[F]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let d = match local.shape() {
+            &[len, d] if len == self.shard.len() => d,
+            shape => panic!(
+                "shape mismatch in class-parallel head stream_in_order: shard {shape:?} \
+                 (expected [{}, D])",
+                self.shard.len()
+            ),
+        };
+        let mut outcome = Ok(());
+        let mut deliver = |chunk: &[F]| {
+            if outcome.is_ok() {
+                outcome = sink(chunk);
+            }
+        };
+        let rows_per_chunk = (Self::STREAM_CHUNK / d.max(1)).max(1);
+        let mut buffer = Vec::new();
+        for rank in 0..world.size() {
+            let rows = Self::shard_of(self.classes, world.size(), rank);
+            for first in (0..rows.len()).step_by(rows_per_chunk) {
+                let chunk = first * d..(first + rows_per_chunk).min(rows.len()) * d;
+                match (rank, world.rank()) {
+                    (0, 0) => deliver(&local.data()[chunk]),
+                    (0, _) => {}
+                    (from, me) => {
+                        buffer.clear();
+                        match from == me {
+                            true => buffer.extend_from_slice(&local.data()[chunk]),
+                            false => buffer.resize(chunk.len(), F::ZERO),
+                        }
+                        world.broadcast(&mut buffer, from);
+                        if me == 0 {
+                            deliver(&buffer);
+                        }
+                    }
+                }
+            }
+        }
+        outcome
     }
 
     /// One step (collective): `features` are this rank's `[b, D]` on its tape, `labels` its

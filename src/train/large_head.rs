@@ -25,8 +25,11 @@
 //! (the loss is already the global batch's). The global batches are the same on any number of
 //! ranks, and so is the class sample ([`ClassSample::draw_keyed`], keyed by the seed and the
 //! step): a run on `N` ranks follows one process's to rounding, and a checkpoint (one file,
-//! the whole head gathered on rank 0) resumes on any number of ranks. One process is a world
-//! of one ([`train_large_head`]), where the shard is the whole head.
+//! the one a single process writes, streamed to rank 0 a chunk at a time) resumes on any
+//! number of ranks. No rank holds more of the head than its shard at any moment: it draws
+//! only its rows of the fresh head (the same as one process draws), reads only its rows of a
+//! checkpoint, and sends its rows to rank 0's file in chunks. One process is a world of one
+//! ([`train_large_head`]), where the shard is the whole head.
 //!
 //! The loss is [`LargeHeadConfig::loss`], a loss of the margin family; the blocked head also
 //! computes the sample-adaptive losses and SphereFace2 ([`BlockLoss`](crate::loss::BlockLoss)),
@@ -34,7 +37,7 @@
 //! `t`, SphereFace2's bias) would join the checkpoint beside the centres' momentum.
 
 use super::{Footprint, available_memory};
-use crate::checkpoint::{self, CheckpointError, TrainingState};
+use crate::checkpoint::{self, CheckpointError, StreamedParam, TrainingState};
 use crate::data::{BatchSampler, IdentitiesConfig, SyntheticIdentities};
 use crate::distributed::{
     ClassParallelHead, Sampling, World, parameter_checksum, reduce_gradients,
@@ -44,10 +47,15 @@ use crate::kernels::{MatRef, first_non_finite, gemm, normalize_rows};
 use crate::loss::ClassSample;
 use crate::loss::{BlockedHead, MarginLoss};
 use crate::metrics::{Verification, make_pairs, pair_scores, verification};
-use crate::nn::{Forward, HeadConfig, MlpConfig, Model, ModelConfig};
+use crate::nn::{
+    Fill, Forward, HEAD_PREFIX, HeadConfig, MlpConfig, Model, ModelConfig, ParamSource,
+};
 use crate::optim::{Method, Optimizer, ParamState, sgd_momentum_update};
 use crate::{Error, Graph, Labels, ParamId, Params, Tensor, seeded_rng};
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::ops::Range;
 use std::path::Path;
 use std::time::Instant;
 
@@ -203,10 +211,10 @@ impl LargeHeadConfig {
     }
 
     /// The memory rank `rank` of `ranks` will hold ([`train_large_head_distributed`]): its
-    /// shard of the centres and of their momentum, and, on more than one rank, the whole head
-    /// and its momentum while the run starts (initialised, or read from a checkpoint, before
-    /// the shard is cut out) or while rank 0 gathers them to save; the rest as
-    /// [`LargeHeadConfig::footprint`], the global batch's features included.
+    /// shard of the centres and of their momentum, and never more of them (a rank draws, or
+    /// reads from a checkpoint, only its shard's rows, and the checkpoint streams to rank 0's
+    /// file a chunk at a time); the rest as [`LargeHeadConfig::footprint`], the global batch's
+    /// features included.
     ///
     /// # Errors
     /// [`Error::TooLarge`] when a share overflows 64 bits.
@@ -215,12 +223,9 @@ impl LargeHeadConfig {
         let classes = ("identities", self.identities.trained);
         let dim = ("embed_dim", self.embed_dim);
         let mut footprint = Footprint::new();
-        // centres and momentum: the rank's shard, and the whole head while starting or saving
+        // centres and momentum: the rank's shard
         let shard = ClassParallelHead::shard_of(self.identities.trained, ranks.max(1), rank);
         footprint.add(2 * F32, &[("identities", shard.len()), dim])?;
-        if ranks > 1 {
-            footprint.add(2 * F32, &[classes, dim])?;
-        }
         // the embedder's weights, gradients and momentum
         let mut width = self.identities.input_dim;
         for &next in self.hidden.iter().chain([&self.embed_dim]) {
@@ -408,10 +413,11 @@ pub fn resume_large_head(
 /// [`train_large_head`] (or, with `resume_from`, [`resume_large_head`]) over the ranks of
 /// `world` (collective: every rank calls it with the same settings), the head class-parallel:
 /// see the [module documentation](self). Rank `k` embeds samples `k·b..(k + 1)·b` of each
-/// global batch of [`LargeHeadConfig::batch`] samples (`b = batch / N`); the checkpoint, one
-/// file with the whole head, is written by rank 0 alone (`checkpoint_path` is read there only)
-/// and resumes on any number of ranks; `resume_from` is read by every rank. Every rank returns
-/// the same report but for [`LargeHeadReport::footprint_bytes`], its own.
+/// global batch of [`LargeHeadConfig::batch`] samples (`b = batch / N`); the checkpoint, the
+/// file one process writes, is written by rank 0 alone from every rank's shard streamed to it
+/// in chunks (`checkpoint_path` is read there only) and resumes on any number of ranks;
+/// `resume_from` is read by every rank, each its own rows of the head. Every rank returns the
+/// same report but for [`LargeHeadReport::footprint_bytes`], its own.
 ///
 /// # Errors
 /// As [`train_large_head`], on every rank: the failing rank's own error there, and on the
@@ -440,21 +446,34 @@ pub fn train_large_head_distributed(
     )
 }
 
-/// Where a run starts: the model, its optimisers' state, the step and the generator.
+/// Where a run starts: the model (its centres taken out of `params`, which hold an empty
+/// tensor in their place), its optimisers' state, this rank's shard of the centres and of
+/// their momentum, the step and the generator.
 struct Start {
     model: Model<f32>,
     params: Params<f32>,
     optimizer: Optimizer<f32>,
+    centres: Tensor<f32>,
+    /// Empty before the first step.
     velocity: Tensor<f32>,
     step: u64,
     rng: crate::SeededRng,
 }
 
-/// A fresh start from the seed.
-fn fresh(config: &LargeHeadConfig) -> Result<Start, Error> {
+/// A fresh start from the seed, holding the centres of the classes `shard` only: the model as
+/// [`Model::new`] draws it in one process, bit for bit, and the generator where that draw
+/// leaves it ([`ShardOfCentres`]).
+fn fresh(config: &LargeHeadConfig, shard: Range<usize>) -> Result<Start, Error> {
     let mut rng = seeded_rng(config.seed);
     let mut params = Params::<f32>::new();
-    let model = Model::new(config.model()?, &mut params, &mut rng)?;
+    let mut source = ShardOfCentres {
+        rng: &mut rng,
+        name: centres_name(),
+        rows: shard,
+        shard: None,
+    };
+    let model = Model::new(config.model()?, &mut params, &mut source)?;
+    let centres = source.shard.take().expect("the model has centres");
     let method = Method::Sgd {
         momentum: config.momentum,
         nesterov: false,
@@ -464,15 +483,80 @@ fn fresh(config: &LargeHeadConfig) -> Result<Start, Error> {
         model,
         params,
         optimizer,
+        centres,
         velocity: Tensor::zeros(&[0]),
         step: 0,
         rng,
     })
 }
 
-/// The start saved at `from`, checked against `config`.
-fn resumed(config: &LargeHeadConfig, from: &Path) -> Result<Start, LargeHeadError> {
-    let loaded = checkpoint::load::<f32>(from).map_err(LargeHeadError::Checkpoint)?;
+/// The name of the centres in the store and in a checkpoint.
+fn centres_name() -> String {
+    format!("{HEAD_PREFIX}.weight")
+}
+
+/// A fresh model's tensors as the generator draws them, but for the centres `name`, of which
+/// only the rows `rows` are kept (in `shard`; the model's store gets an empty tensor).
+struct ShardOfCentres<'a> {
+    rng: &'a mut crate::SeededRng,
+    name: String,
+    rows: Range<usize>,
+    shard: Option<Tensor<f32>>,
+}
+
+impl ParamSource<f32> for ShardOfCentres<'_> {
+    fn tensor(&mut self, name: &str, shape: &[usize], fill: Fill) -> Tensor<f32> {
+        match (fill, shape) {
+            (Fill::Normal { std }, &[rows, d]) if name == self.name => {
+                let keep = self.rows.clone();
+                self.shard = Some(normal_rows(rows, d, std, keep, self.rng));
+                Tensor::zeros(&[0])
+            }
+            _ => self.rng.tensor(name, shape, fill),
+        }
+    }
+}
+
+/// Rows `keep` of the `[rows, d]` matrix of `N(0, std²)` elements that [`Tensor::randn`] draws
+/// whole from `rng`, and `rng` left where that draw leaves it. `Tensor::randn` draws its
+/// elements one after another from one stream (each normal takes a variable number of words
+/// from it), so the stream cannot be skipped ahead: the rows before and after `keep` are drawn
+/// too, in chunks of at most [`DRAW_CHUNK`] elements, and dropped. It costs what the whole
+/// draw costs in time, `O(rows·d)` (about a second per 10⁸ elements), and holds the kept rows
+/// and one chunk.
+fn normal_rows(
+    rows: usize,
+    d: usize,
+    std: f64,
+    keep: Range<usize>,
+    rng: &mut crate::SeededRng,
+) -> Tensor<f32> {
+    let skip = |rows: Range<usize>, rng: &mut crate::SeededRng| {
+        let per_chunk = (DRAW_CHUNK / d.max(1)).max(1);
+        for start in rows.clone().step_by(per_chunk) {
+            let n = per_chunk.min(rows.end - start);
+            drop(Tensor::<f32>::randn(&[n, d], 0.0, std, rng));
+        }
+    };
+    skip(0..keep.start, rng);
+    let kept = Tensor::randn(&[keep.len(), d], 0.0, std, rng);
+    skip(keep.end..rows, rng);
+    kept
+}
+
+/// The most elements [`normal_rows`] draws at a time to drop them: 4 MiB of `f32`.
+const DRAW_CHUNK: usize = 1 << 20;
+
+/// The start saved at `from`, checked against `config`, holding the centres of the classes
+/// `shard` only, and their momentum: the file streams through, the other rows dropped
+/// ([`checkpoint::load_rows`]).
+fn resumed(
+    config: &LargeHeadConfig,
+    from: &Path,
+    shard: Range<usize>,
+) -> Result<Start, LargeHeadError> {
+    let loaded = checkpoint::load_rows::<f32>(from, &centres_name(), shard)
+        .map_err(LargeHeadError::Checkpoint)?;
     let invalid = |requirement| Error::InvalidSetting {
         name: "checkpoint to resume",
         value: 0.0,
@@ -520,10 +604,12 @@ fn resumed(config: &LargeHeadConfig, from: &Path) -> Result<Start, LargeHeadErro
         saved.steps < config.steps,
         "fewer than the run's steps (nothing to do: the checkpoint already holds this many)",
     )?;
-    let optimizer = Optimizer::from_state(training.optimizer, &loaded.params)?;
+    let mut params = loaded.params;
+    let optimizer = Optimizer::from_state(training.optimizer, &params)?;
     Ok(Start {
         model: loaded.model,
-        params: loaded.params,
+        centres: std::mem::replace(params.get_mut(centres), Tensor::zeros(&[0])),
+        params,
         optimizer,
         velocity: saved.first,
         step: saved.steps,
@@ -554,35 +640,22 @@ fn run(
         config.batch,
         config.identities.seed,
     )?;
+    // this rank's shard of the centres and of their momentum, never the whole head; they live
+    // outside the store (a graph holds the store)
     let start = match from {
-        None => fresh(config).map_err(LargeHeadError::from),
-        Some(path) => resumed(config, path),
+        None => fresh(config, shard.clone()).map_err(LargeHeadError::from),
+        Some(path) => resumed(config, path, shard.clone()),
     };
     let Start {
         model,
         mut params,
         mut optimizer,
-        velocity,
+        mut centres,
+        mut velocity,
         step: first_step,
         mut rng,
     } = agree(world, start)?;
     let centres_id = model.head().parameters()[0];
-    // the centres live outside the store while training (a graph holds the store), and go
-    // back for saving; on more than one rank this rank's shard is cut out and the whole head
-    // dropped
-    let whole = std::mem::replace(params.get_mut(centres_id), Tensor::zeros(&[0]));
-    let (mut centres, mut velocity) = match world.size() {
-        1 => (whole, velocity),
-        _ => {
-            let centres = head.take_shard(&whole)?;
-            drop(whole);
-            let velocity = match velocity.numel() {
-                0 => velocity,
-                _ => head.take_shard(&velocity)?,
-            };
-            (centres, velocity)
-        }
-    };
     if velocity.shape() != centres.shape() {
         velocity = Tensor::zeros(centres.shape());
     }
@@ -593,9 +666,9 @@ fn run(
     let (lr, momentum) = (config.lr, config.momentum);
     let d = config.embed_dim;
     let save_at = |step: u64,
-                   params: &mut Params<f32>,
-                   centres: &mut Tensor<f32>,
-                   velocity: &mut Tensor<f32>,
+                   params: &Params<f32>,
+                   centres: &Tensor<f32>,
+                   velocity: &Tensor<f32>,
                    optimizer: &Optimizer<f32>,
                    rng: &crate::SeededRng|
      -> Result<(), LargeHeadError> {
@@ -610,7 +683,7 @@ fn run(
             rng,
             fingerprint: config.fingerprint(),
         };
-        let saved = save_whole(world, &head, path, params, centres, velocity, &run);
+        let saved = save_shards(world, &head, path, params, [centres, velocity], &run);
         agree(world, saved.map_err(LargeHeadError::Checkpoint))
     };
 
@@ -684,14 +757,7 @@ fn run(
         }
         let every = config.checkpoint_every;
         if every > 0 && (step + 1) % every == 0 && step + 1 < config.steps {
-            save_at(
-                step + 1,
-                &mut params,
-                &mut centres,
-                &mut velocity,
-                &optimizer,
-                &rng,
-            )?;
+            save_at(step + 1, &params, &centres, &velocity, &optimizer, &rng)?;
         }
     }
     let train_seconds = started.elapsed().as_secs_f64();
@@ -723,14 +789,7 @@ fn run(
     let verification = verification(&pairs, &scores, crate::metrics::FOLDS, config.seed)?;
 
     let save_started = Instant::now();
-    save_at(
-        config.steps,
-        &mut params,
-        &mut centres,
-        &mut velocity,
-        &optimizer,
-        &rng,
-    )?;
+    save_at(config.steps, &params, &centres, &velocity, &optimizer, &rng)?;
     Ok(LargeHeadReport {
         config: config.clone(),
         first_loss: first,
@@ -776,32 +835,43 @@ fn agree<T>(world: &World, local: Result<T, LargeHeadError>) -> Result<T, LargeH
 }
 
 /// Saves the whole model from this rank's shard of the centres and of their momentum
-/// (collective): in a world of one, the centres are moved into the store for the save and
-/// back; on more than one rank, rank 0 gathers the whole head and its momentum, writes them,
-/// and drops them.
-fn save_whole(
+/// (collective), the file that one process writes: rank 0 writes it, the rows of the centres
+/// and then of the momentum streaming in class order from every rank's `shards`
+/// ([`ClassParallelHead::stream_in_order`]), so that no rank holds more than its shard and a
+/// chunk. Every rank runs both streams to their end whatever happens on rank 0, so that none
+/// is left waiting; the outcome is rank 0's.
+fn save_shards(
     world: &World,
     head: &ClassParallelHead,
     path: &Path,
-    params: &mut Params<f32>,
-    centres: &mut Tensor<f32>,
-    velocity: &mut Tensor<f32>,
+    params: &Params<f32>,
+    shards: [&Tensor<f32>; 2],
     run: &SavedRun<'_>,
 ) -> Result<(), CheckpointError> {
-    if world.size() == 1 {
-        std::mem::swap(params.get_mut(run.centres), centres);
-        let saved = save(path, params, velocity, run);
-        std::mem::swap(params.get_mut(run.centres), centres);
-        return saved;
-    }
-    let whole_centres = head.gather(world, centres);
-    let whole_velocity = head.gather(world, velocity);
-    let (Some(whole_centres), Some(mut whole_velocity)) = (whole_centres, whole_velocity) else {
-        return Ok(());
+    // which streams rank 0's writer has run (the ones it has not, it runs with no sink after)
+    let ran = [Cell::new(false), Cell::new(false)];
+    let stream = |which: usize, sink: &mut dyn FnMut(&[f32]) -> std::io::Result<()>| {
+        ran[which].set(true);
+        head.stream_in_order(world, shards[which], sink)
     };
-    *params.get_mut(run.centres) = whole_centres;
-    let saved = save(path, params, &mut whole_velocity, run);
-    *params.get_mut(run.centres) = Tensor::zeros(&[0]);
+    let saved = match world.is_root() {
+        true => {
+            let d = shards[0].shape()[1];
+            let streamed = StreamedParam {
+                id: run.centres,
+                shape: [head.classes(), d],
+                value: &mut |sink| stream(0, sink),
+                moment: &mut |sink| stream(1, sink),
+            };
+            save(path, params, streamed, run)
+        }
+        false => Ok(()),
+    };
+    for (shard, ran) in shards.into_iter().zip(&ran) {
+        if !ran.get() {
+            let Ok(()) = head.stream_in_order(world, shard, |_| Ok::<_, Infallible>(()));
+        }
+    }
     saved
 }
 
@@ -820,12 +890,12 @@ struct SavedRun<'a> {
 }
 
 /// Saves the model with its training state: the embedder's optimiser, the centres' momentum
-/// with the steps done, and the generator, written streaming. The momentum is moved into the
-/// state for the save and back after it, never copied.
+/// with the steps done, and the generator, written streaming, the centres and their momentum
+/// from `centres`' streams.
 fn save(
     path: &Path,
     params: &Params<f32>,
-    velocity: &mut Tensor<f32>,
+    centres: StreamedParam<'_, f32>,
     run: &SavedRun<'_>,
 ) -> Result<(), CheckpointError> {
     let mut state = run.optimizer.state().clone();
@@ -833,9 +903,10 @@ fn save(
     if state.per_param.len() <= index {
         state.per_param.resize_with(index + 1, || None);
     }
+    // stand-ins: the momentum streams in
     state.per_param[index] = Some(ParamState {
         steps: run.step,
-        first: std::mem::replace(velocity, Tensor::zeros(&[0])),
+        first: Tensor::zeros(&[0]),
         second: Tensor::zeros(&[0]),
     });
     let training = TrainingState {
@@ -844,13 +915,7 @@ fn save(
         rng: run.rng.clone(),
         history: Vec::new(),
     };
-    let saved = checkpoint::save(path, run.model, params, Some(&training));
-    let TrainingState { mut optimizer, .. } = training;
-    *velocity = optimizer.per_param[index]
-        .take()
-        .expect("put there above")
-        .first;
-    saved
+    checkpoint::save_streamed(path, run.model, params, &training, centres)
 }
 
 /// The nearest centre (largest cosine) of each embedding, over the centres `[C, D]` visited
@@ -927,4 +992,71 @@ fn nearest_scored(
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rank_draws_the_rows_of_its_shard_of_the_head_one_process_draws() {
+        let config = |classes| LargeHeadConfig {
+            identities: IdentitiesConfig {
+                trained: classes,
+                unseen: 10,
+                ..IdentitiesConfig::default()
+            },
+            hidden: vec![6],
+            embed_dim: 5,
+            ..LargeHeadConfig::default()
+        };
+        // uneven shards, shards of one class, and a world of one
+        for (classes, ranks) in [(7, 1), (7, 3), (10, 4), (5, 5), (1000, 3)] {
+            let config = config(classes);
+            let whole = fresh(&config, 0..classes).unwrap();
+            assert_eq!(whole.centres.shape(), [classes, 5]);
+            for rank in 0..ranks {
+                let rows = ClassParallelHead::shard_of(classes, ranks, rank);
+                let shard = fresh(&config, rows.clone()).unwrap();
+                let expected = &whole.centres.data()[rows.start * 5..rows.end * 5];
+                assert_eq!(shard.centres.shape(), [rows.len(), 5]);
+                assert_eq!(
+                    shard.centres.data(),
+                    expected,
+                    "{classes} on {ranks}: {rank}"
+                );
+                assert_eq!(
+                    shard.rng, whole.rng,
+                    "the generator ends where one process's does"
+                );
+                assert_eq!(shard.params.len(), whole.params.len());
+                for id in whole.params.ids() {
+                    assert_eq!(shard.params.get(id), whole.params.get(id));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn normal_rows_keeps_rows_of_the_whole_draw_across_chunks() {
+        // 3000 rows of 700: 1497 rows a chunk, so the dropped rows take several chunks
+        let (rows, d) = (3000, 700);
+        let mut rng = seeded_rng(5);
+        let whole = Tensor::<f32>::randn(&[rows, d], 0.0, 0.1, &mut rng);
+        for keep in [
+            0..0,
+            0..1,
+            1496..1498,
+            2999..3000,
+            100..2900,
+            0..3000,
+            3000..3000,
+        ] {
+            let mut drawn = seeded_rng(5);
+            let kept = normal_rows(rows, d, 0.1, keep.clone(), &mut drawn);
+            assert_eq!(kept.shape(), [keep.len(), d]);
+            assert_eq!(kept.data(), &whole.data()[keep.start * d..keep.end * d]);
+            assert_eq!(drawn, rng, "rows {keep:?}");
+        }
+    }
 }
