@@ -3,7 +3,8 @@
 //! cores) train as one process does on the same global batch, data- and class-parallel; a
 //! checkpoint saved by 2 ranks resumes on 3 and in one process; a rank with bad data, a rank
 //! that panics and ranks started with different settings stop every rank with a clear
-//! message. Every run is bounded by `timeout`, so a hang fails the test instead of blocking CI.
+//! message. Every run is bounded by `timeout`, so a hang fails the test instead of blocking CI
+//! ([`common::mpi`]).
 //!
 //! Needs the `mpi` feature and Open MPI (`mpirun`); build the examples first:
 //! `cargo build --release --features mpi --example distributed_step --example train`.
@@ -11,29 +12,14 @@
 
 mod common;
 
+use common::mpi::{Program, rank_errors};
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
-/// Seconds any one run may take (they take well under one).
-const LIMIT: &str = "120";
-
-/// The built example (target/<profile>/deps/<test> → target/<profile>/examples/<name>).
-fn example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("distributed_step");
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build --release --features mpi --example distributed_step`",
-        path.display()
-    );
-    path
+/// The built `distributed_step` example.
+fn example() -> Program {
+    Program::example("distributed_step")
 }
 
 /// A small problem: 20 inputs, 16 hidden, 8-d embedding, 31 classes (shards of unequal sizes)
@@ -59,25 +45,10 @@ const SMALL: &[&str] = &[
     "0.05",
 ];
 
-/// Runs `ranks` copies of the example with `args` under `mpirun` (`ranks = 0`: one process
-/// without `mpirun`), killed after [`LIMIT`] seconds.
+/// Runs the example with `args` on `ranks` ranks under `mpirun` (`ranks = 0`: one process
+/// without `mpirun`).
 fn run(ranks: usize, args: &[&str]) -> Output {
-    let mut command = Command::new("timeout");
-    command.args(["--kill-after=10", LIMIT]);
-    if ranks > 0 {
-        command
-            .args(["mpirun", "--oversubscribe", "-n", &ranks.to_string()])
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    }
-    let output = command.arg(example()).args(args).output().unwrap();
-    assert_ne!(
-        output.status.code(),
-        Some(124),
-        "the run hung and was killed after {LIMIT} s: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+    example().run(ranks, args)
 }
 
 /// A path `name` in a scratch folder of its own, removed when the returned guard drops.
@@ -198,21 +169,9 @@ fn a_rank_that_panics_ends_the_run_instead_of_leaving_the_others_waiting() {
 
 #[test]
 fn ranks_started_with_different_settings_are_refused_at_start() {
-    let mut command = Command::new("timeout");
-    command
-        .args(["--kill-after=10", LIMIT, "mpirun", "-n", "1"])
-        .arg(example())
-        .args(SMALL)
-        .args([":", "-n", "1"])
-        .arg(example())
-        .args(SMALL)
-        .args(["--seed", "1"])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    let output = command.output().unwrap();
+    let output = example().run_each(&[SMALL, &[SMALL, &["--seed", "1"]].concat()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
-    assert_ne!(output.status.code(), Some(124), "hung: {stderr}");
     for rank in 0..2 {
         assert!(
             stderr.contains(&format!(
@@ -303,14 +262,8 @@ fn ranks_holding_different_numbers_of_samples_stop_with_a_clear_error() {
 // ---- the trainer: `train --distributed` under mpirun ----
 
 /// The built `train` example (built with `--features mpi`).
-fn trainer() -> PathBuf {
-    let path = example().with_file_name("train");
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build --release --features mpi --example train`",
-        path.display()
-    );
-    path
+fn trainer() -> Program {
+    Program::example("train")
 }
 
 /// A small run of the trainer on the digits: global batch 24 (a multiple of 1, 2 and 3), 59
@@ -335,25 +288,10 @@ const TRAIN: &[&str] = &[
     "1",
 ];
 
-/// Runs `ranks` copies of the trainer with `args` under `mpirun` (`ranks = 0`: one process
-/// without `mpirun`), killed after [`LIMIT`] seconds.
+/// Runs the trainer with `args` on `ranks` ranks under `mpirun` (`ranks = 0`: one process
+/// without `mpirun`).
 fn run_trainer(ranks: usize, args: &[&str]) -> Output {
-    let mut command = Command::new("timeout");
-    command.args(["--kill-after=10", LIMIT]);
-    if ranks > 0 {
-        command
-            .args(["mpirun", "--oversubscribe", "-n", &ranks.to_string()])
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    }
-    let output = command.arg(trainer()).args(args).output().unwrap();
-    assert_ne!(
-        output.status.code(),
-        Some(124),
-        "the run hung and was killed after {LIMIT} s: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+    trainer().run(ranks, args)
 }
 
 /// A fresh folder for a run's outputs.
@@ -438,47 +376,8 @@ fn a_checkpoint_saved_by_two_ranks_resumes_on_three_and_in_one_process() {
     }
 }
 
-/// Starts the trainer as two ranks under `mpirun`, rank 0 with `args0` and rank 1 with
-/// `args1` (Open MPI's `:` syntax).
-fn run_two_trainers(args0: &[&str], args1: &[&str]) -> Output {
-    let output = Command::new("timeout")
-        .args([
-            "--kill-after=10",
-            LIMIT,
-            "mpirun",
-            "--oversubscribe",
-            "-n",
-            "1",
-        ])
-        .arg(trainer())
-        .args(args0)
-        .args([":", "-n", "1"])
-        .arg(trainer())
-        .args(args1)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .output()
-        .unwrap();
-    assert_ne!(
-        output.status.code(),
-        Some(124),
-        "the run hung and was killed after {LIMIT} s: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
 fn as_strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
-}
-
-/// The message after `prefix` on the line of standard error that holds it.
-fn message_after<'a>(stderr: &'a str, prefix: &str) -> &'a str {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains(prefix))
-        .unwrap_or_else(|| panic!("no line with {prefix:?} in: {stderr}"));
-    &line[line.find(prefix).unwrap() + prefix.len()..]
 }
 
 #[test]
@@ -504,17 +403,15 @@ fn a_trainer_rank_with_bad_data_stops_every_rank_with_its_message() {
         args
     };
     let (args0, args1) = (args(&good), args(&bad));
-    let output = run_two_trainers(&as_strs(&args0), &as_strs(&args1));
+    let output = trainer().run_each(&[&as_strs(&args0), &as_strs(&args1)]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
-    let own = message_after(&stderr, "rank 1 of 2: error: ");
+    let errors = rank_errors(&stderr, 2);
+    let own = errors[1].as_str();
     assert!(own.contains("train-labels-idx1-ubyte"), "{stderr}");
     assert_eq!(
-        message_after(
-            &stderr,
-            "rank 0 of 2: error: distributed run stopped: rank 1 of 2 failed: "
-        ),
-        own,
+        errors[0].strip_prefix("distributed run stopped: rank 1 of 2 failed: "),
+        Some(own),
         "{stderr}"
     );
     assert!(
@@ -527,7 +424,7 @@ fn a_trainer_rank_with_bad_data_stops_every_rank_with_its_message() {
 fn trainer_ranks_started_with_different_settings_are_refused_at_start() {
     let (_scratch, out) = out_dir("different-settings");
     let args = [TRAIN, &["--epochs", "1", "--out", out.to_str().unwrap()]].concat();
-    let output = run_two_trainers(&args, &[&args[..], &["--seed", "1"]].concat());
+    let output = trainer().run_each(&[&args, &[&args[..], &["--seed", "1"]].concat()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     for rank in 0..2 {
@@ -573,15 +470,15 @@ fn a_nan_on_one_rank_only_is_a_divergence_at_its_step_on_every_rank() {
     let output = run_trainer(2, &args);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
-    let own = message_after(&stderr, "rank 1 of 2: error: ");
+    let errors = rank_errors(&stderr, 2);
     assert!(
-        own.starts_with("training diverged at epoch 1, step 6: the loss is NaN"),
+        errors[1].starts_with("training diverged at epoch 1, step 6: the loss is NaN"),
         "{stderr}"
     );
     // rank 0 diverged too, at the same step, because of rank 1 (not an error of its input)
-    let other = message_after(&stderr, "rank 0 of 2: error: ");
     assert!(
-        other.starts_with("training diverged at epoch 1, step 6: on rank 1 of 2, the loss is NaN"),
+        errors[0]
+            .starts_with("training diverged at epoch 1, step 6: on rank 1 of 2, the loss is NaN"),
         "{stderr}"
     );
     assert!(!out.join("metrics.json").exists(), "{stderr}");

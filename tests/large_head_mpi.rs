@@ -3,7 +3,8 @@
 //! cores) train as one process does on the same global batches, with every class and with
 //! Partial FC's sampling; a checkpoint written by 2 ranks resumes on 3 and in one process and
 //! ends where the uninterrupted run ends; a divergence and bad input on one rank stop every
-//! rank with a clear message. Every run is bounded by `timeout`, so a hang fails the test.
+//! rank with a clear message. Every run is bounded by `timeout`, so a hang fails the test
+//! ([`common::mpi`]).
 //!
 //! Needs the `mpi` feature and Open MPI (`mpirun`); build the example first:
 //! `cargo build --release --features mpi --example train_large_head`.
@@ -11,25 +12,15 @@
 
 mod common;
 
+use common::mpi::{Program, rank_errors};
 use margrad::checkpoint;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-/// Seconds any one run may take (they take a few).
-const LIMIT: &str = "120";
-
-/// The built example (target/<profile>/deps/<test> → target/<profile>/examples/<name>).
-fn example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let path = dir.join("examples").join("train_large_head");
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build --release --features mpi --example train_large_head`",
-        path.display()
-    );
-    path
+/// The built example, given `--distributed` when started under `mpirun`.
+fn example() -> Program {
+    Program::example("train_large_head").flag_under_mpirun("--distributed")
 }
 
 /// 1,000 identities (shards of 334, 333, 333 on 3 ranks) in blocks of 64, 8-d embeddings,
@@ -60,28 +51,9 @@ const SMALL: &[&str] = &[
 ];
 
 /// Runs the example with `args` on `ranks` ranks under `mpirun` (with `--distributed`), or as
-/// one process without it (`ranks = 0`), killed after [`LIMIT`] seconds.
+/// one process without it (`ranks = 0`).
 fn run(ranks: usize, args: &[&str]) -> Output {
-    let mut command = Command::new("timeout");
-    command.args(["--kill-after=10", LIMIT]);
-    if ranks > 0 {
-        command
-            .args(["mpirun", "--oversubscribe", "-n", &ranks.to_string()])
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-            .arg(example())
-            .arg("--distributed");
-    } else {
-        command.arg(example());
-    }
-    let output = command.args(args).output().unwrap();
-    assert_ne!(
-        output.status.code(),
-        Some(124),
-        "the run hung and was killed after {LIMIT} s: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+    example().run(ranks, args)
 }
 
 /// A path `name` in a scratch folder of its own, removed when the returned guard drops.
@@ -207,20 +179,6 @@ fn a_checkpoint_written_by_two_ranks_resumes_on_three_and_in_one_process() {
     }
 }
 
-/// Every rank's error line in `stderr` (`rank k of n: error: …`).
-fn rank_errors(stderr: &str, ranks: usize) -> Vec<String> {
-    (0..ranks)
-        .map(|rank| {
-            let prefix = format!("rank {rank} of {ranks}: error: ");
-            let at = stderr
-                .find(&prefix)
-                .unwrap_or_else(|| panic!("no error from rank {rank}: {stderr}"));
-            let rest = &stderr[at + prefix.len()..];
-            rest[..rest.find('\n').unwrap_or(rest.len())].to_string()
-        })
-        .collect()
-}
-
 #[test]
 fn a_diverging_run_stops_every_rank_naming_the_step_and_writes_nothing() {
     let (_scratch, out) = out_dir("diverged");
@@ -244,28 +202,7 @@ fn a_diverging_run_stops_every_rank_naming_the_step_and_writes_nothing() {
 
 /// Two ranks started by one `mpirun` with arguments of their own (MPMD).
 fn run_two(args0: &[&str], args1: &[&str]) -> Output {
-    let output = Command::new("timeout")
-        .args([
-            "--kill-after=10",
-            LIMIT,
-            "mpirun",
-            "--oversubscribe",
-            "-n",
-            "1",
-        ])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .arg(example())
-        .arg("--distributed")
-        .args(args0)
-        .args([":", "-n", "1"])
-        .arg(example())
-        .arg("--distributed")
-        .args(args1)
-        .output()
-        .unwrap();
-    assert_ne!(output.status.code(), Some(124), "the run hung");
-    output
+    example().run_each(&[args0, args1])
 }
 
 #[test]

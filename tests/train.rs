@@ -288,6 +288,79 @@ fn train_keeping(config: &TrainConfig, out: &Path, keep: usize) -> PathBuf {
     kept
 }
 
+/// The single-process trainer is the loop written out below from the public step, bit for bit:
+/// per epoch the cosine learning rate, the run's generator shuffling the training set into
+/// batches (the last one shorter: 1,437 samples in batches of 100) and then drawing the dropout
+/// masks step by step, augmentation seeded by the seed, the epoch and the step, and the mean
+/// loss over the samples. The checkpoint holds the same parameters, optimiser state and
+/// generator.
+#[test]
+fn one_process_trains_bit_for_bit_as_the_loop_over_its_steps_written_out() {
+    use margrad::optim::{LrSchedule, Method, Optimizer, Schedule};
+    use margrad::train::{model_config, model_step};
+    let config = TrainConfig {
+        hidden: vec![32],
+        embed_dim: 8,
+        dropout: 0.3,
+        augment: Some(Augment {
+            translate: 1,
+            erase: 0.5,
+        }),
+        epochs: 2,
+        batch: 100,
+        optimizer: MethodName::Sgd,
+        lr: 0.05,
+        momentum: 0.9,
+        ..TrainConfig::default()
+    };
+    let (_scratch, out) = temp("written-out");
+    let metrics = train(&config, &out, &mut |_| {}).unwrap();
+
+    let data = prepare_data(&config.data).unwrap();
+    assert!(!data.train.len().is_multiple_of(config.batch));
+    let mut rng = margrad::seeded_rng(config.seed);
+    let mut params = Params::new();
+    let shape = model_config(&config, data.train.dim(), data.train.classes).unwrap();
+    let model = margrad::nn::Model::new(shape, &mut params, &mut rng).unwrap();
+    let sgd = Method::Sgd {
+        momentum: config.momentum,
+        nesterov: true,
+    };
+    let mut optimizer = Optimizer::new(sgd, &params, config.lr, config.weight_decay).unwrap();
+    let schedule = LrSchedule {
+        schedule: Schedule::Cosine {
+            total: config.epochs,
+            min_factor: 0.01,
+        },
+        warmup: 0,
+    };
+    let augment = config.augment.unwrap();
+    for epoch in 1..=config.epochs {
+        optimizer.set_lr_factor(schedule.factor(epoch - 1));
+        let (mut loss_sum, mut samples) = (0.0, 0);
+        let batches = data.train.shuffled_batches(config.batch, &mut rng);
+        for (index, (x, labels)) in batches.enumerate() {
+            let x = augment.apply(&x, [1, 8, 8], config.seed, epoch as u64, index as u64 + 1);
+            let outcome =
+                model_step(&model, &mut params, &mut optimizer, &mut rng, x, &labels).unwrap();
+            loss_sum += outcome.loss * labels.len() as f64;
+            samples += labels.len();
+        }
+        let loss = loss_sum / samples as f64;
+        let recorded = metrics.history[epoch - 1].loss;
+        assert_eq!(
+            loss.to_bits(),
+            recorded.to_bits(),
+            "epoch {epoch}: {loss} vs {recorded}"
+        );
+    }
+    let saved = checkpoint::load::<f32>(&out.join(CHECKPOINT_FILE)).unwrap();
+    assert_same_params(&saved.params, &params);
+    let training = saved.training.unwrap();
+    assert_same_optimizer(&training.optimizer, optimizer.state());
+    assert_eq!(training.rng, rng);
+}
+
 #[test]
 fn a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does() {
     let config = resumable();

@@ -1,33 +1,33 @@
 //! The trainer over the ranks of a [`World`]: data parallelism of the whole model.
 //!
 //! Every rank loads the data, builds the same model from the same seed (or loads the same
-//! checkpoint) and trains on its own [`Shard`] of each global batch of [`TrainConfig::batch`]
-//! samples; after backward, the ranks' gradients are averaged ([`reduce_gradients`]) and
-//! every rank applies the same update, so that the parameters stay the same on every rank.
+//! checkpoint) and trains on its own [`Shard`](crate::distributed::Shard) of each global batch
+//! of [`TrainConfig::batch`] samples; after backward, the ranks' gradients are averaged
+//! ([`reduce_gradients`]) and every rank applies the same update, so that the parameters stay
+//! the same on every rank.
 //! The ranks agree after every part that can fail on one rank alone (loading the data, a
 //! step's loss and gradients, writing an output): a failure on one rank stops every rank with
 //! its message, and no rank is left waiting. Rank 0 alone reports events and writes the
-//! checkpoint, the export, the figures and metrics.json.
+//! checkpoint, the export, the figures and metrics.json. The loop over epochs and steps is
+//! [`train`](super::train)'s; this file holds the checks at the start and how the ranks
+//! combine a step.
 
-use super::{
-    CHECKPOINT_FILE, DataShape, EpochTally, Event, Footprint, Metrics, PreparedData, Start,
-    TrainError, augmented, available_memory, finish, lr_schedule, model_config, output,
-    prepare_data, save_epoch, start, stopped, test_accuracy,
-};
-use super::{StepError, TrainConfig, step::LocalStep, step::combined_model_step};
-use crate::distributed::{Shard, World, parameter_checksum, reduce_gradients};
+use super::epochs::{self, Sampling};
+use super::{Event, Footprint, Metrics, PreparedData, TrainError, available_memory};
+use super::{StepError, TrainConfig, step::LocalStep};
+use crate::Error;
+use crate::distributed::{World, reduce_gradients};
 use crate::loss::LossKind;
-use crate::{Error, seeded_rng};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// [`train`](super::train) over the ranks of `world` (collective: every rank calls it with the
 /// same configuration, `world.size()` dividing [`TrainConfig::batch`]).
 ///
 /// Step `t` of an epoch trains on the same global batch whatever the number of ranks (a
-/// seeded permutation of the training samples per epoch, [`Shard`]), so that a run on `N`
-/// ranks follows one process's (`World::single()`) to rounding: the sums of the gradients are
-/// split differently, and f32 rounds each split differently. The samples past the last whole
+/// seeded permutation of the training samples per epoch,
+/// [`Shard`](crate::distributed::Shard)), so that a run on `N` ranks follows one process's
+/// (`World::single()`) to rounding: the sums of the gradients are split differently, and f32
+/// rounds each split differently. The samples past the last whole
 /// global batch of an epoch are left out of it. Dropout masks and augmentation are drawn per
 /// rank from the seed, the epoch and the step; BatchNorm normalises with each rank's batch
 /// statistics and its running statistics are averaged over the ranks.
@@ -56,7 +56,7 @@ pub fn train_distributed(
     // agreed as a whole: `threads` is a node's own, so one rank alone may fail here
     world.agree(Footprint::of_threads(config.threads).and_then(|f| f.check(available_memory())))?;
     world.agree(global_threads(config.threads))?;
-    run(world, config, out, on_event)
+    epochs::run(world, Sampling::Sharded, config, out, on_event)
 }
 
 /// Refuses, on more than one rank, a loss whose state is updated from the batch before the
@@ -110,110 +110,8 @@ fn settings_hash_input(config: &TrainConfig) -> Vec<u8> {
     serde_json::to_vec(&shared).expect("configurations serialise")
 }
 
-fn run(
-    world: &World,
-    config: &TrainConfig,
-    out: &Path,
-    on_event: &mut (dyn FnMut(Event) + Send),
-) -> Result<Option<Metrics>, TrainError> {
-    let per_rank = world.agree(batch_per_rank(config.batch, world.size()))?;
-    let data = agree(world, prepare_data(&config.data))?;
-    world.check_same_config("training data", &fingerprint(&data))?;
-    let model_config = world.agree(model_config(config, data.train.dim(), data.train.classes))?;
-    world.agree(
-        Footprint::of_run(config, &DataShape::of(&data))
-            .and_then(|footprint| footprint.check(available_memory())),
-    )?;
-    let Start {
-        model,
-        mut params,
-        mut optimizer,
-        rng,
-        mut history,
-    } = agree(world, start(config, &model_config))?;
-    parameter_checksum(world, &params)?;
-    let claimed = match world.is_root() {
-        true => output::claim(out, config.output, config.resume.as_deref()),
-        false => Ok(()),
-    };
-    agree(world, claimed)?;
-    let shard = Shard::new(world, per_rank, data.train.len())?;
-    // the lengths agree, so every rank decides alike
-    Error::check(
-        "batch",
-        config.batch as f64,
-        shard.steps() > 0,
-        "at most the training set's size (a global batch of the data every step)",
-    )?;
-    let schedule = lr_schedule(config);
-    let checkpoint = out.join(CHECKPOINT_FILE);
-    let mut last_good = config.resume.clone();
-    if let (Some(from), true) = (&config.resume, world.is_root()) {
-        on_event(Event::Resumed {
-            from,
-            epoch: history.len(),
-        });
-    }
-    let steps = shard.steps();
-    for epoch in history.len() + 1..=config.epochs {
-        optimizer.set_lr_factor(schedule.factor(epoch - 1));
-        let started = Instant::now();
-        let mut tally = EpochTally::default();
-        for (index, samples) in shard.batches(config.seed, epoch as u64).iter().enumerate() {
-            let step = index + 1;
-            let (x, labels) = data.train.batch(samples);
-            // each rank draws its own augmentation and dropout masks, the same after a resume
-            let draw = (step - 1) * world.size() + world.rank() + 1;
-            let x = augmented(config, x, epoch, draw);
-            let mut step_rng = seeded_rng(config.seed ^ 0x6a09_e667_f3bc_c908 ^ mix(epoch, draw));
-            let combine = |local| combine(world, local, labels.len());
-            let outcome = combined_model_step(
-                &model,
-                &mut params,
-                &mut optimizer,
-                &mut step_rng,
-                x,
-                &labels,
-                combine,
-            )
-            .map_err(|e| stopped(e, epoch, step, &last_good))?;
-            tally.add(&outcome, shard.global_batch());
-            if world.is_root() {
-                on_event(Event::Step {
-                    epoch,
-                    step,
-                    steps,
-                    loss: outcome.loss,
-                });
-            }
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        // rank 0 judges and saves; the others hold the same record
-        let mut accuracy = [match world.is_root() {
-            true => test_accuracy(&model, &params, &data),
-            false => 0.0,
-        }];
-        world.broadcast(&mut accuracy, 0);
-        history.push(tally.record(epoch, seconds, accuracy[0]));
-        let saved = match world.is_root() {
-            true => save_epoch(&checkpoint, &model, &params, &optimizer, &rng, &history),
-            false => Ok(()),
-        };
-        agree(world, saved)?;
-        last_good = Some(checkpoint.clone());
-        if world.is_root() {
-            on_event(Event::Epoch(history.last().expect("just pushed")));
-        }
-    }
-    let finished = match world.is_root() {
-        true => finish(config, out, &model, &params, &data, model_config, history).map(Some),
-        false => Ok(None),
-    };
-    agree(world, finished)
-}
-
 /// Samples per rank and step: `batch / ranks`.
-fn batch_per_rank(batch: usize, ranks: usize) -> Result<usize, Error> {
+pub(super) fn batch_per_rank(batch: usize, ranks: usize) -> Result<usize, Error> {
     Error::check(
         "batch",
         batch as f64,
@@ -226,7 +124,7 @@ fn batch_per_rank(batch: usize, ranks: usize) -> Result<usize, Error> {
 /// A step's result, combined over the ranks (collective): every rank's success agreed, the
 /// gradients and BatchNorm's running statistics averaged, the loss and the correct
 /// predictions those of the global batch.
-fn combine(
+pub(super) fn combine(
     world: &World,
     local: Result<LocalStep<f32>, StepError>,
     samples: usize,
@@ -317,7 +215,10 @@ fn divergence_of_failed(
 
 /// [`World::agree`] on a result whose error is a [`TrainError`]: the failing rank keeps its
 /// own, the others stop with [`Error::Distributed`] carrying its message.
-fn agree<T>(world: &World, local: Result<T, impl Into<TrainError>>) -> Result<T, TrainError> {
+pub(super) fn agree<T>(
+    world: &World,
+    local: Result<T, impl Into<TrainError>>,
+) -> Result<T, TrainError> {
     let local = local.map_err(Into::into);
     let status = local.as_ref().map(|_| ()).map_err(|e| Error::Distributed {
         message: e.to_string(),
@@ -330,7 +231,7 @@ fn agree<T>(world: &World, local: Result<T, impl Into<TrainError>>) -> Result<T,
 
 /// What must agree between the ranks' training data: their sizes and labels (the features
 /// are not hashed: MNIST's 47 MB would cost a noticeable pass at start).
-fn fingerprint(data: &PreparedData) -> Vec<u8> {
+pub(super) fn fingerprint(data: &PreparedData) -> Vec<u8> {
     let mut bytes = Vec::new();
     for set in [&data.train, &data.test, &data.verify] {
         for n in [set.len(), set.dim(), set.classes] {
@@ -342,7 +243,7 @@ fn fingerprint(data: &PreparedData) -> Vec<u8> {
 }
 
 /// A 64-bit key of `(epoch, draw)` for seeding.
-fn mix(epoch: usize, draw: usize) -> u64 {
+pub(super) fn mix(epoch: usize, draw: usize) -> u64 {
     (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
         ^ (draw as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)
 }

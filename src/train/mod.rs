@@ -12,9 +12,12 @@
 //! two report identical numbers. [`train_step`] is one step of any forward pass, [`model_step`]
 //! one step of a [`Model`]. [`train_large_head`] trains over many identities, with a blocked
 //! head whose centres are updated as they are visited. [`train_distributed`] trains over the
-//! ranks of a [`World`](crate::distributed::World), data-parallel, with the same step.
+//! ranks of a [`World`], data-parallel, through the same loop over epochs and steps as
+//! [`train`], which runs it in a world of one; the two differ only in how they draw their
+//! batches and their steps' random numbers.
 
 mod distributed;
+mod epochs;
 mod figures;
 mod large_head;
 mod memory;
@@ -36,8 +39,11 @@ pub use settings::{
 };
 pub use step::{StepError, StepOutcome, model_step, train_step};
 
+use epochs::Sampling;
+
 use crate::checkpoint::{self, Checkpoint, CheckpointError, TrainingState};
 use crate::data::{Dataset, MnistSplit, digits, load_mnist, synthetic};
+use crate::distributed::World;
 use crate::loss::ExtendedLoss;
 use crate::metrics::{
     EpochRecord, FeatureNorms, Geometry, MagFaceNorms, Roc, Verification, feature_norms, geometry,
@@ -53,7 +59,6 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// The data a run trains and is judged on.
 #[derive(Clone, Debug)]
@@ -606,7 +611,10 @@ pub fn train(
             threads: config.threads,
             message: e.to_string(),
         })?;
-    pool.install(|| run(config, out, on_event))
+    pool.install(|| {
+        let metrics = epochs::run(&World::single(), Sampling::Shuffled, config, out, on_event)?;
+        Ok(metrics.expect("one process is rank 0 of its world"))
+    })
 }
 
 /// Where a run starts: a fresh model, or a checkpoint's.
@@ -724,59 +732,6 @@ fn first_difference<T: Serialize>(root: &str, saved: &T, wanted: &T) -> Option<R
             config,
         }
     })
-}
-
-fn run(
-    config: &TrainConfig,
-    out: &Path,
-    on_event: &mut (dyn FnMut(Event) + Send),
-) -> Result<Metrics, TrainError> {
-    let data = prepare_data(&config.data)?;
-    let model_config = model_config(config, data.train.dim(), data.train.classes)?;
-    Footprint::of_run(config, &DataShape::of(&data))?.check(available_memory())?;
-    let Start {
-        model,
-        mut params,
-        mut optimizer,
-        mut rng,
-        mut history,
-    } = start(config, &model_config)?;
-    output::claim(out, config.output, config.resume.as_deref())?;
-    let schedule = lr_schedule(config);
-    let checkpoint = out.join(CHECKPOINT_FILE);
-    let mut last_good = config.resume.clone();
-    if let Some(from) = &config.resume {
-        on_event(Event::Resumed {
-            from,
-            epoch: history.len(),
-        });
-    }
-    let steps = data.train.len().div_ceil(config.batch);
-    for epoch in history.len() + 1..=config.epochs {
-        optimizer.set_lr_factor(schedule.factor(epoch - 1));
-        let start = Instant::now();
-        let mut tally = EpochTally::default();
-        let order = data.train.shuffled_batches(config.batch, &mut rng);
-        for (index, (x, labels)) in order.enumerate() {
-            let step = index + 1;
-            let x = augmented(config, x, epoch, step);
-            let outcome = model_step(&model, &mut params, &mut optimizer, &mut rng, x, &labels)
-                .map_err(|e| stopped(e, epoch, step, &last_good))?;
-            tally.add(&outcome, labels.len());
-            on_event(Event::Step {
-                epoch,
-                step,
-                steps,
-                loss: outcome.loss,
-            });
-        }
-        let seconds = start.elapsed().as_secs_f64();
-        history.push(tally.record(epoch, seconds, test_accuracy(&model, &params, &data)));
-        save_epoch(&checkpoint, &model, &params, &optimizer, &rng, &history)?;
-        last_good = Some(checkpoint.clone());
-        on_event(Event::Epoch(history.last().expect("just pushed")));
-    }
-    finish(config, out, &model, &params, &data, model_config, history)
 }
 
 /// The start of the run `config` describes: fresh, or its [`TrainConfig::resume`] checkpoint.

@@ -6,6 +6,8 @@ use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use std::path::{Path, PathBuf};
 
+pub mod mpi;
+
 pub type Rng = Xoshiro256PlusPlus;
 
 pub fn rng(seed: u64) -> Rng {
