@@ -456,3 +456,52 @@ fn centres_that_are_not_whole_classes_of_subcentres_panic() {
     let mut w = Tensor::<f64>::zeros(&[13, 8]);
     let _ = head.step(g.leaf(p.x.clone()), &mut w, &p.labels, None, |_, _, _| {});
 }
+
+#[test]
+fn every_loss_steps_the_same_bits_on_a_thread_whose_pool_holds_another_problems_numbers() {
+    // a pass's block buffers are lent from a per-thread pool and handed back unzeroed: each
+    // loss, with and without sub-centres and sampling, must write every buffer before reading
+    // it (B·block·K, block·K·D and B at least the pool's smallest length, 4,096, so that every
+    // buffer of the pass is pooled)
+    let (b, d, c) = (4096, 8, 1200);
+    for k in [1, 2] {
+        let p = problem(b, d, c, k, 21);
+        let other = problem(b, d, c, k, 22);
+        let head = BlockedHead::new(MarginLoss::am(30.0, 0.35).unwrap(), 600)
+            .unwrap()
+            .with_subcenters(k)
+            .unwrap();
+        let sample = ClassSample::draw(&p.labels, c, 0.8, &mut rng(23)).unwrap();
+        for case in cases(b) {
+            let run = |poison: bool| {
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        if poison {
+                            blocked(&other, &case, &head, None);
+                            blocked(&other, &case, &head, Some(&sample));
+                        }
+                        (
+                            blocked(&p, &case, &head, None),
+                            blocked(&p, &case, &head, Some(&sample)),
+                        )
+                    })
+                    .join()
+                    .expect("the steps")
+                })
+            };
+            let (fresh, poisoned) = (run(false), run(true));
+            for (a, b) in [(&fresh.0, &poisoned.0), (&fresh.1, &poisoned.1)] {
+                assert_eq!(a.0.to_bits(), b.0.to_bits(), "{case:?}, K = {k}: loss");
+                assert_eq!(a.1.data(), b.1.data(), "{case:?}, K = {k}: ∂x");
+                assert!(
+                    a.2.data()
+                        .iter()
+                        .zip(b.2.data())
+                        .all(|(u, v)| u.to_bits() == v.to_bits()),
+                    "{case:?}, K = {k}: ∂W"
+                );
+                assert_eq!(a.3.map(f64::to_bits), b.3.map(f64::to_bits), "{case:?}: ∂b");
+            }
+        }
+    }
+}

@@ -241,7 +241,9 @@ impl<R: Read> Reader<R> {
         }
         let (kept, kept_shape) = match rows {
             Some(rows) if elements > 0 => {
-                let count = shape.first().copied().unwrap_or(1);
+                let Some(&count) = shape.first() else {
+                    return Err(fail("it is a scalar, not rows".into()));
+                };
                 if rows.start > rows.end || rows.end > count {
                     return Err(fail(format!(
                         "it has {count} rows, and rows {}..{} were asked for",
@@ -426,5 +428,32 @@ fn serde_sentence(message: String) -> String {
     match variant {
         Some((found, count)) => kind_number(found, count, 0),
         None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Tensor;
+
+    #[test]
+    fn rows_asked_of_a_scalar_are_an_error_not_a_panic() {
+        let mut body = Vec::new();
+        encode_into(&Tensor::scalar(1.5f32), &mut body).unwrap();
+        let reader = || Reader::new(body.as_slice(), body.len() as u64);
+        for rows in [0..0, 0..1, 1..1] {
+            let err = reader()
+                .read_rows::<f32>(|| "tensor \"s\"".into(), Some(rows))
+                .unwrap_err();
+            assert!(
+                err.message.contains("a scalar, not rows"),
+                "{}",
+                err.message
+            );
+        }
+        let whole = reader()
+            .read_tensor::<f32>(|| "tensor \"s\"".into())
+            .unwrap();
+        assert_eq!(whole.data(), [1.5]);
     }
 }

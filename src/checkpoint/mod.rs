@@ -51,8 +51,8 @@
 //! measures it. A matrix that no process holds whole (a class-parallel head's centres, each
 //! rank holding some rows) is written to the same file from streams of its rows and of its
 //! momentum's ([`save_streamed`]), and read some rows at a time, the rest streaming through
-//! the checksum ([`load_rows`]). [`load_head`] decodes the model's tensors and skips the training state (its
-//! bytes still go into the checksum). The model is then rebuilt
+//! the checksum ([`load_rows`]). [`load_head`] decodes the model's tensors and skips the
+//! training state (its bytes still go into the checksum). The model is then rebuilt
 //! from its configuration by the same constructors that made it, each taking its tensor from the
 //! file by name and shape, so a file can neither leave a parameter out nor smuggle one in.
 //! Writes go to a temporary file that is flushed, synced and renamed over the target: a crash

@@ -28,7 +28,9 @@ pub type RowStream<'a, F> =
 pub struct StreamedParam<'a, F> {
     /// The parameter.
     pub id: ParamId,
-    /// Its shape.
+    /// Its shape, written as given: the model's shape for the parameter is the caller's to
+    /// pass (the empty stand-in in the store cannot be checked against it), and a file written
+    /// with another is refused when it is loaded.
     pub shape: [usize; 2],
     /// Its elements.
     pub value: RowStream<'a, F>,

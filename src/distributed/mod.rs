@@ -79,8 +79,16 @@ macro_rules! wire {
 wire!(f32, f64, u64, i32);
 
 /// The first `len` elements of `T` laid over `words`, grown (never shrunk) to hold them.
+///
+/// # Panics
+/// When `len` elements of `T` would not fit in the address space.
+#[track_caller]
 fn words_as<T: Wire>(words: &mut Vec<u64>, len: usize) -> &mut [T] {
-    let needed = (len * std::mem::size_of::<T>()).div_ceil(8);
+    let bytes = len
+        .checked_mul(std::mem::size_of::<T>())
+        .filter(|&bytes| bytes <= isize::MAX as usize)
+        .unwrap_or_else(|| panic!("a buffer of {len} elements is beyond the address space"));
+    let needed = bytes.div_ceil(8);
     if words.len() < needed {
         words.resize(needed, 0);
     }
@@ -217,7 +225,8 @@ impl World {
     /// called while it lives, but not this method.
     ///
     /// # Panics
-    /// When a `StagedSum` of this world is still alive.
+    /// When a `StagedSum` of this world is still alive; from [`StagedSum::local`] or
+    /// [`StagedSum::sum`] when `len` elements would not fit in the address space.
     pub fn staged_sum<T: Wire>(&self, len: usize) -> StagedSum<'_, T> {
         let buffers = self
             .staging
@@ -482,7 +491,6 @@ impl World {
     }
 }
 
-/// Adds the time since `start` to `traffic` when dropped.
 /// A sum over the ranks through buffers its [`World`] keeps: see [`World::staged_sum`].
 pub struct StagedSum<'w, T> {
     world: &'w World,
@@ -525,6 +533,7 @@ impl<T: Wire> StagedSum<'_, T> {
     }
 }
 
+/// Adds the time since `start` to `traffic` when dropped.
 struct TrafficTimer<'a> {
     traffic: &'a Cell<Traffic>,
     start: Instant,
@@ -584,8 +593,26 @@ mod tests {
         staged.local().copy_from_slice(&[7, 9]);
         assert_eq!(staged.sum(), [7, 9]);
         drop(staged);
+        let grown = world.staging.borrow()[0].as_ptr();
+        let mut staged = world.staged_sum::<f32>(4);
+        staged.local().copy_from_slice(&[1.0; 4]);
+        let _ = staged.sum();
+        drop(staged);
+        assert_eq!(
+            world.staging.borrow()[0].as_ptr(),
+            grown,
+            "the buffer was reused"
+        );
         let traffic = world.take_traffic();
-        assert_eq!((traffic.calls, traffic.bytes), (3, 12 + 40 + 16));
+        assert_eq!((traffic.calls, traffic.bytes), (4, 12 + 40 + 16 + 16));
+    }
+
+    #[test]
+    #[should_panic(expected = "beyond the address space")]
+    fn a_staged_sum_too_large_for_memory_panics_instead_of_overrunning() {
+        let world = World::single();
+        let mut staged = world.staged_sum::<f32>(1 << 62);
+        let _ = staged.local();
     }
 
     #[test]

@@ -415,8 +415,8 @@ pub fn resume_large_head(
 /// see the [module documentation](self). Rank `k` embeds samples `k·b..(k + 1)·b` of each
 /// global batch of [`LargeHeadConfig::batch`] samples (`b = batch / N`); the checkpoint, the
 /// file one process writes, is written by rank 0 alone from every rank's shard streamed to it
-/// in chunks (`checkpoint_path` is read there only) and resumes on any number of ranks;
-/// `resume_from` is read by every rank, each its own rows of the head. Every rank returns the
+/// in chunks (`checkpoint_path` is given to every rank, and written there only) and resumes
+/// on any number of ranks; `resume_from` is read by every rank, each its own rows of the head. Every rank returns the
 /// same report but for [`LargeHeadReport::footprint_bytes`], its own.
 ///
 /// # Errors
