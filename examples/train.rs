@@ -504,6 +504,21 @@ fn run(
                 from.display()
             );
         }
+        Event::Communication {
+            epoch,
+            steps,
+            traffic,
+        } => {
+            let per_step = steps.max(1) as f64;
+            say!(
+                stdout,
+                "  epoch {epoch}, rank 0: collectives {:.2} ms per step (waiting for the other \
+                 ranks included), {:.0} calls and {:.0} bytes per step",
+                1e3 * traffic.time.as_secs_f64() / per_step,
+                traffic.calls as f64 / per_step,
+                traffic.bytes as f64 / per_step
+            );
+        }
         Event::Epoch(r) => {
             if terminal {
                 let _ = write!(std::io::stderr(), "\r{:60}\r", "");

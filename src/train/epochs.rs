@@ -170,6 +170,7 @@ pub(super) fn run(
         let started = Instant::now();
         let mut tally = EpochTally::default();
         let batches = sampling.batches(world, config, &data.train, epoch, &mut rng);
+        world.take_traffic();
         for (index, (x, labels)) in batches.enumerate() {
             let step = index + 1;
             let outcome = sampling
@@ -198,6 +199,7 @@ pub(super) fn run(
             }
         }
         let seconds = started.elapsed().as_secs_f64();
+        let traffic = world.take_traffic();
         // rank 0 judges and saves; the others hold the same record
         let mut accuracy = [match world.is_root() {
             true => test_accuracy(&model, &params, &data),
@@ -213,6 +215,13 @@ pub(super) fn run(
         last_good = Some(checkpoint.clone());
         if world.is_root() {
             on_event(Event::Epoch(history.last().expect("just pushed")));
+            if world.size() > 1 {
+                on_event(Event::Communication {
+                    epoch,
+                    steps,
+                    traffic,
+                });
+            }
         }
     }
     let finished = match world.is_root() {

@@ -232,6 +232,17 @@ pub enum Event<'a> {
     },
     /// An epoch finished (and its checkpoint is saved).
     Epoch(&'a EpochRecord),
+    /// What rank 0 handed to collectives during an epoch's steps, reported after the epoch's
+    /// [`Event::Epoch`] on more than one rank only: the calls, the bytes and the time spent in them (waiting
+    /// for the other ranks included). Per step, the step count divides them.
+    Communication {
+        /// 1-based epoch.
+        epoch: usize,
+        /// Steps in the epoch.
+        steps: usize,
+        /// The epoch's traffic.
+        traffic: crate::distributed::Traffic,
+    },
     /// The run continues from a checkpoint (reported before the first step).
     Resumed {
         /// The checkpoint.
