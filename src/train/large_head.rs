@@ -1015,6 +1015,13 @@ mod tests {
             let config = config(classes);
             let whole = fresh(&config, 0..classes).unwrap();
             assert_eq!(whole.centres.shape(), [classes, 5]);
+            // the whole shard is what one process draws with Model::new
+            let mut rng = seeded_rng(config.seed);
+            let mut params = Params::<f32>::new();
+            let model = Model::new(config.model().unwrap(), &mut params, &mut rng).unwrap();
+            let centres = params.get(model.head().parameters()[0]);
+            assert_eq!(whole.centres.data(), centres.data());
+            assert_eq!(whole.rng, rng);
             for rank in 0..ranks {
                 let rows = ClassParallelHead::shard_of(classes, ranks, rank);
                 let shard = fresh(&config, rows.clone()).unwrap();
