@@ -90,19 +90,24 @@ fn save_streamed(
     checkpoint::save_streamed(path, &model, &params, &training, streamed)
 }
 
+/// The centres' elements and their momentum's, as the streams hand them over.
+fn centres_and_momentum(
+    params: &Params<f32>,
+    training: &TrainingState<f32>,
+    centres: ParamId,
+) -> (Vec<f32>, Vec<f32>) {
+    let state = training.optimizer.per_param[centres.index()].as_ref();
+    let moment = state.expect("the centres have a momentum").first.data();
+    (params.get(centres).data().to_vec(), moment.to_vec())
+}
+
 #[test]
 fn a_checkpoint_streamed_from_rows_is_the_file_one_process_writes() {
     let scratch = common::Scratch::new("shards-streamed");
     let (model, params, training, centres) = model();
     let whole = scratch.path("whole.margrad");
     checkpoint::save(&whole, &model, &params, Some(&training)).unwrap();
-    let value = params.get(centres).data().to_vec();
-    let moment = training.optimizer.per_param[centres.index()]
-        .as_ref()
-        .unwrap()
-        .first
-        .data()
-        .to_vec();
+    let (value, moment) = centres_and_momentum(&params, &training, centres);
     // chunks that cut rows, and one element at a time
     for chunk in [7, 1, CLASSES * DIM] {
         let streamed = scratch.path("streamed.margrad");
@@ -125,13 +130,7 @@ fn a_stream_that_fails_ends_early_or_hands_over_a_nan_leaves_the_previous_file()
     let scratch = common::Scratch::new("shards-failed");
     let path = scratch.path("checkpoint.margrad");
     let (_, params, training, centres) = model();
-    let value = params.get(centres).data().to_vec();
-    let moment = training.optimizer.per_param[centres.index()]
-        .as_ref()
-        .unwrap()
-        .first
-        .data()
-        .to_vec();
+    let (value, moment) = centres_and_momentum(&params, &training, centres);
     save_streamed(&path, &mut in_chunks(&value, 9), &mut in_chunks(&moment, 9)).unwrap();
     let before = std::fs::read(&path).unwrap();
     let short = &moment[..moment.len() - 1];
