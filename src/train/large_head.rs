@@ -416,8 +416,8 @@ pub fn resume_large_head(
 /// global batch of [`LargeHeadConfig::batch`] samples (`b = batch / N`); the checkpoint, the
 /// file one process writes, is written by rank 0 alone from every rank's shard streamed to it
 /// in chunks (`checkpoint_path` is given to every rank, and written there only) and resumes
-/// on any number of ranks; `resume_from` is read by every rank, each its own rows of the head. Every rank returns the
-/// same report but for [`LargeHeadReport::footprint_bytes`], its own.
+/// on any number of ranks; `resume_from` is read by every rank, each its own rows of the head.
+/// Every rank returns the same report but for [`LargeHeadReport::footprint_bytes`], its own.
 ///
 /// # Errors
 /// As [`train_large_head`], on every rank: the failing rank's own error there, and on the

@@ -233,8 +233,8 @@ pub enum Event<'a> {
     /// An epoch finished (and its checkpoint is saved).
     Epoch(&'a EpochRecord),
     /// What rank 0 handed to collectives during an epoch's steps, reported after the epoch's
-    /// [`Event::Epoch`] on more than one rank only: the calls, the bytes and the time spent in them (waiting
-    /// for the other ranks included). Per step, the step count divides them.
+    /// [`Event::Epoch`] on more than one rank only: the calls, the bytes and the time spent in
+    /// them (waiting for the other ranks included). Per step, the step count divides them.
     Communication {
         /// 1-based epoch.
         epoch: usize,
