@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::mpi::{Program, rank_errors};
+use common::mpi::{Program, rank_errors, with_value};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Output;
@@ -187,9 +187,11 @@ fn ranks_started_with_different_settings_are_refused_at_start() {
 fn a_non_finite_loss_stops_every_rank_and_writes_no_results() {
     for mode in ["data", "class"] {
         let (_scratch, out) = temp(&format!("diverged-{mode}.json"));
-        let mut args = [SMALL, &["--mode", mode, "--out", out.to_str().unwrap()]].concat();
-        let lr = args.iter().position(|&a| a == "--lr").unwrap();
-        args[lr + 1] = "1e30";
+        let args = with_value(
+            &[SMALL, &["--mode", mode, "--out", out.to_str().unwrap()]].concat(),
+            "--lr",
+            "1e30",
+        );
         let output = run(2, &args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{mode}: {stderr}");
@@ -449,9 +451,11 @@ fn trainer_ranks_started_with_different_settings_are_refused_at_start() {
 #[test]
 fn a_diverging_distributed_run_stops_every_rank_and_writes_no_metrics() {
     let (_scratch, out) = out_dir("diverged-run");
-    let mut args = [TRAIN, &["--epochs", "1", "--out", out.to_str().unwrap()]].concat();
-    let lr = args.iter().position(|&a| a == "--lr").unwrap();
-    args[lr + 1] = "1e30";
+    let args = with_value(
+        &[TRAIN, &["--epochs", "1", "--out", out.to_str().unwrap()]].concat(),
+        "--lr",
+        "1e30",
+    );
     let output = run_trainer(2, &args);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
@@ -471,9 +475,11 @@ fn a_nan_on_one_rank_only_is_a_divergence_at_its_step_on_every_rank() {
     // at η = 3·10¹⁷ the parameters grow until, at step 6, rank 1's half of the global batch
     // makes its loss a NaN while rank 0's stays finite
     let (_scratch, out) = out_dir("diverged-one-rank");
-    let mut args = [TRAIN, &["--epochs", "1", "--out", out.to_str().unwrap()]].concat();
-    let lr = args.iter().position(|&a| a == "--lr").unwrap();
-    args[lr + 1] = "3e17";
+    let args = with_value(
+        &[TRAIN, &["--epochs", "1", "--out", out.to_str().unwrap()]].concat(),
+        "--lr",
+        "3e17",
+    );
     let output = run_trainer(2, &args);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::mpi::{Program, rank_errors};
+use common::mpi::{Program, rank_errors, with_value};
 use margrad::checkpoint;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -184,9 +184,11 @@ fn a_diverging_run_stops_every_rank_naming_the_step_and_writes_nothing() {
     let (_scratch, out) = out_dir("diverged");
     // η = 1e30: the first step's update sends the embedder's weights so far that the second
     // step's features overflow, and the loss over the global batch is a NaN on every rank
-    let mut args = [SMALL, &["--steps", "8", "--out", out.to_str().unwrap()]].concat();
-    let lr = args.iter().position(|&a| a == "--lr").unwrap();
-    args[lr + 1] = "1e30";
+    let args = with_value(
+        &[SMALL, &["--steps", "8", "--out", out.to_str().unwrap()]].concat(),
+        "--lr",
+        "1e30",
+    );
     let output = run(2, &args);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");

@@ -99,6 +99,21 @@ fn finished(mut command: Command) -> Output {
     output
 }
 
+/// `args` with the value after `flag` replaced by `value`.
+///
+/// # Panics
+/// When `args` holds no `flag` followed by a value.
+pub fn with_value<'a>(args: &[&'a str], flag: &str, value: &'a str) -> Vec<&'a str> {
+    let at = args
+        .iter()
+        .position(|&a| a == flag)
+        .filter(|&at| at + 1 < args.len())
+        .unwrap_or_else(|| panic!("no {flag} with a value in {args:?}"));
+    let mut args = args.to_vec();
+    args[at + 1] = value;
+    args
+}
+
 /// Every rank's error message in `stderr`: what follows `rank k of n: error: ` on its line,
 /// for each rank `k` of `ranks`.
 ///
